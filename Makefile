@@ -1,0 +1,45 @@
+# Every target does its own set-up, idempotently, on a fresh Debian 12 machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup test demo crds contracts lint bench clean
+
+setup: $(VENV)/.stamp /usr/share/java/zookeeper.jar contracts/node_modules/.stamp
+
+/usr/share/java/zookeeper.jar:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends zookeeper default-jre-headless
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+contracts/node_modules/.stamp: contracts/package.json
+	command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
+	if [ -f contracts/package-lock.json ]; then cd contracts && npm ci --no-audit --no-fund --loglevel=error; fi
+	mkdir -p contracts/node_modules && touch $@
+
+test: setup
+	$(BIN)/lint-imports --config pyproject.toml
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/boidctl up
+
+crds: $(VENV)/.stamp
+	$(BIN)/boidctl crds --out crds
+
+contracts: contracts/node_modules/.stamp
+	cd contracts && npm run --silent build
+
+bench: setup
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .state contracts/node_modules

@@ -1,0 +1,1 @@
+"""The operator's EOSIO/Antelope chain adapter: RPC, client-side ABI serialization, K1 signing."""

@@ -1,0 +1,1 @@
+"""Embedded local servers (ZooKeeper, an Antelope node) started as child processes on loopback."""

@@ -1,0 +1,1 @@
+"""boidctl: the kubectl-like command line."""

@@ -1,0 +1,1 @@
+"""The reconcile loop: watch, work queue, backoff, leader election, finalizers, status."""

@@ -1,0 +1,1 @@
+"""Reconcilers: for each kind, desired (spec) vs observed (world) -> actions -> status."""
