@@ -1,0 +1,270 @@
+"""A real standalone ZooKeeper as a child process, for `boidctl up`, the tests and the benchmarks.
+
+ZooKeeper is the operator's API server, and the Debian package gives a real 3.8 server, so the
+embedded local world and the test suite run the real thing instead of a fake. This module only
+knows how to start it on loopback (a free port, its own data directory), wait until it answers
+`ruok` with `imok`, stop it by PID, and restart it on the same port and data so that clients keep
+their sessions across a restart (tests use that to exercise reconnection).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+JAVA_DIR = Path("/usr/share/java")
+# Checked in notes/environment.md: these two jars are enough for a standalone server.
+DEFAULT_CLASSPATH = (JAVA_DIR / "zookeeper.jar", JAVA_DIR / "slf4j-nop.jar")
+MAIN_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
+LOOPBACK = "127.0.0.1"
+
+
+class LocalZooKeeperError(RuntimeError):
+    """The local server cannot be started (missing java/jar, crash, not ready in time)."""
+
+
+@dataclass(frozen=True)
+class ZooKeeperStatus:
+    running: bool  # our child process is alive
+    healthy: bool  # it answers `ruok` with `imok`
+    pid: int | None
+    hosts: str
+    state_dir: str
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def four_letter_word(port: int, word: str = "ruok", timeout: float = 1.0, host: str = LOOPBACK) -> str:
+    """Send a ZooKeeper four-letter command and return the answer ('' if unreachable)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(word.encode())
+            chunks = []
+            while True:
+                data = s.recv(4096)
+                if not data:
+                    break
+                chunks.append(data)
+            return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+_live: "weakref.WeakSet[LocalZooKeeper]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for zk in list(_live):
+        try:
+            zk.stop()
+        except Exception:  # best effort at interpreter exit
+            pass
+
+
+class LocalZooKeeper:
+    """One standalone ZooKeeper server bound to 127.0.0.1.
+
+    `state_dir` holds zoo.cfg, the data and the server's log (a temporary directory, removed
+    by `close()`, when None). `port` defaults to a free port chosen once, so `restart()`
+    comes back on the same address with the same data. `fsync=False` turns off the
+    transaction log fsync (tests and benchmarks; never for data you care about).
+    `die_with_parent=True` makes the kernel stop the server if the starting thread dies
+    (start it from a long-lived thread).
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        *,
+        java: str = "java",
+        classpath: tuple[Path, ...] = DEFAULT_CLASSPATH,
+        heap: str = "256m",
+        tick_time_ms: int = 2000,
+        fsync: bool = True,
+        die_with_parent: bool = False,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self._own_dir = state_dir is None
+        self.state_dir = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="boid-zk-"))
+        self.port = port or free_port()
+        self.java = java
+        self.classpath = classpath
+        self.heap = heap
+        self.tick_time_ms = tick_time_ms
+        self.fsync = fsync
+        self.die_with_parent = die_with_parent
+        self.startup_timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    # -- addresses ---------------------------------------------------------------------------
+    @property
+    def hosts(self) -> str:
+        """The kazoo connection string, e.g. '127.0.0.1:2181'."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "zookeeper.log"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _check_installed(self) -> str:
+        java = shutil.which(self.java)
+        if java is None:
+            raise LocalZooKeeperError(
+                f"java not found on PATH (looked for {self.java!r}): run `make setup` "
+                "(installs default-jre-headless and zookeeper)"
+            )
+        missing = [str(p) for p in self.classpath if not p.exists()]
+        if missing:
+            raise LocalZooKeeperError(
+                f"ZooKeeper jars missing: {', '.join(missing)}: run `make setup` "
+                "(installs the Debian zookeeper package)"
+            )
+        return java
+
+    def _write_config(self) -> Path:
+        data = self.state_dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        cfg = self.state_dir / "zoo.cfg"
+        lines = [
+            f"tickTime={self.tick_time_ms}",
+            f"dataDir={data}",
+            f"clientPort={self.port}",
+            f"clientPortAddress={LOOPBACK}",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=*",
+            "maxClientCnxns=0",
+            f"forceSync={'yes' if self.fsync else 'no'}",
+            "preAllocSize=4096",
+        ]
+        cfg.write_text("\n".join(lines) + "\n")
+        return cfg
+
+    def start(self) -> "LocalZooKeeper":
+        """Start the server (no-op if running) and wait until it answers `imok`."""
+        if self.pid is not None:
+            return self
+        java = self._check_installed()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cfg = self._write_config()
+        if four_letter_word(self.port, timeout=0.2):
+            raise LocalZooKeeperError(f"port {self.port} on {LOOPBACK} is already served by another process")
+        cmd = [
+            java,
+            f"-Xmx{self.heap}",
+            "-XX:+UseSerialGC",
+            "-Dzookeeper.admin.enableServer=false",
+            "-cp",
+            ":".join(str(p) for p in self.classpath),
+            MAIN_CLASS,
+            str(cfg),
+        ]
+        self._log = open(self.log_path, "ab")
+        self._proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.state_dir,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
+        )
+        _live.add(self)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._close_log()
+                raise LocalZooKeeperError(
+                    f"ZooKeeper exited with code {code} during start-up; log {self.log_path}:\n{self._log_tail()}"
+                )
+            if four_letter_word(self.port, timeout=0.5) == "imok":
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise LocalZooKeeperError(
+            f"ZooKeeper on {self.hosts} did not answer `ruok` within {self.startup_timeout:.0f}s; "
+            f"log {self.log_path}:\n{self._log_tail()}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop our server: SIGTERM by PID, wait, SIGKILL if it does not exit. Data is kept."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        self._close_log()
+        _live.discard(self)
+
+    def restart(self) -> "LocalZooKeeper":
+        """Stop and start again on the same port and data directory (sessions survive)."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop, and remove the state directory if we created it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def status(self) -> ZooKeeperStatus:
+        pid = self.pid
+        return ZooKeeperStatus(
+            running=pid is not None,
+            healthy=four_letter_word(self.port, timeout=0.5) == "imok",
+            pid=pid,
+            hosts=self.hosts,
+            state_dir=str(self.state_dir),
+        )
+
+    def __enter__(self) -> "LocalZooKeeper":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LocalZooKeeper(hosts={self.hosts!r}, pid={self.pid}, state_dir={str(self.state_dir)!r})"
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
