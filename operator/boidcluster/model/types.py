@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, GetCoreSchemaHandler, PlainSerializer
+from pydantic import BeforeValidator, GetCoreSchemaHandler, PlainSerializer, WithJsonSchema
 from pydantic_core import core_schema
 
 # --- EOS account names -------------------------------------------------------------------------
@@ -30,7 +30,13 @@ def check_eos_name(value: Any) -> str:
     return value
 
 
-EosName = Annotated[str, BeforeValidator(check_eos_name)]
+EOS_NAME_PATTERN = r"^[a-z1-5.]{0,11}[a-z1-5]$"
+
+EosName = Annotated[
+    str,
+    BeforeValidator(check_eos_name),
+    WithJsonSchema({"type": "string", "pattern": EOS_NAME_PATTERN, "maxLength": 12}),
+]
 
 # --- Symbols and assets ------------------------------------------------------------------------
 
@@ -154,15 +160,27 @@ def format_duration(seconds: int) -> str:
     if seconds == 0:
         return "0s"
     out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):  # Go style: hours are the largest
         n, seconds = divmod(seconds, size)
         if n:
             out.append(f"{n}{unit}")
     return "".join(out)
 
 
+# Written as a string ("10m") or a bare integer of seconds, so the schema says int-or-string
+# (as Kubernetes does for such fields); held as int seconds, shown as the short string.
 Duration = Annotated[
     int,
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^(?=\d)(\d+d)?(\d+h)?(\d+m)?(\d+s)?$"},
+            ],
+            "x-kubernetes-int-or-string": True,
+            "examples": ["90s", "10m", "24h", "1h30m"],
+        }
+    ),
 ]

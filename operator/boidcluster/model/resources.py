@@ -1,0 +1,680 @@
+"""The four resource kinds: Protocol, Job, Contributor, GitSource.
+
+Specs are what users write, so every field is typed, described (the descriptions feed the CRDs and
+`boidctl explain`) and validated with messages that say what to write instead. Cross-field rules
+(one work-unit source, quorum <= replicas, pay rates in the fund's token) live on the models, and
+report the exact field through `field_error` so the loader can point at the offending line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
+
+from .meta import Condition, Resource, Status, Strict, field_error
+from .meta import DnsLabel
+from .types import Asset, Duration, EosName
+
+MAX_UNITS = 1_000_000
+"""A Job expands to at most this many work units (count, sweep points or input groups)."""
+
+TOP_CONTRIBUTORS = 10
+"""Job status lists the contributed seconds of at most this many contributors."""
+
+RESERVED_ENV = ("BOID_UNIT_INDEX", "BOID_UNIT_PARAMS", "BOID_OUTPUT_DIR", "BOID_INPUT_FILES")
+"""Variables the dispatcher sets for every unit; a Job's env may not override them."""
+
+# --- small checked types -----------------------------------------------------------------------
+
+
+def _storage_path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty: give a path in storage, e.g. 'protocols/monte-carlo'")
+    if "\0" in value or ".." in value.replace("\\", "/").split("/"):
+        raise ValueError(f"{value!r} must not contain '..' or NUL: paths stay inside storage")
+    return value
+
+
+StoragePath = Annotated[str, AfterValidator(_storage_path)]
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not an environment variable name: use letters, digits and '_', "
+            "not starting with a digit"
+        )
+    if value in RESERVED_ENV:
+        raise ValueError(f"{value} is set by the dispatcher for every unit; choose another name")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
+def _command(value: Any) -> Any:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("must not be an empty list")
+        bad = [i for i, part in enumerate(value) if not isinstance(part, str)]
+        if bad:
+            raise ValueError(
+                f"item {bad[0]} is {type(value[bad[0]]).__name__} {value[bad[0]]!r}; every "
+                "argument must be a string (quote numbers and yes/no/on/off in YAML)"
+            )
+        return value
+    raise ValueError(
+        f"must be a string (run by /bin/sh -c) or a list of strings (run directly), "
+        f"not {type(value).__name__}"
+    )
+
+
+Command = Annotated[str | list[str], BeforeValidator(_command)]
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    raise ValueError(
+        f"a sweep value must be a string, number or boolean, not {type(value).__name__}"
+    )
+
+
+Scalar = Annotated[str | int | float | bool, BeforeValidator(_scalar)]
+
+_MIB = re.compile(r"^(\d+)\s*(Mi|Gi|Ti)?$")
+
+
+def parse_mebibytes(value: Any) -> int:
+    """MiB from an integer (MiB, as Marathon counts) or a string '512Mi', '2Gi', '1Ti'."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _MIB.match(value.strip())
+        if m:
+            return int(m.group(1)) * {None: 1, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}[m.group(2)]
+    raise ValueError(
+        f"{value!r} is not a size: write MiB as an integer (512) or a string like '512Mi' or '2Gi'"
+    )
+
+
+MiB = Annotated[
+    int,
+    BeforeValidator(parse_mebibytes),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\d+\s*(Mi|Gi|Ti)?$"},
+            ],
+            "x-kubernetes-int-or-string": True,
+            "examples": [512, "512Mi", "2Gi"],
+        }
+    ),
+]
+
+# --- Protocol ----------------------------------------------------------------------------------
+
+
+class Fund(Strict):
+    """The token account that pays contributors of this protocol."""
+
+    account: EosName
+    """EOS account holding the fund; payouts are transferred from it."""
+    quantity: Asset
+    """Amount pledged to the protocol, e.g. '1000.0000 BOID'. Its symbol and precision fix the
+    token for every other amount in the protocol."""
+    token_contract: EosName = "eosio.token"
+    """Account of the eosio.token-standard contract that issues the token."""
+
+
+class PayRates(Strict):
+    """What one hour of contributed time pays, in the fund's token."""
+
+    worker: Asset
+    """Pay per hour of a worker's unit time, e.g. '1.0000 BOID'."""
+    dispatcher: Asset
+    """Pay per hour of running this protocol's dispatcher, e.g. '0.5000 BOID'."""
+
+
+class Payout(Strict):
+    """When unpaid contributed time is settled on chain."""
+
+    interval: Annotated[Duration, Field(ge=60)] = Field(default="24h", validate_default=True)
+    """How often payouts run, e.g. '24h' (at least 1m)."""
+    minimum: Asset | None = None
+    """Smallest amount worth a transfer; smaller balances wait for the next payout. Defaults to
+    nothing (every positive balance is paid)."""
+
+
+class Quota(Strict):
+    """Limits on how much of the cluster this protocol's jobs may use at once."""
+
+    max_parallelism: int = Field(ge=1)
+    """Most work units of this protocol running at the same time, across all its jobs."""
+
+
+class ProtocolSpec(Strict):
+    """A research protocol: who sponsors it, who runs it, where its data lives, how it pays."""
+
+    title: str = Field(min_length=1, max_length=256)
+    """Human-readable title of the research."""
+    owner: EosName
+    """EOS account of the sponsoring team that owns the protocol on chain."""
+    researcher: EosName
+    """EOS account of the researcher who runs the protocol's jobs."""
+    datadir: StoragePath
+    """Directory in storage for the protocol's bootstrap data and job results."""
+    fund: Fund
+    """The fund that pays contributors."""
+    pay_rates: PayRates
+    """Pay per hour of contributed time, in the fund's token."""
+    payout: Payout = Field(default_factory=lambda: Payout())
+    """When and how contributors are paid."""
+    quota: Quota | None = None
+    """Optional limits on cluster usage."""
+
+    @model_validator(mode="after")
+    def _one_token(self) -> "ProtocolSpec":
+        fund = self.fund.quantity
+        if fund.amount <= 0:
+            raise field_error("fund.quantity", f"must be positive (got '{fund}')")
+        checks = [("payRates.worker", self.pay_rates.worker),
+                  ("payRates.dispatcher", self.pay_rates.dispatcher)]
+        if self.payout.minimum is not None:
+            checks.append(("payout.minimum", self.payout.minimum))
+        for path, asset in checks:
+            if asset.symbol != fund.symbol:
+                raise field_error(
+                    path,
+                    f"'{asset}' is not in the fund's token: fund.quantity is '{fund}' "
+                    f"(symbol {fund.symbol.code}, {fund.symbol.precision} decimals)",
+                    f"use {fund.symbol.precision} decimals and {fund.symbol.code}, e.g. "
+                    f"'{Asset(10 ** fund.symbol.precision, fund.symbol)}'",
+                )
+            if asset.amount < 0:
+                raise field_error(path, f"cannot be negative (got '{asset}')")
+        return self
+
+
+class ProtocolStatus(Status):
+    """Observed state of a Protocol. Conditions: Registered, StorageReady, Funded, Ready."""
+
+    fund_balance: Asset | None = None
+    """Balance of the fund account as last read from the token contract."""
+    dispatcher: str | None = None
+    """Where this protocol's dispatcher runs: a Marathon app id or 'local'."""
+    registered_at: datetime | None = None
+    """When the protocol was last written to the on-chain registry."""
+
+
+class Protocol(Resource):
+    """A research protocol: registered on chain, funded, with a dispatcher for its jobs."""
+
+    KIND: ClassVar[str] = "Protocol"
+    PLURAL: ClassVar[str] = "protocols"
+    SHORT: ClassVar[tuple[str, ...]] = ("proto",)
+    CONDITIONS: ClassVar[tuple[str, ...]] = ("Registered", "StorageReady", "Funded", "Ready")
+
+    kind: Literal["Protocol"] = "Protocol"
+    """Protocol."""
+    spec: ProtocolSpec
+    """What the protocol is and how it pays."""
+    status: ProtocolStatus | None = None
+    """Observed state, written by the operator."""
+
+
+# --- Job ---------------------------------------------------------------------------------------
+
+
+class RangeSpec(Strict):
+    """Evenly spaced numbers from start up to, not including, stop (like Python's range)."""
+
+    start: int | float = 0
+    """First value."""
+    stop: int | float
+    """End of the range (excluded)."""
+    step: int | float = 1
+    """Distance between values; negative counts down. Must not be 0."""
+
+    @model_validator(mode="after")
+    def _finite(self) -> "RangeSpec":
+        if self.step == 0:
+            raise field_error("step", "must not be 0", "use a positive step to count up")
+        n = self.count()
+        if n == 0:
+            raise field_error(
+                "stop", f"the range from {self.start} to {self.stop} by {self.step} is empty",
+                "stop is excluded; with a positive step stop must be greater than start",
+            )
+        if n > MAX_UNITS:
+            raise field_error("step", f"the range has {n} values, more than {MAX_UNITS}")
+        return self
+
+    def count(self) -> int:
+        return max(0, math.ceil((self.stop - self.start) / self.step))
+
+    def values(self) -> list[int | float]:
+        vals = [self.start + i * self.step for i in range(self.count())]
+        if all(isinstance(v, int) for v in (self.start, self.stop, self.step)):
+            return vals
+        return [round(v, 12) for v in vals]
+
+
+class SweepRange(Strict):
+    """A sweep parameter's values given as a range."""
+
+    range: RangeSpec
+    """start, stop (excluded) and step."""
+
+
+def _sweep_branch(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "list-of-values"
+    if isinstance(value, dict):
+        return "range-object"
+    if isinstance(value, SweepRange):
+        return "range-object"
+    return None
+
+
+SweepValues = Annotated[
+    Annotated[list[Scalar], Tag("list-of-values"), Field(min_length=1)]
+    | Annotated[SweepRange, Tag("range-object")],
+    Discriminator(
+        _sweep_branch,
+        custom_error_type="sweep_values",
+        custom_error_message="must be a list of values or a mapping {range: {start, stop, step}}",
+    ),
+]
+
+
+class InputsSpec(Strict):
+    """Work units made from the files found under a storage directory."""
+
+    path: StoragePath
+    """Directory in storage to list (relative paths are under the protocol's datadir)."""
+    pattern: str = "*"
+    """Glob that file names must match, e.g. '*.csv'."""
+    per_unit: int = Field(default=1, ge=1)
+    """How many files go into one work unit (the last unit may get fewer)."""
+
+
+class WorkUnits(Strict):
+    """How the job splits into units. Set exactly one of count, sweep or inputs."""
+
+    count: int | None = Field(default=None, ge=1, le=MAX_UNITS)
+    """Run this many units, indexed 0..count-1 (BOID_UNIT_INDEX), like an Indexed Job."""
+    sweep: dict[str, SweepValues] | None = None
+    """One unit per combination of parameter values (the cartesian product); each unit gets its
+    combination as the JSON object BOID_UNIT_PARAMS. A parameter is a list of values or
+    {range: {start, stop, step}}."""
+    inputs: InputsSpec | None = None
+    """One unit per group of input files in storage (BOID_INPUT_FILES)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "WorkUnits":
+        given = [k for k in ("count", "sweep", "inputs") if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = "none" if not given else " and ".join(given)
+            raise field_error(
+                "", f"set exactly one of count, sweep or inputs (got {got})",
+                "count: N runs N indexed units; sweep: {param: [values]} runs one unit per "
+                "combination; inputs: {path, pattern, perUnit} runs one unit per file group",
+            )
+        if self.sweep is not None:
+            if not self.sweep:
+                raise field_error("sweep", "must name at least one parameter",
+                                  "e.g. sweep: {seed: [1, 2, 3]}")
+            total = 1
+            for param, values in self.sweep.items():
+                total *= values.range.count() if isinstance(values, SweepRange) else len(values)
+            if total > MAX_UNITS:
+                raise field_error("sweep", f"makes {total} units, more than {MAX_UNITS}")
+        return self
+
+    def sweep_points(self) -> list[dict[str, Any]]:
+        """Every combination of the sweep's values, in a stable order (the unit index order)."""
+        if self.sweep is None:
+            return []
+        names = list(self.sweep)
+        axes = [v.range.values() if isinstance(v, SweepRange) else list(v)
+                for v in self.sweep.values()]
+        return [dict(zip(names, combo)) for combo in itertools.product(*axes)]
+
+    def static_total(self) -> int | None:
+        """Number of units when known without listing storage (None for inputs)."""
+        if self.count is not None:
+            return self.count
+        if self.sweep is not None:
+            return len(self.sweep_points())
+        return None
+
+
+class ResourceRequest(Strict):
+    """What one unit needs from a worker (Marathon/Mesos resource names and units)."""
+
+    cpus: float = Field(default=1.0, gt=0)
+    """CPU shares, e.g. 0.5 or 2."""
+    mem: MiB = 128
+    """Memory in MiB: an integer (512) or a string ('512Mi', '2Gi')."""
+    disk: MiB = 0
+    """Scratch disk in MiB: an integer or a string ('1Gi')."""
+    gpus: int = Field(default=0, ge=0)
+    """Whole GPUs."""
+
+
+class Replication(Strict):
+    """BOINC-style redundancy: run each unit several times on distinct contributors."""
+
+    replicas: int = Field(default=1, ge=1, le=10)
+    """How many contributors run each unit."""
+    quorum: int | None = Field(default=None, ge=1)
+    """How many identical results from distinct contributors make a unit's result valid.
+    Defaults to replicas (all must agree); 1 <= quorum <= replicas."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quorum_defaults_to_replicas(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("quorum") is None:
+            data = {**data, "quorum": data.get("replicas", 1)}
+        return data
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> "Replication":
+        if self.quorum is not None and self.quorum > self.replicas:
+            raise field_error(
+                "quorum", f"must be <= replicas (got quorum {self.quorum}, replicas {self.replicas})",
+                "a result can only be confirmed by as many contributors as run the unit",
+            )
+        return self
+
+
+class Output(Strict):
+    """Where and how unit results are amalgamated."""
+
+    path: StoragePath | None = None
+    """Directory in storage for the results; relative paths are under the protocol's datadir.
+    Defaults to jobs/<job name> under the datadir."""
+    reduce: Literal["concat", "jsonl", "none", "command"] = "concat"
+    """How unit outputs are gathered: concat (files joined in unit order), jsonl (every unit's
+    *.jsonl lines joined into results.jsonl, each line checked as JSON), none (unit directories
+    kept as they are), command (run output.command over the unit directories)."""
+    command: Command | None = None
+    """Reducer run when reduce is 'command'; it sees the unit directories as arguments."""
+
+    @model_validator(mode="after")
+    def _command_iff_reduce_command(self) -> "Output":
+        if self.reduce == "command" and self.command is None:
+            raise field_error("command", "is required when reduce is 'command'",
+                              "give the reducer to run, e.g. command: [python3, merge.py]")
+        if self.reduce != "command" and self.command is not None:
+            raise field_error("command", f"is only used when reduce is 'command' (reduce is "
+                              f"'{self.reduce}')", "remove it, or set reduce: command")
+        return self
+
+
+CONSTRAINT_OPERATORS = ("UNIQUE", "CLUSTER", "GROUP_BY", "LIKE", "UNLIKE", "MAX_PER", "IS")
+
+
+def _constraint(value: list[str]) -> list[str]:
+    field, op, *rest = value
+    if op not in CONSTRAINT_OPERATORS:
+        raise ValueError(
+            f"unknown constraint operator {op!r}: use one of {', '.join(CONSTRAINT_OPERATORS)}"
+        )
+    if op == "UNIQUE" and rest:
+        raise ValueError("UNIQUE takes no value: write [field, UNIQUE]")
+    if op in ("LIKE", "UNLIKE", "MAX_PER", "IS") and not rest:
+        raise ValueError(f"{op} needs a value: write [field, {op}, value]")
+    if op == "MAX_PER" and not rest[0].isdigit():
+        raise ValueError(f"MAX_PER needs a whole number, not {rest[0]!r}")
+    if op in ("LIKE", "UNLIKE"):
+        try:
+            re.compile(rest[0])
+        except re.error as exc:
+            raise ValueError(f"{rest[0]!r} is not a regular expression: {exc}") from None
+    return value
+
+
+Constraint = Annotated[list[str], Field(min_length=2, max_length=3), AfterValidator(_constraint)]
+
+
+class JobSpec(Strict):
+    """An embarrassingly parallel program: an image and a command, split into work units."""
+
+    protocol: DnsLabel
+    """Name of the Protocol this job runs under (and is paid from)."""
+    image: str = Field(min_length=1)
+    """Container image of the unit's program, e.g. 'python:3.11-slim' (the local backend runs
+    the command on the host instead)."""
+    command: Command
+    """Program each unit runs: a list of arguments (run directly) or a string (run by
+    /bin/sh -c). It sees BOID_UNIT_INDEX, BOID_UNIT_PARAMS (JSON), BOID_OUTPUT_DIR and
+    BOID_INPUT_FILES."""
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    """Extra environment variables for every unit (values are strings)."""
+    work_units: WorkUnits
+    """How the job splits into units: exactly one of count, sweep or inputs."""
+    parallelism: int | None = Field(default=None, ge=1)
+    """Most units running at the same time. Defaults to no limit of its own: as many as there are
+    workers, within the protocol's quota."""
+    resources: ResourceRequest = Field(default_factory=lambda: ResourceRequest())
+    """What one unit needs from a worker."""
+    retries: int = Field(default=3, ge=0, le=100)
+    """How many times a failed unit is retried before the job fails. A unit whose worker
+    vanished is re-queued without counting as a retry."""
+    unit_timeout: Annotated[Duration, Field(ge=1)] | None = None
+    """Longest one unit attempt may run, e.g. '10m'; a unit running longer is killed and retried.
+    Defaults to no limit."""
+    deadline: Annotated[Duration, Field(ge=1)] | None = None
+    """Longest the whole job may run from its start, e.g. '24h'; after it the job fails.
+    Defaults to no limit."""
+    replication: Replication = Field(default_factory=lambda: Replication())
+    """Run each unit on several contributors and accept a result only on agreement."""
+    output: Output = Field(default_factory=lambda: Output())
+    """Where and how results are gathered."""
+    constraints: list[Constraint] = Field(default_factory=list)
+    """Placement rules in Marathon style: [[field, operator, value?]], e.g. [hostname, UNIQUE] or
+    [boid_account, LIKE, 'alice|bob']. Operators: UNIQUE, CLUSTER, GROUP_BY, LIKE, UNLIKE,
+    MAX_PER, IS."""
+
+
+class UnitCounts(Strict):
+    """How many units are in each state."""
+
+    total: int = 0
+    """All units of the job (0 until inputs are listed)."""
+    pending: int = 0
+    """Waiting for a worker."""
+    running: int = 0
+    """Running on a worker now."""
+    succeeded: int = 0
+    """Finished successfully (at least one replica)."""
+    failed: int = 0
+    """Failed after all retries."""
+    validated: int = 0
+    """Accepted: quorum results from distinct contributors agreed."""
+
+
+class ContributedTime(Strict):
+    """Seconds of unit time one contributor gave to this job."""
+
+    account: EosName
+    """The contributor's EOS account."""
+    seconds: int = Field(ge=0)
+    """Contributed unit time in seconds."""
+
+
+class JobStatus(Status):
+    """Observed state of a Job."""
+
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
+    """Where the job is in its life: Pending, Running, Succeeded or Failed."""
+    units: UnitCounts = Field(default_factory=lambda: UnitCounts())
+    """Unit counts by state."""
+    start_time: datetime | None = None
+    """When the first unit was launched (UTC)."""
+    completion_time: datetime | None = None
+    """When the job succeeded or failed (UTC)."""
+    output: str | None = None
+    """Storage location of the amalgamated results."""
+    contributors: list[ContributedTime] = Field(default_factory=list)
+    """The top contributors by contributed seconds (at most 10)."""
+
+
+class Job(Resource):
+    """An embarrassingly parallel computation split into work units run by contributors."""
+
+    KIND: ClassVar[str] = "Job"
+    PLURAL: ClassVar[str] = "jobs"
+    SHORT: ClassVar[tuple[str, ...]] = ()
+
+    kind: Literal["Job"] = "Job"
+    """Job."""
+    spec: JobSpec
+    """What to run and how to split it."""
+    status: JobStatus | None = None
+    """Observed state, written by the operator."""
+
+
+# --- Contributor -------------------------------------------------------------------------------
+
+
+class ContributorSpec(Strict):
+    """A volunteer's account and the researchers it lends its machine or dispatcher to."""
+
+    account: EosName
+    """The contributor's EOS account (paid from the protocols' funds; also the Mesos agent
+    attribute boid_account)."""
+    role: Literal["worker", "dispatcher"] = "worker"
+    """worker runs work units; dispatcher runs protocols' dispatchers."""
+    researchers: list[EosName] = Field(min_length=1)
+    """EOS accounts of the researchers this contributor works for."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> "ContributorSpec":
+        seen: set[str] = set()
+        for i, r in enumerate(self.researchers):
+            if r in seen:
+                raise field_error(f"researchers[{i}]", f"{r!r} is listed twice")
+            seen.add(r)
+        return self
+
+
+class ContributorStatus(Status):
+    """Observed state of a Contributor, read from the clusterjobs contract."""
+
+    registrations: list[EosName] = Field(default_factory=list)
+    """Researchers this contributor is registered with on chain."""
+    total_time: int = 0
+    """All contributed time, in seconds."""
+    unpaid_time: int = 0
+    """Contributed time not paid out yet, in seconds."""
+
+
+class Contributor(Resource):
+    """A volunteer who lends a machine (worker) or runs dispatchers, and is paid for the time."""
+
+    KIND: ClassVar[str] = "Contributor"
+    PLURAL: ClassVar[str] = "contributors"
+    SHORT: ClassVar[tuple[str, ...]] = ("contrib",)
+
+    kind: Literal["Contributor"] = "Contributor"
+    """Contributor."""
+    spec: ContributorSpec
+    """Who contributes, in which role, for whom."""
+    status: ContributorStatus | None = None
+    """Observed state, written by the operator."""
+
+
+# --- GitSource ---------------------------------------------------------------------------------
+
+
+class GitSourceSpec(Strict):
+    """A git repository whose specs the operator keeps applied (GitOps)."""
+
+    repo: str = Field(min_length=1)
+    """Repository URL or local path, e.g. 'https://github.com/boid/specs.git'."""
+    ref: str = Field(default="main", min_length=1)
+    """Branch, tag or commit to follow."""
+    path: str = "."
+    """Directory inside the repository holding the YAML specs (searched recursively)."""
+    interval: Annotated[Duration, Field(ge=10)] = Field(default="3m", validate_default=True)
+    """How often to fetch and compare, e.g. '3m' (at least 10s)."""
+    prune: bool = False
+    """Delete objects this source created that are no longer in the repository."""
+    prune_limit: int = Field(default=10, ge=0)
+    """Refuse to prune more than this many objects in one sync (a safety net against an
+    emptied repository); 0 means no limit."""
+    self_heal: bool = False
+    """Revert changes made to synced objects outside git; otherwise they are reported as drift."""
+
+
+class DriftEntry(Strict):
+    """One object whose live state differs from the repository."""
+
+    kind: str
+    """Kind of the object."""
+    name: str
+    """Name of the object."""
+    reason: str
+    """What differs: Modified, Missing or Extra, with details."""
+
+
+class GitSourceStatus(Status):
+    """Observed state of a GitSource."""
+
+    synced_commit: str | None = None
+    """Commit last applied."""
+    last_sync_time: datetime | None = None
+    """When the last sync finished (UTC)."""
+    drift: list[DriftEntry] = Field(default_factory=list)
+    """Objects whose live state differs from the repository."""
+
+
+class GitSource(Resource):
+    """A git repository of specs the operator applies and keeps in sync."""
+
+    KIND: ClassVar[str] = "GitSource"
+    PLURAL: ClassVar[str] = "gitsources"
+    SHORT: ClassVar[tuple[str, ...]] = ("gs",)
+
+    kind: Literal["GitSource"] = "GitSource"
+    """GitSource."""
+    spec: GitSourceSpec
+    """Which repository, which ref and how to sync."""
+    status: GitSourceStatus | None = None
+    """Observed state, written by the operator."""
+
+
+__all__ = [
+    "Protocol", "ProtocolSpec", "ProtocolStatus", "Fund", "PayRates", "Payout", "Quota",
+    "Job", "JobSpec", "JobStatus", "WorkUnits", "RangeSpec", "SweepRange", "InputsSpec",
+    "ResourceRequest", "Replication", "Output", "UnitCounts", "ContributedTime",
+    "Contributor", "ContributorSpec", "ContributorStatus",
+    "GitSource", "GitSourceSpec", "GitSourceStatus", "DriftEntry",
+    "Condition", "MAX_UNITS", "TOP_CONTRIBUTORS", "RESERVED_ENV", "CONSTRAINT_OPERATORS",
+    "parse_mebibytes",
+]
