@@ -1,0 +1,1045 @@
+"""The object store: ZooKeeper as the operator's API server (DESIGN.md, "ZooKeeper layout").
+
+Layout (all under ROOT = /boid/v1):
+
+    objects/<plural>/<name>          metadata + spec (JSON, camelCase wire form, no status)
+    objects/<plural>/<name>/status   status (JSON, or null)
+    runs/<job>/...                   work-unit records; a completion is a create (exactly once)
+    leader                           the operator replicas' leader lock/election path
+
+Why it is shaped so:
+- Spec and status live in two znodes, so a user's spec write and the operator's status write
+  never race on one znode version. `metadata.resourceVersion` is the object znode's version
+  and every update is a compare-and-set on it; a mismatch is a `Conflict`, never an overwrite.
+  The status znode has its own version, carried on objects the store returns (read it with
+  `status_version(obj)`; `update_status` uses it unless `expected_version=` is given).
+- `apply` plans the whole input from one read and commits it as ONE ZooKeeper transaction
+  that also checks every version it read, so an input either lands entirely or not at all.
+- `watch` is level-triggered: a ZooKeeper notification only marks a path dirty, and a single
+  worker re-reads it (re-arming the one-shot watch) and diffs against what it last emitted.
+  After any reconnect (and always after session loss, when ZooKeeper drops every watch) it
+  re-lists everything and emits the differences, so no change is missed. kazoo 2.11 has no
+  persistent recursive watches (no add_watch/AddWatchMode), hence one-shot watches.
+- Every call waits at most `timeout` seconds; an unreachable ZooKeeper is `StoreUnavailable`
+  naming the hosts, never a hang or a kazoo stack trace.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import queue
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NoNodeError,
+    NodeExistsError,
+    OperationTimeoutError,
+    RolledBackError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import ZnodeStat
+from pydantic import TypeAdapter, ValidationError
+
+from boidcluster.model.meta import Resource, Status, utcnow
+
+log = logging.getLogger(__name__)
+
+ROOT = "/boid/v1"
+OBJECTS = f"{ROOT}/objects"
+RUNS = f"{ROOT}/runs"
+LEADER_LOCK = f"{ROOT}/leader"
+STATUS_NODE = "status"
+ANY_VERSION = -1  # ZooKeeper's "no version check"; only for a sole writer
+
+_UNAVAILABLE = (ConnectionLoss, SessionExpiredError, ConnectionClosedError, OperationTimeoutError)
+
+
+# -- errors -----------------------------------------------------------------------------------
+class StoreError(Exception):
+    """Base of every error the store raises."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """A compare-and-set failed: someone else wrote first. Re-read and retry."""
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "", expected: int | None = None,
+                 current: int | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.name, self.expected, self.current = kind, name, expected, current
+
+
+class StoreUnavailable(StoreError):
+    """ZooKeeper cannot be reached (or answered nothing) within the timeout."""
+
+
+class InvalidObject(StoreError, ValueError):
+    pass
+
+
+class InvalidSelector(StoreError, ValueError):
+    pass
+
+
+# -- kinds and wire form ----------------------------------------------------------------------
+def kind_dir(kind: type[Resource]) -> str:
+    """The znode directory of a kind: its lowercase plural (PLURAL, else KIND + 's')."""
+    name = (kind.PLURAL or (kind.KIND + "s" if kind.KIND else "")).lower()
+    if not name or not re.fullmatch(r"[a-z0-9][-a-z0-9.]*", name):
+        raise InvalidObject(f"{kind.__name__} has no usable KIND/PLURAL to name its store directory")
+    return name
+
+
+def status_version(obj: Resource) -> int | None:
+    """The status znode version `obj` was read at (None if it did not come from the store)."""
+    return getattr(obj, "_status_version", None)
+
+
+def _set_status_version(obj: Resource, version: int | None) -> Resource:
+    # An undeclared underscore attribute: pydantic keeps it off the wire and carries it through
+    # model_copy and field assignment (checked with pydantic 2.14).
+    setattr(obj, "_status_version", version)
+    return obj
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _now_json() -> str:
+    return TypeAdapter(datetime).dump_python(utcnow(), mode="json")
+
+
+_status_adapters: dict[type[Resource], TypeAdapter[Any]] = {}
+
+
+def _status_adapter(kind: type[Resource]) -> TypeAdapter[Any]:
+    if kind not in _status_adapters:
+        _status_adapters[kind] = TypeAdapter(kind.model_fields["status"].annotation)
+    return _status_adapters[kind]
+
+
+def _status_dict(kind: type[Resource], status: Status | Mapping[str, Any] | None) -> Any:
+    """Validate a status against the kind's status type and return its wire form."""
+    if status is None:
+        return None
+    if isinstance(status, Status):
+        status = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    try:
+        value = _status_adapter(kind).validate_python(status)
+    except ValidationError as e:
+        raise InvalidObject(f"invalid {kind.KIND} status: {e}") from None
+    if value is None:
+        return None
+    return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    kind: str
+    name: str
+    action: Literal["created", "configured", "unchanged"]
+    obj: Resource
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: Literal["ADDED", "MODIFIED", "DELETED"]
+    kind: str  # the KIND, e.g. "Protocol"
+    name: str
+    obj: Resource  # for DELETED: the last state seen
+    synthetic: bool = False  # found by a re-list after a reconnect, not by a notification
+
+
+# -- label selectors --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    op: Literal["=", "!=", "in", "notin", "exists", "!"]
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.op == "=":
+            return labels.get(self.key) == self.values[0]
+        if self.op == "!=":
+            return labels.get(self.key) != self.values[0]
+        if self.op == "in":
+            return labels.get(self.key) in self.values
+        if self.op == "notin":
+            return labels.get(self.key) not in self.values
+        if self.op == "exists":
+            return self.key in labels
+        return self.key not in labels
+
+    def __str__(self) -> str:
+        if self.op in ("=", "!="):
+            return f"{self.key}{self.op}{self.values[0]}"
+        if self.op in ("in", "notin"):
+            return f"{self.key} {self.op} ({','.join(self.values)})"
+        return self.key if self.op == "exists" else f"!{self.key}"
+
+
+@dataclass(frozen=True)
+class Selector:
+    requirements: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(r.matches(labels) for r in self.requirements)
+
+    def __str__(self) -> str:
+        return ",".join(str(r) for r in self.requirements)
+
+
+_KEY = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?")
+_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+
+
+def parse_selector(selector: str | Mapping[str, str] | Selector | None) -> Selector:
+    """Parse a Kubernetes-style label selector.
+
+    Terms are separated by ',': `a=b` (or `a==b`), `a!=b`, `a` (exists), `!a` (absent),
+    `a in (x,y)`, `a notin (x,y)`. A mapping means equality on every pair. Errors name the
+    position and what was expected.
+    """
+    if selector is None:
+        return Selector()
+    if isinstance(selector, Selector):
+        return selector
+    if isinstance(selector, Mapping):
+        return Selector(tuple(Requirement(str(k), "=", (str(v),)) for k, v in selector.items()))
+    text = selector
+    pos = 0
+    reqs: list[Requirement] = []
+
+    def fail(msg: str) -> InvalidSelector:
+        return InvalidSelector(
+            f"invalid label selector {text!r}: {msg} at position {pos + 1} "
+            "(forms: a=b, a!=b, a, !a, a in (x,y), a notin (x,y), separated by ',')"
+        )
+
+    def ws() -> None:
+        nonlocal pos
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+
+    def token(pattern: re.Pattern[str], what: str) -> str:
+        nonlocal pos
+        m = pattern.match(text, pos)
+        if m is None or (what == "a label key" and not m.group(0)):
+            raise fail(f"expected {what}")
+        pos = m.end()
+        return m.group(0)
+
+    ws()
+    if pos == len(text):
+        return Selector()
+    while True:
+        ws()
+        if pos < len(text) and text[pos] == "!" and not text.startswith("!=", pos):
+            pos += 1
+            ws()
+            reqs.append(Requirement(token(_KEY, "a label key"), "!"))
+        else:
+            key = token(_KEY, "a label key")
+            ws()
+            if text.startswith("!=", pos):
+                pos += 2
+                ws()
+                reqs.append(Requirement(key, "!=", (token(_VALUE, "a label value"),)))
+            elif text.startswith("==", pos) or text.startswith("=", pos):
+                pos += 2 if text.startswith("==", pos) else 1
+                ws()
+                reqs.append(Requirement(key, "=", (token(_VALUE, "a label value"),)))
+            elif m := re.compile(r"(notin|in)(?=[\s(])").match(text, pos):
+                pos = m.end()
+                ws()
+                if not text.startswith("(", pos):
+                    raise fail("expected '(' after " + m.group(1))
+                pos += 1
+                values: list[str] = []
+                while True:
+                    ws()
+                    values.append(token(_VALUE, "a label value"))
+                    ws()
+                    if text.startswith(",", pos):
+                        pos += 1
+                        continue
+                    if text.startswith(")", pos):
+                        pos += 1
+                        break
+                    raise fail("expected ',' or ')' in the value set")
+                reqs.append(Requirement(key, m.group(1), tuple(values)))  # type: ignore[arg-type]
+            else:
+                reqs.append(Requirement(key, "exists"))
+        ws()
+        if pos == len(text):
+            return Selector(tuple(reqs))
+        if text[pos] != ",":
+            raise fail(f"unexpected {text[pos]!r}")
+        pos += 1
+        ws()
+        if pos == len(text):
+            raise fail("expected a requirement after ','")
+
+
+# -- the store --------------------------------------------------------------------------------
+@dataclass
+class _Raw:
+    """One object as read: the object znode (dict + stat) and the status znode."""
+
+    data: dict[str, Any]
+    stat: ZnodeStat
+    status: Any
+    status_stat: ZnodeStat | None
+
+
+class Store:
+    """Resources in ZooKeeper: CRUD with compare-and-set, atomic apply, finalizers, watch.
+
+    `hosts` is a kazoo connection string, optionally with a chroot ("127.0.0.1:2181/test-1";
+    the chroot must exist). `kinds` are the resource classes the store decodes when a watch
+    covers all kinds; any kind used through the other calls is added. `timeout` bounds
+    connecting and every single call.
+    """
+
+    def __init__(
+        self,
+        hosts: str,
+        *,
+        kinds: Iterable[type[Resource]] = (),
+        timeout: float = 5.0,
+        session_timeout: float = 10.0,
+    ) -> None:
+        self.hosts = hosts
+        self.timeout = timeout
+        self.kinds: dict[str, type[Resource]] = {}
+        for k in kinds:
+            self._dir(k)
+        self._ensured: set[str] = set()
+        self._connected = threading.Event()
+        self._watches: list[Watch] = []
+        try:
+            self._client = KazooClient(
+                hosts=hosts,
+                timeout=session_timeout,
+                connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 1.0},
+            )
+        except ValueError as e:
+            raise StoreUnavailable(f"invalid ZooKeeper hosts {hosts!r}: {e}") from None
+        self._client.add_listener(self._on_state)
+        try:
+            self._client.start(timeout=timeout)
+        except KazooTimeoutError:
+            raise StoreUnavailable(
+                f"cannot reach ZooKeeper at {hosts} within {timeout:g}s "
+                "(is it running? `boidctl up` starts a local one)"
+            ) from None
+        self._connected.set()
+        self._ensure(OBJECTS)
+        self._ensure(RUNS)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @property
+    def client(self) -> KazooClient:
+        """The kazoo client, for recipes that need one (leader election on LEADER_LOCK)."""
+        return self._client
+
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+
+    def _dir(self, kind: type[Resource]) -> str:
+        d = kind_dir(kind)
+        known = self.kinds.setdefault(d, kind)
+        if known is not kind:
+            raise InvalidObject(f"{kind.__name__} and {known.__name__} would share the store directory {d!r}")
+        return d
+
+    def _path(self, kind: type[Resource], name: str = "") -> str:
+        return f"{OBJECTS}/{self._dir(kind)}" + (f"/{name}" if name else "")
+
+    def _wait(self, async_result: Any, what: str) -> Any:
+        try:
+            return async_result.get(timeout=self.timeout)
+        except KazooTimeoutError:
+            raise StoreUnavailable(
+                f"ZooKeeper at {self.hosts} did not answer ({what}) within {self.timeout:g}s; "
+                "the outcome of a write is unknown: re-read"
+            ) from None
+        except _UNAVAILABLE as e:
+            raise StoreUnavailable(
+                f"lost the connection to ZooKeeper at {self.hosts} ({what}: {type(e).__name__}); "
+                "the outcome of a write is unknown: re-read"
+            ) from None
+
+    def _ready(self) -> None:
+        if not self._connected.wait(self.timeout):
+            raise StoreUnavailable(f"not connected to ZooKeeper at {self.hosts} (waited {self.timeout:g}s)")
+
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._ready()
+        return self._wait(getattr(self._client, method)(*args, **kwargs), what)
+
+    def _ensure(self, path: str) -> None:
+        if path not in self._ensured:
+            self._ready()
+            self._wait(self._client.ensure_path_async(path), f"ensure {path}")
+            self._ensured.add(path)
+
+    def _commit(self, txn: Any, what: str) -> list[Any]:
+        self._ready()
+        return list(self._wait(txn.commit_async(), what))
+
+    @staticmethod
+    def _txn_error(results: list[Any]) -> tuple[int, Exception] | None:
+        for i, r in enumerate(results):
+            if isinstance(r, Exception) and not isinstance(r, RolledBackError):
+                return i, r
+        return None
+
+    def _read_async(self, path: str, watch: Any = None) -> tuple[Any, Any]:
+        self._ready()
+        return (self._client.get_async(path, watch=watch),
+                self._client.get_async(f"{path}/{STATUS_NODE}", watch=watch))
+
+    def _finish_read(self, pending: tuple[Any, Any], what: str) -> _Raw | None:
+        obj_res, status_res = pending
+        try:
+            data, stat = self._wait(obj_res, what)
+        except NoNodeError:
+            return None
+        try:
+            sdata, sstat = self._wait(status_res, what)
+            status = json.loads(sdata) if sdata else None
+        except NoNodeError:
+            status, sstat = None, None
+        return _Raw(json.loads(data), stat, status, sstat)
+
+    def _read(self, kind: type[Resource], name: str, watch: Any = None) -> _Raw | None:
+        return self._finish_read(self._read_async(self._path(kind, name), watch), f"read {kind.KIND} {name}")
+
+    def _must_read(self, kind: type[Resource], name: str) -> _Raw:
+        raw = self._read(kind, name)
+        if raw is None:
+            raise NotFound(f"{kind.KIND} {name!r} not found")
+        return raw
+
+    def _decode(self, kind: type[Resource], data: Mapping[str, Any], version: int | None, status: Any,
+                sversion: int | None) -> Resource:
+        d = copy.deepcopy(dict(data))
+        d["metadata"] = {**d["metadata"], "resourceVersion": version}
+        if status is not None:
+            d["status"] = status
+        return _set_status_version(kind.model_validate(d), sversion)
+
+    def _decode_raw(self, kind: type[Resource], raw: _Raw) -> Resource:
+        return self._decode(kind, raw.data, raw.stat.version, raw.status,
+                            raw.status_stat.version if raw.status_stat else None)
+
+    def _check(self, obj: Resource) -> type[Resource]:
+        kind = type(obj)
+        if not kind.KIND or obj.kind != kind.KIND:
+            raise InvalidObject(f"object {obj.metadata.name!r} says kind {obj.kind!r} but is a {kind.__name__}")
+        try:  # objects built with model_construct or mutated around validation
+            kind.model_validate(obj.to_dict())
+        except ValidationError as e:
+            raise InvalidObject(f"invalid {kind.KIND} {obj.metadata.name!r}: {e}") from None
+        return kind
+
+    def _conflict(self, kind: type[Resource], name: str, expected: int | None, what: str = "resourceVersion",
+                  current: int | None = None, suffix: str = "") -> Conflict:
+        if current is None:
+            try:
+                raw = self._read(kind, name)
+            except StoreError:
+                raw = None
+            if raw is not None:
+                current = raw.stat.version if what == "resourceVersion" else (
+                    raw.status_stat.version if raw.status_stat else None)
+        now = "it no longer exists" if current is None else f"current {current}"
+        return Conflict(
+            f"{kind.KIND} {name!r} was changed by someone else: expected {what} {expected}, {now}; "
+            "re-read it and retry" + suffix,
+            kind=kind.KIND, name=name, expected=expected, current=current,
+        )
+
+    @staticmethod
+    def _fresh_meta(obj: Resource) -> dict[str, Any]:
+        d = obj.to_dict(with_status=False)
+        m = d["metadata"]
+        for k in ("resourceVersion", "deletionTimestamp"):
+            m.pop(k, None)
+        m["uid"] = str(uuid.uuid4())
+        m["generation"] = 1
+        m["creationTimestamp"] = _now_json()
+        return d
+
+    @staticmethod
+    def _merge(cur: dict[str, Any], obj: Resource, *, apply: bool) -> dict[str, Any]:
+        """The stored form after writing `obj` over `cur`: user fields from obj, server fields kept."""
+        incoming = obj.to_dict(with_status=False)
+        m_in, m_cur = incoming["metadata"], cur["metadata"]
+        if not apply:
+            for f in ("uid", "creationTimestamp"):
+                if m_in.get(f) is not None and m_in.get(f) != m_cur.get(f):
+                    raise InvalidObject(
+                        f"{obj.kind} {obj.name!r}: metadata.{f} is immutable "
+                        f"(stored {m_cur.get(f)!r}, got {m_in.get(f)!r})"
+                    )
+        new = copy.deepcopy(cur)
+        meta = new["metadata"]
+        meta["labels"] = m_in.get("labels", {})
+        meta["annotations"] = m_in.get("annotations", {})
+        fins = m_in.get("finalizers", [])
+        if apply:  # apply never drops finalizers the operator added
+            fins = list(m_cur.get("finalizers", [])) + [f for f in fins if f not in m_cur.get("finalizers", [])]
+        meta["finalizers"] = fins
+        new["spec"] = incoming.get("spec")
+        if new["spec"] != cur.get("spec"):
+            meta["generation"] = int(m_cur.get("generation") or 0) + 1
+        return new
+
+    # -- objects ----------------------------------------------------------------------------
+    def create(self, obj: Resource) -> Resource:
+        """Store a new object: assigns uid, generation 1, creationTimestamp. AlreadyExists if taken.
+
+        A status given on `obj` is stored as the initial status (apply ignores it)."""
+        kind = self._check(obj)
+        path = self._path(kind, obj.name)
+        self._ensure(self._path(kind))
+        data = self._fresh_meta(obj)
+        status = _status_dict(kind, obj.status)
+        txn = self._client.transaction()
+        txn.create(path, _dumps(data))
+        txn.create(f"{path}/{STATUS_NODE}", _dumps(status))
+        err = self._txn_error(self._commit(txn, f"create {kind.KIND} {obj.name}"))
+        if err is not None:
+            if isinstance(err[1], NodeExistsError):
+                raise AlreadyExists(f"{kind.KIND} {obj.name!r} already exists")
+            raise err[1]
+        return self._decode(kind, data, 0, status, 0)
+
+    def get(self, kind: type[Resource], name: str) -> Resource:
+        """The object with metadata.resourceVersion (object znode version) and its status."""
+        return self._decode_raw(kind, self._must_read(kind, name))
+
+    def list(self, kind: type[Resource], selector: str | Mapping[str, str] | Selector | None = None) -> list[Resource]:
+        """All objects of a kind (sorted by name) whose labels match `selector`."""
+        sel = parse_selector(selector)
+        try:
+            names = self._call(f"list {kind.KIND}", "get_children_async", self._path(kind))
+        except NoNodeError:
+            return []
+        pending = [(n, self._read_async(self._path(kind, n))) for n in sorted(names)]
+        out = []
+        for n, p in pending:
+            raw = self._finish_read(p, f"read {kind.KIND} {n}")
+            if raw is not None and sel.matches(raw.data["metadata"].get("labels", {})):
+                out.append(self._decode_raw(kind, raw))
+        return out
+
+    def _write_meta(self, kind: type[Resource], name: str, new: dict[str, Any], expected: int) -> ZnodeStat | None:
+        """CAS-write the object znode; delete the object instead when it is being deleted and
+        no finalizer is left. Returns the new stat, or None when deleted."""
+        path = self._path(kind, name)
+        meta = new["metadata"]
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            txn = self._client.transaction()
+            txn.delete(f"{path}/{STATUS_NODE}")
+            txn.delete(path, version=expected)
+            err = self._txn_error(self._commit(txn, f"delete {kind.KIND} {name}"))
+            if err is None:
+                return None
+            if isinstance(err[1], NoNodeError) and err[0] == 1:
+                raise NotFound(f"{kind.KIND} {name!r} not found")
+            raise self._conflict(kind, name, expected)
+        try:
+            return self._call(f"update {kind.KIND} {name}", "set_async", path, _dumps(new), version=expected)
+        except NoNodeError:
+            raise NotFound(f"{kind.KIND} {name!r} not found") from None
+        except BadVersionError:
+            raise self._conflict(kind, name, expected) from None
+
+    def update(self, obj: Resource) -> Resource:
+        """Compare-and-set the object (metadata + spec) on metadata.resourceVersion.
+
+        Conflict if it changed since it was read. The generation is bumped only when the spec
+        changed; uid and creationTimestamp are immutable; deletionTimestamp and status are not
+        written here (delete / update_status). An update that leaves a deleting object without
+        finalizers removes it (the returned object is its last state). No change, no write."""
+        kind = self._check(obj)
+        expected = obj.metadata.resource_version
+        if expected is None:
+            raise InvalidObject(f"update of {kind.KIND} {obj.name!r} needs metadata.resourceVersion (get it first)")
+        raw = self._must_read(kind, obj.name)
+        if raw.stat.version != expected:
+            raise self._conflict(kind, obj.name, expected, current=raw.stat.version)
+        new = self._merge(raw.data, obj, apply=False)
+        if new == raw.data:
+            return self._decode_raw(kind, raw)
+        stat = self._write_meta(kind, obj.name, new, expected)
+        sv = raw.status_stat.version if raw.status_stat else None
+        return self._decode(kind, new, stat.version if stat else None, raw.status, sv)
+
+    def update_status(
+        self,
+        obj_or_kind: Resource | type[Resource],
+        name: str | None = None,
+        status: Status | Mapping[str, Any] | None = None,
+        *,
+        expected_version: int | None = None,
+    ) -> Resource:
+        """Compare-and-set the status znode.
+
+        `update_status(obj)` writes obj.status, expecting `status_version(obj)` (the status
+        version obj was read at) unless `expected_version` is given.
+        `update_status(Kind, name, status, expected_version=v)` does the same without an object.
+        `expected_version=ANY_VERSION` (-1) writes unconditionally (a sole writer only)."""
+        if isinstance(obj_or_kind, Resource):
+            obj: Resource | None = obj_or_kind
+            kind, name, status = type(obj_or_kind), obj_or_kind.name, obj_or_kind.status
+            expected = expected_version if expected_version is not None else status_version(obj_or_kind)
+        else:
+            obj, kind, expected = None, obj_or_kind, expected_version
+            if name is None:
+                raise InvalidObject("update_status(Kind, name, status, expected_version=...) needs a name")
+        if expected is None:
+            raise InvalidObject(
+                f"update_status of {kind.KIND} {name!r} needs the status version it read: pass an object "
+                "from get/list/watch, or expected_version= (ANY_VERSION to write unconditionally)"
+            )
+        wire = _status_dict(kind, status)
+        try:
+            stat = self._call(f"update status of {kind.KIND} {name}", "set_async",
+                              f"{self._path(kind, name)}/{STATUS_NODE}", _dumps(wire), version=expected)
+        except NoNodeError:
+            raise NotFound(f"{kind.KIND} {name!r} not found") from None
+        except BadVersionError:
+            raise self._conflict(kind, name, expected, what="status version") from None
+        if obj is None:
+            return self.get(kind, name)
+        out = obj.model_copy(deep=True)
+        out.status = _status_adapter(kind).validate_python(wire)
+        return _set_status_version(out, stat.version)
+
+    def _cas_loop(self, kind: type[Resource], name: str, change: Any) -> Resource | None:
+        """Read, let `change(data)` return the new stored form (or None: nothing to do), CAS-write;
+        retry on conflict. Returns the result (None once deleted)."""
+        for _ in range(20):
+            raw = self._must_read(kind, name)
+            new = change(copy.deepcopy(raw.data))
+            if new is None or new == raw.data:
+                return self._decode_raw(kind, raw)
+            try:
+                stat = self._write_meta(kind, name, new, raw.stat.version)
+            except Conflict:
+                continue
+            if stat is None:
+                return None
+            sv = raw.status_stat.version if raw.status_stat else None
+            return self._decode(kind, new, stat.version, raw.status, sv)
+        raise Conflict(f"{kind.KIND} {name!r} keeps changing; gave up after 20 attempts", kind=kind.KIND, name=name)
+
+    def delete(self, kind: type[Resource], name: str) -> Resource | None:
+        """Delete: with finalizers, set deletionTimestamp (once) and return the kept object;
+        without, remove object and status atomically and return None. NotFound if absent."""
+
+        for _ in range(20):
+            raw = self._must_read(kind, name)
+            meta = raw.data["metadata"]
+            if meta.get("finalizers") and meta.get("deletionTimestamp"):
+                return self._decode_raw(kind, raw)  # already marked: idempotent
+            new = copy.deepcopy(raw.data)
+            new["metadata"]["deletionTimestamp"] = _now_json()
+            try:
+                stat = self._write_meta(kind, name, new, raw.stat.version)  # deletes when no finalizers
+            except Conflict:
+                continue
+            if stat is None:
+                return None
+            sv = raw.status_stat.version if raw.status_stat else None
+            return self._decode(kind, new, stat.version, raw.status, sv)
+        raise Conflict(f"{kind.KIND} {name!r} keeps changing; gave up deleting after 20 attempts",
+                       kind=kind.KIND, name=name)
+
+    def add_finalizer(self, kind: type[Resource], name: str, finalizer: str) -> Resource:
+        """Add a finalizer (no-op if present). Refused while the object is being deleted."""
+
+        def add(d: dict[str, Any]) -> dict[str, Any] | None:
+            fins = d["metadata"].setdefault("finalizers", [])
+            if finalizer in fins:
+                return None
+            if d["metadata"].get("deletionTimestamp"):
+                raise InvalidObject(f"{kind.KIND} {name!r} is being deleted: cannot add finalizer {finalizer!r}")
+            fins.append(finalizer)
+            return d
+
+        out = self._cas_loop(kind, name, add)
+        assert out is not None
+        return out
+
+    def remove_finalizer(self, kind: type[Resource], name: str, finalizer: str) -> Resource | None:
+        """Remove a finalizer; when it was the last one and deletion was requested, the object is
+        removed (returns None). Missing finalizer: no-op."""
+
+        def remove(d: dict[str, Any]) -> dict[str, Any] | None:
+            fins = d["metadata"].get("finalizers", [])
+            if finalizer not in fins:
+                return None
+            d["metadata"]["finalizers"] = [f for f in fins if f != finalizer]
+            return d
+
+        return self._cas_loop(kind, name, remove)
+
+    # -- apply ------------------------------------------------------------------------------
+    def apply(self, objs: Iterable[Resource], dry_run: bool = False) -> list[ApplyResult]:
+        """Create or update every object of an input in ONE transaction (all or nothing).
+
+        User fields (labels, annotations, spec) come from the input; server fields (uid,
+        generation, creationTimestamp, status, deletionTimestamp) are kept; finalizers are
+        kept and any from the input added. The transaction checks the version of every object
+        it read, so a concurrent write makes the whole apply a Conflict. `dry_run` reads and
+        plans but writes nothing."""
+        return self._commit_plan(self._plan(list(objs)), dry_run)
+
+    def _plan(self, objs: Sequence[Resource]) -> list[tuple[Resource, str, dict[str, Any], _Raw | None]]:
+        seen: set[tuple[str, str]] = set()
+        for obj in objs:
+            kind = self._check(obj)
+            key = (kind.KIND, obj.name)
+            if key in seen:
+                raise InvalidObject(f"{kind.KIND} {obj.name!r} appears twice in the input")
+            seen.add(key)
+        pending = [self._read_async(self._path(type(o), o.name)) for o in objs]
+        plan = []
+        for obj, p in zip(objs, pending):
+            raw = self._finish_read(p, f"read {obj.kind} {obj.name}")
+            if raw is None:
+                plan.append((obj, "created", self._fresh_meta(obj), None))
+            else:
+                new = self._merge(raw.data, obj, apply=True)
+                plan.append((obj, "configured" if new != raw.data else "unchanged", new, raw))
+        return plan
+
+    def _commit_plan(self, plan: list[tuple[Resource, str, dict[str, Any], _Raw | None]],
+                     dry_run: bool) -> list[ApplyResult]:
+        if not dry_run and any(a != "unchanged" for _, a, _, _ in plan):
+            txn = self._client.transaction()
+            owners: list[tuple[Resource, _Raw | None]] = []
+            for obj, action, new, raw in plan:
+                kind = type(obj)
+                path = self._path(kind, obj.name)
+                if action == "created":
+                    self._ensure(self._path(kind))
+                    txn.create(path, _dumps(new))
+                    txn.create(f"{path}/{STATUS_NODE}", _dumps(None))
+                    owners += [(obj, None), (obj, None)]
+                elif action == "configured":
+                    assert raw is not None
+                    txn.set_data(path, _dumps(new), version=raw.stat.version)
+                    owners.append((obj, raw))
+                else:
+                    assert raw is not None
+                    txn.check(path, raw.stat.version)
+                    owners.append((obj, raw))
+            results = self._commit(txn, f"apply {len(plan)} objects")
+            err = self._txn_error(results)
+            if err is not None:
+                obj, raw = owners[err[0]]
+                kind = type(obj)
+                if raw is None:
+                    raise Conflict(f"{kind.KIND} {obj.name!r} was created by someone else during apply; "
+                                   "nothing was applied: retry", kind=kind.KIND, name=obj.name)
+                raise self._conflict(kind, obj.name, raw.stat.version, suffix="; nothing was applied")
+            stats = iter(results)
+        out = []
+        for obj, action, new, raw in plan:
+            kind = type(obj)
+            if action == "created":
+                version = None if dry_run else 0
+                if not dry_run:
+                    next(stats), next(stats)
+                res = self._decode(kind, new, version, None, version)
+            else:
+                assert raw is not None
+                version = raw.stat.version
+                if not dry_run and any(a != "unchanged" for _, a, _, _ in plan):
+                    r = next(stats)
+                    if action == "configured":
+                        version = r.version
+                sv = raw.status_stat.version if raw.status_stat else None
+                res = self._decode(kind, new, version, raw.status, sv)
+            out.append(ApplyResult(kind.KIND, obj.name, action, res))  # type: ignore[arg-type]
+        return out
+
+    # -- watch ------------------------------------------------------------------------------
+    def watch(self, kind: type[Resource] | Iterable[type[Resource]] | None = None, *,
+              send_initial: bool = True) -> "Watch":
+        """Start watching one kind, several, or (None) every kind this store knows.
+
+        Returns a running Watch: iterate it (blocking) or call `get(timeout)`; `stop()` ends it.
+        With `send_initial`, existing objects arrive first as ADDED (list-then-watch)."""
+        if kind is None:
+            kinds = None
+        elif isinstance(kind, type):
+            kinds = [kind]
+        else:
+            kinds = list(kind)
+        w = Watch(self, kinds, send_initial)
+        self._watches.append(w)
+        return w
+
+    # -- runs and misc ----------------------------------------------------------------------
+    @staticmethod
+    def _run_path(path: str) -> str:
+        parts = path.strip("/").split("/")
+        if not path.strip("/") or any(p in ("", ".", "..") for p in parts):
+            raise InvalidObject(f"bad run path {path!r}: use 'job/segment/...'")
+        return f"{RUNS}/{'/'.join(parts)}"
+
+    def create_once(self, path: str, data: bytes | str | Mapping[str, Any] | None = None) -> bool:
+        """Create runs/<path> with `data` if it does not exist: True if this call created it.
+
+        Exactly once: of any number of concurrent callers one gets True. (If the connection
+        drops mid-call, StoreUnavailable is raised and a retry may return False for our own
+        create: put an owner id in `data` and compare with `get_run` when that matters.)"""
+        if isinstance(data, Mapping):
+            raw = _dumps(data)
+        elif isinstance(data, str):
+            raw = data.encode()
+        else:
+            raw = data or b""
+        try:
+            self._call(f"create {path}", "create_async", self._run_path(path), raw, makepath=True)
+            return True
+        except NodeExistsError:
+            return False
+
+    def get_run(self, path: str) -> bytes | None:
+        try:
+            return self._call(f"read {path}", "get_async", self._run_path(path))[0]
+        except NoNodeError:
+            return None
+
+    def list_runs(self, path: str) -> list[str]:
+        try:
+            return sorted(self._call(f"list {path}", "get_children_async", self._run_path(path)))
+        except NoNodeError:
+            return []
+
+    def close(self) -> None:
+        for w in list(self._watches):
+            w.stop()
+        try:
+            self._client.stop()
+            self._client.close()
+        except Exception:  # closing an already broken client
+            pass
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- watch ------------------------------------------------------------------------------------
+@dataclass
+class _Seen:
+    sig: tuple[int, int, int]  # object czxid, object mzxid, status mzxid
+    obj: Resource
+
+
+class Watch:
+    """A running watch: a thread-safe queue of WatchEvents fed by one worker thread.
+
+    Iterate it (blocks; ends after stop()), or poll with `get(timeout)`. Events for one object
+    arrive in order; fast successive writes may be coalesced into one MODIFIED with the latest
+    state (level triggered, as an engine's work queue wants)."""
+
+    def __init__(self, store: Store, kinds: list[type[Resource]] | None, send_initial: bool) -> None:
+        self._store = store
+        self._all = kinds is None
+        self._kinds: dict[str, type[Resource]] = (
+            dict(store.kinds) if kinds is None else {store._dir(k): k for k in kinds}
+        )
+        self.events: queue.Queue[WatchEvent | None] = queue.Queue()
+        self._tasks: queue.Queue[tuple[str, ...] | None] = queue.Queue()
+        self._cache: dict[tuple[str, str], _Seen] = {}
+        self._stopped = threading.Event()
+        self._emit = send_initial
+        for d in self._kinds:
+            store._ensure(f"{OBJECTS}/{d}")
+        store.client.add_listener(self._on_state)
+        self._relist(synthetic=False)  # watches are armed once the constructor returns
+        self._emit = True
+        self._thread = threading.Thread(target=self._run, name="boid-store-watch", daemon=True)
+        self._thread.start()
+
+    # -- consumer side ----------------------------------------------------------------------
+    def get(self, timeout: float | None = None) -> WatchEvent | None:
+        """The next event, or None on timeout or once stopped."""
+        if self._stopped.is_set() and self.events.empty():
+            return None
+        try:
+            ev = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if ev is None:
+            self.events.put(None)  # keep other consumers from blocking
+        return ev
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        while True:
+            ev = self.get()
+            if ev is None:
+                return
+            yield ev
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._store.client.remove_listener(self._on_state)
+        self._tasks.put(None)
+        self.events.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+        if self in self._store._watches:
+            self._store._watches.remove(self)
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- ZooKeeper side (kazoo threads: never block here) -----------------------------------
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED and not self._stopped.is_set():
+            self._tasks.put(("relist",))
+
+    def _on_zk_event(self, event: Any) -> None:
+        if self._stopped.is_set() or not event.path or not event.path.startswith(OBJECTS):
+            return
+        rel = event.path[len(OBJECTS):].strip("/")
+        parts = rel.split("/") if rel else []
+        if not parts:
+            self._tasks.put(("root",))
+        elif len(parts) == 1:
+            self._tasks.put(("kind", parts[0]))
+        else:
+            self._tasks.put(("obj", parts[0], parts[1]))
+
+    # -- worker -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            task = self._tasks.get()
+            if task is None:
+                return
+            try:
+                if task[0] == "relist":
+                    self._relist(synthetic=True)
+                elif task[0] == "root":
+                    self._sync_root()
+                elif task[0] == "kind":
+                    self._sync_kind(task[1], full=False, synthetic=False)
+                else:
+                    self._sync_obj(task[1], task[2], synthetic=False)
+            except (StoreError, KazooException) as e:
+                log.info("watch: %s; re-listing once reconnected", e)
+                while not self._stopped.is_set() and not self._store._connected.wait(0.2):
+                    pass
+                self._tasks.put(("relist",))
+            except Exception:  # never let the watch thread die silently
+                log.exception("watch: unexpected error; re-listing")
+                self._stopped.wait(0.5)
+                self._tasks.put(("relist",))
+
+    def _relist(self, synthetic: bool) -> None:
+        if self._all:
+            self._sync_root()
+        for d in list(self._kinds):
+            self._sync_kind(d, full=True, synthetic=synthetic)
+
+    def _sync_root(self) -> None:
+        if not self._all:
+            return
+        dirs = self._store._call("list kinds", "get_children_async", OBJECTS, watch=self._on_zk_event)
+        for d in dirs:
+            if d not in self._kinds and d in self._store.kinds:
+                self._kinds[d] = self._store.kinds[d]
+                self._sync_kind(d, full=True, synthetic=False)
+
+    def _sync_kind(self, d: str, *, full: bool, synthetic: bool) -> None:
+        if d not in self._kinds:
+            return
+        try:
+            names = set(self._store._call(f"list {d}", "get_children_async", f"{OBJECTS}/{d}",
+                                          watch=self._on_zk_event))
+        except NoNodeError:
+            names = set()
+            self._store._call(f"watch {d}", "exists_async", f"{OBJECTS}/{d}", watch=self._on_zk_event)
+        known = {n for (k, n) in self._cache if k == d}
+        todo = (names | known) if full else (names ^ known)
+        for n in sorted(todo):
+            self._sync_obj(d, n, synthetic=synthetic)
+
+    def _sync_obj(self, d: str, name: str, *, synthetic: bool) -> None:
+        kind = self._kinds.get(d)
+        if kind is None:
+            return
+        store = self._store
+        path = f"{OBJECTS}/{d}/{name}"
+        raw = store._finish_read(store._read_async(path, watch=self._on_zk_event), f"watch {path}")
+        key = (d, name)
+        prev = self._cache.get(key)
+        if raw is None:
+            if prev is not None:
+                del self._cache[key]
+                self._put("DELETED", kind, name, prev.obj, synthetic)
+            return
+        if raw.status_stat is None:  # arm a watch for the status node's creation
+            store._call(f"watch {path}", "exists_async", f"{path}/{STATUS_NODE}", watch=self._on_zk_event)
+        sig = (raw.stat.czxid, raw.stat.mzxid, raw.status_stat.mzxid if raw.status_stat else 0)
+        if prev is not None and prev.sig == sig:
+            return
+        try:
+            obj = store._decode_raw(kind, raw)
+        except (ValidationError, ValueError, KeyError, TypeError) as e:
+            log.warning("watch: cannot decode %s: %s", path, e)
+            return
+        self._cache[key] = _Seen(sig, obj)
+        if prev is None:
+            self._put("ADDED", kind, name, obj, synthetic)
+        elif prev.sig[0] != sig[0]:  # deleted and re-created in between
+            self._put("DELETED", kind, name, prev.obj, synthetic)
+            self._put("ADDED", kind, name, obj, synthetic)
+        else:
+            self._put("MODIFIED", kind, name, obj, synthetic)
+
+    def _put(self, type_: str, kind: type[Resource], name: str, obj: Resource, synthetic: bool) -> None:
+        if self._emit and not self._stopped.is_set():
+            self.events.put(WatchEvent(type_, kind.KIND, name, obj, synthetic))  # type: ignore[arg-type]
