@@ -181,7 +181,10 @@ class _Where:
 def _load_text(text: str, source: str) -> tuple[list[tuple[Resource, _Where]], list[SpecError]]:
     resources: list[tuple[Resource, _Where]] = []
     errors: list[SpecError] = []
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader rejects control characters up front
+        return [], [_reader_error(exc, text, source)]
     index = 0
     try:
         while True:
@@ -192,6 +195,9 @@ def _load_text(text: str, source: str) -> tuple[list[tuple[Resource, _Where]], l
                 node = loader.get_node()
             except yaml.MarkedYAMLError as exc:
                 errors.append(_yaml_error(exc, source, index))
+                break
+            except yaml.YAMLError as exc:
+                errors.append(_reader_error(exc, text, source))
                 break
             if node is None:
                 continue
@@ -237,6 +243,19 @@ def _yaml_error(exc: yaml.YAMLError, source: str, index: int) -> SpecError:
         hint = "check the indentation of this line against the lines above it"
     return SpecError(source, index, mark.line + 1 if mark else None,
                      mark.column + 1 if mark else None, "", message, hint)
+
+
+def _reader_error(exc: yaml.YAMLError, text: str, source: str) -> SpecError:
+    pos = getattr(exc, "position", None)
+    line = col = None
+    if isinstance(pos, int):
+        line = text.count("\n", 0, pos) + 1
+        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    reason = getattr(exc, "reason", None) or str(exc)
+    char = getattr(exc, "character", None)
+    what = f"character #x{char:04x}: {reason}" if isinstance(char, int) else reason
+    return SpecError(source, None, line, col, "", f"invalid YAML: {what}",
+                     "remove control characters; specs are UTF-8 text")
 
 
 def _duplicate_keys(node: Node, source: str, index: int) -> list[SpecError]:

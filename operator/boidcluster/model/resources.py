@@ -238,7 +238,7 @@ class Protocol(Resource):
     CONDITIONS: ClassVar[tuple[str, ...]] = ("Registered", "StorageReady", "Funded", "Ready")
 
     kind: Literal["Protocol"] = "Protocol"
-    """Protocol."""
+    """Always Protocol."""
     spec: ProtocolSpec
     """What the protocol is and how it pays."""
     status: ProtocolStatus | None = None
@@ -552,7 +552,7 @@ class Job(Resource):
     SHORT: ClassVar[tuple[str, ...]] = ()
 
     kind: Literal["Job"] = "Job"
-    """Job."""
+    """Always Job."""
     spec: JobSpec
     """What to run and how to split it."""
     status: JobStatus | None = None
@@ -602,7 +602,7 @@ class Contributor(Resource):
     SHORT: ClassVar[tuple[str, ...]] = ("contrib",)
 
     kind: Literal["Contributor"] = "Contributor"
-    """Contributor."""
+    """Always Contributor."""
     spec: ContributorSpec
     """Who contributes, in which role, for whom."""
     status: ContributorStatus | None = None
@@ -662,7 +662,7 @@ class GitSource(Resource):
     SHORT: ClassVar[tuple[str, ...]] = ("gs",)
 
     kind: Literal["GitSource"] = "GitSource"
-    """GitSource."""
+    """Always GitSource."""
     spec: GitSourceSpec
     """Which repository, which ref and how to sync."""
     status: GitSourceStatus | None = None
