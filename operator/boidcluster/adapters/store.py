@@ -53,6 +53,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 from pydantic import TypeAdapter, ValidationError
 
+from boidcluster.model.kinds import KINDS
 from boidcluster.model.meta import Resource, Status, utcnow
 
 log = logging.getLogger(__name__)
@@ -317,8 +318,9 @@ class Store:
     """Resources in ZooKeeper: CRUD with compare-and-set, atomic apply, finalizers, watch.
 
     `hosts` is a kazoo connection string, optionally with a chroot ("127.0.0.1:2181/test-1";
-    the chroot must exist). `kinds` are the resource classes the store decodes when a watch
-    covers all kinds; any kind used through the other calls is added. `timeout` bounds
+    the chroot must exist). The store knows the registry's kinds (model.kinds.KINDS) plus
+    `kinds` (e.g. test kinds); a watch over all kinds covers those, and any kind used through
+    the other calls is added. `timeout` bounds
     connecting and every single call.
     """
 
@@ -333,7 +335,7 @@ class Store:
         self.hosts = hosts
         self.timeout = timeout
         self.kinds: dict[str, type[Resource]] = {}
-        for k in kinds:
+        for k in (*KINDS.values(), *kinds):
             self._dir(k)
         self._ensured: set[str] = set()
         self._connected = threading.Event()
