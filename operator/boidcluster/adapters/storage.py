@@ -217,7 +217,9 @@ class Storage:
         directory, name = posixpath.split(full)
         tmp = posixpath.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
         try:
-            if callable(data):
+            if callable(data) and isinstance(self._backend, _LocalBackend):
+                self._backend.write_with(tmp, data)  # straight into the temporary file
+            elif callable(data):
                 with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
                     data(spool)  # type: ignore[arg-type]
                     size = spool.tell()
@@ -301,6 +303,16 @@ class _LocalBackend:
                     f.write(data)
                 else:
                     shutil.copyfileobj(data, f, 1 << 20)
+                f.flush()
+                try:
+                    os.fsync(f.fileno())
+                except (OSError, AttributeError, ValueError):
+                    pass
+
+    def write_with(self, path: str, writer: Writer) -> None:
+        with _local_errors(path):
+            with self.fs.open(path, "wb") as f:
+                writer(f)
                 f.flush()
                 try:
                     os.fsync(f.fileno())
