@@ -357,7 +357,10 @@ def _convert_errors(raw, cls, data, node, source, index, name) -> list[SpecError
         if len(messages) == 1:
             message, hint = messages[0]
         elif {e["type"] for e, _ in items} <= _NUMBER_TYPES:
-            message, hint = f"must be a number (got {_describe(items[0][0]['input'])})", ""
+            value = items[0][0]["input"]
+            message, hint = f"must be a number (got {_describe(value)})", ""
+            if isinstance(value, str):
+                hint = f"write it without quotes: {value.strip()}"
         else:
             seen: list[str] = []
             for m, _ in messages:
@@ -496,7 +499,10 @@ def _explain_error(e: dict, path: list[Any], cls: type[BaseModel],
         "datetime_from_date_parsing": "must be a date-time like 2025-01-31T12:00:00Z",
     }
     if t in simple:
-        return simple[t] + got, quote_hint if t == "string_type" else ""
+        hint = quote_hint if t == "string_type" else ""
+        if t in _NUMBER_TYPES | {"bool_type", "bool_parsing"} and isinstance(value, str):
+            hint = f"write it without quotes: {value.strip()}"
+        return simple[t] + got, hint
     if t == "literal_error":
         choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5) if choices else []

@@ -19,10 +19,15 @@ from pydantic import (
     BeforeValidator,
     Discriminator,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     Tag,
     WithJsonSchema,
     model_validator,
 )
+
+from pydantic import Strict as PydanticStrict
 
 from .meta import Condition, Resource, Status, Strict, field_error
 from .meta import DnsLabel
@@ -38,6 +43,10 @@ RESERVED_ENV = ("BOID_UNIT_INDEX", "BOID_UNIT_PARAMS", "BOID_OUTPUT_DIR", "BOID_
 """Variables the dispatcher sets for every unit; a Job's env may not override them."""
 
 # --- small checked types -----------------------------------------------------------------------
+
+# Spec numbers and booleans are strict: YAML `retries: "3"` or `cpus: true` is a mistake to report,
+# not to coerce. (Status fields stay lax: only the operator writes them.)
+Number = StrictInt | StrictFloat
 
 
 def _storage_path(value: str) -> str:
@@ -171,7 +180,7 @@ class Payout(Strict):
 class Quota(Strict):
     """Limits on how much of the cluster this protocol's jobs may use at once."""
 
-    max_parallelism: int = Field(ge=1)
+    max_parallelism: StrictInt = Field(ge=1)
     """Most work units of this protocol running at the same time, across all its jobs."""
 
 
@@ -251,11 +260,11 @@ class Protocol(Resource):
 class RangeSpec(Strict):
     """Evenly spaced numbers from start up to, not including, stop (like Python's range)."""
 
-    start: int | float = 0
+    start: Number = 0
     """First value."""
-    stop: int | float
+    stop: Number
     """End of the range (excluded)."""
-    step: int | float = 1
+    step: Number = 1
     """Distance between values; negative counts down. Must not be 0."""
 
     @model_validator(mode="after")
@@ -317,14 +326,14 @@ class InputsSpec(Strict):
     """Directory in storage to list (relative paths are under the protocol's datadir)."""
     pattern: str = "*"
     """Glob that file names must match, e.g. '*.csv'."""
-    per_unit: int = Field(default=1, ge=1)
+    per_unit: StrictInt = Field(default=1, ge=1)
     """How many files go into one work unit (the last unit may get fewer)."""
 
 
 class WorkUnits(Strict):
     """How the job splits into units. Set exactly one of count, sweep or inputs."""
 
-    count: int | None = Field(default=None, ge=1, le=MAX_UNITS)
+    count: StrictInt | None = Field(default=None, ge=1, le=MAX_UNITS)
     """Run this many units, indexed 0..count-1 (BOID_UNIT_INDEX), like an Indexed Job."""
     sweep: dict[str, SweepValues] | None = None
     """One unit per combination of parameter values (the cartesian product); each unit gets its
@@ -375,22 +384,22 @@ class WorkUnits(Strict):
 class ResourceRequest(Strict):
     """What one unit needs from a worker (Marathon/Mesos resource names and units)."""
 
-    cpus: float = Field(default=1.0, gt=0)
+    cpus: Annotated[float, PydanticStrict()] = Field(default=1.0, gt=0)
     """CPU shares, e.g. 0.5 or 2."""
     mem: MiB = 128
     """Memory in MiB: an integer (512) or a string ('512Mi', '2Gi')."""
     disk: MiB = 0
     """Scratch disk in MiB: an integer or a string ('1Gi')."""
-    gpus: int = Field(default=0, ge=0)
+    gpus: StrictInt = Field(default=0, ge=0)
     """Whole GPUs."""
 
 
 class Replication(Strict):
     """BOINC-style redundancy: run each unit several times on distinct contributors."""
 
-    replicas: int = Field(default=1, ge=1, le=10)
+    replicas: StrictInt = Field(default=1, ge=1, le=10)
     """How many contributors run each unit."""
-    quorum: int | None = Field(default=None, ge=1)
+    quorum: StrictInt | None = Field(default=None, ge=1)
     """How many identical results from distinct contributors make a unit's result valid.
     Defaults to replicas (all must agree); 1 <= quorum <= replicas."""
 
@@ -398,7 +407,9 @@ class Replication(Strict):
     @classmethod
     def _quorum_defaults_to_replicas(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("quorum") is None:
-            data = {**data, "quorum": data.get("replicas", 1)}
+            replicas = data.get("replicas", 1)
+            if isinstance(replicas, int) and not isinstance(replicas, bool):
+                data = {**data, "quorum": replicas}  # else the replicas error is the one to show
         return data
 
     @model_validator(mode="after")
@@ -477,12 +488,12 @@ class JobSpec(Strict):
     """Extra environment variables for every unit (values are strings)."""
     work_units: WorkUnits
     """How the job splits into units: exactly one of count, sweep or inputs."""
-    parallelism: int | None = Field(default=None, ge=1)
+    parallelism: StrictInt | None = Field(default=None, ge=1)
     """Most units running at the same time. Defaults to no limit of its own: as many as there are
     workers, within the protocol's quota."""
     resources: ResourceRequest = Field(default_factory=lambda: ResourceRequest())
     """What one unit needs from a worker."""
-    retries: int = Field(default=3, ge=0, le=100)
+    retries: StrictInt = Field(default=3, ge=0, le=100)
     """How many times a failed unit is retried before the job fails. A unit whose worker
     vanished is re-queued without counting as a retry."""
     unit_timeout: Annotated[Duration, Field(ge=1)] | None = None
@@ -623,12 +634,12 @@ class GitSourceSpec(Strict):
     """Directory inside the repository holding the YAML specs (searched recursively)."""
     interval: Annotated[Duration, Field(ge=10)] = Field(default="3m", validate_default=True)
     """How often to fetch and compare, e.g. '3m' (at least 10s)."""
-    prune: bool = False
+    prune: StrictBool = False
     """Delete objects this source created that are no longer in the repository."""
-    prune_limit: int = Field(default=10, ge=0)
+    prune_limit: StrictInt = Field(default=10, ge=0)
     """Refuse to prune more than this many objects in one sync (a safety net against an
     emptied repository); 0 means no limit."""
-    self_heal: bool = False
+    self_heal: StrictBool = False
     """Revert changes made to synced objects outside git; otherwise they are reported as drift."""
 
 
