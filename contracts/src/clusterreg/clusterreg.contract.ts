@@ -1,0 +1,160 @@
+/**
+ * clusterreg: the registry of research protocols (funds, pay rates) and the only place tokens move.
+ *
+ * Why it is shaped so (contracts/README.md lists every fix to the seed):
+ * - Protocol rows are scoped by owner and keyed by researcher, so a sponsoring team (owner) and its
+ *   researcher can be different accounts, and one owner can sponsor many researchers.
+ * - Pay rates are assets per hour with the fund's symbol, never floats; the amount is computed in
+ *   integer units with 128-bit intermediates (../common/payment.ts), floor to the smallest unit.
+ * - `payout` runs only as an inline action of the jobs contract (which checked the funder), asserts
+ *   the fund covers the amount, lowers the fund, and transfers from the fund account with a standard
+ *   eosio.token `transfer` on the protocol's token contract (needs clusterreg@eosio.code in the fund
+ *   account's active permission).
+ */
+import {
+    Contract, Name, Asset, Symbol, check, requireAuth, isAccount, TableStore, SAME_PAYER, EMPTY_NAME,
+    InlineAction, ActionData, PermissionLevel, getSender,
+} from "proton-tsc"
+import { Config, Protocol, TokenStat } from "./clusterreg.tables"
+import { computePayment } from "../common/payment"
+
+const TYPE_WORKER = "worker"
+const TYPE_DISPATCHER = "dispatcher"
+const MAX_TITLE_BYTES = 256
+const MAX_DATADIR_BYTES = 1024
+
+/** Data of the standard eosio.token transfer. */
+@packer
+class TokenTransfer extends ActionData {
+    constructor(
+        public from: Name = EMPTY_NAME,
+        public to: Name = EMPTY_NAME,
+        public quantity: Asset = new Asset(),
+        public memo: string = ""
+    ) { super() }
+}
+
+/** Asserts the contributor type; true for "worker". (AssemblyScript 0.18 fails to parse the parameter
+ * name `type` inside a variable initializer, so the action only passes it to this function.) */
+function checkType(t: string): bool {
+    check(t == TYPE_WORKER || t == TYPE_DISPATCHER, "type must be \"worker\" or \"dispatcher\"")
+    return t == TYPE_WORKER
+}
+
+/** Inline `<tokencontract>::transfer(from, to, quantity, memo)` authorized by from@active. */
+function sendTransfer(tokencontract: Name, from: Name, to: Name, quantity: Asset, memo: string): void {
+    const transfer = new InlineAction<TokenTransfer>("transfer")
+    const act = transfer.act(tokencontract, new PermissionLevel(from))
+    act.send(new TokenTransfer(from, to, quantity, memo))
+}
+
+function checkRate(rate: Asset, fundSymbol: Symbol, what: string): void {
+    check(rate.isValid(), `invalid ${what} pay rate`)
+    check(rate.symbol.value == fundSymbol.value, `${what} pay rate symbol must match the fund symbol`)
+    check(rate.amount >= 0, `${what} pay rate must not be negative`)
+}
+
+/** Checks the accounts, strings, token and rates shared by addprotocol and updprotocol. */
+function checkProtocolFields(
+    title: string, researcher: Name, datadir: string, fundaccount: Name, fundSymbol: Symbol,
+    tokencontract: Name, dispatcher_pay_rate: Asset, worker_pay_rate: Asset
+): void {
+    check(String.UTF8.byteLength(title) <= MAX_TITLE_BYTES, "title is longer than 256 bytes")
+    check(String.UTF8.byteLength(datadir) <= MAX_DATADIR_BYTES, "datadir is longer than 1024 bytes")
+    check(isAccount(researcher), "researcher account does not exist")
+    check(isAccount(fundaccount), "fund account does not exist")
+    check(isAccount(tokencontract), "token contract account does not exist")
+    const stats = new TableStore<TokenStat>(tokencontract, new Name(fundSymbol.code()))
+    const stat = stats.requireGet(fundSymbol.code(), "fund symbol is not a token of the token contract")
+    check(stat.supply.symbol.value == fundSymbol.value, "fund symbol precision does not match the token contract")
+    checkRate(worker_pay_rate, fundSymbol, "worker")
+    checkRate(dispatcher_pay_rate, fundSymbol, "dispatcher")
+}
+
+@contract
+class ClusterReg extends Contract {
+    configTable: TableStore<Config> = new TableStore<Config>(this.receiver, this.receiver)
+
+    @action("conntojobs")
+    conntojobs(jobs_contract: Name): void {
+        requireAuth(this.receiver)
+        check(isAccount(jobs_contract), "jobs contract account does not exist")
+        this.configTable.set(new Config(jobs_contract), this.receiver)
+    }
+
+    @action("addprotocol")
+    addprotocol(
+        title: string, owner: Name, researcher: Name, datadir: string, fundaccount: Name, fund: Asset,
+        tokencontract: Name, dispatcher_pay_rate: Asset, worker_pay_rate: Asset
+    ): void {
+        requireAuth(owner)
+        const protocols = new TableStore<Protocol>(this.receiver, owner)
+        check(!protocols.exists(researcher.N), "protocol already exists")
+        check(fund.isValid(), "invalid fund")
+        check(fund.amount >= 0, "fund must not be negative")
+        checkProtocolFields(title, researcher, datadir, fundaccount, fund.symbol, tokencontract,
+            dispatcher_pay_rate, worker_pay_rate)
+        protocols.store(new Protocol(title, owner, researcher, datadir, fundaccount, fund, tokencontract,
+            worker_pay_rate, dispatcher_pay_rate), owner)
+    }
+
+    @action("updprotocol")
+    updprotocol(
+        title: string, owner: Name, researcher: Name, datadir: string, fundaccount: Name,
+        tokencontract: Name, dispatcher_pay_rate: Asset, worker_pay_rate: Asset
+    ): void {
+        requireAuth(owner)
+        const protocols = new TableStore<Protocol>(this.receiver, owner)
+        const p = protocols.requireGet(researcher.N, "unknown protocol")
+        checkProtocolFields(title, researcher, datadir, fundaccount, p.fund.symbol, tokencontract,
+            dispatcher_pay_rate, worker_pay_rate)
+        p.title = title
+        p.datadir = datadir
+        p.fundaccount = fundaccount
+        p.tokencontract = tokencontract
+        p.worker_pay_rate = worker_pay_rate
+        p.dispatcher_pay_rate = dispatcher_pay_rate
+        protocols.update(p, owner)
+    }
+
+    @action("delprotocol")
+    delprotocol(owner: Name, researcher: Name): void {
+        requireAuth(owner)
+        const protocols = new TableStore<Protocol>(this.receiver, owner)
+        const p = protocols.requireGet(researcher.N, "unknown protocol")
+        protocols.remove(p)
+    }
+
+    @action("payout")
+    payout(owner: Name, researcher: Name, worker: Name, unpaid_time: u64, type: string): void {
+        const config = this.configTable.requireGet(0, "jobs contract not connected: run conntojobs first")
+        // Only as an inline action sent by the jobs contract, which checked the funder's authority.
+        requireAuth(config.jobs_contract)
+        check(getSender() == config.jobs_contract, "payout may only be called by the jobs contract")
+        let isWorker = false
+        if (checkType(type)) isWorker = true
+        const protocols = new TableStore<Protocol>(this.receiver, owner)
+        const p = protocols.requireGet(researcher.N, "unknown protocol")
+        let rate = p.dispatcher_pay_rate
+        let kind = TYPE_DISPATCHER
+        if (isWorker) {
+            rate = p.worker_pay_rate
+            kind = TYPE_WORKER
+        }
+        check(rate.symbol.value == p.fund.symbol.value, "pay rate symbol must match the fund symbol")
+        const rateAmount: i64 = rate.amount
+        check(rateAmount >= 0, "negative pay rate")
+        const pay = computePayment(unpaid_time, <u64>rateAmount)
+        check(pay.amount > 0, "nothing to pay")
+        const fundAmount: i64 = p.fund.amount
+        check(pay.amount <= <u64>fundAmount, "fund too low")
+
+        const amount: i64 = <i64>pay.amount
+        const quantity = new Asset(amount, p.fund.symbol)
+        p.fund = new Asset(fundAmount - amount, p.fund.symbol)
+        protocols.update(p, SAME_PAYER)
+
+        const memo = "boid cluster " + kind + " payout for researcher " + researcher.toString()
+        sendTransfer(p.tokencontract, p.fundaccount, worker, quantity, memo)
+    }
+}
