@@ -281,8 +281,9 @@ def _builtin_encoders() -> dict[str, Callable[[Any, str], bytes]]:
         enc[t] = int_enc(size, signed)
 
     def bool_enc(v: Any, path: str) -> bytes:
-        if not isinstance(v, bool):
-            raise AbiError(path, f"expected a bool, got {type(v).__name__}")
+        # the node prints bools as 0/1, so those two ints are accepted; nothing else is
+        if not isinstance(v, bool) and not (type(v) is int and v in (0, 1)):
+            raise AbiError(path, f"expected a bool, got {type(v).__name__} {v!r}")
         return b"\1" if v else b"\0"
 
     def varint32_enc(v: Any, path: str) -> bytes:

