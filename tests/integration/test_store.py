@@ -294,3 +294,23 @@ def test_unreachable_zookeeper_is_store_unavailable_within_the_timeout() -> None
     assert time.monotonic() - t0 < 3.0
     assert hosts in str(err.value) and "within 1s" in str(err.value)
     assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_objects_from_the_store_update_without_a_re_read_and_still_conflict(store: Store) -> None:
+    store.create(widget("a"))
+    a = store.get(Widget, "a")
+    a.status = WidgetStatus(phase="Running")
+    a = store.update_status(a)
+    a.spec.size = 2
+    a = store.update(a)  # uses the state it was read at
+    assert (a.metadata.resource_version, status_version(a), a.status.phase) == (1, 1, "Running")
+    a.status = WidgetStatus(phase="Done")
+    assert status_version(store.update_status(a)) == 2
+    stale = store.get(Widget, "a")
+    other = store.get(Widget, "a")
+    other.metadata.labels = {"x": "y"}
+    store.update(other)
+    stale.spec.size = 3
+    with pytest.raises(Conflict, match="expected resourceVersion 1, current 2"):
+        store.update(stale)
+    assert store.get(Widget, "a").spec.size == 2

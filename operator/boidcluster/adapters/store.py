@@ -123,6 +123,12 @@ def _set_status_version(obj: Resource, version: int | None) -> Resource:
     return obj
 
 
+def _set_read_state(obj: Resource, raw: "_Raw") -> Resource:
+    # The stored form the object was decoded from, so `update` can CAS without re-reading.
+    setattr(obj, "_stored", raw)
+    return obj
+
+
 def _dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
@@ -457,8 +463,9 @@ class Store:
         return _set_status_version(kind.model_validate(d), sversion)
 
     def _decode_raw(self, kind: type[Resource], raw: _Raw) -> Resource:
-        return self._decode(kind, raw.data, raw.stat.version, raw.status,
-                            raw.status_stat.version if raw.status_stat else None)
+        obj = self._decode(kind, raw.data, raw.stat.version, raw.status,
+                           raw.status_stat.version if raw.status_stat else None)
+        return _set_read_state(obj, raw)
 
     def _check(self, obj: Resource) -> type[Resource]:
         kind = type(obj)
@@ -595,15 +602,18 @@ class Store:
         expected = obj.metadata.resource_version
         if expected is None:
             raise InvalidObject(f"update of {kind.KIND} {obj.name!r} needs metadata.resourceVersion (get it first)")
-        raw = self._must_read(kind, obj.name)
+        raw = getattr(obj, "_stored", None)
+        if not isinstance(raw, _Raw) or raw.stat.version != expected:  # not as read: read it
+            raw = self._must_read(kind, obj.name)
         if raw.stat.version != expected:
             raise self._conflict(kind, obj.name, expected, current=raw.stat.version)
         new = self._merge(raw.data, obj, apply=False)
         if new == raw.data:
             return self._decode_raw(kind, raw)
         stat = self._write_meta(kind, obj.name, new, expected)
-        sv = raw.status_stat.version if raw.status_stat else None
-        return self._decode(kind, new, stat.version if stat else None, raw.status, sv)
+        if stat is None:
+            return self._decode(kind, new, None, raw.status, None)
+        return self._decode_raw(kind, _Raw(new, stat, raw.status, raw.status_stat))
 
     def update_status(
         self,
@@ -644,6 +654,9 @@ class Store:
             return self.get(kind, name)
         out = obj.model_copy(deep=True)
         out.status = _status_adapter(kind).validate_python(wire)
+        raw = getattr(out, "_stored", None)
+        if isinstance(raw, _Raw):  # keep the read state in step with the status just written
+            _set_read_state(out, _Raw(raw.data, raw.stat, wire, stat))
         return _set_status_version(out, stat.version)
 
     def _cas_loop(self, kind: type[Resource], name: str, change: Any) -> Resource | None:

@@ -1,0 +1,143 @@
+"""Store throughput and watch latency against a real local ZooKeeper.
+
+Why: the Store adds JSON, pydantic validation, a read before every CAS update and a
+transaction per create on top of kazoo. This prints what that costs next to raw kazoo doing
+the same znode writes in the same run (so machine noise affects both), and how long a write
+takes to come back as a watch event (what bounds the engine's reaction time).
+
+    .venv/bin/python bench/store.py [-n 500] [--events 300] [--no-fsync]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+
+from kazoo.client import KazooClient  # noqa: E402
+
+from boidcluster.adapters.local.zookeeper import LocalZooKeeper  # noqa: E402
+from boidcluster.adapters.store import ANY_VERSION, Store  # noqa: E402
+from boidcluster.model.meta import ObjectMeta, Resource, Status, Strict  # noqa: E402
+
+
+class BenchSpec(Strict):
+    image: str = "ghcr.io/boid/monte-carlo:1.4"
+    command: list[str] = ["python", "-m", "pi", "--samples", "1000000"]
+    parallelism: int = 8
+    retries: int = 3
+
+
+class BenchStatus(Status):
+    phase: str = ""
+    seq: int = 0
+
+
+class BenchJob(Resource):
+    KIND = "BenchJob"
+    PLURAL = "benchjobs"
+    kind: str = "BenchJob"
+    spec: BenchSpec
+    status: BenchStatus | None = None
+
+
+def obj(i: int, parallelism: int = 8) -> BenchJob:
+    return BenchJob(metadata=ObjectMeta(name=f"job-{i:05d}", labels={"app": "pi"}),
+                    spec=BenchSpec(parallelism=parallelism))
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=500, help="objects to create and update")
+    ap.add_argument("--events", type=int, default=300, help="status writes timed through a watch")
+    ap.add_argument("--no-fsync", action="store_true", help="ZooKeeper forceSync=no")
+    args = ap.parse_args()
+    n = args.n
+
+    with LocalZooKeeper(fsync=not args.no_fsync, die_with_parent=True) as zk:
+        store = Store(zk.hosts, kinds=[BenchJob], timeout=10)
+        raw = KazooClient(hosts=zk.hosts)
+        raw.start(timeout=10)
+        raw.ensure_path("/raw/benchjobs")
+        payload = [json.dumps(obj(i).to_dict(with_status=False)).encode() for i in range(n)]
+        warm = [obj(90000 + i) for i in range(20)]
+        for o in warm:  # JIT, caches, connections
+            store.create(o)
+            raw.create(f"/raw/w{o.name}", b"x")
+
+        # -- creates: Store.create vs a raw transaction creating the same two znodes --------
+        t = time.perf_counter()
+        for i in range(n):
+            store.create(obj(i))
+        store_create = time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(n):
+            txn = raw.transaction()
+            txn.create(f"/raw/benchjobs/job-{i:05d}", payload[i])
+            txn.create(f"/raw/benchjobs/job-{i:05d}/status", b"null")
+            txn.commit()
+        raw_create = time.perf_counter() - t
+
+        # -- read-modify-write: get + CAS update (spec change) vs raw get + set(version) -----
+        t = time.perf_counter()
+        for i in range(n):
+            o = store.get(BenchJob, f"job-{i:05d}")
+            o.spec.parallelism = 16
+            store.update(o)
+        store_update = time.perf_counter() - t
+        new_payload = [json.dumps(obj(i, 16).to_dict(with_status=False)).encode() for i in range(n)]
+        t = time.perf_counter()
+        for i in range(n):
+            path = f"/raw/benchjobs/job-{i:05d}"
+            _, stat = raw.get(path)
+            raw.set(path, new_payload[i], version=stat.version)
+        raw_update = time.perf_counter() - t
+
+        # -- watch latency: status write -> WatchEvent ----------------------------------------
+        w = store.watch(BenchJob, send_initial=False)
+        from_start, from_ack = [], []
+        for seq in range(1, args.events + 1):
+            name = f"job-{seq % n:05d}"
+            t0 = time.perf_counter()
+            store.update_status(BenchJob, name, {"phase": "Running", "seq": seq}, expected_version=ANY_VERSION)
+            t1 = time.perf_counter()
+            while True:
+                ev = w.get(timeout=10)
+                if ev is None:
+                    raise SystemExit("watch event lost")
+                if ev.name == name and ev.obj.status is not None and ev.obj.status.seq == seq:
+                    break
+            t2 = time.perf_counter()
+            from_start.append((t2 - t0) * 1000)
+            from_ack.append((t2 - t1) * 1000)
+        w.stop()
+        raw.stop()
+        raw.close()
+        store.close()
+
+    def pct(xs: list[float], p: float) -> float:
+        return statistics.quantiles(xs, n=100, method="inclusive")[int(p) - 1] if len(xs) > 1 else xs[0]
+
+    fsync = "off" if args.no_fsync else "on"
+    print(f"ZooKeeper 3.8 standalone on loopback, fsync {fsync}, {n} objects, sequential calls")
+    print(f"{'':28}{'Store':>10}{'raw kazoo':>12}{'Store/raw':>11}")
+    for label, s, r in (("create/s (2 znodes, txn)", store_create, raw_create),
+                        ("get+update/s (CAS)", store_update, raw_update)):
+        print(f"{label:28}{rate(n, s):10.0f}{rate(n, r):12.0f}{rate(n, s) / rate(n, r):11.2f}")
+    print(f"watch latency, status write start -> event: p50 {pct(from_start, 50):.2f} ms, "
+          f"p99 {pct(from_start, 99):.2f} ms ({len(from_start)} writes)")
+    print(f"watch latency, write acknowledged -> event: p50 {pct(from_ack, 50):.2f} ms, "
+          f"p99 {pct(from_ack, 99):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
