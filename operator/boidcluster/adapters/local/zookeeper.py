@@ -36,7 +36,7 @@ class LocalZooKeeperError(RuntimeError):
 @dataclass(frozen=True)
 class ZooKeeperStatus:
     running: bool  # our child process is alive
-    healthy: bool  # it answers `ruok` with `imok`
+    healthy: bool  # it answers `ruok` with `imok` and `srvr` with its mode (serving sessions)
     pid: int | None
     hosts: str
     state_dir: str
@@ -168,7 +168,7 @@ class LocalZooKeeper:
         return cfg
 
     def start(self) -> "LocalZooKeeper":
-        """Start the server (no-op if running) and wait until it answers `imok`."""
+        """Start the server (no-op if running) and wait until it answers `imok` and serves."""
         if self.pid is not None:
             return self
         java = self._check_installed()
@@ -205,7 +205,7 @@ class LocalZooKeeper:
                 raise LocalZooKeeperError(
                     f"ZooKeeper exited with code {code} during start-up; log {self.log_path}:\n{self._log_tail()}"
                 )
-            if four_letter_word(self.port, timeout=0.5) == "imok":
+            if self._serving():
                 return self
             time.sleep(0.05)
         self.stop()
@@ -242,7 +242,7 @@ class LocalZooKeeper:
         pid = self.pid
         return ZooKeeperStatus(
             running=pid is not None,
-            healthy=four_letter_word(self.port, timeout=0.5) == "imok",
+            healthy=self._serving(),
             pid=pid,
             hosts=self.hosts,
             state_dir=str(self.state_dir),
@@ -258,6 +258,12 @@ class LocalZooKeeper:
         return f"LocalZooKeeper(hosts={self.hosts!r}, pid={self.pid}, state_dir={str(self.state_dir)!r})"
 
     # -- helpers -----------------------------------------------------------------------------
+    def _serving(self) -> bool:
+        # `imok` only says the process is up; for a few hundred ms after it the server still
+        # drops sessions ("not currently serving requests"), so also wait for `srvr` to report a Mode.
+        return four_letter_word(self.port, timeout=0.5) == "imok" and "Mode:" in four_letter_word(
+            self.port, "srvr", timeout=0.5)
+
     def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
