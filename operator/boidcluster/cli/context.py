@@ -1,0 +1,87 @@
+"""Where boidctl finds the cluster, and how it reports failures.
+
+The ZooKeeper address comes from --zk, then $BOID_ZK, then the file `boidctl up` writes
+($BOID_HOME/cluster.json, default ~/.boid), then 127.0.0.1:2181 — kubectl's flag > env > config
+order. Every known failure becomes one clear line on stderr and a non-zero exit, never a trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from boidcluster.adapters.store import Store, StoreError
+from boidcluster.model.crd import UnknownField
+from boidcluster.model.kinds import UnknownKind
+from boidcluster.model.loader import SpecErrors
+
+DEFAULT_ZK = "127.0.0.1:2181"
+
+
+def boid_home() -> Path:
+    return Path(os.environ.get("BOID_HOME") or Path.home() / ".boid")
+
+
+def cluster_file() -> Path:
+    return boid_home() / "cluster.json"
+
+
+def read_cluster() -> dict[str, Any]:
+    try:
+        return json.loads(cluster_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Ctx:
+    def __init__(self, zk: str | None, timeout: float) -> None:
+        self._zk = zk
+        self.timeout = timeout
+        self._store: Store | None = None
+
+    @property
+    def zk(self) -> str:
+        return self._zk or os.environ.get("BOID_ZK") or read_cluster().get("zk") or DEFAULT_ZK
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.zk, timeout=self.timeout)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+class Failure(click.ClickException):
+    """A user-facing failure: printed as 'error: ...' with exit code 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn the package's known errors into one clear message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SpecErrors as e:
+            click.echo(str(e), err=True)
+            sys.exit(1)
+        except (UnknownKind, UnknownField) as e:
+            raise Failure(str(e)) from None
+        except StoreError as e:
+            raise Failure(str(e)) from None
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper

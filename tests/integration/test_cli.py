@@ -1,0 +1,199 @@
+"""boidctl against a real ZooKeeper: what a user types, what they see, what gets stored."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from boidcluster.adapters.store import Store
+from boidcluster.cli.main import cli
+from boidcluster.model.loader import load_documents, load_paths
+from boidcluster.model.resources import Contributor, Job, Protocol
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
+
+
+@pytest.fixture
+def run(zk_hosts, tmp_path, monkeypatch):
+    monkeypatch.setenv("BOID_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("BOID_ZK", raising=False)
+
+    def run(*args: str, input: str | None = None, code: int | None = 0):
+        result = CliRunner().invoke(cli, ["--zk", zk_hosts, *args], input=input, catch_exceptions=False)
+        if code is not None:
+            assert result.exit_code == code, result.output
+        return result
+
+    return run
+
+
+@pytest.fixture
+def store(zk_hosts):
+    s = Store(zk_hosts)
+    yield s
+    s.close()
+
+
+def test_apply_examples_creates_then_is_idempotent(run, store):
+    out = run("apply", "-f", str(EXAMPLES)).output
+    assert "protocol/monte-carlo created" in out
+    assert "job/" in out and "contributor/" in out
+    again = run("apply", "-f", str(EXAMPLES)).output
+    assert "created" not in again and "configured" not in again
+    assert again.count("unchanged") == len(load_paths([str(EXAMPLES)]))
+    assert [p.name for p in store.list(Protocol)] == ["monte-carlo"]
+
+
+def test_every_example_round_trips_through_the_store(run):
+    run("apply", "-f", str(EXAMPLES))
+    for obj in load_paths([str(EXAMPLES)]):
+        shown = run("get", obj.kind, obj.name, "-o", "yaml").output
+        back = load_documents(shown, "<get>")[0]
+        assert back.spec == obj.spec
+        assert back.metadata.labels == obj.metadata.labels
+
+
+def test_changed_spec_is_configured_and_bumps_generation(run, store, tmp_path):
+    run("apply", "-f", str(EXAMPLES / "protocol.yaml"))
+    doc = yaml.safe_load((EXAMPLES / "protocol.yaml").read_text())
+    doc["spec"]["title"] = "A new title"
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    assert "protocol/monte-carlo configured" in run("apply", "-f", str(f)).output
+    p = store.get(Protocol, "monte-carlo")
+    assert p.spec.title == "A new title" and p.metadata.generation == 2
+
+
+def test_bad_input_stores_nothing_and_names_file_line_field(run, store, tmp_path):
+    good = (EXAMPLES / "protocol.yaml").read_text()
+    bad = tmp_path / "mixed.yaml"
+    bad.write_text(good + "\n---\napiVersion: cluster.boid.com/v1alpha1\nkind: Contributor\n"
+                   "metadata: {name: carol}\nspec:\n  account: Carol!\n  role: worker\n")
+    result = run("apply", "-f", str(bad), code=1)
+    assert f"{bad}:" in result.output and "spec.account" in result.output
+    assert "nothing was applied" in result.output
+    assert store.list(Protocol) == [] and store.list(Contributor) == []
+
+
+def test_dry_run_stores_nothing(run, store):
+    out = run("apply", "-f", str(EXAMPLES), "--dry-run").output
+    assert "protocol/monte-carlo created (dry run)" in out
+    assert store.list(Protocol) == []
+
+
+def test_get_output_formats(run):
+    run("apply", "-f", str(EXAMPLES))
+    table = run("get", "protocols").output.splitlines()
+    assert table[0].split()[:2] == ["NAME", "RESEARCHER"] and table[1].startswith("monte-carlo")
+    assert run("get", "proto", "-o", "name").output.strip() == "protocol/monte-carlo"
+    single = json.loads(run("get", "protocol", "monte-carlo", "-o", "json").output)
+    assert single["kind"] == "Protocol" and single["metadata"]["uid"]
+    listed = json.loads(run("get", "contributors", "-o", "json").output)
+    assert listed["kind"] == "List" and len(listed["items"]) == 2
+    wide = run("get", "jobs", "-o", "wide").output
+    assert wide.splitlines()[0].startswith("NAME")
+
+
+def test_get_unknown_kind_and_missing_name(run):
+    r = run("get", "protocl", code=1)
+    assert "unknown kind 'protocl'" in r.output and "Protocol" in r.output
+    r = run("get", "jobs", "nope", code=1)
+    assert 'jobs "nope" not found' in r.output
+
+
+def test_describe_shows_spec_and_conditions(run):
+    run("apply", "-f", str(EXAMPLES / "protocol.yaml"))
+    out = run("describe", "proto", "monte-carlo").output
+    assert "Name:               monte-carlo" in out and "Spec:" in out and "Conditions:" in out
+
+
+def test_diff_exit_codes(run, tmp_path):
+    run("apply", "-f", str(EXAMPLES / "protocol.yaml"))
+    assert run("diff", "-f", str(EXAMPLES / "protocol.yaml")).output == ""
+    doc = yaml.safe_load((EXAMPLES / "protocol.yaml").read_text())
+    doc["spec"]["title"] = "Changed"
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    out = run("diff", "-f", str(f), code=1).output
+    assert "+  title: Changed" in out and "live/protocol/monte-carlo" in out
+
+
+def test_delete_with_and_without_finalizers(run, store):
+    run("apply", "-f", str(EXAMPLES))
+    assert "contributor/alice deleted" in run("delete", "contributor", "alice").output
+    store.add_finalizer(Protocol, "monte-carlo", "cluster.boid.com/cleanup")
+    out = run("delete", "protocol", "monte-carlo").output
+    assert "marked for deletion" in out and store.get(Protocol, "monte-carlo").metadata.deletion_timestamp
+    refused = run("delete", "protocol", "monte-carlo", "--force", code=1)
+    assert "--yes" in refused.output  # no terminal to confirm on: refuse
+    assert "deleted" in run("delete", "protocol", "monte-carlo", "--force", "--yes").output
+    assert store.list(Protocol) == []
+    assert 'jobs "ghost" not found' in run("delete", "job", "ghost", code=1).output
+
+
+def _labelled(doc_text: str, label: str | None) -> dict:
+    doc = yaml.safe_load(doc_text)
+    if label:
+        doc["metadata"].setdefault("labels", {})["team"] = label
+    return doc
+
+
+def test_prune_deletes_only_labelled_objects_the_input_dropped(run, store, tmp_path):
+    contributors = list(yaml.safe_load_all((EXAMPLES / "contributors.yaml").read_text()))
+    for c in contributors:
+        c["metadata"].setdefault("labels", {})["team"] = "physics"
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump_all(contributors))
+    run("apply", "-f", str(both))
+    run("apply", "-f", str(EXAMPLES / "protocol.yaml"))  # unlabelled: never pruned
+    one = tmp_path / "one.yaml"
+    one.write_text(yaml.safe_dump_all(contributors[:1]))
+    gone = contributors[1]["metadata"]["name"]
+    plan = run("apply", "-f", str(one), "--prune", "-l", "team=physics", "--dry-run").output
+    assert f"contributor/{gone} pruned (dry run)" in plan
+    assert len(store.list(Contributor)) == 2
+    out = run("apply", "-f", str(one), "--prune", "-l", "team=physics").output
+    assert f"contributor/{gone} pruned" in out and "protocol" not in out.split("pruned")[0].split("\n")[-1]
+    assert [c.name for c in store.list(Contributor)] == [contributors[0]["metadata"]["name"]]
+    assert [p.name for p in store.list(Protocol)] == ["monte-carlo"]
+    assert "--prune needs -l" in run("apply", "-f", str(one), "--prune", code=1).output
+
+
+def test_watch_prints_a_line_per_change(run, store):
+    run("apply", "-f", str(EXAMPLES / "protocol.yaml"))
+
+    def later():
+        time.sleep(0.5)
+        p = store.get(Protocol, "monte-carlo")
+        p.metadata.labels["touched"] = "yes"
+        store.update(p)
+
+    t = threading.Thread(target=later)
+    t.start()
+    out = run("watch", "protocols", "--timeout", "2").output
+    t.join()
+    lines = [line for line in out.splitlines() if line.startswith("monte-carlo")]
+    assert out.startswith("NAME") and len(lines) >= 2
+
+
+def test_zookeeper_unreachable_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOID_HOME", str(tmp_path))
+    r = CliRunner().invoke(cli, ["get", "jobs", "--zk", "127.0.0.1:1", "--request-timeout", "1"])
+    assert r.exit_code == 1
+    assert "cannot reach ZooKeeper at 127.0.0.1:1" in r.output and "Traceback" not in r.output
+
+
+def test_explain_and_crds_check(run, tmp_path):
+    assert "workUnits" in run("explain", "job.spec").output
+    assert "did you mean" in run("explain", "job.spec.workunit", code=1).output
+    out = tmp_path / "crds"
+    run("crds", "--out", str(out))
+    assert "up to date" in run("crds", "--out", str(out), "--check").output
+    (out / "job.yaml").write_text("stale")
+    assert "stale for Job" in run("crds", "--out", str(out), "--check", code=1).output
