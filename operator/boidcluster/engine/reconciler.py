@@ -1,0 +1,68 @@
+"""The one reconcile signature, its Result, and the per-kind registry.
+
+A reconciler is `fn(obj, world) -> Result`: it observes, compares, acts once and reports. It never
+writes status, sleeps, retries or touches finalizers itself: the controller owns all of that, so
+every reconciler gets the same retry, status and deletion semantics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from boidcluster.model.meta import CLEANUP_FINALIZER, Condition, Resource
+
+
+@dataclass
+class Result:
+    """What one reconcile observed and wants next."""
+
+    conditions: list[Condition] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)  # kind-specific status fields (snake_case)
+    requeue_after: float | None = None                    # ask to be looked at again (polling external state)
+    release_finalizer: bool = False                       # cleanup done: the object may go
+
+    @classmethod
+    def released(cls) -> "Result":
+        return cls(release_finalizer=True)
+
+
+def condition(type_: str, ok: bool | None, reason: str, message: str = "") -> Condition:
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    return Condition(type=type_, status=status, reason=reason, message=message)
+
+
+Reconcile = Callable[[Any, Any], Result]
+
+
+@dataclass
+class Registration:
+    kind: type[Resource]
+    fn: Reconcile
+    finalizer: str | None
+    resync: float
+
+
+class Registry:
+    """Reconcilers by kind; a decorator registers one."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, Registration] = {}
+
+    def reconciler(self, kind: type[Resource], *, cleanup: bool = False, resync: float = 60.0):
+        def register(fn: Reconcile) -> Reconcile:
+            if kind.KIND in self._by_kind:
+                raise ValueError(f"a reconciler for {kind.KIND} is already registered")
+            self._by_kind[kind.KIND] = Registration(kind, fn, CLEANUP_FINALIZER if cleanup else None, resync)
+            return fn
+
+        return register
+
+    def get(self, kind: str) -> Registration | None:
+        return self._by_kind.get(kind)
+
+    def __iter__(self):
+        return iter(self._by_kind.values())
+
+    def __len__(self) -> int:
+        return len(self._by_kind)
