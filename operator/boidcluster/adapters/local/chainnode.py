@@ -227,6 +227,7 @@ class LocalChain:
             "--plugin", "eosio::chain_api_plugin", "--plugin", "eosio::producer_api_plugin",
             "--plugin", "eosio::http_plugin",
             "--http-server-address", f"127.0.0.1:{self.port}", "--http-validate-host=false",
+            "--p2p-listen-endpoint", f"127.0.0.1:{_free_port()}",  # default 0.0.0.0:9876 collides
             "--contracts-console", "--chain-state-db-size-mb", "256",
             "--max-transaction-time", "1000", "--abi-serializer-max-time-ms", "1000",
             "--http-max-response-time-ms", "1000", "--access-control-allow-origin", "*",
