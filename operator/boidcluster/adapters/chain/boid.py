@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from boidcluster.model.types import Asset, Symbol
 
 from .abi import name_to_int
-from .rpc import ChainAssertion, RpcClient, action
+from .rpc import ChainAssertion, ChainError, RpcClient, action
 
 ALREADY_RECORDED = "unit already recorded"
 H = 3_600_000_000  # µs per hour: pay rates are per hour, times are µs
@@ -283,6 +283,12 @@ class BoidChain:
         return await self._payout_result(out)
 
     async def _payout_result(self, out: dict[str, Any]) -> PayoutResult:
+        if out.get("duplicate"):
+            # a retry found the first attempt applied, but its trace was lost with the answer
+            raise ChainError(
+                f"payout {out.get('transaction_id')} was applied but its trace was lost: read the balances",
+                action=f"{self.jobs}::payout",
+            )
         amount: Asset | None = None
         time_paid = 0
         for t in _walk_traces((out.get("processed") or {}).get("action_traces", [])):
