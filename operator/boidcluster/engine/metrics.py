@@ -1,0 +1,70 @@
+"""Prometheus metrics and health endpoints of one operator process.
+
+Each Operator owns its own CollectorRegistry so several operators (tests, leader-election
+replicas in one process) never collide on metric names. The HTTP server binds loopback only.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.reconciles = Counter("boid_reconciles_total", "Reconciles run", ["kind", "result"], registry=r)
+        self.errors = Counter("boid_reconcile_errors_total", "Reconciles that raised", ["kind", "reason"], registry=r)
+        self.latency = Histogram("boid_reconcile_seconds", "Reconcile latency", ["kind"], registry=r,
+                                 buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.queue_depth = Gauge("boid_workqueue_depth", "Keys waiting in the work queue", registry=r)
+        self.leader = Gauge("boid_leader", "1 while this replica leads and reconciles", registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """GET /healthz (process alive), /readyz (leading or standing by healthily), /metrics."""
+
+    def __init__(self, metrics: Metrics, ready: Callable[[], bool], port: int = 0, host: str = "127.0.0.1") -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                if self.path == "/metrics":
+                    body, ctype, code = metrics.exposition(), CONTENT_TYPE_LATEST, 200
+                elif self.path == "/healthz":
+                    body, ctype, code = b"ok\n", "text/plain", 200
+                elif self.path == "/readyz":
+                    ok = ready()
+                    body, ctype, code = (b"ready\n" if ok else b"not ready\n"), "text/plain", 200 if ok else 503
+                else:
+                    body, ctype, code = b"not found\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="boid-health", daemon=True)
+        self._outer = outer
+
+    def start(self) -> "HealthServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,71 @@
+"""One operator process: leader election, the controller for the leader's term, health and metrics.
+
+The controller is rebuilt for every term, so a replica that lost leadership starts the next term
+from a clean queue and a full re-list (level triggered: nothing is carried over but the store).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from boidcluster.adapters.store import Store
+
+from .controller import Controller
+from .leader import LeaderElection
+from .metrics import HealthServer, Metrics
+from .reconciler import Registry
+
+log = logging.getLogger(__name__)
+
+
+class Operator:
+    def __init__(self, store: Store, world: Any, registry: Registry, *, workers: int = 4,
+                 identity: str | None = None, health_port: int | None = None) -> None:
+        self.store, self.world, self.registry, self.workers = store, world, registry, workers
+        self.identity = identity or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        self.metrics = Metrics()
+        self.controller: Controller | None = None
+        self._mu = threading.Lock()
+        self.election = LeaderElection(store, self.identity, on_start=self._begin_term,
+                                       on_stop=self._end_term, on_pause=self._pause)
+        self.health = HealthServer(self.metrics, ready=lambda: True, port=health_port) \
+            if health_port is not None else None
+
+    @property
+    def leading(self) -> bool:
+        return self.election.leading.is_set()
+
+    def _begin_term(self) -> None:
+        with self._mu:
+            self.controller = Controller(self.store, self.world, self.registry, workers=self.workers,
+                                         metrics=self.metrics).start()
+            self.controller.resync()
+            self.metrics.leader.set(1)
+
+    def _end_term(self) -> None:
+        with self._mu:
+            c, self.controller = self.controller, None
+            self.metrics.leader.set(0)
+        if c is not None:
+            c.stop()
+
+    def _pause(self, paused: bool) -> None:
+        c = self.controller
+        if c is not None:
+            (c.paused.set if paused else c.paused.clear)()
+
+    def start(self) -> "Operator":
+        if self.health is not None:
+            self.health.start()
+        self.election.start()
+        return self
+
+    def stop(self) -> None:
+        self.election.stop()
+        self._end_term()
+        if self.health is not None:
+            self.health.stop()

@@ -1,0 +1,218 @@
+"""The engine on a real ZooKeeper: status, backoff, finalizers, exclusivity, leader election.
+
+Reconcilers here are small test functions over the store's test kind (Widget); the engine does
+not know or care which kind it runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+import pytest
+from kazoo.client import KazooClient
+
+from boidcluster.adapters.store import Store
+from boidcluster.engine.operator import Operator
+from boidcluster.engine.reconciler import Registry, Result, condition
+from boidcluster.model.meta import CLEANUP_FINALIZER
+from fixtures.zookeeper import Gadget, Widget, widget
+
+
+def eventually(check, timeout=10.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def new_store(zk_hosts: str) -> Store:
+    return Store(zk_hosts, kinds=[Widget, Gadget], timeout=5.0, session_timeout=4.0)
+
+
+@pytest.fixture
+def operators(zk_hosts):
+    started: list[tuple[Operator, Store]] = []
+
+    def start(registry: Registry, **kw) -> Operator:
+        s = new_store(zk_hosts)
+        op = Operator(s, world={"name": "test-world"}, registry=registry, **kw).start()
+        started.append((op, s))
+        return op
+
+    yield start
+    for op, s in started:
+        op.stop()
+        s.close()
+
+
+def cond(obj, type_):
+    return obj.status.condition(type_) if obj.status else None
+
+
+def test_reconcile_writes_status_and_observed_generation(store, operators):
+    reg = Registry()
+    calls = []
+
+    @reg.reconciler(Widget)
+    def reconcile(w, world):
+        calls.append((w.name, w.spec.size, world["name"]))
+        return Result(conditions=[condition("Ready", w.spec.size < 5, "Size", f"size {w.spec.size}")],
+                      status={"phase": "Big" if w.spec.size >= 5 else "Small"})
+
+    operators(reg)
+    store.create(widget("w1", size=1))
+    got = eventually(lambda: (o := store.get(Widget, "w1")).status and o.status.observed_generation == 1 and o)
+    assert got.status.phase == "Small" and cond(got, "Ready").status == "True"
+    w = store.get(Widget, "w1")
+    w.spec.size = 7
+    store.update(w)
+    got = eventually(lambda: (o := store.get(Widget, "w1")).status.observed_generation == 2 and o)
+    assert got.status.phase == "Big" and cond(got, "Ready").status == "False"
+    assert calls[0] == ("w1", 1, "test-world")
+    settled = len(calls)
+    time.sleep(0.5)
+    assert len(calls) == settled  # our own status writes do not trigger reconciles
+
+
+def test_failure_backs_off_and_says_so_in_status(store, operators):
+    reg = Registry()
+    attempts = []
+
+    class ChainDown(Exception):
+        reason = "ChainUnavailable"
+
+    @reg.reconciler(Widget)
+    def reconcile(w, world):
+        attempts.append(time.monotonic())
+        if len(attempts) < 4:
+            raise ChainDown("node at 127.0.0.1:1 refused the connection")
+        return Result()
+
+    operators(reg)
+    store.create(widget("w1"))
+    failing = eventually(lambda: cond(o := store.get(Widget, "w1"), "Reconciled") and o)
+    c = cond(failing, "Reconciled")
+    assert c.status == "False" and c.reason == "ChainUnavailable" and "next retry in" in c.message
+    eventually(lambda: cond(store.get(Widget, "w1"), "Reconciled").status == "True", timeout=20)
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert gaps[1] > gaps[0] * 1.2  # the waits grow
+
+
+def test_finalizer_blocks_deletion_until_cleanup_succeeds(store, operators):
+    reg = Registry()
+    cleanup_ok = threading.Event()
+
+    @reg.reconciler(Widget, cleanup=True)
+    def reconcile(w, world):
+        if w.metadata.deletion_timestamp:
+            if not cleanup_ok.is_set():
+                raise RuntimeError("registry row still present on chain")
+            return Result.released()
+        return Result()
+
+    operators(reg)
+    store.create(widget("w1"))
+    eventually(lambda: CLEANUP_FINALIZER in store.get(Widget, "w1").metadata.finalizers)
+    store.delete(Widget, "w1")
+    stuck = eventually(lambda: (c := cond(store.get(Widget, "w1"), "Reconciled")) and c.status == "False"
+                       and store.get(Widget, "w1"))
+    assert "registry row still present" in cond(stuck, "Reconciled").message
+    cleanup_ok.set()
+    eventually(lambda: store.list(Widget) == [], timeout=20)
+
+
+def test_one_object_never_reconciled_twice_at_once(store, operators):
+    reg = Registry()
+    active: dict[str, int] = {}
+    overlap = []
+    concurrent_names = set()
+    lock = threading.Lock()
+
+    @reg.reconciler(Widget)
+    def reconcile(w, world):
+        with lock:
+            active[w.name] = active.get(w.name, 0) + 1
+            if active[w.name] > 1:
+                overlap.append(w.name)
+            if sum(1 for v in active.values() if v) > 1:
+                concurrent_names.update(k for k, v in active.items() if v)
+        time.sleep(0.05)
+        with lock:
+            active[w.name] -= 1
+        return Result(requeue_after=0.01)
+
+    operators(reg, workers=4)
+    for i in range(4):
+        store.create(widget(f"w{i}"))
+    for _ in range(10):  # spec changes racing with requeues
+        for i in range(4):
+            w = store.get(Widget, f"w{i}")
+            w.spec.size += 1
+            store.update(w)
+        time.sleep(0.02)
+    time.sleep(0.5)
+    assert overlap == []
+    assert len(concurrent_names) >= 2  # different objects did run in parallel
+
+
+def test_only_the_leader_reconciles_and_a_lost_session_hands_over(store, operators, zk_hosts):
+    reg = Registry()
+    seen_by: list[str] = []
+
+    @reg.reconciler(Widget)
+    def reconcile(w, world):
+        seen_by.append(threading.current_thread().name)
+        return Result(status={"phase": w.spec.color})
+
+    a = operators(reg, identity="replica-a")
+    eventually(lambda: a.leading)
+    b = operators(reg, identity="replica-b")
+    time.sleep(0.3)
+    assert a.leading and not b.leading
+    store.create(widget("w1"))
+    eventually(lambda: store.get(Widget, "w1").status is not None)
+
+    # Expire replica a's session from outside, as a network partition would.
+    client = a.store.client
+    session_id, password = client.client_id
+    hosts = zk_hosts.split("/")[0]
+    thief = KazooClient(hosts=hosts, client_id=(session_id, password))
+    thief.start(timeout=5)
+    thief.stop()
+    thief.close()
+
+    eventually(lambda: not a.leading, timeout=10)  # stops at once on losing its session
+    eventually(lambda: b.leading, timeout=10)
+    w = store.get(Widget, "w1")
+    w.spec.color = "blue"
+    store.update(w)
+    eventually(lambda: store.get(Widget, "w1").status.phase == "blue")
+    assert b.controller is not None
+
+
+def test_health_and_metrics_endpoints(store, operators):
+    reg = Registry()
+
+    @reg.reconciler(Widget)
+    def reconcile(w, world):
+        return Result()
+
+    op = operators(reg, health_port=0)
+    eventually(lambda: op.leading)
+    store.create(widget("w1"))
+    eventually(lambda: store.get(Widget, "w1").status is not None)
+    base = f"http://127.0.0.1:{op.health.port}"
+    assert urllib.request.urlopen(base + "/healthz").read() == b"ok\n"
+    metrics = urllib.request.urlopen(base + "/metrics").read().decode()
+    assert 'boid_reconciles_total{kind="Widget",result="ok"}' in metrics
+    assert "boid_leader 1.0" in metrics
