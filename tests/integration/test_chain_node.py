@@ -79,3 +79,23 @@ def test_stop_ends_the_whole_process_group_and_restart_keeps_state(tmp_path):
         assert chain.status().head_block_num > 0
     finally:
         chain.stop()
+
+
+def test_restart_after_an_unclean_stop_replays(tmp_path):
+    import signal
+    import time
+
+    chain = LocalChain(tmp_path / "node", die_with_parent=True)
+    try:
+        chain.start()
+        pid = chain.status().pid
+        time.sleep(0.6)  # a block or two
+        os.killpg(pid, signal.SIGKILL)  # state left dirty
+        while _group_members(pid):
+            time.sleep(0.05)
+        again = LocalChain(tmp_path / "node", die_with_parent=True)
+        again.start()
+        assert again.status().running and again.status().head_block_num > 0
+        again.stop()
+    finally:
+        chain.stop()

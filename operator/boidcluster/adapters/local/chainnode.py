@@ -199,12 +199,34 @@ class LocalChain:
         return str(self.state_dir) in cmdline  # not a recycled pid of something else
 
     def start(self, timeout: float = 30.0) -> str:
-        """Start the node (or find it running); returns the RPC url."""
+        """Start the node (or find it running); returns the RPC url.
+
+        After an unclean stop (state marked dirty) the node replays its block log (blocks not yet
+        irreversible are lost; bootstrap() restores the demo world), or as a last resort starts a
+        fresh chain in the same state dir, keeping the demo keys."""
         saved = self._saved()
         if saved and self._pid_alive(saved["pid"]):
             self.port = saved["port"]
             self._wait_rpc(timeout)
             return self.url
+        try:
+            return self._spawn(timeout, [])
+        except RuntimeError as e:
+            if "dirty flag" not in str(e).lower():
+                raise
+            log.warning("the chain state is dirty after an unclean stop: replaying the block log")
+        import shutil
+
+        (self.state_dir / "data" / "state" / "code_cache.bin").unlink(missing_ok=True)  # dirty too
+        try:
+            return self._spawn(timeout, ["--replay-blockchain"])
+        except RuntimeError:
+            # last resort for a local demo chain: start over (bootstrap() rebuilds the demo world)
+            log.warning("replay failed: starting a fresh local chain in %s", self.state_dir / "data")
+            shutil.rmtree(self.state_dir / "data", ignore_errors=True)
+            return self._spawn(timeout, [])
+
+    def _spawn(self, timeout: float, extra: list[str]) -> str:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._key_material()
         self.port = self.port or _free_port()
@@ -231,8 +253,10 @@ class LocalChain:
             "--contracts-console", "--chain-state-db-size-mb", "256",
             "--max-transaction-time", "1000", "--abi-serializer-max-time-ms", "1000",
             "--http-max-response-time-ms", "1000", "--access-control-allow-origin", "*",
-            "--signature-cpu-billable-pct", "0",
+            "--signature-cpu-billable-pct", "0", *extra,
         ]
+        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self._log_start = log_start
         with open(self.log_file, "ab") as logf:
             self._proc = subprocess.Popen(
                 cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -253,7 +277,9 @@ class LocalChain:
         deadline = time.monotonic() + timeout
         while True:
             if self._proc is not None and self._proc.poll() is not None:
-                tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+                with open(self.log_file, "rb") as f:
+                    f.seek(getattr(self, "_log_start", 0))
+                    tail = f.read().decode(errors="replace")[-2000:]
                 raise RuntimeError(f"the chain node exited with {self._proc.returncode}:\n{tail}")
             try:
                 r = httpx.post(f"{self.url}/v1/chain/get_info", timeout=1.0)
