@@ -34,14 +34,16 @@ class TokenTransfer extends ActionData {
     ) { super() }
 }
 
-/** Asserts the contributor type; true for "worker". (AssemblyScript 0.18 fails to parse the parameter
- * name `type` inside a variable initializer, so the action only passes it to this function.) */
+/** Asserts the contributor type; true for "worker". */
 function checkType(t: string): bool {
     check(t == TYPE_WORKER || t == TYPE_DISPATCHER, "type must be \"worker\" or \"dispatcher\"")
     return t == TYPE_WORKER
 }
 
-/** Inline `<tokencontract>::transfer(from, to, quantity, memo)` authorized by from@active. */
+/**
+ * Inline `<tokencontract>::transfer(from, to, quantity, memo)` authorized by from@active. (A free function:
+ * the same chained InlineAction call written inside the payout method crashes proton-asc's parser.)
+ */
 function sendTransfer(tokencontract: Name, from: Name, to: Name, quantity: Asset, memo: string): void {
     const transfer = new InlineAction<TokenTransfer>("transfer")
     const act = transfer.act(tokencontract, new PermissionLevel(from))
@@ -131,8 +133,7 @@ class ClusterReg extends Contract {
         // Only as an inline action sent by the jobs contract, which checked the funder's authority.
         requireAuth(config.jobs_contract)
         check(getSender() == config.jobs_contract, "payout may only be called by the jobs contract")
-        let isWorker = false
-        if (checkType(type)) isWorker = true
+        const isWorker = checkType(type)
         const protocols = new TableStore<Protocol>(this.receiver, owner)
         const p = protocols.requireGet(researcher.N, "unknown protocol")
         let rate = p.dispatcher_pay_rate
