@@ -20,7 +20,7 @@ from boidcluster.model.meta import Resource, Status
 
 from .backoff import Backoff
 from .metrics import Metrics
-from .reconciler import Registration, Registry, Result, condition
+from .reconciler import Registration, Registry, Result, Retry, condition
 from .status import merge_conditions
 from .workqueue import ShutDown, WorkQueue
 
@@ -206,8 +206,10 @@ class Controller:
         self.metrics.errors.labels(reg.kind.KIND, reason).inc()
         log.info("reconcile %s/%s failed (attempt %d, retry in %.1fs): %s", *key, n, delay, e)
         msg = f"{e} (attempt {n}; next retry in {delay:.0f}s)"
-        self._write_status(reg, obj, Result(conditions=[condition("Reconciled", False, reason, msg[:1000])]),
-                           key, ok=False)
+        extra = e.conditions if isinstance(e, Retry) else []
+        fields = e.status if isinstance(e, Retry) else {}
+        self._write_status(reg, obj, Result(conditions=[*extra, condition("Reconciled", False, reason, msg[:1000])],
+                                            status=fields), key, ok=False)
         self.queue.add_after(key, delay)
 
     def _write_status(self, reg: Registration, obj: Resource, result: Result, key: Key, ok: bool = True) -> None:

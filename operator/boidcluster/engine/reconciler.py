@@ -27,6 +27,19 @@ class Result:
         return cls(release_finalizer=True)
 
 
+class Retry(Exception):
+    """Raised by a reconciler that could not converge: the engine backs off (per object, growing
+    waits) and writes `conditions` to status together with Reconciled=False, so the user sees
+    both what is wrong and when the next attempt is."""
+
+    def __init__(self, message: str, *, reason: str, conditions: list[Condition] | None = None,
+                 status: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.conditions = conditions or []
+        self.status = status or {}
+
+
 def condition(type_: str, ok: bool | None, reason: str, message: str = "") -> Condition:
     status = "Unknown" if ok is None else ("True" if ok else "False")
     return Condition(type=type_, status=status, reason=reason, message=message)

@@ -1,0 +1,120 @@
+"""Protocol: make the chain registry row, the storage datadir and the dispatcher app match the spec.
+
+Observe (registry row, fund balance, app), compare with the spec, act once, report conditions.
+Deletion (behind the cleanup finalizer) removes the dispatcher app and the registry row; both
+are idempotent, so a crash anywhere converges on the next pass. Chain and storage failures raise
+Retry with the condition that explains them: the engine backs off per protocol and shows when it
+will try again, so a protocol with a missing fund account does not hammer the chain.
+"""
+
+from __future__ import annotations
+
+from boidcluster.adapters.chain import ChainAssertion, ChainError, MissingAuthority, ProtocolRow
+from boidcluster.adapters.marathon import MarathonError, dispatcher_app
+from boidcluster.adapters.storage import StorageError
+from boidcluster.engine.reconciler import Result, Retry, condition
+from boidcluster.engine.world import World
+from boidcluster.model.meta import utcnow
+from boidcluster.model.resources import Protocol
+
+from . import registry
+
+RESYNC = 30.0  # chain balances and Marathon apps do not notify us
+
+
+def app_id(p: Protocol) -> str:
+    return f"/boid/{p.name}/dispatcher"
+
+
+def _chain_failure(e: ChainError, what: str, done: list) -> Retry:
+    if isinstance(e, (ChainAssertion, MissingAuthority)):
+        reason, msg = "ChainRejected", f"{what}: the chain rejected it: {e}"
+    else:
+        reason, msg = "ChainUnavailable", f"{what}: {e}"
+    return Retry(msg, reason=reason, conditions=[*done, condition("Registered", False if reason == "ChainRejected"
+                                                                   else None, reason, msg),
+                                                  condition("Ready", False, reason, msg)])
+
+
+@registry.reconciler(Protocol, cleanup=True, resync=RESYNC)
+def reconcile_protocol(p: Protocol, world: World) -> Result:
+    """Registry row == spec; datadir exists; fund covers the commitment; dispatcher app converged."""
+    spec = p.spec
+    if p.metadata.deletion_timestamp:
+        if world.marathon is not None:
+            world.marathon.remove_app(app_id(p))
+        if world.chain is not None:
+            try:
+                world.chain.delete_protocol(spec.owner, spec.researcher)
+            except ChainError as e:
+                raise Retry(f"removing the registry row failed: {e}", reason="CleanupFailed") from e
+        return Result.released()
+
+    conditions, status = [], {}
+
+    # storage first: it does not depend on the chain
+    if world.storage is None:
+        conditions.append(condition("StorageReady", None, "NoStorage", "no storage configured"))
+    else:
+        try:
+            world.storage.ensure_dir(spec.datadir)
+        except StorageError as e:
+            raise Retry(f"datadir {spec.datadir}: {e}", reason="StorageUnavailable",
+                        conditions=[condition("StorageReady", False, "StorageUnavailable", str(e)),
+                                    condition("Ready", False, "StorageUnavailable", str(e))]) from e
+        conditions.append(condition("StorageReady", True, "DirectoryExists", f"{spec.datadir} exists"))
+
+    if world.chain is None:
+        conditions += [condition("Registered", None, "NoChain", "no chain configured"),
+                       condition("Funded", None, "NoChain", "no chain configured")]
+    else:
+        desired = ProtocolRow.from_spec(spec)
+        try:
+            row = world.chain.protocol_row(spec.owner, spec.researcher)
+            if row is None or not row.matches(desired):
+                world.chain.put_protocol(desired)
+                status["registered_at"] = utcnow()
+                row = world.chain.protocol_row(spec.owner, spec.researcher) or desired
+        except ChainError as e:
+            raise _chain_failure(e, f"registering {spec.owner}/{spec.researcher} on clusterreg", conditions) from e
+        conditions.append(condition("Registered", True, "OnChain",
+                                    f"clusterreg row {spec.owner}/{spec.researcher} matches the spec"))
+        try:
+            balance = world.chain.fund_balance(spec.fund.account, spec.fund.token_contract,
+                                               spec.fund.quantity.symbol)
+        except (ChainError, ValueError) as e:
+            raise Retry(f"reading the fund balance of {spec.fund.account}: {e}", reason="FundUnreadable",
+                        conditions=[*conditions, condition("Funded", None, "FundUnreadable", str(e))]) from e
+        status["fund_balance"] = balance
+        conditions.append(_funded(balance, row.fund, spec.payout.minimum, spec.fund.account))
+
+    if world.marathon is not None:
+        app = dispatcher_app(p.name, world.settings.dispatcher_image,
+                             env={"BOID_RESEARCHER": spec.researcher, "BOID_OWNER": spec.owner},
+                             labels={"boid.researcher": spec.researcher})
+        try:
+            res = world.marathon.ensure_app(app)
+        except MarathonError as e:
+            raise Retry(f"dispatcher app {app['id']}: {e}", reason="MarathonUnavailable",
+                        conditions=[*conditions, condition("DispatcherReady", False, "MarathonUnavailable",
+                                                           str(e))]) from e
+        status["dispatcher"] = app["id"]
+        conditions.append(condition("DispatcherReady", True, res.action.capitalize(), f"app {app['id']} {res.action}"))
+    else:
+        status["dispatcher"] = "local"
+
+    ready = all(c.status != "False" for c in conditions)
+    conditions.append(condition("Ready", ready, "Converged" if ready else "NotReady",
+                                "" if ready else "; ".join(c.message for c in conditions if c.status == "False")))
+    return Result(conditions=conditions, status=status, requeue_after=RESYNC)
+
+
+def _funded(balance, commitment, minimum, account: str):
+    """Funded: the fund account holds what the registry still commits to pay (and at least one payout)."""
+    need = commitment if commitment.amount > minimum.amount else minimum
+    if balance.symbol != need.symbol:
+        return condition("Funded", False, "SymbolMismatch", f"{account} holds {balance}, the protocol pays {need.symbol.code}")
+    if balance.amount < need.amount:
+        short = type(need)(need.amount - balance.amount, need.symbol)
+        return condition("Funded", False, "Shortfall", f"{account} holds {balance}; needs {need}: short by {short}")
+    return condition("Funded", True, "Balance", f"{account} holds {balance} (commitment {commitment})")
