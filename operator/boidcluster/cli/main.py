@@ -343,6 +343,13 @@ def crds(out: str, check: bool) -> None:
         click.echo(str(p))
 
 
+from .cluster import chain_group, cluster_group, down, operator_group  # noqa: E402
+from .up import up  # noqa: E402
+
+for _command in (operator_group, chain_group, cluster_group, up, down):
+    cli.add_command(_command)
+
+
 def main() -> None:
     cli(prog_name="boidctl")
 

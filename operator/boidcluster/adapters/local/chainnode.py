@@ -56,7 +56,7 @@ class DemoAccounts:
     owner: str = "boidteam"
     researcher: str = "researcher1"
     fund: str = "boidfund"
-    workers: tuple[str, ...] = ("worker1", "worker2", "worker3")
+    workers: tuple[str, ...] = ("alice", "bob", "carol")  # the example Contributors
     dispatchers: tuple[str, ...] = ("dispatcher1",)
     fund_amount: str = "1000000.0000 BOID"
 

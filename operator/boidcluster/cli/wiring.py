@@ -1,0 +1,69 @@
+"""The composition root: build the World (adapters) an operator runs with, from settings.
+
+This is the one place that decides which concrete adapters exist: the embedded local world
+(file storage, local backend, local chain node) or a cluster (WebHDFS, Mesos, Marathon).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boidcluster.adapters.chain import KeyRing
+from boidcluster.adapters.chain.blocking import BlockingChain
+from boidcluster.adapters.storage import Storage
+from boidcluster.adapters.store import Store
+from boidcluster.engine.world import Settings, World
+
+
+@dataclass
+class OperatorOptions:
+    zk: str
+    storage: str | None = None          # file:///... or webhdfs://...
+    chain_url: str | None = None
+    keys_file: str | None = None        # else $BOID_CHAIN_KEYS
+    marathon: str | None = None
+    backend: str = "local"              # local | mesos | none
+    slots: list[str] = field(default_factory=list)   # local backend: one contributor identity per slot
+    mesos_master: str | None = None
+    workers: int = 4
+
+
+def load_keys(keys_file: str | None) -> KeyRing:
+    if keys_file:
+        return KeyRing.from_file(keys_file)
+    if os.environ.get("BOID_CHAIN_KEYS"):
+        return KeyRing.from_env("BOID_CHAIN_KEYS")
+    raise ValueError("no chain keys: pass --keys FILE or set BOID_CHAIN_KEYS")
+
+
+def build_world(opts: OperatorOptions, store: Store) -> World:
+    world = World(store=store, settings=Settings())
+    closers: list[Any] = []
+    if opts.storage:
+        world.storage = Storage(opts.storage)
+        closers.append(world.storage)
+    if opts.chain_url:
+        world.chain = BlockingChain.open(opts.chain_url, load_keys(opts.keys_file))
+        closers.append(world.chain)
+    if opts.marathon:
+        from boidcluster.adapters.marathon import MarathonClient
+
+        world.marathon = MarathonClient(opts.marathon)
+        closers.append(world.marathon)
+    world.settings.extra["closers"] = closers
+    return world
+
+
+def close_world(world: World) -> None:
+    for c in reversed(world.settings.extra.get("closers", [])):
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+def storage_root(state: Path) -> str:
+    return f"file://{(state / 'storage').resolve()}"
