@@ -1,0 +1,344 @@
+"""The `local` execution backend: work units as subprocesses on this machine.
+
+Each *slot* runs one task at a time and stands for one contributor identity (an EOS account, e.g.
+alice, bob): that account is credited for the slot's work. This is the embedded default of
+`boidctl up` and what the tests use; a cluster uses the `mesos` backend behind the same
+interface (adapters/backend.py).
+
+Why it is shaped so:
+- `submit` only queues; a task starts when a slot is free whose contributor is not excluded, not
+  already running another replica of the same unit, and allowed by the task's `boid_account` /
+  `hostname` constraints (LIKE, UNLIKE, IS, CLUSTER; other operators are ignored here). Every state
+  change is an update on one queue, so the dispatcher consumes local and Mesos tasks alike.
+- Every task runs in its own process group (start_new_session), so a timeout, kill() or a lost
+  worker ends the whole tree, not only the shell that started it.
+- The dispatcher passes storage paths in BOID_OUTPUT_DIR and BOID_INPUT_FILES (a JSON list);
+  since storage is `file://` here, the backend rewrites them to local paths under `storage_root`.
+  stdout/stderr go to `.stdout`/`.stderr` inside the task's output directory (LOG_FILES: the
+  dispatcher leaves them out of result hashes and amalgamation).
+- `image` and `resources` are ignored: commands run on the host, one per slot.
+- The subprocesses die with the operator (Linux parent-death signal), so after a restart the
+  dispatcher's `reconcile` gets LOST for them and re-queues their units.
+
+Fault injection (for tests and demos; labelled, never on by default): `lose_contributor(name)`
+kills a contributor's running tasks and reports them LOST, as if its machine vanished;
+`Slot(..., corrupt_output=True)` makes a slot a cheating contributor whose outputs are altered
+after its command succeeds, so replication must outvote it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from boidcluster.adapters.backend import TaskSpec, TaskUpdate
+
+log = logging.getLogger(__name__)
+
+LOG_FILES = frozenset({".stdout", ".stderr"})
+"""Per-task log files the backend writes inside the output directory (not results)."""
+
+CORRUPTION = b"\n# corrupted by fault injection\n"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One place a task can run, credited to `contributor`."""
+
+    contributor: str
+    env: dict[str, str] = field(default_factory=dict)   # extra environment for this slot's tasks
+    hostname: str = "localhost"
+    corrupt_output: bool = False   # FAULT INJECTION: a cheating contributor (see module docstring)
+
+
+def slots_for(contributors: Sequence[str], per_contributor: int = 1) -> list[Slot]:
+    """`per_contributor` slots for each contributor, interleaved (alice, bob, alice, bob...)."""
+    return [Slot(c) for _ in range(per_contributor) for c in contributors]
+
+
+@dataclass
+class _Task:
+    spec: TaskSpec
+    slot: int | None = None
+    proc: subprocess.Popen | None = None
+    started_at: float | None = None
+    last: TaskUpdate | None = None
+    end_state: str | None = None     # set by kill()/lose_contributor() before signalling
+    end_message: str = ""
+
+
+def _set_pdeathsig() -> None:  # runs in the child before exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _constraint_ok(constraint: tuple[str, ...], slot: Slot) -> bool:
+    fld, op, *rest = constraint
+    if fld == "boid_account":
+        value = slot.contributor
+    elif fld == "hostname":
+        value = slot.hostname
+    else:
+        return True
+    if op == "LIKE":
+        return re.fullmatch(rest[0], value) is not None
+    if op == "UNLIKE":
+        return re.fullmatch(rest[0], value) is None
+    if op in ("IS", "CLUSTER") and rest:
+        return value == rest[0]
+    return True
+
+
+class LocalBackend:
+    """Subprocess backend. `storage_root` is the local directory of the `file://` storage."""
+
+    name = "local"
+
+    def __init__(self, storage_root: str | os.PathLike[str], slots: Sequence[Slot | str] = ("alice", "bob"),
+                 *, kill_grace: float = 2.0) -> None:
+        self.storage_root = Path(storage_root)
+        self.slots: list[Slot] = [s if isinstance(s, Slot) else Slot(s) for s in slots]
+        if not self.slots:
+            raise ValueError("the local backend needs at least one slot")
+        self.kill_grace = kill_grace
+        self._mu = threading.RLock()
+        self._tasks: dict[str, _Task] = {}
+        self._queue: list[str] = []                    # task ids waiting for a slot, FIFO
+        self._busy: list[str | None] = [None] * len(self.slots)
+        self._offline: set[str] = set()
+        self._updates: queue.Queue[TaskUpdate] = queue.Queue()
+        self._closed = False
+
+    # -- Backend interface ------------------------------------------------------------------
+    def submit(self, task: TaskSpec) -> None:
+        with self._mu:
+            if self._closed:
+                raise RuntimeError("local backend is closed")
+            if task.task_id in self._tasks:
+                return  # idempotent
+            t = _Task(task)
+            self._tasks[task.task_id] = t
+            self._queue.append(task.task_id)
+            self._emit(t, "STAGING")
+            self._schedule()
+
+    def updates(self, timeout: float = 0.0) -> list[TaskUpdate]:
+        out: list[TaskUpdate] = []
+        try:
+            out.append(self._updates.get(timeout=timeout) if timeout > 0 else self._updates.get_nowait())
+        except queue.Empty:
+            return out
+        while True:
+            try:
+                out.append(self._updates.get_nowait())
+            except queue.Empty:
+                return out
+
+    def kill(self, task_id: str) -> None:
+        self._end(task_id, "KILLED", "killed on request")
+
+    def reconcile(self, task_ids: list[str]) -> None:
+        with self._mu:
+            for tid in task_ids:
+                t = self._tasks.get(tid)
+                if t is None:
+                    self._updates.put(TaskUpdate(tid, "LOST", message="unknown to the local backend "
+                                                 "(it ran in an earlier operator process)",
+                                                 finished_at=time.time()))
+                elif t.last is not None:
+                    self._updates.put(t.last)
+
+    def contributors(self) -> list[str]:
+        with self._mu:
+            return sorted({s.contributor for s in self.slots} - self._offline)
+
+    def capacity(self) -> int:
+        """How many tasks can run at once (slots of online contributors); not in the Backend interface."""
+        with self._mu:
+            return sum(1 for s in self.slots if s.contributor not in self._offline)
+
+    def close(self) -> None:
+        with self._mu:
+            self._closed = True
+            for tid in list(self._queue):
+                self._tasks.pop(tid, None)
+            self._queue.clear()
+            running = [t for t in self._tasks.values() if t.proc is not None and t.last and not t.last.terminal]
+        for t in running:
+            self._end(t.spec.task_id, "KILLED", "backend closed")
+        for t in running:
+            if t.proc is not None:
+                try:
+                    t.proc.wait(timeout=self.kill_grace + 1)
+                except subprocess.TimeoutExpired:
+                    pass
+
+    # -- FAULT INJECTION (tests and demos only) -------------------------------------------------
+    def lose_contributor(self, contributor: str, *, offline: bool = False) -> list[str]:
+        """FAULT INJECTION: the contributor's machine vanishes: its running tasks are killed and
+        reported LOST. With `offline`, its slots take no more work until `restore_contributor`.
+        Returns the task ids lost."""
+        with self._mu:
+            if offline:
+                self._offline.add(contributor)
+            lost = [tid for i, tid in enumerate(self._busy)
+                    if tid is not None and self.slots[i].contributor == contributor]
+        for tid in lost:
+            self._end(tid, "LOST", f"contributor {contributor} lost (fault injection)", grace=False)
+        return lost
+
+    def restore_contributor(self, contributor: str) -> None:
+        with self._mu:
+            self._offline.discard(contributor)
+            self._schedule()
+
+    # -- internals --------------------------------------------------------------------------
+    def _emit(self, t: _Task, state: str, *, exit_code: int | None = None, message: str = "",
+              finished_at: float | None = None) -> None:
+        contributor = self.slots[t.slot].contributor if t.slot is not None else None
+        u = TaskUpdate(t.spec.task_id, state, contributor=contributor, exit_code=exit_code,  # type: ignore[arg-type]
+                       message=message, started_at=t.started_at, finished_at=finished_at)
+        t.last = u
+        self._updates.put(u)
+
+    def _fits(self, t: _Task, i: int) -> bool:
+        slot = self.slots[i]
+        if self._busy[i] is not None or slot.contributor in self._offline:
+            return False
+        if slot.contributor in t.spec.exclude_contributors:
+            return False
+        for j, other in enumerate(self._busy):  # replicas of one unit on distinct contributors
+            if other is not None and self.slots[j].contributor == slot.contributor:
+                o = self._tasks[other].spec
+                if o.job == t.spec.job and o.unit == t.spec.unit:
+                    return False
+        return all(_constraint_ok(tuple(c), slot) for c in t.spec.constraints)
+
+    def _schedule(self) -> None:
+        """Start queued tasks (FIFO, skipping ones that fit no free slot). Caller holds the lock."""
+        if self._closed or None not in self._busy:
+            return
+        for tid in list(self._queue):
+            t = self._tasks[tid]
+            slot = next((i for i in range(len(self.slots)) if self._fits(t, i)), None)
+            if slot is None:
+                continue
+            self._queue.remove(tid)
+            self._start(t, slot)
+            if None not in self._busy:
+                return
+
+    def _local(self, storage_path: str) -> Path:
+        p = (self.storage_root / storage_path.lstrip("/")).resolve()
+        root = self.storage_root.resolve()
+        if p != root and root not in p.parents:
+            raise ValueError(f"storage path {storage_path!r} leaves the storage root")
+        return p
+
+    def _start(self, t: _Task, slot_index: int) -> None:
+        spec, slot = t.spec, self.slots[slot_index]
+        t.slot = slot_index
+        self._busy[slot_index] = spec.task_id
+        t.started_at = time.time()
+        try:
+            out = self._local(spec.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, **spec.env, **slot.env,
+                   "BOID_OUTPUT_DIR": str(out), "BOID_CONTRIBUTOR": slot.contributor,
+                   "BOID_TASK_ID": spec.task_id}
+            inputs = json.loads(spec.env.get("BOID_INPUT_FILES") or "[]")
+            env["BOID_INPUT_FILES"] = json.dumps([str(self._local(p)) for p in inputs])
+            with open(out / ".stdout", "wb") as so, open(out / ".stderr", "wb") as se:
+                t.proc = subprocess.Popen(spec.command, env=env, cwd=out, stdin=subprocess.DEVNULL,
+                                          stdout=so, stderr=se, start_new_session=True,
+                                          preexec_fn=_set_pdeathsig)
+        except (OSError, ValueError) as e:
+            self._busy[slot_index] = None
+            self._emit(t, "FAILED", message=f"could not start {spec.command[:1]}: {e}", finished_at=time.time())
+            return
+        self._emit(t, "RUNNING")
+        threading.Thread(target=self._wait, args=(t, out), name=f"boid-local-{spec.task_id}",
+                         daemon=True).start()
+
+    def _wait(self, t: _Task, out: Path) -> None:
+        assert t.proc is not None
+        timed_out = False
+        try:
+            code = t.proc.wait(timeout=t.spec.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self._signal(t, signal.SIGKILL)
+            code = t.proc.wait()
+        finished = time.time()
+        with self._mu:
+            assert t.slot is not None
+            slot = self.slots[t.slot]
+            if t.end_state is not None:
+                state, msg = t.end_state, t.end_message
+            elif timed_out:
+                state, msg = "FAILED", f"timed out after {t.spec.timeout:g}s: killed"
+            elif code == 0:
+                state, msg = "FINISHED", ""
+                if slot.corrupt_output:
+                    self._corrupt(out)
+            else:
+                state, msg = "FAILED", f"exited with code {code}" + self._tail(out)
+            self._busy[t.slot] = None
+            self._emit(t, state, exit_code=code, message=msg, finished_at=finished)
+            self._schedule()
+
+    @staticmethod
+    def _tail(out: Path) -> str:
+        try:
+            data = (out / ".stderr").read_bytes()[-300:].decode(errors="replace").strip()
+        except OSError:
+            return ""
+        return f": {data}" if data else ""
+
+    @staticmethod
+    def _corrupt(out: Path) -> None:
+        """FAULT INJECTION: alter every output file of a cheating slot."""
+        for p in sorted(out.rglob("*")):
+            if p.is_file() and p.name not in LOG_FILES:
+                with open(p, "ab") as f:
+                    f.write(CORRUPTION)
+
+    def _signal(self, t: _Task, sig: int) -> None:
+        if t.proc is None:
+            return
+        try:
+            os.killpg(t.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _end(self, task_id: str, state: str, message: str, *, grace: bool = True) -> None:
+        with self._mu:
+            t = self._tasks.get(task_id)
+            if t is None or (t.last is not None and t.last.terminal):
+                return
+            if task_id in self._queue:  # never started
+                self._queue.remove(task_id)
+                self._emit(t, state, message=message, finished_at=time.time())
+                return
+            if t.end_state is None:
+                t.end_state, t.end_message = state, message
+        if not grace or self.kill_grace <= 0:
+            self._signal(t, signal.SIGKILL)
+            return
+        self._signal(t, signal.SIGTERM)
+        timer = threading.Timer(self.kill_grace, self._signal, args=(t, signal.SIGKILL))
+        timer.daemon = True
+        timer.start()

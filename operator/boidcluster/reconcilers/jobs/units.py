@@ -1,0 +1,69 @@
+"""Job -> work units, as a pure function of the spec (and, for `inputs`, a file listing).
+
+Unit ids must be stable: the exactly-once records in ZooKeeper (`runs/<job-uid>/...`) are keyed
+by them, so a restarted operator has to expand the same Job into the same ids. An id is the
+zero-padded index (so ids sort in unit order), plus, for sweeps and inputs, a short digest of
+the unit's parameters or files: should the expansion ever differ (a changed input listing), a
+record can never be mistaken for another unit's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from boidcluster.model.resources import JobSpec
+
+
+@dataclass(frozen=True)
+class Unit:
+    id: str
+    index: int
+    params: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()   # storage paths (relative to the storage root)
+
+    @property
+    def params_json(self) -> str:
+        return json.dumps(self.params, sort_keys=True, separators=(",", ":"))
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+
+
+def storage_path(datadir: str, path: str) -> str:
+    """A spec path in storage: absolute ('/x') from the storage root, else under the datadir."""
+    if path.startswith("/"):
+        return path.lstrip("/")
+    return posixpath.normpath(posixpath.join(datadir, path))
+
+
+def input_groups(files: Iterable[str], pattern: str, per_unit: int) -> list[tuple[str, ...]]:
+    """Files whose name matches `pattern`, sorted, cut into groups of `per_unit`."""
+    chosen = sorted(f for f in files if fnmatch.fnmatchcase(posixpath.basename(f), pattern))
+    return [tuple(chosen[i:i + per_unit]) for i in range(0, len(chosen), per_unit)]
+
+
+def expand(spec: JobSpec, *, datadir: str = "",
+           list_files: Callable[[str], list[str]] | None = None,
+           groups: list[tuple[str, ...]] | None = None) -> list[Unit]:
+    """The job's units in index order.
+
+    For `inputs`, pass either `groups` (a listing already fixed for this job) or `list_files`
+    (storage directory -> file paths relative to the storage root)."""
+    wu = spec.work_units
+    if wu.count is not None:
+        return [Unit(f"u{i:06d}", i) for i in range(wu.count)]
+    if wu.sweep is not None:
+        return [Unit(f"u{i:06d}-{_digest(p)}", i, p) for i, p in enumerate(wu.sweep_points())]
+    assert wu.inputs is not None
+    if groups is None:
+        if list_files is None:
+            raise ValueError("an inputs job needs list_files or groups to expand")
+        groups = input_groups(list_files(storage_path(datadir, wu.inputs.path)),
+                              wu.inputs.pattern, wu.inputs.per_unit)
+    return [Unit(f"u{i:06d}-{_digest(list(g))}", i, {}, tuple(g)) for i, g in enumerate(groups)]

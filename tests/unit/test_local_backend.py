@@ -1,0 +1,124 @@
+"""The local backend with real subprocesses: env, logs, exclusions, timeout, kill, reconcile, faults."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from boidcluster.adapters.backend import Backend, TaskSpec
+from boidcluster.adapters.local.backend import LocalBackend, Slot
+
+
+def collect(backend, until, timeout=10.0):
+    """Updates until `until(update)` holds for one; returns them all."""
+    got = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for u in backend.updates(timeout=0.1):
+            got.append(u)
+            if until(u):
+                return got
+    raise AssertionError(f"no matching update within {timeout}s: {got}")
+
+
+def task(tid, command, unit="u0", **kw):
+    env = {"BOID_UNIT_INDEX": "0", "BOID_UNIT_PARAMS": '{"seed": 1}', "BOID_OUTPUT_DIR": f"out/{tid}",
+           "BOID_INPUT_FILES": json.dumps(kw.pop("inputs", []))}
+    return TaskSpec(task_id=tid, job="j", unit=unit, command=command, env=env, output_dir=f"out/{tid}", **kw)
+
+
+@pytest.fixture
+def backend(tmp_path):
+    b = LocalBackend(tmp_path, [Slot("alice"), Slot("bob")], kill_grace=0.5)
+    yield b
+    b.close()
+
+
+def test_is_a_backend_and_runs_with_the_unit_env(backend, tmp_path):
+    assert isinstance(backend, Backend)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("A")
+    script = ("import json,os;d=os.environ['BOID_OUTPUT_DIR'];"
+              "open(os.path.join(d,'r.json'),'w').write(json.dumps({k:os.environ[k] for k in "
+              "['BOID_UNIT_INDEX','BOID_UNIT_PARAMS','BOID_INPUT_FILES']}));print('hello')")
+    backend.submit(task("t1", [sys.executable, "-c", script], inputs=["in/a.txt"]))
+    ups = collect(backend, lambda u: u.terminal)
+    assert [u.state for u in ups] == ["STAGING", "RUNNING", "FINISHED"]
+    done = ups[-1]
+    assert done.contributor in ("alice", "bob") and done.exit_code == 0
+    assert done.started_at <= done.finished_at and done.contributed_us > 0
+    out = json.loads((tmp_path / "out/t1/r.json").read_text())
+    assert out["BOID_UNIT_PARAMS"] == '{"seed": 1}'
+    assert json.loads(out["BOID_INPUT_FILES"]) == [str(tmp_path / "in" / "a.txt")]
+    assert (tmp_path / "out/t1/.stdout").read_text() == "hello\n"
+
+
+def test_failure_reports_exit_code_and_stderr(backend):
+    backend.submit(task("t1", ["sh", "-c", "echo boom >&2; exit 3"]))
+    done = collect(backend, lambda u: u.terminal)[-1]
+    assert done.state == "FAILED" and done.exit_code == 3 and "boom" in done.message
+
+
+def test_exclusions_and_distinct_contributors_per_unit(backend):
+    backend.submit(task("t1", ["sleep", "0.3"], exclude_contributors=frozenset({"alice"})))
+    backend.submit(task("t2", ["sleep", "0.3"]))  # same unit: must not share bob
+    ups = collect(backend, lambda u: u.task_id == "t2" and u.terminal)
+    by = {u.task_id: u.contributor for u in ups if u.state == "FINISHED"}
+    assert by.get("t1", "bob") == "bob" and by["t2"] == "alice"
+
+
+def test_slots_limit_concurrency_and_queue(tmp_path):
+    b = LocalBackend(tmp_path, ["alice"])
+    try:
+        for i in range(3):
+            b.submit(task(f"t{i}", ["sleep", "0.1"], unit=f"u{i}"))
+        ups = collect(b, lambda u: u.task_id == "t2" and u.terminal)
+        running = 0
+        for u in ups:
+            running += {"RUNNING": 1}.get(u.state, 0) - (1 if u.terminal else 0)
+            assert running <= 1
+    finally:
+        b.close()
+
+
+def test_timeout_kills_the_process_group(backend, tmp_path):
+    backend.submit(task("t1", ["sh", "-c", "sleep 30 & echo $! > child; wait"], timeout=0.5))
+    done = collect(backend, lambda u: u.terminal)[-1]
+    assert done.state == "FAILED" and "timed out" in done.message
+    child = int((tmp_path / "out/t1/child").read_text())
+    time.sleep(0.1)
+    try:  # gone, or a zombie waiting for init to reap it
+        assert open(f"/proc/{child}/stat").read().split(") ")[1][0] in "ZX"
+    except FileNotFoundError:
+        pass
+
+
+def test_kill_and_reconcile(backend):
+    backend.submit(task("t1", ["sleep", "30"]))
+    collect(backend, lambda u: u.state == "RUNNING")
+    backend.reconcile(["t1", "ghost"])
+    ups = collect(backend, lambda u: u.task_id == "ghost")
+    assert [(u.task_id, u.state) for u in ups] == [("t1", "RUNNING"), ("ghost", "LOST")]
+    backend.kill("t1")
+    assert collect(backend, lambda u: u.terminal)[-1].state == "KILLED"
+    backend.kill("t1")  # idempotent
+    assert backend.updates(timeout=0.2) == []
+
+
+def test_fault_injection_lose_contributor_and_cheat(tmp_path):
+    b = LocalBackend(tmp_path, [Slot("alice"), Slot("mallory", corrupt_output=True)])
+    try:
+        b.submit(task("t1", ["sleep", "30"], exclude_contributors=frozenset({"mallory"})))
+        collect(b, lambda u: u.state == "RUNNING")
+        assert b.lose_contributor("alice") == ["t1"]
+        lost = collect(b, lambda u: u.terminal)[-1]
+        assert lost.state == "LOST" and lost.contributor == "alice"
+        b.submit(task("t2", ["sh", "-c", 'echo 42 > "$BOID_OUTPUT_DIR/r"'], unit="u2",
+                      exclude_contributors=frozenset({"alice"})))
+        assert collect(b, lambda u: u.terminal)[-1].state == "FINISHED"
+        assert (tmp_path / "out/t2/r").read_bytes().startswith(b"42\n\n# corrupted")
+    finally:
+        b.close()
