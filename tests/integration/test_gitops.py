@@ -236,13 +236,17 @@ def test_more_than_prune_limit_is_blocked_until_confirmed(world, repo, zk_hosts)
     assert "pruneLimit 2" in blocked.message and "boidctl sync specs --confirm-prune" in blocked.message
     assert gs.status.synced_commit == head and cond(gs, "Synced").reason == "PruneBlocked"
 
-    run = CliRunner().invoke(sync_command, ["specs"], obj=Ctx(zk_hosts, 5.0))
-    assert run.exit_code == 1 and "--confirm-prune" in run.output
-    assert len(names(world.store)) == 6
-    run = CliRunner().invoke(sync_command, ["specs", "--confirm-prune",
-                                            "--cache-dir", str(world.settings.extra["git"].cache_dir)],
-                             obj=Ctx(zk_hosts, 5.0))
-    assert run.exit_code == 0, run.output
+    ctx = Ctx(zk_hosts, 5.0)
+    try:
+        run = CliRunner().invoke(sync_command, ["specs"], obj=ctx)
+        assert run.exit_code == 1 and "--confirm-prune" in run.output
+        assert len(names(world.store)) == 6
+        run = CliRunner().invoke(sync_command, ["specs", "--confirm-prune",
+                                                "--cache-dir", str(world.settings.extra["git"].cache_dir)],
+                                 obj=ctx)
+        assert run.exit_code == 0, run.output
+    finally:
+        ctx.close()
     for n in ("beta", "c1", "c2"):
         assert f"protocol/{n} pruned" in run.output
     assert names(world.store) == ["alpha", "c3", "delta"]
