@@ -27,7 +27,7 @@ from boidcluster.engine.operator import Operator
 from .context import Ctx, Failure, boid_home, cluster_file, friendly, read_cluster
 from .wiring import OperatorOptions, build_world, close_world, storage_root
 
-RECONCILERS = ("protocol", "contributor", "jobs", "payout", "gitsource")
+RECONCILERS = ("protocol", "contributor", "jobs", "gitsource")
 
 
 def load_reconcilers():

@@ -58,6 +58,14 @@ class Operator:
         if c is not None:
             (c.paused.set if paused else c.paused.clear)()
 
+    def enqueue(self, kind: str, name: str) -> bool:
+        """Ask for a reconcile of one object now (False when this replica is not leading)."""
+        c = self.controller
+        if c is None:
+            return False
+        c.queue.add((kind, name))
+        return True
+
     def start(self) -> "Operator":
         if self.health is not None:
             self.health.start()

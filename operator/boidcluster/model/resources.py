@@ -236,6 +236,10 @@ class ProtocolStatus(Status):
     """Where this protocol's dispatcher runs: a Marathon app id or 'local'."""
     registered_at: datetime | None = None
     """When the protocol was last written to the on-chain registry."""
+    last_payout_time: datetime | None = None
+    """When contributors were last paid (payouts run at most once per spec.payout.interval)."""
+    paid: dict[str, Asset] = Field(default_factory=dict)
+    """Tokens this operator has paid out per contributor account (the chain is the record)."""
 
 
 class Protocol(Resource):
@@ -536,6 +540,32 @@ class ContributedTime(Strict):
     """The contributor's EOS account."""
     seconds: int = Field(ge=0)
     """Contributed unit time in seconds."""
+    microseconds: int = Field(default=0, ge=0)
+    """The same time in microseconds, as recorded on chain."""
+
+
+class UnitTime(Strict):
+    """How long one accepted unit took (its longest credited replica)."""
+
+    unit: str
+    """The unit's id."""
+    contributor: str
+    """The contributor whose replica took longest."""
+    microseconds: int = Field(ge=0)
+    """Unit time in microseconds."""
+
+
+class Disagreement(Strict):
+    """A replica result that lost the vote: kept aside, not credited."""
+
+    unit: str
+    """The unit's id."""
+    contributor: str
+    """The contributor whose result disagreed."""
+    hash: str
+    """sha256 of the disagreeing result."""
+    task: str
+    """The task id of that replica."""
 
 
 class JobStatus(Status):
@@ -553,6 +583,14 @@ class JobStatus(Status):
     """Storage location of the amalgamated results."""
     contributors: list[ContributedTime] = Field(default_factory=list)
     """The top contributors by contributed seconds (at most 10)."""
+    progress: str | None = None
+    """Validated units out of all, e.g. '6/8 (75%)'."""
+    slowest_units: list[UnitTime] = Field(default_factory=list)
+    """The accepted units that took longest (at most 5)."""
+    disagreements: list[Disagreement] = Field(default_factory=list)
+    """Replica results outvoted by the quorum (at most 20 listed)."""
+    failed_units: list[str] = Field(default_factory=list)
+    """Units that failed after all retries, or were left unfinished at the deadline (at most 20)."""
 
 
 class Job(Resource):
@@ -683,7 +721,8 @@ class GitSource(Resource):
 __all__ = [
     "Protocol", "ProtocolSpec", "ProtocolStatus", "Fund", "PayRates", "Payout", "Quota",
     "Job", "JobSpec", "JobStatus", "WorkUnits", "RangeSpec", "SweepRange", "InputsSpec",
-    "ResourceRequest", "Replication", "Output", "UnitCounts", "ContributedTime",
+    "ResourceRequest", "Replication", "Output", "UnitCounts", "ContributedTime", "UnitTime",
+    "Disagreement",
     "Contributor", "ContributorSpec", "ContributorStatus",
     "GitSource", "GitSourceSpec", "GitSourceStatus", "DriftEntry",
     "Condition", "MAX_UNITS", "TOP_CONTRIBUTORS", "RESERVED_ENV", "CONSTRAINT_OPERATORS",

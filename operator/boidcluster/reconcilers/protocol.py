@@ -15,11 +15,13 @@ from boidcluster.adapters.storage import StorageError
 from boidcluster.engine.reconciler import Result, Retry, condition
 from boidcluster.engine.world import World
 from boidcluster.model.meta import utcnow
-from boidcluster.model.resources import Protocol
+from boidcluster.model.resources import Job, Protocol
 
 from . import registry
+from .payouts import settle
 
 RESYNC = 30.0  # chain balances and Marathon apps do not notify us
+ACTIVE_RESYNC = 5.0  # while a job of the protocol runs, look (and pay) more often
 
 
 def app_id(p: Protocol) -> str:
@@ -45,6 +47,11 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
             world.marathon.remove_app(app_id(p))
         if world.chain is not None:
             try:
+                # pay every positive balance first: a deleted registry row would strand unpaid time
+                shortfall, _ = settle(p, world, final=True)
+                if shortfall:
+                    raise Retry(f"final payout before removal failed: {shortfall[0].message}",
+                                reason="CleanupFailed", conditions=shortfall)
                 world.chain.delete_protocol(spec.owner, spec.researcher)
             except ChainError as e:
                 raise Retry(f"removing the registry row failed: {e}", reason="CleanupFailed") from e
@@ -86,7 +93,13 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
             raise Retry(f"reading the fund balance of {spec.fund.account}: {e}", reason="FundUnreadable",
                         conditions=[*conditions, condition("Funded", None, "FundUnreadable", str(e))]) from e
         status["fund_balance"] = balance
-        conditions.append(_funded(balance, row.fund, spec.payout.minimum, spec.fund.account))
+        funded = _funded(balance, row.fund, spec.payout.minimum, spec.fund.account)
+        try:
+            shortfall, paid = settle(p, world)
+        except ChainError as e:
+            raise _chain_failure(e, "paying contributors", conditions) from e
+        status.update(paid)
+        conditions.append(shortfall[0] if shortfall else funded)
 
     if world.marathon is not None:
         app = dispatcher_app(p.name, world.settings.dispatcher_image,
@@ -106,12 +119,14 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
     ready = all(c.status != "False" for c in conditions)
     conditions.append(condition("Ready", ready, "Converged" if ready else "NotReady",
                                 "" if ready else "; ".join(c.message for c in conditions if c.status == "False")))
-    return Result(conditions=conditions, status=status, requeue_after=RESYNC)
+    active = any(j.spec.protocol == p.name and not (j.status and j.status.phase in ("Succeeded", "Failed"))
+                 for j in world.store.list(Job))
+    return Result(conditions=conditions, status=status, requeue_after=ACTIVE_RESYNC if active else RESYNC)
 
 
 def _funded(balance, commitment, minimum, account: str):
     """Funded: the fund account holds what the registry still commits to pay (and at least one payout)."""
-    need = commitment if commitment.amount > minimum.amount else minimum
+    need = commitment if minimum is None or commitment.amount > minimum.amount else minimum
     if balance.symbol != need.symbol:
         return condition("Funded", False, "SymbolMismatch", f"{account} holds {balance}, the protocol pays {need.symbol.code}")
     if balance.amount < need.amount:
