@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
@@ -53,8 +55,27 @@ def load_specs(files: Iterable[tuple[str, str]]) -> list[Resource]:
     return [r for r, _ in found]
 
 
+_loaded: "OrderedDict[tuple[str, str, str], list[Resource]]" = OrderedDict()
+_loaded_lock = threading.Lock()
+LOADED_CACHE_SIZE = 16
+"""Commits whose parsed specs are kept: a no-change sync (the common case, every interval)
+then skips YAML parsing and validation, the largest part of its cost. Only successful loads
+are kept; the cached resources are never mutated (plans work on copies)."""
+
+
 def load_snapshot(snapshot: Snapshot) -> list[Resource]:
-    return load_specs((f.path, f.text) for f in snapshot.files)
+    """The resources of a snapshot (SpecErrors as load_specs), cached by (repo, commit, path)."""
+    key = (snapshot.repo, snapshot.commit, snapshot.path)
+    with _loaded_lock:
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return list(_loaded[key])
+    objs = load_specs((f.path, f.text) for f in snapshot.files)
+    with _loaded_lock:
+        _loaded[key] = objs
+        while len(_loaded) > LOADED_CACHE_SIZE:
+            _loaded.popitem(last=False)
+    return list(objs)
 
 
 def spec_error_summary(err: SpecErrors, limit: int = 5) -> str:
