@@ -1,0 +1,941 @@
+"""The `mesos` execution backend: a Mesos framework on the v1 scheduler HTTP API (JSON).
+
+Volunteers' machines are Mesos agents; an agent's attribute `boid_account` names the contributor
+credited for the work it runs, so agents without it are declined. One framework per protocol
+dispatcher, one Mesos role per protocol (fair share and quota per protocol).
+
+Why an own small client: `pymesos` 0.3.15 does not install on Python 3.11 (its dependency
+`http-parser` 0.9.0 fails to compile: `longintrepr.h: No such file or directory`, checked with
+`pip wheel`; see shared/notes/environment.md), and the HTTP API is small enough that a client
+of our own is clearer to audit than `avmesos`: httpx (sync) for calls, a streaming httpx request
+for SUBSCRIBE decoded as RecordIO (docs/recordio.md), kazoo for ZooKeeper.
+
+How it is shaped (docs/scheduler-http-api.md, docs/reconciliation.md):
+* A subscriber thread owns the SUBSCRIBE stream: detect the leader (direct URL, or the lowest
+  `json.info_<seq>` znode under a `zk://hosts/path` URL, holding MasterInfo JSON as written by
+  Mesos' LeaderContender), follow 307 redirects, read events, and on any break re-subscribe
+  with the same FrameworkID (exponential backoff up to 15 s). The FrameworkID is kept in
+  ZooKeeper (`framework_id_path`) so a restarted dispatcher fails over into the same framework
+  (tasks survive for `failover_timeout`) and reconciles its tasks.
+* Offers are matched in the stream thread: role, resources (cpus/mem/disk/gpus), Marathon-style
+  constraints on the hostname and agent attributes (LIKE, UNLIKE, CLUSTER, IS, UNIQUE, MAX_PER;
+  GROUP_BY is accepted as a soft spread and not enforced), `exclude_contributors`, and distinct
+  contributors for replicas of one unit. One ACCEPT per offer launches every task that fits;
+  offers nothing fits are DECLINEd with a `refuse_seconds` filter. A role with nothing queued is
+  SUPPRESSed; a submit to a suppressed (or recently declining) role REVIVEs it.
+* A calls thread sends ACKNOWLEDGE (for updates that carry a uuid), KILL, RECONCILE, REVIVE and
+  SUPPRESS in order, and every `tick` runs the heartbeat watchdog (no event for
+  `heartbeat_misses` heartbeat intervals: cut the stream and re-subscribe), `TaskSpec.timeout`
+  (KILL), and explicit reconciliation per reconciliation.md: after every (re-)subscription, the
+  non-terminal tasks without an update since are re-asked with truncated exponential backoff.
+* State mapping: TASK_STAGING->STAGING, TASK_STARTING/RUNNING/KILLING->RUNNING,
+  TASK_FINISHED->FINISHED, TASK_FAILED/ERROR->FAILED, TASK_KILLED->KILLED, TASK_LOST/UNREACHABLE/
+  GONE/GONE_BY_OPERATOR/DROPPED/UNKNOWN and agent FAILURE -> LOST. started_at/finished_at come
+  from the updates' timestamps. A launch answered TASK_LOST/DROPPED with REASON_INVALID_OFFERS
+  (a rescinded offer) is re-queued silently: the task never ran.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import queue
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+import httpx
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError, NodeExistsError
+
+from boidcluster.adapters.backend import TERMINAL, TaskSpec, TaskUpdate
+
+log = logging.getLogger(__name__)
+
+API_PATH = "/api/v1/scheduler"
+SUPPORTED_OPERATORS = frozenset({"LIKE", "UNLIKE", "CLUSTER", "IS", "UNIQUE", "MAX_PER", "GROUP_BY"})
+
+_STATE_MAP = {
+    "TASK_STAGING": "STAGING", "TASK_STARTING": "RUNNING", "TASK_RUNNING": "RUNNING",
+    "TASK_KILLING": "RUNNING", "TASK_FINISHED": "FINISHED", "TASK_FAILED": "FAILED",
+    "TASK_ERROR": "FAILED", "TASK_KILLED": "KILLED", "TASK_LOST": "LOST", "TASK_UNREACHABLE": "LOST",
+    "TASK_GONE": "LOST", "TASK_GONE_BY_OPERATOR": "LOST", "TASK_DROPPED": "LOST", "TASK_UNKNOWN": "LOST",
+}
+_EXIT = re.compile(r"exited with status (\d+)")
+
+
+class MesosError(RuntimeError):
+    """The master refused a call or could not be reached/detected."""
+
+
+def map_state(mesos_state: str) -> str:
+    return _STATE_MAP.get(mesos_state, "LOST")
+
+
+# ---------------------------------------------------------------------------------------------
+# Offers and constraints (pure functions, easy to test)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Offer:
+    id: str
+    agent_id: str
+    hostname: str
+    role: str
+    resources: list[dict]
+    attributes: dict[str, str]
+
+    @classmethod
+    def from_json(cls, o: dict) -> "Offer":
+        role = (o.get("allocation_info") or {}).get("role", "*")
+        return cls(o["id"]["value"], o["agent_id"]["value"], o.get("hostname", ""), role,
+                   list(o.get("resources", [])), attributes_of(o.get("attributes", [])))
+
+    @property
+    def contributor(self) -> str | None:
+        return self.attributes.get("boid_account") or None
+
+    def scalars(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in self.resources:
+            if r.get("type", "SCALAR") == "SCALAR" and "scalar" in r:
+                out[r["name"]] = out.get(r["name"], 0.0) + float(r["scalar"]["value"])
+        return out
+
+
+def attributes_of(attrs: Iterable[dict]) -> dict[str, str]:
+    """Agent attributes (mesos.proto `Attribute`) as text, the way constraints compare them."""
+    out: dict[str, str] = {}
+    for a in attrs:
+        t = a.get("type")
+        if t == "TEXT":
+            out[a["name"]] = a["text"]["value"]
+        elif t == "SCALAR":
+            v = float(a["scalar"]["value"])
+            out[a["name"]] = str(int(v)) if v.is_integer() else str(v)
+        elif t == "SET":
+            out[a["name"]] = ",".join(a.get("set", {}).get("item", []))
+        elif t == "RANGES":
+            out[a["name"]] = ",".join(f"[{r['begin']}-{r['end']}]" for r in a.get("ranges", {}).get("range", []))
+    return out
+
+
+def field_value(fieldname: str, hostname: str, attributes: dict[str, str]) -> str | None:
+    return hostname if fieldname == "hostname" else attributes.get(fieldname)
+
+
+def check_constraints(constraints: Iterable[tuple[str, ...]]) -> str | None:
+    """An error message for malformed constraints, else None."""
+    for c in constraints:
+        if len(c) < 2 or c[1].upper() not in SUPPORTED_OPERATORS:
+            return f"unsupported constraint {list(c)!r} (operators: {', '.join(sorted(SUPPORTED_OPERATORS))})"
+        op = c[1].upper()
+        if op in ("LIKE", "UNLIKE", "IS", "MAX_PER") and len(c) < 3:
+            return f"constraint {list(c)!r} needs a value"
+        if op in ("LIKE", "UNLIKE"):
+            try:
+                re.compile(c[2])
+            except re.error as exc:
+                return f"constraint {list(c)!r}: bad regular expression: {exc}"
+        if op == "MAX_PER" and not str(c[2]).isdigit():
+            return f"constraint {list(c)!r}: MAX_PER needs an integer"
+    return None
+
+
+def constraints_ok(constraints: Iterable[tuple[str, ...]], hostname: str, attributes: dict[str, str],
+                   peers: list[tuple[str, dict[str, str]]]) -> bool:
+    """Marathon semantics on one agent; `peers` are (hostname, attributes) of the job's live tasks."""
+    for c in constraints:
+        fieldname, op = c[0], c[1].upper()
+        arg = c[2] if len(c) > 2 else None
+        value = field_value(fieldname, hostname, attributes)
+        others = [field_value(fieldname, h, a) for h, a in peers]
+        if op == "LIKE":
+            if value is None or not re.fullmatch(arg or "", value):
+                return False
+        elif op == "UNLIKE":
+            if value is not None and re.fullmatch(arg or "", value):
+                return False
+        elif op in ("CLUSTER", "IS"):
+            if value is None:
+                return False
+            if arg not in (None, ""):
+                if value != arg:
+                    return False
+            elif others and others[0] is not None and value != others[0]:
+                return False
+        elif op == "UNIQUE":
+            if value is None or value in others:
+                return False
+        elif op == "MAX_PER":
+            if value is None or others.count(value) >= int(arg or 0):
+                return False
+        # GROUP_BY: a soft spread in Marathon; accepted, not enforced.
+    return True
+
+
+def pick_resources(offer_resources: list[dict], need: dict[str, float],
+                   used: dict[str, float]) -> list[dict] | None:
+    """Task resources taken from the offer's own resource entries (keeping their allocation_info
+    and reservations), after `used` has already been taken; None if they do not fit."""
+    out: list[dict] = []
+    for name, amount in need.items():
+        if amount <= 0:
+            continue
+        remaining = amount
+        skip = used.get(name, 0.0)
+        for r in offer_resources:
+            if r.get("name") != name or "scalar" not in r:
+                continue
+            avail = float(r["scalar"]["value"])
+            take_from_skip = min(skip, avail)
+            skip -= take_from_skip
+            avail -= take_from_skip
+            if avail <= 1e-9:
+                continue
+            take = min(avail, remaining)
+            piece = {k: v for k, v in r.items() if k != "scalar"}
+            piece["scalar"] = {"value": round(take, 6)}
+            out.append(piece)
+            remaining -= take
+            if remaining <= 1e-9:
+                break
+        if remaining > 1e-9:
+            return None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Task:
+    id: str
+    spec: TaskSpec | None
+    role: str
+    state: str = "QUEUED"          # QUEUED, STAGING, RUNNING, a terminal state, or UNKNOWN (reconcile only)
+    agent_id: str | None = None
+    contributor: str | None = None
+    hostname: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+    launched_at: float | None = None   # monotonic, for TaskSpec.timeout
+    started_at: float | None = None
+    finished_at: float | None = None
+    kill_reason: str | None = None
+    kill_sent_at: float = 0.0
+    last_update: float = 0.0           # monotonic arrival of the latest update
+    report: bool = False               # reconcile() asked: report the next update even if unchanged
+
+
+class MesosBackend:
+    """A Mesos framework implementing `Backend` (see the module docstring)."""
+
+    name = "mesos"
+
+    def __init__(
+        self,
+        master: str,
+        *,
+        roles: Iterable[str] = ("*",),
+        framework_name: str = "boid-dispatcher",
+        user: str = "boid",
+        principal: str | None = None,
+        failover_timeout: float = 7 * 24 * 3600.0,
+        zk: KazooClient | str | None = None,
+        framework_id_path: str | None = None,
+        refuse_seconds: float = 5.0,
+        unusable_refuse_seconds: float = 600.0,
+        heartbeat_misses: int = 4,
+        max_backoff: float = 15.0,
+        request_timeout: float = 10.0,
+        container: str = "MESOS",
+        tick: float = 0.1,
+        start: bool = True,
+    ) -> None:
+        self.roles = list(roles) or ["*"]
+        self.framework_name, self.user, self.principal = framework_name, user, principal
+        self.failover_timeout = failover_timeout
+        self.refuse_seconds, self.unusable_refuse_seconds = refuse_seconds, unusable_refuse_seconds
+        self.heartbeat_misses, self.max_backoff, self.tick = heartbeat_misses, max_backoff, tick
+        if container not in ("MESOS", "DOCKER"):
+            raise ValueError("container must be MESOS (UCR with a Docker image) or DOCKER")
+        self.container = container
+        self.framework_id_path = framework_id_path
+
+        self._master = master
+        self._zk_master: KazooClient | None = None
+        self._zk_master_path = ""
+        self._own_zk: list[KazooClient] = []
+        if master.startswith("zk://"):
+            rest = master[len("zk://"):]
+            hosts, _, path = rest.partition("/")
+            if not path:
+                raise ValueError("a zk:// master URL needs a path, e.g. zk://host:2181/mesos")
+            self._zk_master_path = "/" + path.rstrip("/")
+            self._zk_master = KazooClient(hosts=hosts, timeout=request_timeout)
+            self._zk_master.start(timeout=request_timeout)
+            self._own_zk.append(self._zk_master)
+            self._static_url = None
+        else:
+            self._static_url = master if "://" in master else "http://" + master
+            self._static_url = self._static_url.rstrip("/")
+        self._zk: KazooClient | None
+        if isinstance(zk, str):
+            self._zk = KazooClient(hosts=zk, timeout=request_timeout)
+            self._zk.start(timeout=request_timeout)
+            self._own_zk.append(self._zk)
+        else:
+            self._zk = zk
+        if framework_id_path and self._zk is None:
+            raise ValueError("framework_id_path needs a ZooKeeper client (zk=)")
+
+        timeout = httpx.Timeout(request_timeout)
+        self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+        self._stream_client = httpx.Client(timeout=httpx.Timeout(request_timeout, read=None),
+                                           follow_redirects=False)
+
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._tasks: dict[str, _Task] = {}
+        self._queued: dict[str, dict[str, _Task]] = {r: {} for r in self.roles}
+        self._unit_live: dict[tuple[str, str], list[str]] = {}     # (job, unit) -> contributors
+        self._job_live: dict[str, set[str]] = {}                   # job -> live launched task ids
+        self._agents: dict[str, tuple[str, dict[str, str]]] = {}   # agent id -> (hostname, attributes)
+        self._lost_agents: set[str] = set()
+        self._orphans: dict[str, dict] = {}                        # statuses of tasks we do not know
+        self._updates: list[TaskUpdate] = []
+        self._suppressed: set[str] = set()
+        self._declined: set[str] = set()       # roles that declined with a filter since the last REVIVE
+        self._outbox: queue.Queue[dict | None] = queue.Queue()
+
+        self.framework_id: str | None = self._load_framework_id()
+        self.master_url: str | None = None
+        self.stream_id: str | None = None
+        self.heartbeat_interval = 15.0
+        self._subscribed = threading.Event()
+        self._stop = threading.Event()
+        self._closing = False
+        self._last_event = time.monotonic()
+        self._stream_sock: socket.socket | None = None
+        self._leader_hint: str | None = None
+        self._leader_node: str | None = None
+        self._recon_start = 0.0
+        self._recon_remaining: set[str] = set()
+        self._recon_next = 0.0
+        self._recon_backoff = 0.5
+        self.subscriptions = 0           # SUBSCRIBED events seen (tests, status)
+        self.offers_seen = 0
+        self.tasks_launched = 0
+        self.errors: list[str] = []      # master ERROR events and refused calls
+
+        self._threads = [threading.Thread(target=self._run_stream, name="mesos-stream", daemon=True),
+                         threading.Thread(target=self._run_calls, name="mesos-calls", daemon=True)]
+        if self._zk_master is not None:
+            self._zk_master.ChildrenWatch(self._zk_master_path, self._on_master_nodes)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        for t in self._threads:
+            if not t.is_alive():
+                t.start()
+
+    # -- Backend interface ------------------------------------------------------------------
+    def submit(self, task: TaskSpec) -> None:
+        role = task.role or self.roles[0]
+        error = check_constraints(task.constraints)
+        if role not in self._queued:
+            error = f"role {role!r} is not one of this framework's roles {self.roles}"
+        if not task.command:
+            error = "empty command"
+        with self._lock:
+            if task.task_id in self._tasks and self._tasks[task.task_id].state not in TERMINAL:
+                return   # idempotent
+            t = _Task(task.task_id, task, role)
+            self._tasks[task.task_id] = t
+            if error is not None:
+                self._finish(t, "FAILED", message=error, ts=time.time())
+                return
+            self._queued[role][task.task_id] = t
+            if role in self._suppressed or role in self._declined:
+                self._suppressed.discard(role)
+                self._declined.discard(role)
+                self._outbox.put({"type": "REVIVE", "revive": {"roles": [role]}})
+
+    def updates(self, timeout: float = 0.0) -> list[TaskUpdate]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._updates:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            out, self._updates = self._updates, []
+            return out
+
+    def kill(self, task_id: str) -> None:
+        with self._lock:
+            t = self._tasks.get(task_id)
+            if t is None or t.state in TERMINAL:
+                return
+            if t.state == "QUEUED":
+                self._queued[t.role].pop(task_id, None)
+                self._finish(t, "KILLED", message="killed before launch", ts=time.time())
+                return
+            if t.kill_reason is None:
+                t.kill_reason = "killed"
+            self._send_kill(t)
+
+    def reconcile(self, task_ids: list[str]) -> None:
+        with self._lock:
+            for tid in task_ids:
+                t = self._tasks.get(tid)
+                if t is None:
+                    t = _Task(tid, None, self.roles[0], state="UNKNOWN")
+                    self._tasks[tid] = t
+                if t.state in TERMINAL:
+                    self._emit(t, t.state, message="reconciled (already terminal)")
+                    continue
+                if t.state == "QUEUED":
+                    self._emit(t, "STAGING", message="queued, waiting for an offer")
+                    continue
+                t.report = True
+                orphan = self._orphans.pop(tid, None)
+                if orphan is not None:
+                    self._on_status(orphan)
+                if t.state not in TERMINAL:
+                    self._recon_remaining.add(tid)
+            self._recon_start = time.monotonic()
+            self._recon_next = 0.0
+            self._recon_backoff = 0.5
+
+    def contributors(self) -> list[str]:
+        with self._lock:
+            return sorted({a["boid_account"] for aid, (_h, a) in self._agents.items()
+                           if aid not in self._lost_agents and a.get("boid_account")})
+
+    def close(self, remove: bool = False, kill_running: bool = True) -> None:
+        """Stop. Queued tasks are dropped; running ones are killed (`kill_running`), or the whole
+        framework is torn down (`remove`: TEARDOWN, and the stored FrameworkID is deleted).
+        `kill_running=False` leaves tasks running for a successor to reconcile (failover)."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            for q in self._queued.values():
+                q.clear()
+            live = [t for t in self._tasks.values() if t.state in ("STAGING", "RUNNING") and t.agent_id]
+        if self._subscribed.is_set():
+            try:
+                if remove:
+                    self._post({"type": "TEARDOWN"})
+                elif kill_running:
+                    for t in live:
+                        self._post({"type": "KILL", "kill": {"task_id": {"value": t.id},
+                                                             "agent_id": {"value": t.agent_id}}})
+            except (MesosError, httpx.HTTPError) as exc:
+                log.warning("mesos: close: %s", exc)
+        if remove and self.framework_id_path and self._zk is not None:
+            try:
+                self._zk.delete(self.framework_id_path)
+            except NoNodeError:
+                pass
+        self._stop.set()
+        self._outbox.put(None)
+        self._cut_stream()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=10)
+        self._client.close()
+        self._stream_client.close()
+        for zk in self._own_zk:
+            try:
+                zk.stop()
+                zk.close()
+            except Exception:  # pragma: no cover - best effort on shutdown
+                pass
+
+    # -- framework id in ZooKeeper ----------------------------------------------------------
+    def _load_framework_id(self) -> str | None:
+        if not self.framework_id_path or self._zk is None:
+            return None
+        try:
+            data, _ = self._zk.get(self.framework_id_path)
+        except NoNodeError:
+            return None
+        return data.decode() or None
+
+    def _save_framework_id(self, fid: str) -> None:
+        if not self.framework_id_path or self._zk is None:
+            return
+        try:
+            self._zk.create(self.framework_id_path, fid.encode(), makepath=True)
+        except NodeExistsError:
+            self._zk.set(self.framework_id_path, fid.encode())
+
+    # -- master detection -------------------------------------------------------------------
+    def _detect(self) -> str:
+        with self._lock:
+            hint, self._leader_hint = self._leader_hint, None
+        if hint:
+            return hint
+        if self._static_url is not None:
+            return self._static_url
+        assert self._zk_master is not None
+        try:
+            nodes = [n for n in self._zk_master.get_children(self._zk_master_path) if n.startswith("json.info_")]
+        except NoNodeError:
+            nodes = []
+        if not nodes:
+            raise MesosError(f"no leading master registered under {self._master}")
+        leader = min(nodes, key=lambda n: int(n.rsplit("_", 1)[1]))
+        data, _ = self._zk_master.get(f"{self._zk_master_path}/{leader}")
+        info = json.loads(data)
+        addr = info.get("address") or {}
+        host = addr.get("hostname") or addr.get("ip") or info.get("hostname")
+        port = addr.get("port") or info.get("port") or 5050
+        if not host:   # `ip` is packed in network order (mesos.proto MasterInfo.ip)
+            host = socket.inet_ntoa(int(info["ip"]).to_bytes(4, "little"))
+        with self._lock:
+            self._leader_node = leader
+        return f"http://{host}:{port}"
+
+    def _on_master_nodes(self, children: list[str]) -> bool | None:
+        if self._stop.is_set():
+            return False
+        nodes = [n for n in children if n.startswith("json.info_")]
+        leader = min(nodes, key=lambda n: int(n.rsplit("_", 1)[1])) if nodes else None
+        with self._lock:
+            changed = self._leader_node is not None and leader != self._leader_node
+        if changed:
+            log.info("mesos: leading master changed (%s), re-subscribing", leader)
+            self._cut_stream()
+        return None
+
+    @staticmethod
+    def _redirect_target(location: str, current: str) -> str:
+        """Location from a 307: '//host:port/path', 'host:port' (the doc's example) or a full URL."""
+        scheme = urlsplit(current).scheme or "http"
+        if location.startswith("//"):
+            location = f"{scheme}:{location}"
+        elif "://" not in location:
+            location = f"{scheme}://{location}"
+        parts = urlsplit(location)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    # -- the subscription stream ------------------------------------------------------------
+    def _framework_info(self) -> dict:
+        info: dict[str, Any] = {"user": self.user, "name": self.framework_name, "roles": self.roles,
+                                "capabilities": [{"type": "MULTI_ROLE"}],
+                                "failover_timeout": float(self.failover_timeout), "checkpoint": True}
+        if self.principal:
+            info["principal"] = self.principal
+        if self.framework_id:
+            info["id"] = {"value": self.framework_id}
+        return info
+
+    def _run_stream(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._subscribe_once()
+                backoff = 0.1 if self.subscriptions else backoff
+            except (MesosError, httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+                if not self._stop.is_set():
+                    log.warning("mesos: subscription ended: %s", exc)
+            finally:
+                self._subscribed.clear()
+                with self._lock:
+                    self.stream_id = None
+                    self._stream_sock = None
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _subscribe_once(self) -> None:
+        url = self._detect()
+        with self._lock:
+            suppressed = [r for r in self.roles if not self._queued[r]]
+            self._suppressed = set(suppressed)
+            self._declined.clear()
+        body: dict[str, Any] = {"type": "SUBSCRIBE", "subscribe": {
+            "framework_info": self._framework_info(), "suppressed_roles": suppressed}}
+        if self.framework_id:
+            body["framework_id"] = {"value": self.framework_id}
+        for _hop in range(8):
+            with self._stream_client.stream("POST", url + API_PATH, json=body,
+                                            headers={"Accept": "application/json"}) as resp:
+                if resp.status_code == 307:
+                    url = self._redirect_target(resp.headers.get("location", ""), url)
+                    log.info("mesos: redirected to leading master %s", url)
+                    continue
+                if resp.status_code != 200:
+                    resp.read()
+                    raise MesosError(f"SUBSCRIBE answered {resp.status_code}: {resp.text.strip()}")
+                stream = resp.extensions.get("network_stream")
+                with self._lock:
+                    self.master_url = url
+                    self.stream_id = resp.headers.get("mesos-stream-id")
+                    self._stream_sock = stream.get_extra_info("socket") if stream is not None else None
+                    self._last_event = time.monotonic()
+                if self._stop.is_set():
+                    return
+                self._read_events(resp)
+                return
+        raise MesosError("too many redirects while subscribing")
+
+    def _read_events(self, resp: httpx.Response) -> None:
+        buf = bytearray()
+        for chunk in resp.iter_raw():
+            buf += chunk
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    break
+                size = int(bytes(buf[:nl]).strip() or b"0")
+                end = nl + 1 + size
+                if len(buf) < end:
+                    break
+                record = bytes(buf[nl + 1:end])
+                del buf[:end]
+                self._last_event = time.monotonic()
+                self._on_event(json.loads(record))
+                if self._stop.is_set():
+                    return
+        raise MesosError("the master closed the subscription stream")
+
+    def _cut_stream(self) -> None:
+        """Break the SUBSCRIBE connection from another thread (wakes the blocked reader)."""
+        with self._lock:
+            sock = self._stream_sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    # -- events -----------------------------------------------------------------------------
+    def _on_event(self, ev: dict) -> None:
+        kind = ev.get("type")
+        if kind == "SUBSCRIBED":
+            sub = ev["subscribed"]
+            fid = sub["framework_id"]["value"]
+            if fid != self.framework_id:
+                self.framework_id = fid
+                self._save_framework_id(fid)
+            self.heartbeat_interval = float(sub.get("heartbeat_interval_seconds") or 15.0)
+            with self._lock:
+                self.subscriptions += 1
+                # reconciliation.md: explicit reconciliation after every (re-)registration
+                self._recon_remaining |= {t.id for t in self._tasks.values()
+                                          if t.state in ("STAGING", "RUNNING", "UNKNOWN")}
+                self._recon_start = time.monotonic()
+                self._recon_next = 0.0
+                self._recon_backoff = 0.5
+            self._subscribed.set()
+            log.info("mesos: subscribed as framework %s to %s", fid, self.master_url)
+        elif kind == "OFFERS":
+            self._on_offers([Offer.from_json(o) for o in ev["offers"].get("offers", [])])
+        elif kind == "UPDATE":
+            status = ev["update"]["status"]
+            with self._lock:
+                self._on_status(status)
+            if status.get("uuid") and status.get("agent_id"):
+                self._outbox.put({"type": "ACKNOWLEDGE", "acknowledge": {
+                    "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}})
+        elif kind == "FAILURE":
+            fail = ev["failure"]
+            if "agent_id" in fail and "executor_id" not in fail:
+                self._on_agent_lost(fail["agent_id"]["value"])
+        elif kind == "ERROR":
+            message = ev.get("message", "")
+            self.errors.append(message)
+            log.error("mesos: master error: %s", message)
+            if "removed" in message.lower() or "completed" in message.lower():
+                self.framework_id = None
+            raise MesosError(f"master ERROR event: {message}")
+        # HEARTBEAT, RESCIND (we hold no offers), MESSAGE and others need nothing.
+
+    def _on_agent_lost(self, agent_id: str) -> None:
+        with self._lock:
+            self._lost_agents.add(agent_id)
+            for t in list(self._tasks.values()):
+                if t.agent_id == agent_id and t.state in ("STAGING", "RUNNING"):
+                    self._finish(t, "LOST", message="agent lost (FAILURE)", ts=time.time())
+
+    def _on_status(self, st: dict) -> None:
+        """Fold one TaskStatus into our view (lock held)."""
+        tid = st["task_id"]["value"]
+        t = self._tasks.get(tid)
+        if t is None:
+            self._orphans[tid] = st
+            return
+        t.last_update = time.monotonic()
+        if t.state in TERMINAL:
+            return
+        mstate, reason = st["state"], st.get("reason", "")
+        ts = float(st.get("timestamp") or time.time())
+        if mstate in ("TASK_LOST", "TASK_DROPPED") and reason == "REASON_INVALID_OFFERS" \
+                and t.spec is not None and t.kill_reason is None and t.state == "STAGING":
+            self._release(t)
+            t.state, t.agent_id, t.contributor, t.launched_at = "QUEUED", None, None, None
+            self._queued[t.role][t.id] = t
+            self._suppressed.discard(t.role)
+            self._outbox.put({"type": "REVIVE", "revive": {"roles": [t.role]}})
+            return
+        agent = (st.get("agent_id") or {}).get("value")
+        if agent and t.agent_id is None:
+            t.agent_id = agent
+        if t.agent_id and t.contributor is None and t.agent_id in self._agents:
+            t.hostname, t.attributes = self._agents[t.agent_id]
+            t.contributor = t.attributes.get("boid_account")
+        state = map_state(mstate)
+        message = st.get("message", "")
+        if state == "RUNNING" and t.started_at is None:
+            t.started_at = ts
+        if state in TERMINAL:
+            if t.started_at is None and state == "FINISHED":
+                t.started_at = ts
+            if state == "KILLED" and t.kill_reason and t.kill_reason != "killed":
+                message = t.kill_reason
+            m = _EXIT.search(message)
+            code = 0 if state == "FINISHED" else (int(m.group(1)) if m else None)
+            self._finish(t, state, message=message, ts=ts, exit_code=code)
+            return
+        if state != t.state or t.report:
+            t.report = False
+            t.state = state
+            self._emit(t, state, message=message)
+
+    def _emit(self, t: _Task, state: str, *, message: str = "", exit_code: int | None = None) -> None:
+        self._updates.append(TaskUpdate(task_id=t.id, state=state, contributor=t.contributor,  # type: ignore[arg-type]
+                                        exit_code=exit_code, message=message, started_at=t.started_at,
+                                        finished_at=t.finished_at))
+        self._cond.notify_all()
+
+    def _finish(self, t: _Task, state: str, *, message: str, ts: float, exit_code: int | None = None) -> None:
+        self._release(t)
+        t.state = state
+        t.finished_at = ts
+        t.report = False
+        self._recon_remaining.discard(t.id)
+        self._emit(t, state, message=message, exit_code=exit_code)
+
+    def _release(self, t: _Task) -> None:
+        if t.spec is None or t.state not in ("STAGING", "RUNNING"):
+            return
+        live = self._unit_live.get((t.spec.job, t.spec.unit))
+        if live and t.contributor in live:
+            live.remove(t.contributor)
+        self._job_live.get(t.spec.job, set()).discard(t.id)
+
+    # -- offers -----------------------------------------------------------------------------
+    def _on_offers(self, offers: list[Offer]) -> None:
+        for offer in offers:
+            self.offers_seen += 1
+            with self._lock:
+                if offer.contributor:
+                    self._agents[offer.agent_id] = (offer.hostname, offer.attributes)
+                    self._lost_agents.discard(offer.agent_id)
+                if self._closing:
+                    plan: list[_Task] = []
+                    infos: list[dict] = []
+                else:
+                    plan, infos = self._plan(offer)
+                queued_left = bool(self._queued.get(offer.role))
+            if not offer.contributor:
+                self._post_offer_call({"type": "DECLINE", "decline": {
+                    "offer_ids": [{"value": offer.id}], "filters": {"refuse_seconds": self.unusable_refuse_seconds}}})
+                continue
+            if not plan:
+                self._post_offer_call({"type": "DECLINE", "decline": {
+                    "offer_ids": [{"value": offer.id}], "filters": {"refuse_seconds": self.refuse_seconds}}})
+                with self._lock:
+                    if queued_left:
+                        self._declined.add(offer.role)
+                continue
+            ok = self._post_offer_call({"type": "ACCEPT", "accept": {
+                "offer_ids": [{"value": offer.id}],
+                "operations": [{"type": "LAUNCH", "launch": {"task_infos": infos}}],
+                "filters": {"refuse_seconds": self.refuse_seconds}}})
+            with self._lock:
+                if ok:
+                    self.tasks_launched += len(plan)
+                    if queued_left:
+                        self._declined.add(offer.role)
+                else:   # not launched: back to the queue, in order
+                    for t in plan:
+                        if t.state == "STAGING":
+                            self._release(t)
+                            t.state, t.agent_id, t.contributor, t.launched_at = "QUEUED", None, None, None
+                            self._queued[t.role][t.id] = t
+        with self._lock:
+            idle = [r for r in self.roles if not self._queued[r] and r not in self._suppressed]
+            if idle and not self._closing:
+                self._suppressed |= set(idle)
+                self._outbox.put({"type": "SUPPRESS", "suppress": {"roles": idle}})
+
+    def _plan(self, offer: Offer) -> tuple[list[_Task], list[dict]]:
+        """Tasks that fit this offer (lock held); they are marked STAGING on the offer's agent."""
+        queued = self._queued.get(offer.role)
+        if not queued:
+            return [], []
+        avail = offer.scalars()
+        used: dict[str, float] = {}
+        contributor = offer.contributor
+        plan: list[_Task] = []
+        infos: list[dict] = []
+        for t in list(queued.values()):
+            spec = t.spec
+            assert spec is not None
+            if avail.get("cpus", 0.0) - used.get("cpus", 0.0) < 0.01:
+                break
+            if contributor in spec.exclude_contributors:
+                continue
+            if contributor in self._unit_live.get((spec.job, spec.unit), ()):
+                continue
+            need = {"cpus": float(spec.resources.cpus), "mem": float(spec.resources.mem),
+                    "disk": float(spec.resources.disk), "gpus": float(spec.resources.gpus)}
+            if spec.constraints:
+                peers = [(self._tasks[i].hostname, self._tasks[i].attributes)
+                         for i in self._job_live.get(spec.job, ())]
+                if not constraints_ok(spec.constraints, offer.hostname, offer.attributes, peers):
+                    continue
+            resources = pick_resources(offer.resources, need, used)
+            if resources is None:
+                continue
+            for k, v in need.items():
+                used[k] = used.get(k, 0.0) + v
+            del queued[t.id]
+            t.state, t.agent_id, t.contributor = "STAGING", offer.agent_id, contributor
+            t.hostname, t.attributes = offer.hostname, offer.attributes
+            t.launched_at = time.monotonic()
+            t.kill_reason = None
+            self._unit_live.setdefault((spec.job, spec.unit), []).append(contributor or "")
+            self._job_live.setdefault(spec.job, set()).add(t.id)
+            plan.append(t)
+            infos.append(self.task_info(spec, offer.agent_id, resources))
+            self._emit(t, "STAGING", message=f"launching on {offer.hostname}")
+        return plan, infos
+
+    def task_info(self, spec: TaskSpec, agent_id: str, resources: list[dict]) -> dict:
+        """mesos.proto TaskInfo for one task (command, container, env, labels)."""
+        env = {"variables": [{"name": k, "type": "VALUE", "value": v} for k, v in sorted(spec.env.items())]}
+        info: dict[str, Any] = {
+            "name": f"boid:{spec.job}:{spec.unit}",
+            "task_id": {"value": spec.task_id},
+            "agent_id": {"value": agent_id},
+            "resources": resources,
+            "command": {"shell": False, "value": spec.command[0], "arguments": list(spec.command),
+                        "environment": env},
+            "labels": {"labels": [{"key": "boid_job", "value": spec.job},
+                                  {"key": "boid_unit", "value": spec.unit},
+                                  {"key": "boid_output_dir", "value": spec.output_dir}]},
+        }
+        if spec.image:
+            if self.container == "DOCKER":
+                info["container"] = {"type": "DOCKER", "docker": {"image": spec.image}}
+            else:
+                info["container"] = {"type": "MESOS", "mesos": {"image": {
+                    "type": "DOCKER", "docker": {"name": spec.image}}}}
+        return info
+
+    # -- calls ------------------------------------------------------------------------------
+    def _post(self, call: dict) -> httpx.Response:
+        with self._lock:
+            url, stream_id, fid = self.master_url, self.stream_id, self.framework_id
+        if url is None or stream_id is None or fid is None:
+            raise MesosError("not subscribed")
+        body = dict(call, framework_id={"value": fid})
+        resp = self._client.post(url + API_PATH, json=body, headers={"Mesos-Stream-Id": stream_id})
+        if resp.status_code == 307:
+            with self._lock:
+                self._leader_hint = self._redirect_target(resp.headers.get("location", ""), url)
+            self._cut_stream()
+            raise MesosError(f"{call['type']}: master moved to {self._leader_hint}")
+        if resp.status_code not in (200, 202):
+            msg = f"{call['type']} answered {resp.status_code}: {resp.text.strip()}"
+            if resp.status_code != 403:
+                self.errors.append(msg)
+            raise MesosError(msg)
+        return resp
+
+    def _post_offer_call(self, call: dict) -> bool:
+        try:
+            self._post(call)
+            return True
+        except (MesosError, httpx.HTTPError) as exc:
+            log.warning("mesos: %s", exc)
+            return False
+
+    def _send_kill(self, t: _Task) -> None:
+        t.kill_sent_at = time.monotonic()
+        kill: dict[str, Any] = {"task_id": {"value": t.id}}
+        if t.agent_id:
+            kill["agent_id"] = {"value": t.agent_id}
+        self._outbox.put({"type": "KILL", "kill": kill})
+
+    def _run_calls(self) -> None:
+        next_tick = 0.0
+        while not self._stop.is_set():
+            try:
+                call = self._outbox.get(timeout=self.tick)
+            except queue.Empty:
+                call = None
+            if call is not None:
+                while not self._subscribed.is_set() and not self._stop.is_set():
+                    self._subscribed.wait(self.tick)
+                    if time.monotonic() >= next_tick:
+                        self._on_tick()
+                        next_tick = time.monotonic() + self.tick
+                try:
+                    self._post(call)
+                except (MesosError, httpx.HTTPError) as exc:
+                    log.warning("mesos: %s", exc)
+            if time.monotonic() >= next_tick:
+                self._on_tick()
+                next_tick = time.monotonic() + self.tick
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        # heartbeat watchdog: a silent stream is as good as a broken one
+        with self._lock:
+            sock = self._stream_sock
+        if sock is not None and now - self._last_event > self.heartbeat_misses * self.heartbeat_interval:
+            log.warning("mesos: no event for %.1f s, re-subscribing", now - self._last_event)
+            self._last_event = now
+            self._cut_stream()
+        if not self._subscribed.is_set():
+            return
+        with self._lock:
+            for t in self._tasks.values():   # TaskSpec.timeout
+                if t.state in ("STAGING", "RUNNING") and t.kill_reason is None and t.spec is not None \
+                        and t.spec.timeout is not None and t.launched_at is not None \
+                        and now - t.launched_at > t.spec.timeout:
+                    t.kill_reason = f"timed out after {t.spec.timeout:g} s"
+                    self._send_kill(t)
+                elif t.kill_reason is not None and t.state in ("STAGING", "RUNNING") \
+                        and now - t.kill_sent_at > 2.0:
+                    self._send_kill(t)   # a KILL can be lost with a broken subscription
+            # explicit reconciliation with truncated exponential backoff (reconciliation.md)
+            if self._recon_remaining and now >= self._recon_next:
+                remaining = {i for i in self._recon_remaining if i in self._tasks
+                             and self._tasks[i].state not in TERMINAL
+                             and (self._tasks[i].last_update < self._recon_start or self._tasks[i].state == "UNKNOWN")}
+                self._recon_remaining = remaining
+                if remaining:
+                    tasks = []
+                    for i in sorted(remaining):
+                        entry: dict[str, Any] = {"task_id": {"value": i}}
+                        if self._tasks[i].agent_id:
+                            entry["agent_id"] = {"value": self._tasks[i].agent_id}
+                        tasks.append(entry)
+                    self._outbox.put({"type": "RECONCILE", "reconcile": {"tasks": tasks}})
+                    self._recon_next = now + self._recon_backoff
+                    self._recon_backoff = min(self._recon_backoff * 2, 60.0)
