@@ -1,0 +1,122 @@
+"""Engine throughput: apply N Protocols and time until every one is Ready (real chain node +
+file storage), against the same N with a no-op reconciler (the engine's own overhead).
+
+Prints figures; not a timed test. Usage: .venv/bin/python bench/reconcile.py [-n 1000] [--workers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+
+from boidcluster.adapters.chain.blocking import BlockingChain  # noqa: E402
+from boidcluster.adapters.chain.rpc import action  # noqa: E402
+from boidcluster.adapters.local.chainnode import LocalChain  # noqa: E402
+from boidcluster.adapters.local.zookeeper import LocalZooKeeper  # noqa: E402
+from boidcluster.adapters.storage import Storage  # noqa: E402
+from boidcluster.adapters.store import Store  # noqa: E402
+from boidcluster.engine.operator import Operator  # noqa: E402
+from boidcluster.engine.reconciler import Registry, Result, condition  # noqa: E402
+from boidcluster.engine.world import World  # noqa: E402
+from boidcluster.model.resources import Protocol  # noqa: E402
+from boidcluster.reconcilers import registry as real_registry  # noqa: E402
+import boidcluster.reconcilers.protocol  # noqa: E402,F401
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz12345"
+
+
+def researchers(chain: LocalChain, n: int) -> list[str]:
+    names = ["r" + "".join(secrets.choice(ALPHABET) for _ in range(11)) for _ in range(n)]
+    demo = chain.demo_public_key()
+    auth = {"threshold": 1, "keys": [{"key": demo, "weight": 1}], "accounts": [], "waits": []}
+
+    async def create() -> None:
+        async with chain.client() as rpc:
+            for i in range(0, n, 100):
+                await rpc.push_transaction([action("eosio", "newaccount", {"creator": "eosio", "name": r, "owner": auth,
+                                                                          "active": auth}, "eosio@active")
+                                            for r in names[i:i + 100]])
+    asyncio.run(create())
+    return names
+
+
+def protocols(names: list[str], chain: LocalChain) -> list[Protocol]:
+    a = chain.accounts
+    return [Protocol.model_validate({
+        "apiVersion": "cluster.boid.com/v1alpha1", "kind": "Protocol", "metadata": {"name": f"p{i}"},
+        "spec": {"title": f"Bench {i}", "owner": a.owner, "researcher": r, "datadir": f"/bench/p{i}",
+                 "fund": {"account": a.fund, "quantity": "1.0000 BOID"},
+                 "payRates": {"worker": "1.0000 BOID", "dispatcher": "0.5000 BOID"}}})
+        for i, r in enumerate(names)]
+
+
+def run(zk: LocalZooKeeper, chroot: str, objs: list[Protocol], world_of, registry: Registry, workers: int,
+        ready) -> float:
+    setup = Store(zk.hosts)
+    setup.client.ensure_path(chroot)
+    setup.close()
+    store = Store(zk.hosts + chroot, timeout=30)
+    op = Operator(store, world_of(store), registry, workers=workers).start()
+    try:
+        while not op.leading:
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        for i in range(0, len(objs), 100):  # ZooKeeper caps one request (transaction) at 1 MB
+            store.apply(objs[i:i + 100])
+        while True:
+            done = sum(1 for p in store.list(Protocol) if ready(p))
+            if done == len(objs):
+                return time.perf_counter() - t0
+            time.sleep(1.0)  # listing 1,000 objects is itself load: look once a second
+    finally:
+        op.stop()
+        store.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=8)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        zk = LocalZooKeeper(Path(tmp) / "zk", fsync=False).start()
+        chain = LocalChain(Path(tmp) / "chain")
+        chain.start()
+        try:
+            chain.bootstrap()
+            objs = protocols(researchers(chain, args.n), chain)
+            bchain = BlockingChain.open(chain.url, chain.operator_keys())
+
+            noop = Registry()
+
+            @noop.reconciler(Protocol)
+            def nothing(p, world):
+                return Result(conditions=[condition("Ready", True, "NoOp")])
+
+            def has_ready(p):
+                c = p.status.condition("Ready") if p.status else None
+                return c is not None and c.status == "True"
+
+            t_noop = run(zk, "/noop", objs, lambda s: World(store=s), noop, args.workers, has_ready)
+            t_real = run(zk, "/real", objs, lambda s: World(store=s, storage=Storage(f"file://{tmp}/storage"),
+                                                          chain=bchain), real_registry, args.workers, has_ready)
+            bchain.close()
+        finally:
+            chain.stop()
+            zk.close()
+    n = args.n
+    print(f"protocols: {n}, engine workers: {args.workers}")
+    print(f"no-op reconciler (engine overhead): {t_noop:7.2f} s  {n / t_noop:8.1f} protocols/s")
+    print(f"real reconciler (chain + storage):  {t_real:7.2f} s  {n / t_real:8.1f} protocols/s")
+    print(f"engine overhead share of the real run: {t_noop / t_real:.1%}")
+
+
+if __name__ == "__main__":
+    main()
