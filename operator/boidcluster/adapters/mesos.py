@@ -315,6 +315,7 @@ class MesosBackend:
         self._outbox: queue.Queue[dict | None] = queue.Queue()
 
         self.framework_id: str | None = self._load_framework_id()
+        self._agent_accounts: dict[str, str] = self._load_agent_accounts()
         self.master_url: str | None = None
         self.stream_id: str | None = None
         self.heartbeat_interval = 15.0
@@ -388,9 +389,9 @@ class MesosBackend:
                 self._queued[t.role].pop(task_id, None)
                 self._finish(t, "KILLED", message="killed before launch", ts=time.time())
                 return
-            if t.kill_reason is None:
+            if t.kill_reason is None:   # idempotent; the calls thread re-sends a KILL that gets lost
                 t.kill_reason = "killed"
-            self._send_kill(t)
+                self._send_kill(t)
 
     def reconcile(self, task_ids: list[str]) -> None:
         with self._lock:
@@ -442,10 +443,11 @@ class MesosBackend:
             except (MesosError, httpx.HTTPError) as exc:
                 log.warning("mesos: close: %s", exc)
         if remove and self.framework_id_path and self._zk is not None:
-            try:
-                self._zk.delete(self.framework_id_path)
-            except NoNodeError:
-                pass
+            for path in (self.framework_id_path, self.framework_id_path + "-agents"):
+                try:
+                    self._zk.delete(path)
+                except NoNodeError:
+                    pass
         self._stop.set()
         self._outbox.put(None)
         self._cut_stream()
@@ -470,6 +472,31 @@ class MesosBackend:
         except NoNodeError:
             return None
         return data.decode() or None
+
+    def _load_agent_accounts(self) -> dict[str, str]:
+        if not self.framework_id_path or self._zk is None:
+            return {}
+        try:
+            data, _ = self._zk.get(self.framework_id_path + "-agents")
+            return dict(json.loads(data or b"{}"))
+        except (NoNodeError, ValueError):
+            return {}
+
+    def _remember_agent(self, agent_id: str, account: str) -> None:
+        """Agent -> contributor, kept in ZooKeeper beside the framework id (lock held)."""
+        if self._agent_accounts.get(agent_id) == account:
+            return
+        self._agent_accounts[agent_id] = account
+        if not self.framework_id_path or self._zk is None:
+            return
+        path, data = self.framework_id_path + "-agents", json.dumps(self._agent_accounts).encode()
+        try:
+            self._zk.set(path, data)
+        except NoNodeError:
+            try:
+                self._zk.create(path, data, makepath=True)
+            except NodeExistsError:
+                self._zk.set(path, data)
 
     def _save_framework_id(self, fid: str) -> None:
         if not self.framework_id_path or self._zk is None:
@@ -692,9 +719,10 @@ class MesosBackend:
         agent = (st.get("agent_id") or {}).get("value")
         if agent and t.agent_id is None:
             t.agent_id = agent
-        if t.agent_id and t.contributor is None and t.agent_id in self._agents:
-            t.hostname, t.attributes = self._agents[t.agent_id]
-            t.contributor = t.attributes.get("boid_account")
+        if t.agent_id and t.contributor is None:
+            if t.agent_id in self._agents:
+                t.hostname, t.attributes = self._agents[t.agent_id]
+            t.contributor = t.attributes.get("boid_account") or self._agent_accounts.get(t.agent_id)
         state = map_state(mstate)
         message = st.get("message", "")
         if state == "RUNNING" and t.started_at is None:
@@ -743,7 +771,8 @@ class MesosBackend:
                 if offer.contributor:
                     self._agents[offer.agent_id] = (offer.hostname, offer.attributes)
                     self._lost_agents.discard(offer.agent_id)
-                if self._closing:
+                    self._remember_agent(offer.agent_id, offer.contributor)
+                if self._closing or not offer.contributor:
                     plan: list[_Task] = []
                     infos: list[dict] = []
                 else:
@@ -888,6 +917,8 @@ class MesosBackend:
                 call = self._outbox.get(timeout=self.tick)
             except queue.Empty:
                 call = None
+            if self._stop.is_set():
+                return
             if call is not None:
                 while not self._subscribed.is_set() and not self._stop.is_set():
                     self._subscribed.wait(self.tick)

@@ -1,0 +1,513 @@
+"""The `mesos` backend against the Mesos master test double (tests/doubles/mesos_master.py).
+
+Every test ends by asserting that the double recorded no validation errors: each call the backend
+made was a valid scheduler.proto `Call` (and each event the double sent a valid `Event`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import httpx
+import pytest
+from kazoo.client import KazooClient
+
+from boidcluster.adapters.backend import Backend, TaskResources, TaskSpec, TaskUpdate
+from boidcluster.adapters.mesos import MesosBackend, check_constraints, constraints_ok
+from doubles.mesos_master import MesosCluster, MesosMasterDouble, register_master
+
+ROLE = "proto-a"
+
+
+@pytest.fixture
+def master() -> Iterator[MesosMasterDouble]:
+    m = MesosMasterDouble(heartbeat_interval=0.2, task_seconds=0.05, update_retry_seconds=0.5)
+    yield m
+    m.stop()
+    assert m.validation_errors == []
+    assert m.cluster.event_errors == []
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., MesosBackend]]:
+    made: list[MesosBackend] = []
+
+    def make(master_url: str, **kw: object) -> MesosBackend:
+        kw.setdefault("roles", [ROLE])
+        kw.setdefault("refuse_seconds", 0.2)
+        b = MesosBackend(master_url, **kw)  # type: ignore[arg-type]
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def spec(task_id: str, *, unit: str | None = None, job: str = "job1", **kw: object) -> TaskSpec:
+    kw.setdefault("role", ROLE)
+    kw.setdefault("resources", TaskResources(cpus=0.5, mem=64))
+    kw.setdefault("env", {"BOID_UNIT_INDEX": "0"})
+    return TaskSpec(task_id=task_id, job=job, unit=unit or task_id, command=["sh", "-c", "echo hi"],
+                    output_dir=f"/out/{task_id}", **kw)  # type: ignore[arg-type]
+
+
+class Collector:
+    """All updates seen so far, with waiting helpers."""
+
+    def __init__(self, backend: MesosBackend) -> None:
+        self.b = backend
+        self.seen: list[TaskUpdate] = []
+
+    def wait(self, pred: Callable[[list[TaskUpdate]], bool], timeout: float = 10.0) -> list[TaskUpdate]:
+        deadline = time.monotonic() + timeout
+        while not pred(self.seen):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out; updates: {self.seen}")
+            self.seen += self.b.updates(timeout=min(left, 0.2))
+        return self.seen
+
+    def last(self, task_id: str) -> TaskUpdate | None:
+        mine = [u for u in self.seen if u.task_id == task_id]
+        return mine[-1] if mine else None
+
+    def wait_state(self, task_id: str, state: str, timeout: float = 10.0) -> TaskUpdate:
+        self.wait(lambda s: any(u.task_id == task_id and u.state == state for u in s), timeout)
+        return next(u for u in self.seen if u.task_id == task_id and u.state == state)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def launched_infos(cluster: MesosCluster) -> dict[str, dict]:
+    out = {}
+    for call in cluster.calls_of("ACCEPT"):
+        for op in call["accept"]["operations"]:
+            for info in op["launch"]["task_infos"]:
+                out[info["task_id"]["value"]] = info
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+
+def test_is_a_backend(master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    assert isinstance(backends(master.url), Backend)
+
+
+def test_launch_resources_env_role_image_and_contributor(master: MesosMasterDouble,
+                                                         backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    alice = c.add_agent("alice", cpus=2, mem=1024, gpus=1)
+    b = backends(master.url)
+    col = Collector(b)
+    b.submit(spec("t1", resources=TaskResources(cpus=1.5, mem=256, disk=10, gpus=1), image="python:3.11-slim",
+                  env={"BOID_UNIT_INDEX": "3", "BOID_UNIT_PARAMS": '{"x": 1}'}))
+    done = col.wait_state("t1", "FINISHED")
+    assert done.contributor == "alice" and done.exit_code == 0
+    assert done.started_at is not None and done.finished_at is not None and done.contributed_us > 0
+    assert [u.state for u in col.seen if u.task_id == "t1"] == ["STAGING", "RUNNING", "FINISHED"]
+
+    info = launched_infos(c)["t1"]
+    assert info["agent_id"]["value"] == alice.id
+    res = {r["name"]: r["scalar"]["value"] for r in info["resources"]}
+    assert res == {"cpus": 1.5, "mem": 256, "disk": 10, "gpus": 1}
+    assert {r["allocation_info"]["role"] for r in info["resources"]} == {ROLE}
+    assert info["command"]["shell"] is False and info["command"]["arguments"] == ["sh", "-c", "echo hi"]
+    env = {v["name"]: v["value"] for v in info["command"]["environment"]["variables"]}
+    assert env == {"BOID_UNIT_INDEX": "3", "BOID_UNIT_PARAMS": '{"x": 1}'}
+    assert info["container"]["mesos"]["image"]["docker"]["name"] == "python:3.11-slim"
+    labels = {lab["key"]: lab["value"] for lab in info["labels"]["labels"]}
+    assert labels["boid_job"] == "job1" and labels["boid_output_dir"] == "/out/t1"
+    sub = c.calls_of("SUBSCRIBE")[0]["subscribe"]["framework_info"]
+    assert sub["roles"] == [ROLE] and sub["failover_timeout"] > 0
+    assert b.contributors() == ["alice"]
+
+
+def test_docker_containerizer_option(master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    master.cluster.add_agent("alice")
+    b = backends(master.url, container="DOCKER")
+    b.submit(spec("t1", image="busybox"))
+    Collector(b).wait_state("t1", "FINISHED")
+    assert launched_infos(master.cluster)["t1"]["container"] == {"type": "DOCKER", "docker": {"image": "busybox"}}
+
+
+def test_declines_offers_nothing_fits_and_agents_without_account(master: MesosMasterDouble,
+                                                                 backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.add_agent("alice", cpus=1, mem=512)
+    c.add_agent(None, cpus=8, mem=8192)
+    b = backends(master.url)
+    b.submit(spec("big", resources=TaskResources(cpus=4, mem=128)))
+    wait_for(lambda: len(c.calls_of("DECLINE")) >= 3, what="declines")
+    time.sleep(0.3)
+    assert c.calls_of("ACCEPT") == []
+    assert b.updates() == []            # still queued: nothing was reported
+    refuse = sorted({d["decline"]["filters"]["refuse_seconds"] for d in c.calls_of("DECLINE")})
+    assert refuse == [0.2, 600.0]       # short filter for "not now", long one for "never" (no boid_account)
+    assert b.contributors() == ["alice"]
+
+
+def test_replicas_run_on_distinct_contributors_and_exclusions(master: MesosMasterDouble,
+                                                              backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    for name in ("alice", "bob", "carol"):
+        c.add_agent(name, cpus=8, mem=8192)
+    b = backends(master.url)
+    col = Collector(b)
+    for r in range(3):
+        b.submit(spec(f"u0.r{r}", unit="u0"))
+    b.submit(spec("u1.r0", unit="u1", exclude_contributors=frozenset({"alice", "bob"})))
+    col.wait(lambda s: sum(u.state == "FINISHED" for u in s) == 4)
+    owners = {u.task_id: u.contributor for u in col.seen if u.state == "FINISHED"}
+    assert sorted(owners[f"u0.r{r}"] for r in range(3)) == ["alice", "bob", "carol"]
+    assert owners["u1.r0"] == "carol"
+
+
+def test_constraints_like_unlike_cluster(master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.add_agent("alice", rack="r1", os="linux", hostname="a.example")
+    c.add_agent("bob", rack="r2", os="linux", hostname="b.example")
+    c.add_agent("carol", rack="r3", os="mac", hostname="c.example")
+    b = backends(master.url)
+    col = Collector(b)
+    b.submit(spec("like", constraints=(("rack", "LIKE", "r[23]"), ("os", "LIKE", "linux"))))
+    b.submit(spec("unlike", constraints=(("hostname", "UNLIKE", "[ab]\\.example"),)))
+    b.submit(spec("cluster", constraints=(("rack", "CLUSTER", "r1"),)))
+    col.wait(lambda s: sum(u.state == "FINISHED" for u in s) == 3)
+    owners = {u.task_id: u.contributor for u in col.seen if u.state == "FINISHED"}
+    assert owners == {"like": "bob", "unlike": "carol", "cluster": "alice"}
+
+
+def test_bad_constraint_or_role_fails_at_submit(master: MesosMasterDouble,
+                                               backends: Callable[..., MesosBackend]) -> None:
+    master.cluster.add_agent("alice")
+    b = backends(master.url)
+    col = Collector(b)
+    b.submit(spec("bad-op", constraints=(("rack", "NEAR", "x"),)))
+    b.submit(spec("bad-role", role="someone-else"))
+    col.wait(lambda s: len(s) == 2)
+    assert {u.task_id: u.state for u in col.seen} == {"bad-op": "FAILED", "bad-role": "FAILED"}
+    assert "unsupported constraint" in col.last("bad-op").message  # type: ignore[union-attr]
+
+
+def test_constraint_semantics_unit() -> None:
+    attrs = {"rack": "r1", "gpu": "1"}
+    assert constraints_ok([("rack", "LIKE", "r\\d")], "h", attrs, [])
+    assert not constraints_ok([("zone", "LIKE", ".*")], "h", attrs, [])        # absent attribute
+    assert constraints_ok([("zone", "UNLIKE", "z1")], "h", attrs, [])          # absent passes UNLIKE
+    assert not constraints_ok([("hostname", "UNIQUE")], "h", attrs, [("h", {})])
+    assert constraints_ok([("hostname", "CLUSTER")], "h", attrs, [("h", {})])
+    assert not constraints_ok([("hostname", "CLUSTER")], "h2", attrs, [("h", {})])
+    assert not constraints_ok([("rack", "MAX_PER", "1")], "h", attrs, [("x", {"rack": "r1"})])
+    assert check_constraints([("rack", "LIKE")]) is not None
+    assert check_constraints([("rack", "GROUP_BY")]) is None
+
+
+def test_every_update_with_a_uuid_is_acknowledged(master: MesosMasterDouble,
+                                                  backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.add_agent("alice", cpus=8, mem=8192)
+    b = backends(master.url)
+    col = Collector(b)
+    for i in range(5):
+        b.submit(spec(f"t{i}"))
+    col.wait(lambda s: sum(u.state == "FINISHED" for u in s) == 5)
+    wait_for(lambda: len(c.acks) == 15, what="15 acks")   # STARTING, RUNNING, FINISHED per task
+    assert sorted(c.acks) == sorted((f"t{i}", s) for i in range(5)
+                                    for s in ("TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"))
+    assert all(not t.pending for t in c.tasks.values())
+    for ack in c.calls_of("ACKNOWLEDGE"):
+        assert set(ack["acknowledge"]) == {"agent_id", "task_id", "uuid"}
+
+
+def test_kill_running_and_queued(master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.task_seconds = None                 # tasks run until told otherwise
+    c.add_agent("alice", cpus=1, mem=1024)
+    b = backends(master.url)
+    col = Collector(b)
+    b.submit(spec("run", resources=TaskResources(cpus=1, mem=64)))
+    col.wait_state("run", "RUNNING")
+    b.submit(spec("wait", resources=TaskResources(cpus=1, mem=64)))   # no room: stays queued
+    b.kill("wait")
+    assert col.wait_state("wait", "KILLED").message == "killed before launch"
+    b.kill("run")
+    b.kill("run")                         # idempotent
+    killed = col.wait_state("run", "KILLED")
+    assert killed.contributor == "alice" and killed.finished_at is not None
+    assert [k["kill"]["task_id"]["value"] for k in c.calls_of("KILL")] == ["run"]
+    assert c.calls_of("KILL")[0]["kill"]["agent_id"]["value"] == c.agent_by_account("alice").id
+
+
+def test_failed_task_reports_exit_code(master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.task_seconds = None
+    c.add_agent("alice")
+    b = backends(master.url)
+    col = Collector(b)
+    b.submit(spec("t1"))
+    col.wait_state("t1", "RUNNING")
+    c.fail_task("t1", "Command exited with status 3")
+    failed = col.wait_state("t1", "FAILED")
+    assert failed.exit_code == 3 and failed.contributor == "alice"
+
+
+def test_agent_lost_gives_lost_updates(master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.task_seconds = None
+    alice = c.add_agent("alice", cpus=1)
+    c.add_agent("bob", cpus=1)
+    b = backends(master.url)
+    col = Collector(b)
+    b.submit(spec("a", resources=TaskResources(cpus=1, mem=64)))
+    b.submit(spec("b", resources=TaskResources(cpus=1, mem=64)))
+    col.wait(lambda s: sum(u.state == "RUNNING" for u in s) == 2)
+    on_alice = next(u.task_id for u in col.seen if u.state == "RUNNING" and u.contributor == "alice")
+    c.lose_agent(alice.id, state="TASK_UNREACHABLE")
+    lost = col.wait_state(on_alice, "LOST")
+    assert lost.contributor == "alice"
+    assert b.contributors() == ["bob"]
+    time.sleep(0.3)
+    assert [u.state for u in col.seen if u.task_id == on_alice].count("LOST") == 1   # reported once
+
+
+def test_dropped_stream_resubscribes_with_same_framework_and_reconciles(
+        master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.task_seconds = None
+    c.add_agent("alice")
+    b = backends(master.url)
+    col = Collector(b)
+    b.submit(spec("t1"))
+    col.wait_state("t1", "RUNNING")
+    wait_for(lambda: not c.tasks["t1"].pending, what="acknowledgements")
+    fid = b.framework_id
+    master.drop_stream()
+    wait_for(lambda: b.subscriptions == 2, what="re-subscription")
+    subs = c.calls_of("SUBSCRIBE")
+    assert subs[1]["framework_id"]["value"] == fid == subs[1]["subscribe"]["framework_info"]["id"]["value"]
+    wait_for(lambda: c.calls_of("RECONCILE"), what="reconciliation")
+    asked = c.calls_of("RECONCILE")[0]["reconcile"]["tasks"]
+    assert asked == [{"task_id": {"value": "t1"}, "agent_id": {"value": c.agent_by_account("alice").id}}]
+    c.finish_task("t1")
+    assert col.wait_state("t1", "FINISHED").contributor == "alice"
+
+
+def test_heartbeat_watchdog_reconnects_a_silent_stream(master: MesosMasterDouble,
+                                                       backends: Callable[..., MesosBackend]) -> None:
+    master.cluster.add_agent("alice")
+    b = backends(master.url, heartbeat_misses=3)
+    wait_for(lambda: b.subscriptions == 1, what="subscription")
+    t0 = time.monotonic()
+    master.silence()
+    wait_for(lambda: b.subscriptions == 2, timeout=5, what="watchdog re-subscription")
+    assert time.monotonic() - t0 < 3 * 0.2 + 1.5
+    b.submit(spec("after"))
+    Collector(b).wait_state("after", "FINISHED")
+
+
+def test_redirect_to_new_leader_is_followed(master: MesosMasterDouble,
+                                            backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.task_seconds = None
+    c.add_agent("alice")
+    standby = MesosMasterDouble(cluster=c)
+    try:
+        b = backends(standby.url)            # a standby answers 307 to the leader
+        col = Collector(b)
+        b.submit(spec("t1"))
+        col.wait_state("t1", "RUNNING")
+        assert b.master_url == master.url
+        fid = b.framework_id
+        c.elect(standby)                     # leader change: stream breaks, old leader redirects
+        wait_for(lambda: b.subscriptions == 2 and b.master_url == standby.url, what="follow the new leader")
+        assert b.framework_id == fid
+        c.finish_task("t1")
+        col.wait_state("t1", "FINISHED")
+        b.submit(spec("t2"))
+        col.wait_state("t2", "RUNNING")
+    finally:
+        standby.stop()
+
+
+def test_master_detection_through_zookeeper(master: MesosMasterDouble, zk_hosts: str,
+                                            backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.add_agent("alice")
+    second = MesosMasterDouble(cluster=c)
+    zk = KazooClient(hosts=zk_hosts)
+    zk.start(timeout=10)
+    try:
+        first_node = register_master(zk, "/mesos", master)
+        register_master(zk, "/mesos", second)
+        b = backends(f"zk://{zk_hosts}/mesos")
+        col = Collector(b)
+        b.submit(spec("t1"))
+        col.wait_state("t1", "FINISHED")
+        assert b.master_url == master.url
+        c.elect(second)
+        zk.delete(first_node)                # the old leader's contender znode goes away
+        wait_for(lambda: b.master_url == second.url and b.subscriptions >= 2, what="new leader from ZooKeeper")
+        b.submit(spec("t2"))
+        col.wait_state("t2", "FINISHED")
+    finally:
+        second.stop()
+        zk.stop()
+        zk.close()
+
+
+def test_failover_keeps_framework_id_in_zookeeper_and_reconciles(
+        master: MesosMasterDouble, zk_hosts: str, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.task_seconds = None
+    c.add_agent("alice", cpus=8)
+    zk = KazooClient(hosts=zk_hosts)
+    zk.start(timeout=10)
+    try:
+        first = backends(master.url, zk=zk, framework_id_path="/boid/v1/mesos/proto-a/framework-id")
+        col = Collector(first)
+        first.submit(spec("t1"))
+        first.submit(spec("t2"))
+        col.wait(lambda s: sum(u.state == "RUNNING" for u in s) == 2)
+        wait_for(lambda: not c.tasks["t1"].pending and not c.tasks["t2"].pending, what="acknowledgements")
+        fid = first.framework_id
+        assert zk.get("/boid/v1/mesos/proto-a/framework-id")[0].decode() == fid
+        first.close(kill_running=False)      # the dispatcher "crashes"; its tasks keep running
+        c.finish_task("t2")                  # finishes while nobody is subscribed
+
+        second = backends(master.url, zk=zk, framework_id_path="/boid/v1/mesos/proto-a/framework-id")
+        col2 = Collector(second)
+        second.reconcile(["t1", "t2", "never-launched"])
+        col2.wait(lambda s: {u.task_id for u in s if u.task_id != "t2" or u.terminal}
+                  >= {"t1", "t2", "never-launched"})
+        assert second.framework_id == fid
+        states = {u.task_id: (u.state, u.contributor) for u in col2.seen}
+        assert states["t1"] == ("RUNNING", "alice")   # credited before any offer: agent map in ZooKeeper
+        assert states["t2"] == ("FINISHED", "alice")   # the retried, unacknowledged update
+        assert states["never-launched"][0] == "LOST"
+        c.finish_task("t1")
+        assert col2.wait_state("t1", "FINISHED").contributor == "alice"
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def test_timeout_kills_the_task(master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.task_seconds = None
+    c.add_agent("alice")
+    b = backends(master.url)
+    col = Collector(b)
+    b.submit(spec("slow", timeout=0.3))
+    killed = col.wait_state("slow", "KILLED", timeout=5)
+    assert "timed out" in killed.message
+    assert [k["kill"]["task_id"]["value"] for k in c.calls_of("KILL")] == ["slow"]
+
+
+def test_suppress_when_idle_revive_when_work_arrives(master: MesosMasterDouble,
+                                                     backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.add_agent("alice")
+    b = backends(master.url)
+    col = Collector(b)
+    wait_for(lambda: b.subscriptions == 1, what="subscription")
+    assert c.calls_of("SUBSCRIBE")[0]["subscribe"]["suppressed_roles"] == [ROLE]   # nothing queued yet
+    b.submit(spec("t1"))
+    col.wait_state("t1", "FINISHED")
+    wait_for(lambda: len(c.calls_of("SUPPRESS")) >= 1, what="suppress")
+    fw = c.frameworks[b.framework_id]  # type: ignore[index]
+    wait_for(lambda: ROLE in fw.suppressed, what="suppressed in the master")
+    n_offers = c.offers_sent
+    time.sleep(0.3)
+    assert c.offers_sent == n_offers     # suppressed: no offers while idle
+    types = [x["type"] for x in c.calls]
+    b.submit(spec("t2"))
+    col.wait_state("t2", "FINISHED")
+    later = [x["type"] for x in c.calls][len(types):]
+    assert later[0] == "REVIVE"
+    assert c.calls_of("REVIVE")[-1]["revive"] == {"roles": [ROLE]}
+
+
+def test_invalid_offer_launch_is_requeued(master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.add_agent("alice")
+    b = backends(master.url)
+    col = Collector(b)
+    orig = c._call_accept
+
+    def rescind_first(fw, call):   # the offer is rescinded just before our ACCEPT lands
+        if not getattr(rescind_first, "done", False):
+            rescind_first.done = True  # type: ignore[attr-defined]
+            c.rescind_offers()
+        return orig(fw, call)
+
+    c._call_accept = rescind_first  # type: ignore[method-assign]
+    b.submit(spec("t1"))
+    done = col.wait_state("t1", "FINISHED")
+    assert done.contributor == "alice"
+    assert "LOST" not in [u.state for u in col.seen]
+    assert len(c.calls_of("ACCEPT")) >= 2
+
+
+def test_close_remove_tears_down(master: MesosMasterDouble, zk_hosts: str,
+                                 backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.task_seconds = None
+    c.add_agent("alice")
+    zk = KazooClient(hosts=zk_hosts)
+    zk.start(timeout=10)
+    try:
+        b = backends(master.url, zk=zk, framework_id_path="/fw")
+        col = Collector(b)
+        b.submit(spec("t1"))
+        col.wait_state("t1", "RUNNING")
+        fid = b.framework_id
+        b.close(remove=True)
+        assert len(c.calls_of("TEARDOWN")) == 1
+        assert c.frameworks[fid].removed  # type: ignore[index]
+        assert c.tasks["t1"].state == "TASK_KILLED"
+        assert zk.exists("/fw") is None
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def test_close_kills_running_tasks(master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.task_seconds = None
+    c.add_agent("alice")
+    b = backends(master.url)
+    col = Collector(b)
+    b.submit(spec("t1"))
+    col.wait_state("t1", "RUNNING")
+    b.close()
+    assert c.tasks["t1"].state == "TASK_KILLED"
+
+
+def test_double_rejects_invalid_calls_like_the_master(master: MesosMasterDouble) -> None:
+    url = master.url + "/api/v1/scheduler"
+    with httpx.Client() as client:
+        r = client.post(url, json={"type": "SUBSCRIBE", "subscribe": {"framework_info": {"name": "x"}}})
+        assert r.status_code == 400 and "missing required field 'user'" in r.text
+        r = client.post(url, json={"type": "SUBSCRIBE", "subscribe": {"framework_info": {
+            "user": "u", "name": "x", "rolez": ["a"]}}})
+        assert r.status_code == 400 and "unknown field 'rolez'" in r.text
+        r = client.post(url, json={"type": "DECLINE", "framework_id": {"value": "f"}, "decline": {}},
+                        headers={"Mesos-Stream-Id": "nope"})
+        assert r.status_code == 403
+        r = client.post(url, json={"type": "KILL", "framework_id": {"value": "f"}})
+        assert r.status_code == 400 and "Expecting 'kill' to be present" in r.text
+        r = client.post(url, json={"type": "REVIVE", "framework_id": {"value": "f"},
+                                   "revive": {"role": "a"}}, headers={"Mesos-Stream-Id": "s"})
+        assert r.status_code == 400 and "unknown field 'role'" in r.text   # the proto has `roles`
+        r = client.post(url, content=b"{}", headers={"Content-Type": "text/plain"})
+        assert r.status_code == 415
+    assert len(master.validation_errors) == 5
+    master.validation_errors.clear()
