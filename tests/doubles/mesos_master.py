@@ -25,7 +25,8 @@ and proto/v1/scheduler/scheduler.proto + proto/v1/mesos.proto (message shapes).
   (`refuse_seconds`), cleared by REVIVE. Launched tasks go TASK_STARTING -> TASK_RUNNING ->
   TASK_FINISHED after `task_seconds` (None: they run until `finish_task`/`fail_task`).
   Status updates carry a uuid and are delivered one at a time per task, re-sent until
-  ACKNOWLEDGEd (the agent's status update manager), so a missing ACKNOWLEDGE stalls a task.
+  ACKNOWLEDGEd (the agent's status update manager; first retry after 10 s as in Mesos, tests
+  shorten it), so a missing ACKNOWLEDGE stalls a task.
 * Fault injection: `drop_stream()`, `silence()` (stream stays open, no heartbeats),
   `lose_agent()` (FAILURE + TASK_LOST/TASK_UNREACHABLE + RESCIND), `rescind_offers()`,
   `fail_task()`, `cluster.elect()` (leader change with redirects).
@@ -343,7 +344,7 @@ class MesosCluster:
     """Agents, frameworks, offers and tasks shared by the master doubles of one cluster."""
 
     def __init__(self, *, heartbeat_interval: float = 0.5, task_seconds: float | None = 0.05,
-                 allocation_interval: float = 0.02, update_retry_seconds: float = 1.0,
+                 allocation_interval: float = 0.02, update_retry_seconds: float = 10.0,
                  offer_timeout: float | None = None) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.task_seconds = task_seconds

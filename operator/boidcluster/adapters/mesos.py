@@ -256,6 +256,7 @@ class MesosBackend:
         request_timeout: float = 10.0,
         container: str = "MESOS",
         tick: float = 0.1,
+        ack_senders: int = 4,
         start: bool = True,
     ) -> None:
         self.roles = list(roles) or ["*"]
@@ -313,6 +314,7 @@ class MesosBackend:
         self._suppressed: set[str] = set()
         self._declined: set[str] = set()       # roles that declined with a filter since the last REVIVE
         self._outbox: queue.Queue[dict | None] = queue.Queue()
+        self._acks: queue.Queue[dict | None] = queue.Queue()   # order-free: several senders
 
         self.framework_id: str | None = self._load_framework_id()
         self._agent_accounts: dict[str, str] = self._load_agent_accounts()
@@ -337,6 +339,8 @@ class MesosBackend:
 
         self._threads = [threading.Thread(target=self._run_stream, name="mesos-stream", daemon=True),
                          threading.Thread(target=self._run_calls, name="mesos-calls", daemon=True)]
+        self._threads += [threading.Thread(target=self._run_acks, name=f"mesos-acks-{n}", daemon=True)
+                          for n in range(ack_senders)]
         if self._zk_master is not None:
             self._zk_master.ChildrenWatch(self._zk_master_path, self._on_master_nodes)
         if start:
@@ -450,6 +454,8 @@ class MesosBackend:
                     pass
         self._stop.set()
         self._outbox.put(None)
+        for _ in range(len(self._threads)):
+            self._acks.put(None)
         self._cut_stream()
         for t in self._threads:
             if t.is_alive():
@@ -674,7 +680,7 @@ class MesosBackend:
             with self._lock:
                 self._on_status(status)
             if status.get("uuid") and status.get("agent_id"):
-                self._outbox.put({"type": "ACKNOWLEDGE", "acknowledge": {
+                self._acks.put({"type": "ACKNOWLEDGE", "acknowledge": {
                     "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}})
         elif kind == "FAILURE":
             fail = ev["failure"]
@@ -932,6 +938,21 @@ class MesosBackend:
             if time.monotonic() >= next_tick:
                 self._on_tick()
                 next_tick = time.monotonic() + self.tick
+
+    def _run_acks(self) -> None:
+        """ACKNOWLEDGEs need no order, and a slow one stalls that task's next update (the agent
+        sends one update at a time), so several threads send them."""
+        while not self._stop.is_set():
+            call = self._acks.get()
+            if call is None or self._stop.is_set():
+                return
+            while not self._subscribed.is_set():
+                if self._stop.wait(self.tick):
+                    return
+            try:
+                self._post(call)
+            except (MesosError, httpx.HTTPError) as exc:
+                log.warning("mesos: %s", exc)   # the agent re-sends an update until acknowledged
 
     def _on_tick(self) -> None:
         now = time.monotonic()
