@@ -66,7 +66,7 @@ def one_sync(store: Store, repos: GitRepos, url: str, opts: Options) -> dict[str
     out = execute(store, plan, opts)
     t4 = time.perf_counter()
     return {"fetch": t1 - t0, "load": t2 - t1, "plan": t3 - t2, "apply": t4 - t3, "total": t4 - t0,
-            "applied": out.applied, "unchanged": len(plan.of("unchanged")), "pruned": out.pruned}
+            "applied": out.applied, "txns": out.transactions, "unchanged": len(plan.of("unchanged")), "pruned": out.pruned}
 
 
 def main() -> None:
@@ -101,10 +101,10 @@ def main() -> None:
 
     fsync = "off" if args.no_fsync else "on"
     print(f"GitOps sync of {args.n} Protocols (one file each), ZooKeeper 3.8 on loopback, fsync {fsync}")
-    print(f"{'':16}{'total s':>9}{'fetch':>8}{'load':>8}{'plan':>8}{'apply':>8}{'applied':>9}{'unchanged':>10}")
+    print(f"{'':16}{'total s':>9}{'fetch':>8}{'load':>8}{'plan':>8}{'apply':>8}{'applied':>9}{'unchanged':>10}{'txns':>6}")
     for label, r in rows:
         print(f"{label:16}{r['total']:9.2f}{r['fetch']:8.2f}{r['load']:8.2f}{r['plan']:8.2f}{r['apply']:8.2f}"
-              f"{r['applied']:9d}{r['unchanged']:10d}")
+              f"{r['applied']:9d}{r['unchanged']:10d}{r['txns']:6d}")
 
 
 if __name__ == "__main__":

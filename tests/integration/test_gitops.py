@@ -356,3 +356,16 @@ def test_operator_runs_the_gitsource_reconciler(zk_hosts, repo, tmp_path):
     finally:
         op.stop()
         store.close()
+
+
+def test_a_change_too_large_for_one_transaction_is_split(world, repo, monkeypatch):
+    from boidcluster.reconcilers import gitops
+
+    monkeypatch.setattr(gitops, "MAX_TXN_BYTES", 1500)  # about one Protocol per transaction
+    for n in ("c1", "c2"):
+        repo.write(f"protocols/{n}.yaml", protocol_yaml(n))
+    repo.commit()
+    gitsource(world.store, str(repo.path))
+    _, gs = reconcile(world)
+    assert names(world.store) == ["alpha", "beta", "c1", "c2"]
+    assert cond(gs, "Synced").status == "True" and "transactions" in cond(gs, "Synced").message

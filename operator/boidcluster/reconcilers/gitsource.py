@@ -82,7 +82,9 @@ def outcome_result(gs: GitSource, commit: str, out: Outcome) -> Result:
     else:
         conds.append(condition("Synced", True, "Synced",
                                f"{short}: {out.applied} applied, {out.pruned} pruned, "
-                               f"{len(out.plan.of('unchanged'))} unchanged"))
+                               f"{len(out.plan.of('unchanged'))} unchanged"
+                               + (f" ({out.transactions} transactions: too large for one)"
+                                  if out.transactions > 1 else "")))
     extra = len(drift) - MAX_DRIFT_REPORTED
     drift = drift[:MAX_DRIFT_REPORTED]
     if extra > 0:
