@@ -16,7 +16,7 @@ def test_count_indexes_and_ids():
 
 
 def test_sweep_is_the_cartesian_product_with_ranges_and_ids_are_stable():
-    s = spec(sweep={"a": [1, 2], "b": {"range": {"start": 0, "stop": 1, "step": 0.5}}})
+    s = spec(sweep={"b": {"range": {"start": 0, "stop": 1, "step": 0.5}}, "a": [1, 2]})  # by name: a outermost
     units = expand(s)
     assert [u.params for u in units] == [{"a": 1, "b": 0}, {"a": 1, "b": 0.5}, {"a": 2, "b": 0}, {"a": 2, "b": 0.5}]
     assert [u.id for u in units] == [u.id for u in expand(s)]

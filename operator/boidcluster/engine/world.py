@@ -30,4 +30,6 @@ class World:
     chain: Any = None        # adapters.chain.boid.BoidChain
     marathon: Any = None     # adapters.marathon.MarathonClient
     backend: Backend | None = None
+    dispatcher: Any = None   # reconcilers.jobs.Dispatcher: this process's unit dispatch over `backend`
+    ledger: Any = None       # reconcilers.ledger.ChainLedger: accepted units -> chain
     settings: Settings = field(default_factory=Settings)

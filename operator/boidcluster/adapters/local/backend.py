@@ -119,6 +119,7 @@ class LocalBackend:
         self._queue: list[str] = []                    # task ids waiting for a slot, FIFO
         self._busy: list[str | None] = [None] * len(self.slots)
         self._offline: set[str] = set()
+        self._ran: dict[tuple[str, str], set[str]] = {}  # (job, unit) -> contributors that ran it
         self._updates: queue.Queue[TaskUpdate] = queue.Queue()
         self._closed = False
 
@@ -225,7 +226,15 @@ class LocalBackend:
                 o = self._tasks[other].spec
                 if o.job == t.spec.job and o.unit == t.spec.unit:
                     return False
-        return all(_constraint_ok(tuple(c), slot) for c in t.spec.constraints)
+        if not all(_constraint_ok(tuple(c), slot) for c in t.spec.constraints):
+            return False
+        # Prefer contributors that have not run this unit yet (a fast replica may end before its
+        # sibling starts); fall back to them only when no other contributor could take it.
+        ran = self._ran.get((t.spec.job, t.spec.unit), set())
+        if slot.contributor in ran:
+            others = {s.contributor for s in self.slots} - self._offline - ran - t.spec.exclude_contributors
+            return not others
+        return True
 
     def _schedule(self) -> None:
         """Start queued tasks (FIFO, skipping ones that fit no free slot). Caller holds the lock."""
@@ -252,6 +261,7 @@ class LocalBackend:
         spec, slot = t.spec, self.slots[slot_index]
         t.slot = slot_index
         self._busy[slot_index] = spec.task_id
+        self._ran.setdefault((spec.job, spec.unit), set()).add(slot.contributor)
         t.started_at = time.time()
         try:
             out = self._local(spec.output_dir)
@@ -317,7 +327,8 @@ class LocalBackend:
                     f.write(CORRUPTION)
 
     def _signal(self, t: _Task, sig: int) -> None:
-        if t.proc is None:
+        # Never signal a reaped leader's group id: the pid may already belong to a new task.
+        if t.proc is None or t.proc.returncode is not None:
             return
         try:
             os.killpg(t.proc.pid, sig)

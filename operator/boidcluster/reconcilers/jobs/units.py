@@ -2,7 +2,8 @@
 
 Unit ids must be stable: the exactly-once records in ZooKeeper (`runs/<job-uid>/...`) are keyed
 by them, so a restarted operator has to expand the same Job into the same ids. An id is the
-zero-padded index (so ids sort in unit order), plus, for sweeps and inputs, a short digest of
+zero-padded index (so ids sort in unit order; a sweep is the product over its parameters
+in name order, outermost first), plus, for sweeps and inputs, a short digest of
 the unit's parameters or files: should the expansion ever differ (a changed input listing), a
 record can never be mistaken for another unit's.
 """
@@ -59,7 +60,10 @@ def expand(spec: JobSpec, *, datadir: str = "",
     if wu.count is not None:
         return [Unit(f"u{i:06d}", i) for i in range(wu.count)]
     if wu.sweep is not None:
-        return [Unit(f"u{i:06d}-{_digest(p)}", i, p) for i, p in enumerate(wu.sweep_points())]
+        # Parameter names in sorted order: the store keeps spec JSON with sorted keys, so the
+        # order a user wrote them in does not survive a round trip and must not decide indexes.
+        points = wu.model_copy(update={"sweep": dict(sorted(wu.sweep.items()))}).sweep_points()
+        return [Unit(f"u{i:06d}-{_digest(p)}", i, p) for i, p in enumerate(points)]
     assert wu.inputs is not None
     if groups is None:
         if list_files is None:

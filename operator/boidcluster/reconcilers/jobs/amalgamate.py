@@ -1,0 +1,127 @@
+"""Result hashing and amalgamation: accepted unit outputs -> one published result in storage.
+
+A unit's result is the sha256 over its output files (sorted relative paths and contents; the
+backend's `.stdout`/`.stderr` logs excluded), so replicas on different machines compare by value.
+Amalgamation runs once every unit is accepted and publishes each file with
+`Storage.publish_atomic`, the manifest last: readers see complete files, and a manifest means the
+whole output is there. Publishing is idempotent (atomic overwrite), so a crash between publishing
+and the `final` record simply publishes again.
+
+Reducers: concat (every accepted unit's files, in unit order, joined into `results`), jsonl (the
+units' `*.jsonl` lines joined into `results.jsonl`, each line checked as JSON), none (only the
+manifest; unit directories stay where they are, listed in it), command (output.command runs on
+this machine with the accepted unit directories as arguments, in unit order, and
+BOID_OUTPUT_DIR set to an empty scratch directory; whatever it writes there is published; it
+needs `file://` storage and is given 10 minutes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Sequence
+
+from boidcluster.adapters.local.backend import LOG_FILES
+from boidcluster.adapters.storage import NotFound, Storage
+
+COMMAND_TIMEOUT = 600
+
+
+class OutputInvalid(Exception):
+    """The accepted outputs cannot be amalgamated (bad JSON line, reducer failed)."""
+
+    reason = "OutputInvalid"
+
+
+def output_files(storage: Storage, directory: str) -> list[str]:
+    """Relative paths of a unit's output files, sorted, logs excluded (recursive)."""
+    out: list[str] = []
+
+    def walk(rel: str) -> None:
+        try:
+            entries = storage.list(posixpath.join(directory, rel) if rel else directory)
+        except NotFound:
+            return
+        for e in entries:
+            child = posixpath.join(rel, e.name) if rel else e.name
+            if e.is_dir:
+                walk(child)
+            elif e.type == "file" and child not in LOG_FILES:
+                out.append(child)
+
+    walk("")
+    return sorted(out)
+
+
+def result_hash(storage: Storage, directory: str) -> str:
+    h = hashlib.sha256()
+    for rel in output_files(storage, directory):
+        data = storage.read_bytes(posixpath.join(directory, rel))
+        h.update(rel.encode() + b"\0" + str(len(data)).encode() + b"\0")
+        h.update(data)
+    return h.hexdigest()
+
+
+def publish(storage: Storage, out: str, reduce: str, command: str | list[str] | None,
+            units: Sequence[tuple[str, str]], manifest: dict[str, Any]) -> list[str]:
+    """Amalgamate `units` ([(unit id, storage dir of its accepted output)], in unit order) into
+    `out`; returns the published paths (manifest last)."""
+    storage.ensure_dir(out)
+    published: list[str] = []
+    if reduce == "concat":
+        def concat(f: BinaryIO) -> None:
+            for _, d in units:
+                for rel in output_files(storage, d):
+                    f.write(storage.read_bytes(posixpath.join(d, rel)))
+        storage.publish_atomic(posixpath.join(out, "results"), concat)
+        published.append(posixpath.join(out, "results"))
+    elif reduce == "jsonl":
+        def jsonl(f: BinaryIO) -> None:
+            for unit, d in units:
+                for rel in output_files(storage, d):
+                    if not rel.endswith(".jsonl"):
+                        continue
+                    for n, line in enumerate(storage.read_bytes(posixpath.join(d, rel)).splitlines(), 1):
+                        if not line.strip():
+                            continue
+                        try:
+                            json.loads(line)
+                        except ValueError as e:
+                            raise OutputInvalid(f"unit {unit}: {rel} line {n} is not JSON: {e}") from None
+                        f.write(line.rstrip(b"\r") + b"\n")
+        storage.publish_atomic(posixpath.join(out, "results.jsonl"), jsonl)
+        published.append(posixpath.join(out, "results.jsonl"))
+    elif reduce == "command":
+        published += _run_reducer(storage, out, command, units)
+    path = posixpath.join(out, "manifest.json")
+    storage.publish_atomic(path, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+    return published + [path]
+
+
+def _run_reducer(storage: Storage, out: str, command: str | list[str] | None,
+                 units: Sequence[tuple[str, str]]) -> list[str]:
+    if not storage.url.startswith("file:") and "://" in storage.url:
+        raise OutputInvalid("reduce: command needs file:// storage (it runs on the operator's machine)")
+    argv = ["/bin/sh", "-c", command + ' "$@"', "reduce"] if isinstance(command, str) else list(command or [])
+    dirs = [storage.resolve(d) for _, d in units]
+    with tempfile.TemporaryDirectory(prefix="boid-reduce-") as scratch:
+        try:
+            proc = subprocess.run(argv + dirs, cwd=scratch, env={**os.environ, "BOID_OUTPUT_DIR": scratch},
+                                  capture_output=True, timeout=COMMAND_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise OutputInvalid(f"reduce command failed: {e}") from None
+        if proc.returncode != 0:
+            tail = proc.stderr[-300:].decode(errors="replace").strip()
+            raise OutputInvalid(f"reduce command exited with code {proc.returncode}: {tail}")
+        published = []
+        for p in sorted(Path(scratch).rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(scratch).as_posix()
+                storage.publish_atomic(posixpath.join(out, rel), p.read_bytes())
+                published.append(posixpath.join(out, rel))
+        return published
