@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup test demo crds contracts lint bench clean
+.PHONY: setup test demo down crds contracts bench clean
 
 setup: $(VENV)/.stamp /usr/share/java/zookeeper.jar contracts/node_modules/.stamp
 
@@ -26,11 +26,18 @@ contracts/node_modules/.stamp: contracts/package.json
 	mkdir -p contracts/node_modules && touch $@
 
 test: setup
-	$(BIN)/lint-imports --config pyproject.toml
 	$(BIN)/pytest
 
+# The demo runs in a fresh state directory, to its summary, then stops what it started.
+# For a cluster that keeps running, use `boidctl up` (and `boidctl down`) yourself.
+DEMO_HOME := $(CURDIR)/.state/demo
 demo: setup
-	$(BIN)/boidctl up
+	BOID_HOME=$(DEMO_HOME) $(BIN)/boidctl down >/dev/null 2>&1 || true
+	rm -rf $(DEMO_HOME)
+	BOID_HOME=$(DEMO_HOME) $(BIN)/boidctl up; rc=$$?; BOID_HOME=$(DEMO_HOME) $(BIN)/boidctl down; exit $$rc
+
+down:
+	BOID_HOME=$(DEMO_HOME) $(BIN)/boidctl down
 
 crds: $(VENV)/.stamp
 	$(BIN)/boidctl crds --out crds

@@ -386,7 +386,7 @@ def dispatcher_app(
                 raise ValueError(f"{what} keys and values must be strings: {k!r}={v!r}")
     return {
         "id": f"/boid/{protocol_name}/dispatcher",
-        "args": list(args) if args is not None else ["boidctl", "dispatcher", "run", "--protocol", protocol_name],
+        "args": list(args) if args is not None else ["dispatcher", "run", "--protocol", protocol_name],  # image entrypoint: boidctl
         "instances": instances,
         "cpus": cpus,
         "mem": mem,
