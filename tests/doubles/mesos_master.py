@@ -44,7 +44,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kazoo.client import KazooClient
 
@@ -345,12 +345,16 @@ class MesosCluster:
 
     def __init__(self, *, heartbeat_interval: float = 0.5, task_seconds: float | None = 0.05,
                  allocation_interval: float = 0.02, update_retry_seconds: float = 10.0,
-                 offer_timeout: float | None = None) -> None:
+                 offer_timeout: float | None = None,
+                 executor: "Callable[[dict, Agent], tuple[str, str]] | None" = None) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.task_seconds = task_seconds
         self.allocation_interval = allocation_interval
         self.update_retry_seconds = update_retry_seconds
         self.offer_timeout = offer_timeout
+        # When set, a launched task is "run" by calling executor(task_info, agent) on a thread; it
+        # returns the terminal state and message (the test plays the agent's command executor).
+        self.executor = executor
         self.lock = threading.RLock()
         self.agents: dict[str, Agent] = {}
         self.frameworks: dict[str, Framework] = {}
@@ -703,6 +707,19 @@ class MesosCluster:
         self.tasks[tid] = task
         self._transition(task, "TASK_STARTING")
         self._transition(task, "TASK_RUNNING")
+        if self.executor is not None:
+            task.finish_at = None
+            agent = self.agents[agent_id]
+            threading.Thread(target=self._execute, args=(task, agent), daemon=True).start()
+
+    def _execute(self, task: Task, agent: Agent) -> None:
+        assert self.executor is not None
+        try:
+            state, message = self.executor(task.info, agent)
+        except Exception as exc:  # the executor itself broke: the task fails
+            state, message = "TASK_FAILED", f"executor error: {exc!r}"
+        with self.lock:
+            self._transition(task, state, message=message or None)
 
     def _call_acknowledge(self, fw: Framework, call: dict) -> None:
         ack = call["acknowledge"]
