@@ -14,7 +14,7 @@ import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterable
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -118,12 +118,22 @@ def load_paths(paths: list[str], stdin: IO[str] | str | None = None) -> list[Res
     All inputs are checked before anything is returned; raises SpecErrors listing every problem,
     including a (kind, name) defined twice anywhere in the input.
     """
-    resources: list[tuple[Resource, _Where]] = []
+    texts: list[tuple[str, str]] = []
     errors: list[SpecError] = []
     for source, text, problem in _read_inputs(paths, stdin):
         if problem:
             errors.append(SpecError(source, None, None, None, "", problem[0], problem[1]))
-            continue
+        else:
+            texts.append((source, text))
+    return load_sources(texts, errors)
+
+
+def load_sources(sources: Iterable[tuple[str, str]], errors: list[SpecError] | None = None) -> list[Resource]:
+    """Every resource in (source name, text) pairs, e.g. files read from a git commit; raises
+    SpecErrors listing every problem, including a (kind, name) defined twice across sources."""
+    resources: list[tuple[Resource, _Where]] = []
+    errors = list(errors or [])
+    for source, text in sources:
         found, errs = _load_text(text, source)
         resources += found
         errors += errs

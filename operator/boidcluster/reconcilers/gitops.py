@@ -28,7 +28,7 @@ from typing import Iterable, Literal
 from boidcluster.adapters.git import Snapshot
 from boidcluster.adapters.store import Conflict, NotFound, Store
 from boidcluster.model.kinds import KINDS
-from boidcluster.model.loader import SpecError, SpecErrors, _duplicates, _load_text
+from boidcluster.model.loader import SpecError, SpecErrors, load_sources
 from boidcluster.model.meta import API_GROUP, Resource
 
 SOURCE_LABEL = f"{API_GROUP}/gitsource"
@@ -48,17 +48,8 @@ Action = Literal["create", "update", "unchanged", "drift", "missing", "prune", "
 
 # -- loading ------------------------------------------------------------------------------------
 def load_specs(files: Iterable[tuple[str, str]]) -> list[Resource]:
-    """Resources from (source name, text) pairs; raises SpecErrors listing every problem,
-    including a (kind, name) defined twice across files."""
-    found, errors = [], []
-    for source, text in files:
-        res, errs = _load_text(text, source)
-        found += res
-        errors += errs
-    errors += _duplicates(found)
-    if errors:
-        raise SpecErrors(errors)
-    return [r for r, _ in found]
+    """Resources from (source name, text) pairs; raises SpecErrors listing every problem."""
+    return load_sources(files)
 
 
 _loaded: "OrderedDict[tuple[str, str, str], list[Resource]]" = OrderedDict()
