@@ -65,14 +65,17 @@ def operator_group() -> None:
 @click.option("--backend", type=click.Choice(["local", "mesos", "none"]), default="local", show_default=True)
 @click.option("--slot", "slots", multiple=True, metavar="ACCOUNT", help="Local backend: a worker slot credited to ACCOUNT; repeatable.")
 @click.option("--workers", default=4, show_default=True, help="Objects reconciled concurrently.")
-@click.option("--health-port", type=int, default=None, help="Serve /healthz, /readyz, /metrics on 127.0.0.1:PORT.")
+@click.option("--health-port", type=int, default=None, help="Serve /healthz, /readyz, /metrics on PORT.")
+@click.option("--health-address", default="127.0.0.1", show_default=True,
+              help="Address for the health port (0.0.0.0 inside a container).")
 @click.pass_obj
 @friendly
-def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, workers, health_port) -> None:
+def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, workers, health_port,
+                 health_address) -> None:
     """Reconcile until stopped (SIGTERM or Ctrl-C). Several replicas elect one leader."""
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file,
                            marathon=marathon, backend=backend, slots=list(slots), workers=workers)
-    op, world = start_operator(opts, ctx.store, health_port)
+    op, world = start_operator(opts, ctx.store, health_port, health_address)
     click.echo(f"operator {op.identity} running against {ctx.zk}"
                + (f"; metrics on http://127.0.0.1:{op.health.port}/metrics" if op.health else ""), err=True)
     try:
@@ -82,12 +85,14 @@ def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slo
         close_world(world)
 
 
-def start_operator(opts: OperatorOptions, store: Store, health_port: int | None) -> tuple[Operator, object]:
+def start_operator(opts: OperatorOptions, store: Store, health_port: int | None,
+                   health_address: str = "127.0.0.1") -> tuple[Operator, object]:
     try:
         world = build_world(opts, store)
     except ValueError as e:
         raise Failure(str(e)) from None
-    op = Operator(store, world, load_reconcilers(), workers=opts.workers, health_port=health_port).start()
+    op = Operator(store, world, load_reconcilers(), workers=opts.workers, health_port=health_port,
+                  health_host=health_address).start()
     return op, world
 
 
