@@ -122,3 +122,23 @@ def test_fault_injection_lose_contributor_and_cheat(tmp_path):
         assert (tmp_path / "out/t2/r").read_bytes().startswith(b"42\n\n# corrupted")
     finally:
         b.close()
+
+
+def test_task_submitted_from_a_short_lived_thread_survives_the_thread(backend):
+    """The parent-death signal follows the forking *thread*: tasks must outlive their submitter."""
+    import threading
+    th = threading.Thread(target=backend.submit, args=(task("t1", ["sh", "-c", "sleep 0.3"]),))
+    th.start()
+    th.join()
+    assert collect(backend, lambda u: u.terminal)[-1].state == "FINISHED"
+
+
+def test_close_kills_running_and_drops_queued(tmp_path):
+    b = LocalBackend(tmp_path, ["alice"], kill_grace=0.2)
+    b.submit(task("t1", ["sleep", "30"]))
+    b.submit(task("t2", ["sleep", "30"], unit="u2"))
+    collect(b, lambda u: u.state == "RUNNING")
+    t0 = time.monotonic()
+    b.close()
+    assert time.monotonic() - t0 < 3
+    assert [u.state for u in b.updates(timeout=0.5) if u.terminal] == ["KILLED"]

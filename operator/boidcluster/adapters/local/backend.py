@@ -34,6 +34,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -76,6 +77,9 @@ class _Task:
     last: TaskUpdate | None = None
     end_state: str | None = None     # set by kill()/lose_contributor() before signalling
     end_message: str = ""
+
+
+_SETPRIV = shutil.which("setpriv")
 
 
 def _set_pdeathsig() -> None:  # runs in the child before exec
@@ -122,6 +126,8 @@ class LocalBackend:
         self._ran: dict[tuple[str, str], set[str]] = {}  # (job, unit) -> contributors that ran it
         self._updates: queue.Queue[TaskUpdate] = queue.Queue()
         self._closed = False
+        self._launches: queue.Queue[_Task | None] = queue.Queue()
+        threading.Thread(target=self._launcher, name="boid-local-launcher", daemon=True).start()
 
     # -- Backend interface ------------------------------------------------------------------
     def submit(self, task: TaskSpec) -> None:
@@ -177,9 +183,10 @@ class LocalBackend:
             for tid in list(self._queue):
                 self._tasks.pop(tid, None)
             self._queue.clear()
-            running = [t for t in self._tasks.values() if t.proc is not None and t.last and not t.last.terminal]
+            running = [t for t in self._tasks.values() if t.slot is not None and t.last and not t.last.terminal]
         for t in running:
             self._end(t.spec.task_id, "KILLED", "backend closed")
+        self._launches.put(None)
         for t in running:
             if t.proc is not None:
                 try:
@@ -258,11 +265,32 @@ class LocalBackend:
         return p
 
     def _start(self, t: _Task, slot_index: int) -> None:
+        """Claim the slot (caller holds the lock); the launcher thread starts the process."""
         spec, slot = t.spec, self.slots[slot_index]
         t.slot = slot_index
         self._busy[slot_index] = spec.task_id
         self._ran.setdefault((spec.job, spec.unit), set()).add(slot.contributor)
         t.started_at = time.time()
+        self._launches.put(t)
+
+    def _launcher(self) -> None:
+        # Every child is started from this one long-lived thread: Linux delivers the parent-death
+        # signal when the *thread* that forked the child exits, so short-lived threads must not.
+        while True:
+            t = self._launches.get()
+            if t is None:
+                return
+            self._launch(t)
+
+    def _launch(self, t: _Task) -> None:
+        assert t.slot is not None
+        spec, slot = t.spec, self.slots[t.slot]
+        with self._mu:
+            if self._closed or t.end_state is not None:  # ended before it could start
+                self._busy[t.slot] = None
+                self._emit(t, t.end_state or "KILLED", message=t.end_message or "backend closed",
+                           finished_at=time.time())
+                return
         try:
             out = self._local(spec.output_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -271,15 +299,28 @@ class LocalBackend:
                    "BOID_TASK_ID": spec.task_id}
             inputs = json.loads(spec.env.get("BOID_INPUT_FILES") or "[]")
             env["BOID_INPUT_FILES"] = json.dumps([str(self._local(p)) for p in inputs])
+            argv = list(spec.command)
+            extra: dict = {}
+            if _SETPRIV:  # a helper exec is cheaper than preexec_fn, which forbids vfork
+                argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+            else:
+                extra["preexec_fn"] = _set_pdeathsig
             with open(out / ".stdout", "wb") as so, open(out / ".stderr", "wb") as se:
-                t.proc = subprocess.Popen(spec.command, env=env, cwd=out, stdin=subprocess.DEVNULL,
-                                          stdout=so, stderr=se, start_new_session=True,
-                                          preexec_fn=_set_pdeathsig)
+                proc = subprocess.Popen(argv, env=env, cwd=out, stdin=subprocess.DEVNULL, stdout=so,
+                                        stderr=se, start_new_session=True, **extra)
         except (OSError, ValueError) as e:
-            self._busy[slot_index] = None
-            self._emit(t, "FAILED", message=f"could not start {spec.command[:1]}: {e}", finished_at=time.time())
+            with self._mu:
+                self._busy[t.slot] = None
+                self._emit(t, "FAILED", message=f"could not start {spec.command[:1]}: {e}",
+                           finished_at=time.time())
+                self._schedule()
             return
-        self._emit(t, "RUNNING")
+        with self._mu:
+            t.proc = proc
+            if t.end_state is None:
+                self._emit(t, "RUNNING")
+        if t.end_state is not None:  # killed or lost before it started
+            self._signal(t, signal.SIGKILL)
         threading.Thread(target=self._wait, args=(t, out), name=f"boid-local-{spec.task_id}",
                          daemon=True).start()
 

@@ -60,14 +60,16 @@ class Dispatcher:
     `backend`: the execution backend. `retry_backoff`/`max_backoff`: seconds before a failed
     unit is retried (doubling per failure). `poll`: how often a running job is looked at again
     (Result.requeue_after). `kill_grace`: seconds past unitTimeout before the dispatcher itself
-    kills an attempt the backend did not end."""
+    kills an attempt the backend did not end. `overcommit`: tasks in flight per backend slot
+    (those above one wait in the backend's queue, so a slot never idles between passes)."""
 
     def __init__(self, backend: Backend, *, retry_backoff: float = 1.0, max_backoff: float = 60.0,
-                 poll: float = 0.25, kill_grace: float = 5.0) -> None:
+                 poll: float = 0.25, kill_grace: float = 5.0, overcommit: int = 2) -> None:
         self.backend = backend
         self.retry_backoff, self.max_backoff = retry_backoff, max_backoff
         self.poll_interval = poll
         self.kill_grace = kill_grace
+        self.overcommit = overcommit
         self._mu = threading.RLock()
         self.latest: dict[str, TaskUpdate] = {}
         self.tracked: set[str] = set()          # submitted by us or asked about via reconcile
@@ -150,7 +152,7 @@ class Dispatcher:
         cap_fn = getattr(self.backend, "capacity", None)
         if cap_fn is None:
             return limit
-        capacity = int(cap_fn())
+        capacity = int(cap_fn()) * self.overcommit
         by_protocol: dict[str, int] = {}
         for d in demands.values():
             by_protocol[d.protocol] = by_protocol.get(d.protocol, 0) + d.in_flight + d.wanted

@@ -1,0 +1,93 @@
+"""Dispatch throughput: trivial units (`true`) completed per second, end to end, vs bare launches.
+
+Why: every unit costs the dispatcher more than a process launch: a ZooKeeper create before the
+submit (the attempt), one after the end (the result), the result hash, one create for the
+acceptance, a status write per reconcile pass, and the engine's polling (requeue_after). This
+runs N units of `true` through an Operator with the Job reconciler, the local backend and a real
+LocalZooKeeper it starts, then launches the same number of `true` subprocesses bare, the same
+number at a time (as many as there are slots), in the same run, and prints the ratio.
+
+    .venv/bin/python bench/dispatch.py [-n 400] [--slots 4] [--poll 0.02] [--replicas 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+
+from boidcluster.adapters.local.backend import LocalBackend  # noqa: E402
+from boidcluster.adapters.local.zookeeper import LocalZooKeeper  # noqa: E402
+from boidcluster.adapters.storage import Storage  # noqa: E402
+from boidcluster.adapters.store import Store  # noqa: E402
+from boidcluster.engine.operator import Operator  # noqa: E402
+from boidcluster.engine.world import World  # noqa: E402
+from boidcluster.model.resources import Job, Protocol  # noqa: E402
+from boidcluster.reconcilers import registry  # noqa: E402
+from boidcluster.reconcilers.jobs import Dispatcher  # noqa: E402
+
+
+def bare(n: int, parallel: int) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda _: subprocess.run(["true"], check=True), range(n)))
+    return time.perf_counter() - start
+
+
+def dispatched(n: int, slots: int, poll: float, replicas: int, root: Path, hosts: str) -> tuple[float, float]:
+    store = Store(hosts, timeout=10)
+    accounts = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
+    backend = LocalBackend(root, [accounts[i % len(accounts)] for i in range(slots)])
+    world = World(store=store, storage=Storage(f"file://{root}"), backend=backend,
+                  dispatcher=Dispatcher(backend, poll=poll))
+    store.create(Protocol.model_validate({"metadata": {"name": "bench"}, "spec": {
+        "title": "bench", "owner": "boidteam", "researcher": "researcher1", "datadir": "protocols/bench",
+        "fund": {"account": "boidfund", "quantity": "1000.0000 BOID"},
+        "payRates": {"worker": "1.0000 BOID", "dispatcher": "0.5000 BOID"}}}))
+    op = Operator(store, world, registry, workers=2).start()
+    try:
+        start = time.perf_counter()
+        store.create(Job.model_validate({"metadata": {"name": "trivial"}, "spec": {
+            "protocol": "bench", "image": "none", "command": ["true"], "workUnits": {"count": n},
+            "replication": {"replicas": replicas, "quorum": replicas}, "output": {"reduce": "none"}}}))
+        while True:
+            j = store.get(Job, "trivial")
+            if j.status and j.status.phase in ("Succeeded", "Failed"):
+                break
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        assert j.status.phase == "Succeeded", j.status
+        first = j.status.start_time
+        return elapsed, (j.status.completion_time - first).total_seconds() if first else elapsed
+    finally:
+        op.stop()
+        backend.close()
+        store.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=400, help="units")
+    ap.add_argument("--slots", type=int, default=4)
+    ap.add_argument("--poll", type=float, default=0.02, help="Dispatcher poll (requeue_after) seconds")
+    ap.add_argument("--replicas", type=int, default=1)
+    args = ap.parse_args()
+    with LocalZooKeeper(fsync=False, die_with_parent=True) as zk, tempfile.TemporaryDirectory() as tmp:
+        t_bare = bare(args.n * args.replicas, args.slots)
+        t_job, _ = dispatched(args.n, args.slots, args.poll, args.replicas, Path(tmp), zk.hosts)
+        tasks = args.n * args.replicas
+        print(f"units={args.n} replicas={args.replicas} tasks={tasks} slots={args.slots} poll={args.poll}s")
+        print(f"bare subprocess launches : {tasks / t_bare:8.1f} tasks/s ({t_bare:.2f}s)")
+        print(f"dispatched end to end    : {tasks / t_job:8.1f} tasks/s ({t_job:.2f}s, "
+              f"{args.n / t_job:.1f} units/s, job create -> Succeeded)")
+        print(f"ratio dispatched/bare    : {t_bare / t_job:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
