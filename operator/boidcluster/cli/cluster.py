@@ -64,17 +64,22 @@ def operator_group() -> None:
 @click.option("--marathon", metavar="URL", help="Marathon, to converge each protocol's dispatcher app.")
 @click.option("--backend", type=click.Choice(["local", "mesos", "none"]), default="local", show_default=True)
 @click.option("--slot", "slots", multiple=True, metavar="ACCOUNT", help="Local backend: a worker slot credited to ACCOUNT; repeatable.")
+@click.option("--mesos-master", metavar="URL", help="Mesos backend: http://master:5050 or zk://host:2181/mesos.")
+@click.option("--mesos-role", "mesos_roles", multiple=True, help="Mesos roles (one per protocol); repeatable.")
+@click.option("--dispatcher-account", metavar="ACCOUNT", help="EOS account credited for dispatching jobs.")
 @click.option("--workers", default=4, show_default=True, help="Objects reconciled concurrently.")
 @click.option("--health-port", type=int, default=None, help="Serve /healthz, /readyz, /metrics on PORT.")
 @click.option("--health-address", default="127.0.0.1", show_default=True,
               help="Address for the health port (0.0.0.0 inside a container).")
 @click.pass_obj
 @friendly
-def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, workers, health_port,
-                 health_address) -> None:
+def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, mesos_master, mesos_roles,
+                 dispatcher_account, workers, health_port, health_address) -> None:
     """Reconcile until stopped (SIGTERM or Ctrl-C). Several replicas elect one leader."""
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file,
-                           marathon=marathon, backend=backend, slots=list(slots), workers=workers)
+                           marathon=marathon, backend=backend, slots=list(slots), mesos_master=mesos_master,
+                           mesos_roles=list(mesos_roles) or ["*"], dispatcher_account=dispatcher_account,
+                           workers=workers)
     op, world = start_operator(opts, ctx.store, health_port, health_address)
     click.echo(f"operator {op.identity} running against {ctx.zk}"
                + (f"; metrics on http://127.0.0.1:{op.health.port}/metrics" if op.health else ""), err=True)
@@ -194,7 +199,8 @@ def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
         store = Store(zk.hosts, timeout=10)
         stack.append(store.close)
         opts = OperatorOptions(zk=zk.hosts, storage=storage_root(st), chain_url=info["chain"],
-                               keys_file=str(keys), backend="local", slots=list(slots or DEMO_SLOTS))
+                               keys_file=str(keys), backend="local", slots=list(slots or DEMO_SLOTS),
+                               dispatcher_account=chain.accounts.dispatchers[0])
         op, world = start_operator(opts, store, health_port=0)
         stack.append(lambda: close_world(world))
         stack.append(op.stop)

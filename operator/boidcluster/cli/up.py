@@ -48,6 +48,7 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float) -> None:
         if not wait or not jobs:
             return
         final = follow(store, jobs, timeout)
+        wait_for_payouts(store, final)
         click.echo("")
         click.echo(summary(store, final, info))
         click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`; "
@@ -74,6 +75,38 @@ def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
         time.sleep(0.5)
 
 
+def wait_for_payouts(store: Store, jobs: list[Job], timeout: float = 30.0) -> None:
+    """Payouts run on the protocol's next pass after the units are on chain: wait a little for them."""
+    owed = {(j.spec.protocol, c.account) for j in jobs if j.status for c in j.status.contributors}
+    if not owed:
+        return
+    click.echo("waiting for payouts...", err=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        paid = {(p.name, acct) for p in store.list(Protocol) if p.status for acct in p.status.paid}
+        if owed <= paid:
+            return
+        time.sleep(0.5)
+    click.echo("payouts not seen yet (they run at the protocol's payout interval; "
+               "see `boidctl describe protocol`)", err=True)
+
+
+def _preview(info: dict, output: str, lines: int = 3) -> list[str]:
+    storage = info.get("storage", "")
+    if not storage.startswith("file://"):
+        return []
+    root = Path(storage[len("file://"):]) / output
+    files = sorted(p for p in root.glob("*") if p.is_file() and p.name != "manifest.json") if root.is_dir() else []
+    out = []
+    for f in files[:1]:
+        text = f.read_text(errors="replace").splitlines()
+        out.append(f"    {f} ({len(text)} lines):")
+        out += [f"      {line[:120]}" for line in text[:lines]]
+        if len(text) > lines:
+            out.append("      ...")
+    return out
+
+
 def summary(store: Store, jobs: list[Job], info: dict) -> str:
     lines = ["Summary"]
     for j in jobs:
@@ -84,8 +117,9 @@ def summary(store: Store, jobs: list[Job], info: dict) -> str:
                      f" ({u.get('validated', 0)} validated by quorum)")
         if st.get("output"):
             lines.append(f"    results: {st['output']}  (storage {info.get('storage')})")
+            lines += _preview(info, st["output"])
         for c in st.get("contributors") or []:
-            lines.append(f"    contributor {c.get('account')}: {c.get('seconds')} s contributed")
+            lines.append(f"    contributor {c.get('account')}: {c.get('microseconds', 0) / 1e6:.3f} s contributed")
     for p in store.list(Protocol):
         d = p.to_dict().get("status", {})
         lines.append(f"  protocol {p.name}: fund balance {d.get('fundBalance', '<unknown>')}")

@@ -27,7 +27,9 @@ class OperatorOptions:
     marathon: str | None = None
     backend: str = "local"              # local | mesos | none
     slots: list[str] = field(default_factory=list)   # local backend: one contributor identity per slot
-    mesos_master: str | None = None
+    mesos_master: str | None = None     # http://master:5050 or zk://host:2181/mesos
+    mesos_roles: list[str] = field(default_factory=lambda: ["*"])
+    dispatcher_account: str | None = None  # credited (updatedptch) for running jobs
     workers: int = 4
 
 
@@ -48,6 +50,25 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
     if opts.chain_url:
         world.chain = BlockingChain.open(opts.chain_url, load_keys(opts.keys_file))
         closers.append(world.chain)
+    if opts.backend == "local":
+        if not (opts.storage or "").startswith("file://"):
+            raise ValueError("the local backend needs file:// storage (--storage file:///path)")
+        from boidcluster.adapters.local.backend import LocalBackend
+
+        world.backend = LocalBackend(opts.storage[len("file://"):], slots=opts.slots or ["local"])
+        closers.append(world.backend)
+    elif opts.backend == "mesos":
+        if not opts.mesos_master:
+            raise ValueError("the mesos backend needs --mesos-master (http://host:5050 or zk://host:2181/mesos)")
+        from boidcluster.adapters.mesos import MesosBackend
+
+        world.backend = MesosBackend(opts.mesos_master, roles=tuple(opts.mesos_roles), zk=store.client,
+                                     framework_id_path="/boid/v1/mesos/framework")
+        closers.append(world.backend)
+    if world.chain is not None:
+        from boidcluster.reconcilers.ledger import ChainLedger
+
+        world.ledger = ChainLedger(world.chain, opts.dispatcher_account)
     if opts.marathon:
         from boidcluster.adapters.marathon import MarathonClient
 

@@ -87,18 +87,20 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
         conditions.append(condition("Registered", True, "OnChain",
                                     f"clusterreg row {spec.owner}/{spec.researcher} matches the spec"))
         try:
+            shortfall, paid = settle(p, world)  # before reading the balance, so status shows it after payouts
+        except ChainError as e:
+            raise _chain_failure(e, "paying contributors", conditions) from e
+        status.update(paid)
+        try:
             balance = world.chain.fund_balance(spec.fund.account, spec.fund.token_contract,
                                                spec.fund.quantity.symbol)
+            if "last_payout_time" in paid:  # payouts just lowered the registry fund
+                row = world.chain.protocol_row(spec.owner, spec.researcher) or row
         except (ChainError, ValueError) as e:
             raise Retry(f"reading the fund balance of {spec.fund.account}: {e}", reason="FundUnreadable",
                         conditions=[*conditions, condition("Funded", None, "FundUnreadable", str(e))]) from e
         status["fund_balance"] = balance
         funded = _funded(balance, row.fund, spec.payout.minimum, spec.fund.account)
-        try:
-            shortfall, paid = settle(p, world)
-        except ChainError as e:
-            raise _chain_failure(e, "paying contributors", conditions) from e
-        status.update(paid)
         conditions.append(shortfall[0] if shortfall else funded)
 
     if world.marathon is not None:

@@ -422,7 +422,10 @@ class _Pass:
         else:
             conds += [condition("Complete", False, "Failed", final["message"]),
                       condition("Failed", True, final["reason"], final["message"])]
-        unrecorded = self.world.ledger is not None and any(u not in recs.recorded for u in accepted)
+        ledger = self.world.ledger
+        unrecorded = ledger is not None and (
+            any(u not in recs.recorded for u in accepted)
+            or (phase == "Succeeded" and hasattr(ledger, "record_dispatch") and not recs.dispatch))
         requeue = self.d.poll_interval if final is None else (2.0 if unrecorded else None)
         if final is not None and not unrecorded and not recs.in_flight():
             self.d.drop(self.uid)
