@@ -1,0 +1,66 @@
+"""The main job as a newcomer runs it: `boidctl up` on the examples, `report`, `down`.
+
+Real everything: the supervisor process starts ZooKeeper, the chain node and the operator with
+local subprocess workers; the test only reads what the commands print and what stays running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BOIDCTL = [sys.executable, "-m", "boidcluster.cli.main"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.fixture
+def home(tmp_path):
+    env = {**os.environ, "BOID_HOME": str(tmp_path / "home")}
+    env.pop("BOID_ZK", None)
+    yield env
+    subprocess.run([*BOIDCTL, "down"], env=env, cwd=ROOT, capture_output=True, timeout=120)
+
+
+@pytest.mark.usefixtures("contracts_deployed")
+def test_up_runs_the_demo_job_pays_contributors_and_down_stops_everything(home):
+    up = subprocess.run([*BOIDCTL, "up"], env=home, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    out = up.stdout
+    assert "job pi: Succeeded - 8/8 units (8 validated by quorum)" in out
+    results = next(line.split()[0] for line in out.splitlines() if "results.jsonl" in line)
+    lines = [json.loads(x) for x in Path(results).read_text().splitlines()]
+    assert sorted(x["seed"] for x in lines) == list(range(1, 9))
+    assert 3.0 < sum(x["pi"] for x in lines) / len(lines) < 3.3
+    for who in ("alice", "bob"):
+        assert f"paid to {who}: " in out
+
+    report = subprocess.run([*BOIDCTL, "report", "monte-carlo"], env=home, cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "ZooKeeper records and the chain agree." in report.stdout
+
+    info = json.loads((Path(home["BOID_HOME"]) / "cluster.json").read_text())
+    node = json.loads((Path(home["BOID_HOME"]) / "chain" / "node.json").read_text())
+    again = subprocess.run([*BOIDCTL, "up", "--no-wait"], env=home, cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "already running" in again.stderr
+    assert "job/pi unchanged" in again.stdout
+
+    down = subprocess.run([*BOIDCTL, "down"], env=home, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert not alive(info["pid"]) and not alive(node["pid"])
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert home["BOID_HOME"] not in ps  # no ZooKeeper, node or worker left behind
