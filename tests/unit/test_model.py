@@ -23,7 +23,8 @@ EXAMPLES = ROOT / "manifests" / "examples"
 def test_examples_load_cleanly():
     objs = load_paths([str(EXAMPLES)])
     assert sorted((o.KIND, o.name) for o in objs) == [
-        ("Contributor", "alice"), ("Contributor", "bob"), ("Job", "pi"), ("Protocol", "monte-carlo"),
+        ("Contributor", "alice"), ("Contributor", "bob"), ("Contributor", "dispatcher1"), ("Job", "pi"),
+        ("Protocol", "monte-carlo"),
     ]
 
 
@@ -51,7 +52,7 @@ def test_example_protocol_money_is_integer():
     (proto,) = load_paths([str(EXAMPLES / "protocol.yaml")])
     assert isinstance(proto, Protocol)
     assert proto.spec.fund.quantity == Asset(10_000_000, Symbol("BOID", 4))
-    assert proto.spec.pay_rates.worker.amount == 10_000
+    assert proto.spec.pay_rates.worker.amount == 3_600_000  # 360.0000 BOID per hour
     assert proto.spec.payout.interval == 86_400
 
 
