@@ -100,3 +100,19 @@ def test_deleting_a_protocol_pays_what_is_owed_first(registered, actors):
     eventually(lambda: store.list(Protocol) == [], timeout=30)
     assert balance(chain, w1) == before + Asset.parse("3.6000 BOID")
     assert chain.protocol_row(actors.owner, actors.researcher) is None
+
+
+def test_a_rate_change_pays_recorded_time_at_the_old_rate_first(registered, actors):
+    op, store, chain = registered
+    w0 = actors.workers[0]
+    p = store.get(Protocol, "pay")
+    p.spec.payout.minimum = Asset.parse("50.0000 BOID")  # nothing is paid at the interval ...
+    store.update(p)
+    eventually(lambda: store.get(Protocol, "pay").status.observed_generation == 2)
+    before = balance(chain, w0)
+    op.world.ledger.record_units(p, fake_job("job-uid-4"), [("u0", w0, 3_600_000_000)])  # 1 h at 3.6 BOID/h
+    p = store.get(Protocol, "pay")
+    p.spec.pay_rates.worker = Asset.parse("7.2000 BOID")  # ... but a rate change settles first
+    store.update(p)
+    eventually(lambda: str(chain.protocol_row(actors.owner, actors.researcher).worker_pay_rate) == "7.2000 BOID")
+    assert balance(chain, w0) == before + Asset.parse("3.6000 BOID")

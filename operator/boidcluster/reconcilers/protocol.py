@@ -78,6 +78,15 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
         desired = ProtocolRow.from_spec(spec)
         try:
             row = world.chain.protocol_row(spec.owner, spec.researcher)
+            if row is not None and (row.worker_pay_rate, row.dispatcher_pay_rate) != (
+                    desired.worker_pay_rate, desired.dispatcher_pay_rate):
+                # the contract pays unpaid time at the rate current at payout: settle what is owed
+                # at the old rates first, so a rate change never reprices time already given
+                shortfall, paid = settle(p, world, final=True)
+                if shortfall:
+                    raise Retry(f"cannot change pay rates before paying at the old ones: {shortfall[0].message}",
+                                reason="Shortfall", conditions=shortfall)
+                status.update(paid)
             if row is None or not row.matches(desired):
                 world.chain.put_protocol(desired)
                 status["registered_at"] = utcnow()
