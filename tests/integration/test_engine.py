@@ -43,9 +43,9 @@ def new_store(zk_hosts: str) -> Store:
 def operators(zk_hosts):
     started: list[tuple[Operator, Store]] = []
 
-    def start(registry: Registry, **kw) -> Operator:
+    def start(registry: Registry, world: dict | None = None, **kw) -> Operator:
         s = new_store(zk_hosts)
-        op = Operator(s, world={"name": "test-world"}, registry=registry, **kw).start()
+        op = Operator(s, world=world or {"name": "test-world"}, registry=registry, **kw).start()
         started.append((op, s))
         return op
 
@@ -216,3 +216,28 @@ def test_health_and_metrics_endpoints(store, operators):
     metrics = urllib.request.urlopen(base + "/metrics").read().decode()
     assert 'boid_reconciles_total{kind="Widget",result="ok"}' in metrics
     assert "boid_leader 1.0" in metrics
+
+
+def test_a_process_reconciles_only_the_objects_it_owns(store, operators):
+    """Per-protocol dispatchers: each owns its protocol's jobs and never writes another's status."""
+    reg = Registry()
+
+    @reg.reconciler(Widget)
+    def reconcile(w, world):
+        return Result(status={"phase": world["name"]})
+
+    red = reg.subset([Widget], select=lambda w: w.spec.color == "red")
+    blue = reg.subset([Widget], select=lambda w: w.spec.color == "blue")
+    operators(red, world={"name": "red-process"}, identity="red", leader_path="/boid/v1/dispatchers/red/leader")
+    operators(blue, world={"name": "blue-process"}, identity="blue", leader_path="/boid/v1/dispatchers/blue/leader")
+    store.create(widget("r1"))
+    b = widget("b1")
+    b.spec.color = "blue"
+    store.create(b)
+    eventually(lambda: store.get(Widget, "r1").status is not None and store.get(Widget, "b1").status is not None)
+    time.sleep(0.3)
+    assert store.get(Widget, "r1").status.phase == "red-process"
+    assert store.get(Widget, "b1").status.phase == "blue-process"
+    assert CLEANUP_FINALIZER not in store.get(Widget, "b1").metadata.finalizers
+    with pytest.raises(ValueError, match="no reconciler registered for Gadget"):
+        reg.subset([Gadget])

@@ -23,6 +23,7 @@ import click
 
 from boidcluster.adapters.store import Store
 from boidcluster.engine.operator import Operator
+from boidcluster.model.resources import Job
 
 from .context import Ctx, Failure, boid_home, cluster_file, friendly, read_cluster
 from .wiring import OperatorOptions, build_world, close_world, storage_root
@@ -91,14 +92,57 @@ def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slo
 
 
 def start_operator(opts: OperatorOptions, store: Store, health_port: int | None,
-                   health_address: str = "127.0.0.1") -> tuple[Operator, object]:
+                   health_address: str = "127.0.0.1", *, registry=None,
+                   leader_path: str | None = None) -> tuple[Operator, object]:
     try:
         world = build_world(opts, store)
     except ValueError as e:
         raise Failure(str(e)) from None
-    op = Operator(store, world, load_reconcilers(), workers=opts.workers, health_port=health_port,
-                  health_host=health_address).start()
+    if registry is None:
+        registry = load_reconcilers()
+        if opts.backend == "none":  # jobs are dispatched elsewhere (per-protocol dispatcher apps)
+            registry = registry.without([Job])
+    op = Operator(store, world, registry, workers=opts.workers, health_port=health_port,
+                  health_host=health_address, leader_path=leader_path).start()
     return op, world
+
+
+@click.group("dispatcher")
+def dispatcher_group() -> None:
+    """A protocol's dispatcher: the Job reconciler for that protocol's jobs only."""
+
+
+@dispatcher_group.command("run")
+@click.option("--protocol", required=True, envvar="BOID_PROTOCOL", help="The Protocol whose jobs to dispatch.")
+@click.option("--mesos-master", envvar="BOID_MESOS_MASTER", metavar="URL", help="http://master:5050 or zk://host:2181/mesos")
+@click.option("--storage", envvar="BOID_STORAGE", metavar="URL", required=True)
+@click.option("--chain-url", envvar="BOID_CHAIN_URL", metavar="URL")
+@click.option("--keys", "keys_file", envvar="BOID_CHAIN_KEYS_FILE", type=click.Path(dir_okay=False))
+@click.option("--dispatcher-account", envvar="BOID_DISPATCHER_ACCOUNT", metavar="ACCOUNT")
+@click.option("--backend", type=click.Choice(["mesos", "local"]), default="mesos", show_default=True)
+@click.option("--slot", "slots", multiple=True, metavar="ACCOUNT", help="Local backend slots.")
+@click.option("--health-port", type=int, envvar="PORT0", default=None, help="Health port (Marathon's $PORT0).")
+@click.option("--health-address", default="127.0.0.1", show_default=True)
+@click.pass_obj
+@friendly
+def dispatcher_run(ctx: Ctx, protocol, mesos_master, storage, chain_url, keys_file, dispatcher_account, backend,
+                   slots, health_port, health_address) -> None:
+    """Dispatch one protocol's jobs (a Mesos framework in the protocol's role) until stopped.
+
+    Replicas of one protocol's dispatcher elect a leader among themselves; different protocols'
+    dispatchers run side by side, each owning only its own jobs."""
+    opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file, backend=backend,
+                           slots=list(slots), mesos_master=mesos_master, mesos_roles=[protocol],
+                           dispatcher_account=dispatcher_account)
+    registry = load_reconcilers().subset([Job], select=lambda job: job.spec.protocol == protocol)
+    op, world = start_operator(opts, ctx.store, health_port, health_address, registry=registry,
+                               leader_path=f"/boid/v1/dispatchers/{protocol}/leader")
+    click.echo(f"dispatcher for protocol {protocol} running ({backend} backend)", err=True)
+    try:
+        _wait_for_signal()
+    finally:
+        op.stop()
+        close_world(world)
 
 
 # -- chain ------------------------------------------------------------------------------------------

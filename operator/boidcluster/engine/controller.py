@@ -170,6 +170,8 @@ class Controller:
         except StoreUnavailable:
             self.queue.add_after(key, self.backoff.failure(key))
             return
+        if not reg.owns(obj):
+            return  # another process (e.g. another protocol's dispatcher) owns this object
         deleting = obj.metadata.deletion_timestamp is not None
         if reg.finalizer:
             if deleting and reg.finalizer not in obj.metadata.finalizers:

@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 class Operator:
     def __init__(self, store: Store, world: Any, registry: Registry, *, workers: int = 4,
                  identity: str | None = None, health_port: int | None = None,
-                 health_host: str = "127.0.0.1") -> None:
+                 health_host: str = "127.0.0.1", leader_path: str | None = None) -> None:
         self.store, self.world, self.registry, self.workers = store, world, registry, workers
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.metrics = Metrics()
         self.controller: Controller | None = None
         self._mu = threading.Lock()
         self.election = LeaderElection(store, self.identity, on_start=self._begin_term,
-                                       on_stop=self._end_term, on_pause=self._pause)
+                                       on_stop=self._end_term, on_pause=self._pause,
+                                       **({"path": leader_path} if leader_path else {}))
         self.health = HealthServer(self.metrics, ready=lambda: True, port=health_port, host=health_host) \
             if health_port is not None else None
 

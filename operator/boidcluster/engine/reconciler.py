@@ -7,7 +7,7 @@ every reconciler gets the same retry, status and deletion semantics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from boidcluster.model.meta import CLEANUP_FINALIZER, Condition, Resource
@@ -54,6 +54,10 @@ class Registration:
     fn: Reconcile
     finalizer: str | None
     resync: float
+    select: Callable[[Any], bool] | None = None  # objects of the kind this process owns (None: all)
+
+    def owns(self, obj: Any) -> bool:
+        return self.select is None or self.select(obj)
 
 
 class Registry:
@@ -70,6 +74,22 @@ class Registry:
             return fn
 
         return register
+
+    def subset(self, kinds: list[type[Resource]], select: Callable[[Any], bool] | None = None) -> "Registry":
+        """A registry with only these kinds (optionally owning only the objects `select` accepts):
+        e.g. a per-protocol dispatcher runs just the Job reconciler, for its protocol's jobs."""
+        out = Registry()
+        for k in kinds:
+            reg = self._by_kind.get(k.KIND)
+            if reg is None:
+                raise ValueError(f"no reconciler registered for {k.KIND}")
+            out._by_kind[k.KIND] = replace(reg, select=select or reg.select)
+        return out
+
+    def without(self, kinds: list[type[Resource]]) -> "Registry":
+        out = Registry()
+        out._by_kind = {k: r for k, r in self._by_kind.items() if k not in {c.KIND for c in kinds}}
+        return out
 
     def get(self, kind: str) -> Registration | None:
         return self._by_kind.get(kind)
