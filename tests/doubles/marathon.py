@@ -32,12 +32,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import jsonschema
+
+from .http import HttpDouble
 
 SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs" / "marathon"
 SCHEMA_PATH = SPECS / "jsonschema-v1.7.236" / "AppDefinition.json"
@@ -97,10 +99,13 @@ class _Answer(Exception):
         self.status, self.body, self.headers = status, body, headers or {}
 
 
-class MarathonDouble:
+class MarathonDouble(HttpDouble):
     """In-process Marathon on 127.0.0.1. Use as a context manager or start()/stop()."""
 
+    thread_name = "marathon-double"
+
     def __init__(self, *, deployment_polls: int | None = 1, deployment_seconds: float | None = None) -> None:
+        super().__init__()
         self.deployment_polls = deployment_polls
         self.deployment_seconds = deployment_seconds
         self.requests: list[RecordedRequest] = []
@@ -111,40 +116,12 @@ class MarathonDouble:
         self._deployments: dict[str, _Deployment] = {}
         self._next_service_port = 10000
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> "MarathonDouble":
-        class Handler(_Handler):
-            pass
-
-        Handler.double = self
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="marathon-double", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            assert self._thread is not None
-            self._thread.join(5)
-            self._server = None
-
-    def __enter__(self) -> "MarathonDouble":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     @property
     def url(self) -> str:
-        assert self._server is not None, "double not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     # -- test helpers ---------------------------------------------------------------------------
 
@@ -367,3 +344,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+
+MarathonDouble.handler = _Handler

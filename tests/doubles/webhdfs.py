@@ -25,8 +25,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from .http import HttpDouble
 
 PREFIX = "/webhdfs/v1"
 
@@ -71,52 +73,21 @@ class RecordedRequest:
     status: int = 0
 
 
-class WebHdfsDouble:
+class WebHdfsDouble(HttpDouble):
     """In-process WebHDFS server on 127.0.0.1. Use as a context manager or start()/stop()."""
 
+    thread_name = "webhdfs-double"
+
     def __init__(self, owner: str = "boid") -> None:
+        super().__init__()
         self.owner = owner
         self.requests: list[RecordedRequest] = []
         self._lock = threading.RLock()
         self._nodes: dict[str, _Node] = {"/": _Node("DIRECTORY", file_id=16385)}
         self._next_id = 16386
         self._failures: list[tuple[str, str | None, int, str, str]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    def start(self) -> "WebHdfsDouble":
-        double = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.double = double
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="webhdfs-double", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            assert self._thread is not None
-            self._thread.join(5)
-            self._server = None
-
-    def __enter__(self) -> "WebHdfsDouble":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "double not started"
-        return self._server.server_address[1]
 
     @property
     def http_url(self) -> str:
@@ -340,3 +311,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     do_GET = do_PUT = do_POST = do_DELETE = _serve
+
+
+WebHdfsDouble.handler = _Handler

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from boidcluster.model.resources import Contributor, Protocol
-from fixtures.operator import Proxy, cond, eventually, protocol_obj as protocol
+from fixtures.netproxy import Proxy
+from fixtures.operator import cond, eventually, protocol_obj as protocol
 
 pytestmark = pytest.mark.usefixtures("contracts_deployed")
 
@@ -65,7 +66,7 @@ def test_chain_down_shows_a_reason_and_recovers(world_factory, actors, chain_wor
         store.create(protocol("flaky", actors))
         p = eventually(lambda: (o := store.get(Protocol, "flaky")) and cond(o, "Reconciled") == "False" and o)
         assert p.status.condition("Registered").reason == "ChainUnavailable"
-        proxy.restore()
+        proxy.resume()
         eventually(lambda: cond(store.get(Protocol, "flaky"), "Ready") == "True", timeout=60)
     finally:
         proxy.close()

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from typing import Callable
 
 import pytest
+from fixtures.netproxy import Proxy
 from fixtures.zookeeper import Gadget, Widget, WidgetSpec, WidgetStatus, make_chroot, widget
 from kazoo.client import KazooClient
 
@@ -82,65 +81,6 @@ def test_watch_recreated_object_reports_delete_then_add(store: Store) -> None:
             events.append(next_event(w, timeout=5))
         assert events[-1].obj.spec.size == 3
         assert "DELETED" in [e.type for e in events]
-
-
-class Proxy:
-    """A TCP proxy to ZooKeeper that a test can cut (drop and refuse connections) and resume."""
-
-    def __init__(self, port: int) -> None:
-        self.upstream = port
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.port = self.listener.getsockname()[1]
-        self.blocked = False
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.blocked:
-                down.close()
-                continue
-            up = socket.create_connection((LOOPBACK, self.upstream))
-            with self.lock:
-                self.conns += [down, up]
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        self.blocked = True
-        with self.lock:
-            for s in self.conns:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            self.conns.clear()
-
-    def resume(self) -> None:
-        self.blocked = False
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
