@@ -29,7 +29,14 @@ and proto/v1/scheduler/scheduler.proto + proto/v1/mesos.proto (message shapes).
   shorten it), so a missing ACKNOWLEDGE stalls a task.
 * Fault injection: `drop_stream()`, `silence()` (stream stays open, no heartbeats),
   `lose_agent()` (FAILURE + TASK_LOST/TASK_UNREACHABLE + RESCIND), `rescind_offers()`,
-  `fail_task()`, `cluster.elect()` (leader change with redirects).
+  `fail_task()`, `cluster.elect()` (leader change with redirects), and
+  `add_agent(..., corrupt_output=True)`: FAULT INJECTION, a cheating agent. The double itself
+  does nothing with the flag (Agent.corrupt_output, never sent in offers); the test's `executor`
+  hook reads it and alters the outputs of the agent's successful tasks.
+* The executor hook plays the agents' command executors: `executor(task_info, agent)` runs a task
+  and returns its terminal state; `on_kill(task_id)`, when set, is called whenever the task ends
+  without its command ending (KILL, the agent lost, the framework removed), so the test's
+  executor stops the command as an agent would (a lost agent's processes vanish with it).
 """
 
 from __future__ import annotations
@@ -274,6 +281,7 @@ class Agent:
     resources: dict[str, float]
     attributes: dict[str, str]
     active: bool = True
+    corrupt_output: bool = False   # FAULT INJECTION for the executor hook (module docstring); not an attribute
 
     def attributes_json(self) -> list[dict]:
         out = []
@@ -346,7 +354,8 @@ class MesosCluster:
     def __init__(self, *, heartbeat_interval: float = 0.5, task_seconds: float | None = 0.05,
                  allocation_interval: float = 0.02, update_retry_seconds: float = 10.0,
                  offer_timeout: float | None = None,
-                 executor: "Callable[[dict, Agent], tuple[str, str]] | None" = None) -> None:
+                 executor: "Callable[[dict, Agent], tuple[str, str]] | None" = None,
+                 on_kill: "Callable[[str], None] | None" = None) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.task_seconds = task_seconds
         self.allocation_interval = allocation_interval
@@ -355,6 +364,9 @@ class MesosCluster:
         # When set, a launched task is "run" by calling executor(task_info, agent) on a thread; it
         # returns the terminal state and message (the test plays the agent's command executor).
         self.executor = executor
+        # When set, called with a task id when the task ends while its command may still run (KILL,
+        # agent lost, framework removed): the test's executor stops the command.
+        self.on_kill = on_kill
         self.lock = threading.RLock()
         self.agents: dict[str, Agent] = {}
         self.frameworks: dict[str, Framework] = {}
@@ -374,7 +386,9 @@ class MesosCluster:
 
     # -- agents -----------------------------------------------------------------------------
     def add_agent(self, account: str | None, *, cpus: float = 4, mem: float = 4096, disk: float = 10000,
-                  gpus: float = 0, hostname: str | None = None, **attributes: str | float) -> Agent:
+                  gpus: float = 0, hostname: str | None = None, corrupt_output: bool = False,
+                  **attributes: str | float) -> Agent:
+        """`corrupt_output`: FAULT INJECTION, a cheating agent (see the module docstring)."""
         with self.lock:
             n = len(self.agents)
             agent_id = f"{uuid.uuid4()}-S{n}"
@@ -384,7 +398,7 @@ class MesosCluster:
             res = {"cpus": float(cpus), "mem": float(mem), "disk": float(disk)}
             if gpus:
                 res["gpus"] = float(gpus)
-            agent = Agent(agent_id, hostname or f"agent{n}.example", res, attrs)
+            agent = Agent(agent_id, hostname or f"agent{n}.example", res, attrs, corrupt_output=corrupt_output)
             self.agents[agent_id] = agent
             return agent
 
@@ -406,6 +420,7 @@ class MesosCluster:
                     reason = "REASON_AGENT_REMOVED" if state == "TASK_LOST" else "REASON_AGENT_DISCONNECTED"
                     self._transition(task, state, source="SOURCE_MASTER", reason=reason,
                                      message="Agent removed")
+                    self._stop_command(task.id)
 
     # -- tasks ------------------------------------------------------------------------------
     def finish_task(self, task_id: str) -> None:
@@ -474,6 +489,10 @@ class MesosCluster:
             self._send_update(task)
         if state == "TASK_RUNNING" and self.task_seconds is not None:
             task.finish_at = time.monotonic() + self.task_seconds
+
+    def _stop_command(self, task_id: str) -> None:
+        if self.on_kill is not None:
+            self.on_kill(task_id)
 
     def _send_update(self, task: Task) -> None:
         fw = self.frameworks.get(task.framework_id)
@@ -564,6 +583,7 @@ class MesosCluster:
             if t.framework_id == fw.id and t.state not in _TERMINAL:
                 t.state = "TASK_KILLED"
                 t.pending.clear()
+                self._stop_command(t.id)
         for oid in [o for o, v in self.offers.items() if v[0] == fw.id]:
             del self.offers[oid]
 
@@ -742,7 +762,10 @@ class MesosCluster:
                 "reason": "REASON_TASK_UNKNOWN", "message": "Attempted to kill an unknown task",
                 "timestamp": time.time()}}})
             return
+        was_live = task.state not in _TERMINAL
         self._transition(task, "TASK_KILLED", message="Command terminated with signal Terminated")
+        if was_live:
+            self._stop_command(task.id)
 
     def _call_reconcile(self, fw: Framework, call: dict) -> None:
         asked = call["reconcile"].get("tasks", [])

@@ -1,14 +1,40 @@
-"""Jobs end to end: a real ZooKeeper, the engine's Operator, real subprocess workers.
+"""Jobs end to end: a real ZooKeeper, the engine's Operator, real subprocess workers, on both
+execution backends.
 
-Each test applies a Protocol and a Job and watches the Job's status converge. Faults are injected
-through the local backend's labelled hooks (lose_contributor, a corrupt_output slot), by killing
-the operator mid-job, and by commands that fail or hang. `CountingLedger` is a small test
-collaborator for the ledger hook: idempotent per (unit, contributor), counting calls per unit.
+Every test runs twice (`backend_kind`): on `local` (LocalBackend slots) and on `mesos` (a
+MesosBackend subscribed to the in-process Mesos master TEST DOUBLE, tests/doubles/mesos_master.py,
+whose agents mirror the local slots: one agent per contributor with its `boid_account` attribute
+and one cpu per slot). On mesos the double's executor hook plays the agents' command executor
+(`CommandExecutor`): it really runs the TaskInfo's command with the TaskInfo's environment,
+storage paths mapped under the test's storage root (as an agent with the storage mounted sees
+them), so outputs land in storage exactly as on `local`.
+
+Each fault has its equivalent on both backends (`Cluster` hides which):
+- a lost worker: `LocalBackend.lose_contributor` / the double loses the contributor's agent
+  (FAILURE + TASK_LOST, its commands die with it);
+- a cheating contributor: `Slot(corrupt_output=True)` / an agent added with `corrupt_output=True`
+  (labelled fault injection in the double) whose executor alters the outputs;
+- operator restart: local tasks die with the process and come back LOST; on mesos the operator
+  crashes without killing (`close(kill_running=False)`), its tasks keep running on the agents and
+  a new MesosBackend with the same FrameworkID path in ZooKeeper fails over and reconciles them;
+- unitTimeout and the deadline: the backend kills (local: signal; mesos: KILL).
+Not mapped: fairness between protocols relies on the local backend's `capacity()` (on Mesos it is
+the allocator's DRF, which the double does not implement), so only its quota half runs on mesos.
+Mesos only: a task that ran across a dispatcher failover is credited the time it ran (strict
+xfail: a known bug, see the test's reason; on local such tasks die and are re-run).
+Every mesos test ends by asserting the double recorded no validation or event errors.
+
+`CountingLedger` is a small test collaborator for the ledger hook: idempotent per (unit,
+contributor), counting calls per unit.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -16,7 +42,8 @@ from pathlib import Path
 
 import pytest
 
-from boidcluster.adapters.local.backend import LocalBackend, Slot
+from boidcluster.adapters.local.backend import CORRUPTION, LocalBackend, Slot
+from boidcluster.adapters.mesos import MesosBackend
 from boidcluster.adapters.storage import Storage
 from boidcluster.adapters.store import Store
 from boidcluster.engine.operator import Operator
@@ -26,9 +53,12 @@ from boidcluster.model.resources import Job, Protocol
 from boidcluster.reconcilers import registry
 from boidcluster.reconcilers.jobs import Dispatcher
 from boidcluster.reconcilers.jobs.records import JobRecords
+from doubles.mesos_master import Agent, MesosMasterDouble
 
 PY = sys.executable
 DATADIR = "protocols/mc"
+ROLES = ("mc", "other", "capped")           # one Mesos role per protocol used below
+FRAMEWORK_ID_PATH = "/boid/v1/mesos/framework"
 
 
 class CountingLedger:
@@ -75,36 +105,197 @@ def job(name, command, work_units, **spec) -> Job:
         "workUnits": work_units, **spec}})
 
 
+# ------------------------------------------------------------------------------------------------
+# The mesos side: agents' command executor and the master double they belong to
+# ------------------------------------------------------------------------------------------------
+
+class CommandExecutor:
+    """The double's executor hook: runs a TaskInfo's CommandInfo as a subprocess, as a Mesos agent's
+    command executor would (own process group, stdout/stderr in a sandbox outside the outputs,
+    "Command exited with status N" on failure). BOID_OUTPUT_DIR and BOID_INPUT_FILES are storage
+    paths; they are mapped under the storage root. `kill` is the double's on_kill hook."""
+
+    def __init__(self, storage_root: Path, sandboxes: Path) -> None:
+        self.root, self.sandboxes = storage_root, sandboxes
+        self.mu = threading.Lock()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.killed: set[str] = set()
+
+    def _local(self, storage_path: str) -> Path:
+        return self.root / storage_path.lstrip("/")
+
+    def __call__(self, info: dict, agent: Agent) -> tuple[str, str]:
+        tid, cmd = info["task_id"]["value"], info["command"]
+        env = {v["name"]: v.get("value", "") for v in cmd.get("environment", {}).get("variables", [])}
+        out = self._local(env["BOID_OUTPUT_DIR"])
+        out.mkdir(parents=True, exist_ok=True)
+        env["BOID_OUTPUT_DIR"] = str(out)
+        env["BOID_INPUT_FILES"] = json.dumps([str(self._local(p))
+                                              for p in json.loads(env.get("BOID_INPUT_FILES") or "[]")])
+        sandbox = self.sandboxes / tid
+        sandbox.mkdir(parents=True, exist_ok=True)
+        env.update(MESOS_SANDBOX=str(sandbox), MESOS_TASK_ID=tid)
+        if cmd.get("shell", True):
+            argv, executable = ["/bin/sh", "-c", cmd["value"]], None
+        else:
+            argv, executable = list(cmd.get("arguments") or [cmd["value"]]), cmd["value"]
+        if shutil.which("setpriv"):   # the command dies with the test process, like the local backend's
+            argv, executable = ["setpriv", "--pdeathsig", "KILL", "--", executable or argv[0], *argv[1:]], None
+        with self.mu:
+            if tid in self.killed:
+                return "TASK_KILLED", "Command terminated with signal Killed"
+            with open(sandbox / "stdout", "wb") as so, open(sandbox / "stderr", "wb") as se:
+                proc = subprocess.Popen(argv, executable=executable, env={**os.environ, **env}, cwd=sandbox,
+                                        stdin=subprocess.DEVNULL, stdout=so, stderr=se, start_new_session=True)
+            self.procs[tid] = proc
+        code = proc.wait()
+        with self.mu:
+            self.procs.pop(tid, None)
+        if code == 0:
+            if agent.corrupt_output:   # FAULT INJECTION: a cheating agent
+                for p in sorted(out.rglob("*")):
+                    if p.is_file():
+                        with open(p, "ab") as f:
+                            f.write(CORRUPTION)
+            return "TASK_FINISHED", ""
+        if code < 0:
+            return "TASK_KILLED", f"Command terminated with signal {signal.Signals(-code).name}"
+        return "TASK_FAILED", f"Command exited with status {code}"
+
+    def kill(self, task_id: str) -> None:
+        with self.mu:
+            self.killed.add(task_id)
+            proc = self.procs.get(task_id)
+            if proc is not None and proc.returncode is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def live(self) -> list[str]:
+        with self.mu:
+            return list(self.procs)
+
+    def close(self) -> None:
+        for tid in self.live():
+            self.kill(tid)
+
+
+class MesosSite:
+    """The Mesos cluster the operator's MesosBackend subscribes to: a master double and its agents,
+    which outlive operator restarts."""
+
+    def __init__(self, storage_root: Path, sandboxes: Path) -> None:
+        self.executor = CommandExecutor(storage_root, sandboxes)
+        self.master = MesosMasterDouble(heartbeat_interval=0.5, task_seconds=None, update_retry_seconds=1.0,
+                                        executor=self.executor, on_kill=self.executor.kill)
+        self.cluster = self.master.cluster
+
+    def add_agents(self, slots) -> None:
+        """One agent per contributor, one cpu per local slot; a corrupt slot makes a cheating agent."""
+        per: dict[str, list[Slot]] = {}
+        for s in slots:
+            s = s if isinstance(s, Slot) else Slot(s)
+            per.setdefault(s.contributor, []).append(s)
+        with self.cluster.lock:
+            have = {a.attributes.get("boid_account") for a in self.cluster.agents.values() if a.active}
+            for name, ss in per.items():
+                if name not in have:
+                    self.cluster.add_agent(name, cpus=len(ss), mem=1024 * len(ss),
+                                           corrupt_output=any(s.corrupt_output for s in ss))
+
+    def live_tasks(self) -> list[str]:
+        return [t.id for t in self.cluster.running()]
+
+    def close(self) -> None:
+        self.executor.close()
+        self.master.stop()
+
+
 class Cluster:
     """One 'operator process': a store, a backend, a dispatcher and the Operator."""
 
-    def __init__(self, zk_hosts: str, root: Path, slots, ledger) -> None:
+    def __init__(self, kind: str, zk_hosts: str, root: Path, slots, ledger, site: MesosSite | None) -> None:
+        self.kind, self.site = kind, site
         self.store = Store(zk_hosts, timeout=5.0, session_timeout=4.0)
-        self.backend = LocalBackend(root, slots, kill_grace=0.2)
+        if kind == "local":
+            self.backend = LocalBackend(root, slots, kill_grace=0.2)
+        else:
+            assert site is not None
+            site.add_agents(slots)
+            self.backend = MesosBackend(site.master.url, roles=ROLES, zk=self.store.client,
+                                        framework_id_path=FRAMEWORK_ID_PATH, refuse_seconds=0.2)
         self.world = World(store=self.store, storage=Storage(f"file://{root}"), backend=self.backend,
                            dispatcher=Dispatcher(self.backend, retry_backoff=0.05, poll=0.05, kill_grace=1.0),
                            ledger=ledger)
         self.op = Operator(self.store, self.world, registry, workers=2).start()
 
+    # -- the backend, whichever it is ------------------------------------------------------------
+    def running(self) -> list[str]:
+        """Task ids holding a slot (local) / live on an agent (mesos) right now."""
+        if self.site is None:
+            return [t for t in list(self.backend._busy) if t]
+        return self.site.live_tasks()
+
+    def running_on(self, contributor: str) -> bool:
+        if self.site is None:
+            return any(t for i, t in enumerate(list(self.backend._busy))
+                       if t and self.backend.slots[i].contributor == contributor)
+        agent = self.site.cluster.agent_by_account(contributor)
+        return any(t.agent_id == agent.id for t in self.site.cluster.running())
+
+    def idle(self) -> bool:
+        if self.site is None:
+            return not any(self.backend._busy)
+        return not self.site.live_tasks() and not self.site.executor.live()
+
+    def lose(self, contributor: str) -> list[str]:
+        """FAULT INJECTION: the contributor's machine vanishes; returns the task ids lost."""
+        if self.site is None:
+            return self.backend.lose_contributor(contributor)
+        c = self.site.cluster
+        with c.lock:
+            agent = c.agent_by_account(contributor)
+            lost = [t.id for t in c.running() if t.agent_id == agent.id]
+            c.lose_agent(agent.id)
+        return lost
+
+    # -- lifecycle ------------------------------------------------------------------------------
     def stop(self) -> None:
         self.op.stop()
-        self.backend.close()   # the subprocesses die with the operator process
+        self.backend.close()   # local: the subprocesses die; mesos: running tasks are KILLed
+        self.store.close()
+
+    def crash(self) -> None:
+        """The operator process dies mid-job: local subprocesses die with it (parent-death signal);
+        Mesos tasks keep running on their agents for the framework's failover timeout."""
+        self.op.stop()
+        if self.site is None:
+            self.backend.close()
+        else:
+            self.backend.close(kill_running=False)
         self.store.close()
 
 
+@pytest.fixture(params=["local", "mesos"])
+def backend_kind(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def env(zk_hosts, store, tmp_path):
+def env(backend_kind, zk_hosts, store, tmp_path):
     root = tmp_path / "storage"
     root.mkdir()
+    site = MesosSite(root, tmp_path / "sandboxes") if backend_kind == "mesos" else None
     clusters: list[Cluster] = []
     ledger = CountingLedger()
 
     class Env:
         def __init__(self):
-            self.root, self.ledger, self.store = root, ledger, store
+            self.root, self.ledger, self.store, self.kind, self.site = root, ledger, store, backend_kind, site
 
         def start(self, slots=("alice", "bob")) -> Cluster:
-            c = Cluster(zk_hosts, root, list(slots), ledger)
+            c = Cluster(backend_kind, zk_hosts, root, list(slots), ledger, site)
             clusters.append(c)
             return c
 
@@ -127,6 +318,10 @@ def env(zk_hosts, store, tmp_path):
             c.stop()
         except Exception:
             pass
+    if site is not None:
+        site.close()
+        assert site.master.validation_errors == []
+        assert site.cluster.event_errors == []
 
 
 PI = ["python3", "-c", (
@@ -160,7 +355,7 @@ def test_sweep_job_replicated_runs_to_a_correct_amalgamated_output(env):
     # the ledger got every credited replica exactly once
     assert len(env.ledger.rows) == 12 and set(env.ledger.calls.values()) == {2}
     assert env.records("pi").recorded == set(env.records("pi").accepted)
-    assert not any(c.backend._busy)
+    assert c.idle()
 
 
 def test_lost_worker_unit_still_completes_exactly_once(env, tmp_path):
@@ -169,8 +364,8 @@ def test_lost_worker_unit_still_completes_exactly_once(env, tmp_path):
     env.store.create(job("lost", ["sh", "-c", f'while [ ! -e {gate} ]; do sleep 0.02; done; '
                                   'echo "$BOID_UNIT_INDEX" > "$BOID_OUTPUT_DIR/out"'],
                          {"count": 3}, retries=0, output={"reduce": "concat"}))
-    eventually(lambda: any(c.backend._busy[i] for i in range(2) if c.backend.slots[i].contributor == "alice"))
-    lost = c.backend.lose_contributor("alice")
+    eventually(lambda: c.running_on("alice"))
+    lost = c.lose("alice")   # local: its processes killed; mesos: its agent lost (TASK_LOST)
     assert lost
     gate.touch()
     j = env.wait("lost")
@@ -191,9 +386,12 @@ def test_unit_that_always_fails_fails_the_job_and_is_named(env):
     assert j.status.failed_units == [uid1] and j.status.units.failed == 1
     failed = j.status.condition("Failed")
     assert failed.status == "True" and failed.reason == "UnitFailed" and uid1 in failed.message
-    assert "nope" in failed.message
+    if env.kind == "local":   # the local backend quotes the stderr tail; Mesos' message has no stderr
+        assert "nope" in failed.message
+    else:
+        assert "exited with status 7" in failed.message
     fails = [r for r in env.records("bad").results.values() if r["unit"] == uid1]
-    assert len(fails) == 2 and all(r["exit_code"] == 7 for r in fails)
+    assert len(fails) == 2 and all(r["exit_code"] == 7 and r["state"] == "FAILED" for r in fails)
 
 
 def test_cheating_contributor_is_outvoted_and_not_credited(env):
@@ -216,16 +414,48 @@ def test_operator_killed_mid_job_completes_and_records_each_unit_once(env):
     env.store.create(job("restart", ["sh", "-c", 'sleep 0.3; echo "$BOID_UNIT_INDEX" > "$BOID_OUTPUT_DIR/o"'],
                          {"count": 8}, output={"reduce": "concat"}))
     eventually(lambda: len(env.records("restart").accepted) >= 2)
-    first.stop()  # mid-job: attempts in flight die with it
+    first.crash()  # mid-job
     before = env.records("restart")
     assert before.in_flight() and len(before.accepted) < 8
-    env.start()   # a new process: new store session, new backend, new dispatcher
+    second = env.start()   # a new process: new store session, new backend, new dispatcher
     j = env.wait("restart")
     assert j.status.units.validated == 8
     assert (env.root / DATADIR / "jobs/restart/results").read_text() == "".join(f"{i}\n" for i in range(8))
     recs = env.records("restart")
-    assert [r["state"] for r in recs.results.values()].count("LOST") >= len(before.in_flight())
     assert sorted(env.ledger.calls.values()) == [1] * 8 and recs.recorded == set(recs.accepted)
+    if env.kind == "local":   # attempts in flight died with the process: LOST, re-queued
+        assert [r["state"] for r in recs.results.values()].count("LOST") >= len(before.in_flight())
+        return
+    # mesos: the new backend failed over into the same framework (FrameworkID from ZooKeeper) and
+    # reconciled: tasks that had reached an agent kept running and finished, credited to the agent's
+    # account; only those the crashed backend still held in its queue come back LOST.
+    assert second.backend.framework_id == first.backend.framework_id and len(env.site.cluster.frameworks) == 1
+    on_agents = {t for t in before.in_flight() if t in env.site.cluster.tasks}
+    assert on_agents
+    for tid in before.in_flight():
+        r = recs.results[tid]
+        if tid in on_agents:
+            assert r["state"] == "FINISHED" and r["contributor"] in ("alice", "bob"), (tid, r)
+        else:
+            assert r["state"] == "LOST", (tid, r)
+
+
+@pytest.mark.parametrize("backend_kind", [pytest.param("mesos", marks=pytest.mark.xfail(strict=True, reason=(
+    "known bug: after a dispatcher failover the MesosBackend does not know when a reconciled task "
+    "started (the RUNNING update was acknowledged by the crashed process; TaskStatus carries only "
+    "its own timestamp), so a task that finished during the outage is credited ~0 us")))])
+def test_failover_credits_the_time_tasks_ran_before_it(env):
+    # mesos only: on local, tasks in flight die with the operator and are simply run again
+    first = env.start()
+    env.store.create(job("credit", ["sleep", "1"], {"count": 2}, output={"reduce": "none"}))
+    eventually(lambda: len(first.running()) == 2)
+    first.crash()
+    time.sleep(0.3)   # down for a while: the tasks keep running on their agents
+    env.start()
+    env.wait("credit")
+    recs = env.records("credit")
+    credited = [c["us"] for a in recs.accepted.values() for c in a["credited"]]
+    assert len(credited) == 2 and all(us >= 900_000 for us in credited), credited
 
 
 def test_deadline_fails_the_job_naming_the_units_left_and_frees_slots(env):
@@ -235,7 +465,7 @@ def test_deadline_fails_the_job_naming_the_units_left_and_frees_slots(env):
     cond = j.status.condition("Failed")
     assert cond.reason == "DeadlineExceeded" and "u000000" in cond.message
     assert j.status.failed_units == ["u000000", "u000001", "u000002"]
-    eventually(lambda: not any(c.backend._busy), timeout=5)
+    eventually(c.idle, timeout=5)
 
 
 def test_unit_timeout_kills_and_retries(env, tmp_path):
@@ -246,7 +476,17 @@ def test_unit_timeout_kills_and_retries(env, tmp_path):
                          {"count": 1}, unitTimeout="1s", retries=1))
     env.wait("hang", timeout=20)
     results = sorted(env.records("hang").results.values(), key=lambda r: r["finished_us"])
-    assert [r["state"] for r in results] == ["FAILED", "FINISHED"] and "timed out" in results[0]["message"]
+    # the backend enforces TaskSpec.timeout: local reports FAILED, mesos a KILL it sent itself
+    timed_out = "FAILED" if env.kind == "local" else "KILLED"
+    assert [r["state"] for r in results] == [timed_out, "FINISHED"] and "timed out" in results[0]["message"]
+    assert results[0]["failure"] is True   # counts against retries on both backends
+
+
+def test_unit_that_always_times_out_fails_the_job(env):
+    env.start()
+    env.store.create(job("stuck", ["sleep", "30"], {"count": 1}, unitTimeout="1s", retries=0))
+    j = env.wait("stuck", "Failed", timeout=20)
+    assert j.status.failed_units == ["u000000"] and j.status.condition("Failed").reason == "UnitFailed"
 
 
 def test_inputs_job_with_a_command_reducer(env):
@@ -270,6 +510,9 @@ def test_inputs_job_with_a_command_reducer(env):
 
 
 def test_protocols_share_slots_fairly_and_quota_holds(env):
+    # Fairness between protocols is the dispatcher's waterfill over the local backend's capacity();
+    # on Mesos it is the allocator's DRF between roles, which the double does not implement (it offers
+    # the roles in order), so on mesos only the quota (a dispatcher limit) is asserted.
     c = env.start(["alice", "bob", "carol", "dave"])
     env.store.create(protocol("other"))
     env.store.create(protocol("capped", quota=1))
@@ -280,7 +523,7 @@ def test_protocols_share_slots_fairly_and_quota_holds(env):
     both = False
     end = time.monotonic() + 30
     while time.monotonic() < end:
-        busy = [t for t in list(c.backend._busy) if t]
+        busy = c.running()
         n = {p: sum(1 for t in busy if t.startswith(j)) for p, j in (("mc", "big-"), ("other", "small-"), ("capped", "one-"))}
         for p in peak:
             peak[p] = max(peak[p], n[p])
@@ -291,4 +534,6 @@ def test_protocols_share_slots_fairly_and_quota_holds(env):
         time.sleep(0.02)
     else:
         raise AssertionError("jobs did not finish")
-    assert both and peak["capped"] == 1 and peak["other"] >= 1
+    assert peak["capped"] == 1 and peak["other"] >= 1
+    if env.kind == "local":
+        assert both

@@ -156,10 +156,14 @@ class _Pass:
             message = u.message
             if u.state == "KILLED" and reason == "timeout":
                 message = f"killed: ran longer than unitTimeout {self.spec.unit_timeout}s"
+            # A backend enforcing TaskSpec.timeout itself reports it as FAILED (local) or as a KILLED
+            # we did not ask for, "timed out after ..." (mesos); either is the unit's failure.
+            timed_out = u.state == "KILLED" and (
+                reason == "timeout" or (reason is None and u.message.startswith("timed out")))
             data = {
                 "unit": attempt["unit"], "state": u.state, "contributor": u.contributor,
                 "exit_code": u.exit_code, "us": u.contributed_us, "hash": digest, "message": message[:500],
-                "failure": u.state == "FAILED" or (u.state == "KILLED" and reason == "timeout"),
+                "failure": u.state == "FAILED" or timed_out,
                 "finished_us": int(u.finished_at * 1e6) if u.finished_at else now_us(),
             }
             if not self.recs.put_result(self.store, tid, data):
