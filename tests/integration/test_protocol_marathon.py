@@ -1,0 +1,61 @@
+"""A Protocol's dispatcher app converged in Marathon (the Marathon TEST DOUBLE, built from the
+official RAML and AppDefinition schema; every app body the operator sends is validated)."""
+
+from __future__ import annotations
+
+import pytest
+
+from boidcluster.adapters.marathon import MarathonClient
+from boidcluster.adapters.storage import Storage
+from boidcluster.adapters.store import Store
+from boidcluster.engine.operator import Operator
+from boidcluster.engine.world import World
+from boidcluster.model.kinds import parse_resource
+from boidcluster.model.resources import Protocol
+import boidcluster.reconcilers.protocol  # noqa: F401  (registers)
+from boidcluster.reconcilers import registry
+from doubles.marathon import MarathonDouble
+from fixtures.operator import cond, eventually
+
+APP = "/boid/survey/dispatcher"
+
+
+@pytest.fixture
+def marathon():
+    with MarathonDouble(deployment_polls=None, deployment_seconds=0.2) as d:  # deployments finish by themselves
+        yield d
+        assert d.validation_failures == []  # every app the operator sent is valid Marathon
+
+
+def protocol(researcher: str) -> Protocol:
+    return parse_resource({
+        "apiVersion": "cluster.boid.com/v1alpha1", "kind": "Protocol", "metadata": {"name": "survey"},
+        "spec": {"title": "Survey", "owner": "boidteam", "researcher": researcher, "datadir": "survey",
+                 "fund": {"account": "boidfund", "quantity": "10.0000 BOID"},
+                 "payRates": {"worker": "1.0000 BOID", "dispatcher": "1.0000 BOID"}}})
+
+
+def test_dispatcher_app_follows_the_protocol(zk_hosts, marathon, tmp_path):
+    store = Store(zk_hosts)
+    client = MarathonClient(marathon.url)
+    world = World(store=store, storage=Storage(f"file://{tmp_path}"), marathon=client)
+    op = Operator(store, world, registry, workers=2).start()
+    try:
+        store.create(protocol("researcher1"))
+        p = eventually(lambda: (o := store.get(Protocol, "survey")) and cond(o, "DispatcherReady") == "True" and o)
+        assert p.status.dispatcher == APP and cond(p, "Ready") == "True"
+        app = client.get_app(APP)
+        assert app["labels"]["boid.protocol"] == "survey" and app["env"]["BOID_RESEARCHER"] == "researcher1"
+        assert app["args"][:2] == ["dispatcher", "run"]
+
+        p.spec.researcher = "researcher2"
+        store.update(p)
+        eventually(lambda: client.get_app(APP)["env"]["BOID_RESEARCHER"] == "researcher2")
+
+        store.delete(Protocol, "survey")
+        eventually(lambda: store.list(Protocol) == [])
+        assert client.get_app(APP) is None
+    finally:
+        op.stop()
+        client.close()
+        store.close()
