@@ -72,7 +72,7 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
     if opts.marathon:
         from boidcluster.adapters.marathon import MarathonClient
 
-        world.marathon = MarathonClient(opts.marathon)
+        world.marathon = MarathonClient(opts.marathon, locked_timeout=5.0)  # a worker thread never waits long
         closers.append(world.marathon)
     world.settings.extra["closers"] = closers
     return world
