@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -117,16 +118,28 @@ class Chain:
                   {"account": account, "permission": "active", "parent": "owner", "auth": auth}, account)
 
 
+def built(name: str) -> tuple[bytes, str]:
+    return (BUILD / f"{name}.wasm").read_bytes(), (BUILD / f"{name}.abi").read_text()
+
+
+def deploy(c: Chain, contracts: dict[str, tuple[bytes, str]]) -> None:
+    for name, (wasm, abi) in contracts.items():
+        c.t.deploy_contract(name, wasm, abi)
+    c.t.produce_block()
+
+
 @pytest.fixture(scope="module")
 def chain() -> Chain:
+    return make_chain({name: built(name) for name in (JOBS, REG)})
+
+
+def make_chain(contracts: dict[str, tuple[bytes, str]]) -> Chain:
     c = Chain()
     for a in (JOBS, REG, OPERATOR, OWNER, RESEARCHER, FUND, WORKER, WORKER2, DISPATCHER, MALLORY,
               OWNER2, RESEARCHER2, FUND2):
         c.t.create_account("eosio", a, KEY, KEY, ram_bytes=4 * 1024 * 1024, stake_net=100_000, stake_cpu=100_000)
     c.t.produce_block()
-    for name in (JOBS, REG):
-        c.t.deploy_contract(name, (BUILD / f"{name}.wasm").read_bytes(), (BUILD / f"{name}.abi").read_text())
-    c.t.produce_block()
+    deploy(c, contracts)
     # The largest supply eosio allows, so the big-number cases can be paid for real.
     c.push(TOKEN, "create", {"issuer": "eosio", "maximum_supply": asset(MAX_AMOUNT)}, TOKEN)
     c.push(TOKEN, "issue", {"to": "eosio", "quantity": asset(MAX_AMOUNT), "memo": ""}, "eosio")
@@ -172,7 +185,8 @@ class TestScenario:
         p = protocol(chain)
         assert p == {"title": "Protein folding", "owner": OWNER, "researcher": RESEARCHER,
                      "datadir": f"/boid/{RESEARCHER}", "fundaccount": FUND, "fund": "1000.0000 BOID",
-                     "tokencontract": TOKEN, "worker_pay_rate": "1.2345 BOID", "dispatcher_pay_rate": "0.5000 BOID"}
+                     "tokencontract": TOKEN, "worker_pay_rate": "1.2345 BOID", "dispatcher_pay_rate": "0.5000 BOID",
+                     "funded": "1000.0000 BOID"}
         chain.fails("protocol already exists", REG, "addprotocol", {
             "title": "x", "owner": OWNER, "researcher": RESEARCHER, "datadir": "", "fundaccount": FUND,
             "fund": asset(1), "tokencontract": TOKEN, "dispatcher_pay_rate": asset(1), "worker_pay_rate": asset(1)},
@@ -381,3 +395,39 @@ class TestScenario:
         total = chain.row(JOBS, WORKER2, "worker")["total_time"]
         chain.fails("time overflow", JOBS, "newjob", {"researcher": RESEARCHER2, "worker": WORKER2, "id": 901,
                                                       "time": U64_MAX - total + 1}, OPERATOR)
+
+
+# The last commit whose build had no `funded` column (before clusterreg::addfund).
+PRE_FUNDED = "b46b357"
+
+
+def git_blob(path: str) -> bytes | None:
+    root = BUILD.parent.parent
+    r = subprocess.run(["git", "-C", str(root), "show", f"{PRE_FUNDED}:{path}"], capture_output=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+def test_rows_from_before_funded_still_work_after_the_upgrade() -> None:
+    """Deploy the old build, register and record time, upgrade to build/: the old row (without the
+    `funded` binary extension) still pays out and updates; addfund gives it funded = fund + quantity."""
+    old = {name: (git_blob(f"contracts/build/{name}.wasm"), git_blob(f"contracts/build/{name}.abi"))
+           for name in (JOBS, REG)}
+    if any(w is None or a is None for w, a in old.values()):
+        pytest.skip(f"git has no build at {PRE_FUNDED}")
+    c = make_chain({name: (w, a.decode()) for name, (w, a) in old.items()})
+    add_protocol(c)
+    assert "funded" not in protocol(c)
+    c.push(JOBS, "regworker", {"worker": WORKER, "researcher": RESEARCHER}, OPERATOR)
+    c.push(JOBS, "newjob", {"researcher": RESEARCHER, "worker": WORKER, "id": 1, "time": H}, OPERATOR)
+    deploy(c, {name: built(name) for name in (JOBS, REG)})
+    assert "funded" not in protocol(c)  # the row is as the old contract wrote it
+    before = c.balance(WORKER)
+    payout(c)  # clusterjobs and clusterreg read the short row; clusterreg rewrites it
+    assert c.balance(WORKER) == before + 12345
+    p = protocol(c)
+    assert p["fund"] == asset(1000_0000 - 12345) and "funded" not in p
+    set_rates(c, 20000, 5000)
+    assert "funded" not in protocol(c)
+    c.push(REG, "addfund", {"owner": OWNER, "researcher": RESEARCHER, "quantity": asset(5)}, OWNER)
+    p = protocol(c)
+    assert p["fund"] == p["funded"] == asset(1000_0000 - 12345 + 5)

@@ -37,7 +37,7 @@ def protocol(actors, fund="1000.0000 BOID", worker="1.2345 BOID", dispatcher="0.
     base = dict(
         title="Folding proteins at home", owner=actors.owner, researcher=actors.researcher,
         datadir="/boid/fold", fundaccount=actors.fund, fund=boid(fund), tokencontract=TOKEN,
-        worker_pay_rate=boid(worker), dispatcher_pay_rate=boid(dispatcher),
+        worker_pay_rate=boid(worker), dispatcher_pay_rate=boid(dispatcher), funded=boid(fund),
     )
     base.update(kw)
     return ProtocolRow(**base)
@@ -189,6 +189,116 @@ async def test_registry_payout_only_inline_from_the_jobs_contract(world):
         await rpc.push_action(REG, "payout", data, f"{actors.fund}@active")
     with pytest.raises(ChainAssertion, match="payout may only be called by the jobs contract"):
         await rpc.push_action(REG, "payout", data, f"{JOBS}@active")
+
+
+# --- addfund ------------------------------------------------------------------------------------
+
+MAX_AMOUNT = (1 << 62) - 1  # the largest asset amount
+
+
+def units(n: int) -> Asset:
+    return Asset(n, boid("0.0000 BOID").symbol)
+
+
+async def test_addfund_raises_fund_and_funded(world):
+    actors, rpc, op = world
+    await registered(world, fund="1000.0000 BOID", worker="1.0000 BOID")
+    o, r, w = actors.owner, actors.researcher, actors.workers[0]
+    row = await op.protocol_row(o, r)
+    assert row.fund == row.funded == boid("1000.0000 BOID")  # addprotocol commits the fund
+    await op.add_fund(o, r, boid("500.0000 BOID"))  # through the owner's boidop delegation
+    row = await op.protocol_row(o, r)
+    assert (row.fund, row.funded) == (boid("1500.0000 BOID"), boid("1500.0000 BOID"))
+    # a payout lowers the remaining fund only: funded - fund is what was paid out
+    await op.record_units(r, [UnitTime(w, 1, 3 * H)])
+    assert (await op.payout(o, r, w)).amount == boid("3.0000 BOID")
+    row = await op.protocol_row(o, r)
+    assert (row.fund, row.funded) == (boid("1497.0000 BOID"), boid("1500.0000 BOID"))
+    # updprotocol keeps both
+    assert await op.put_protocol(protocol(actors, title="v2", fund="1.0000 BOID")) == "updated"
+    row = await op.protocol_row(o, r)
+    assert (row.title, row.fund, row.funded) == ("v2", boid("1497.0000 BOID"), boid("1500.0000 BOID"))
+
+
+async def test_ensure_fund_adds_the_difference_to_funded_once(world):
+    actors, rpc, op = world
+    await registered(world, fund="1000.0000 BOID", worker="1.0000 BOID")
+    o, r, w = actors.owner, actors.researcher, actors.workers[0]
+    await op.record_units(r, [UnitTime(w, 1, 10 * H)])
+    await op.payout(o, r, w)  # fund 990, funded 1000
+    got = await op.ensure_fund(o, r, boid("1500.0000 BOID"))
+    assert (got.action, got.added) == ("added", boid("500.0000 BOID"))  # 1500 - funded, not 1500 - fund
+    assert (got.fund, got.funded) == (boid("1490.0000 BOID"), boid("1500.0000 BOID"))
+    again = await op.ensure_fund(o, r, boid("1500.0000 BOID"))  # a repeat (after a crash) adds nothing
+    assert (again.action, again.added) == ("unchanged", boid("0.0000 BOID"))
+    lower = await op.ensure_fund(o, r, boid("1200.0000 BOID"))  # never claws back
+    assert lower.action == "reduction_ignored" and lower.added == boid("0.0000 BOID")
+    row = await op.protocol_row(o, r)
+    assert (row.fund, row.funded) == (boid("1490.0000 BOID"), boid("1500.0000 BOID"))
+    with pytest.raises(ChainAssertion, match="unknown protocol"):
+        await op.ensure_fund(o, actors.outsider, boid("1.0000 BOID"))
+
+
+async def test_addfund_needs_the_owner(world):
+    actors, rpc, op = world
+    await registered(world)
+    data = {"owner": actors.owner, "researcher": actors.researcher, "quantity": boid("1.0000 BOID")}
+    for signer in (actors.outsider, actors.researcher, actors.fund):
+        with pytest.raises(MissingAuthority):
+            await rpc.push_action(REG, "addfund", data, f"{signer}@active")
+    with pytest.raises(MissingAuthority):  # the operator's key cannot sign as the owner's active
+        await op.rpc.push_action(REG, "addfund", data, f"{actors.owner}@active")
+    # the operator cannot add for an owner that delegated nothing to it
+    with pytest.raises(MissingAuthority):
+        await op.add_fund(actors.outsider, actors.researcher, boid("1.0000 BOID"))
+    await rpc.push_action(REG, "addfund", data, f"{actors.owner}@active")  # the owner itself may
+    assert (await op.protocol_row(actors.owner, actors.researcher)).funded == boid("1001.0000 BOID")
+
+
+@pytest.mark.parametrize(
+    "quantity, message",
+    [
+        ("1.00 BOID", "quantity symbol must match the fund symbol"),
+        ("1.0000 NOPE", "quantity symbol must match the fund symbol"),
+        ("0.0000 BOID", "quantity must be positive"),
+        ("-1.0000 BOID", "quantity must be positive"),
+    ],
+)
+async def test_addfund_rejects_bad_quantities(world, quantity, message):
+    actors, rpc, op = world
+    await registered(world)
+    with pytest.raises(ChainAssertion) as e:
+        await op.add_fund(actors.owner, actors.researcher, boid(quantity))
+    assert e.value.message == message
+    row = await op.protocol_row(actors.owner, actors.researcher)
+    assert (row.fund, row.funded) == (boid("1000.0000 BOID"), boid("1000.0000 BOID"))
+    with pytest.raises(ChainAssertion, match="unknown protocol"):
+        await op.add_fund(actors.owner, actors.outsider, boid("1.0000 BOID"))
+
+
+async def test_addfund_overflow_is_refused(world):
+    actors, rpc, op = world
+    o, r, w = actors.owner, actors.researcher, actors.workers[0]
+    await registered(world, fund=str(units(MAX_AMOUNT - 10)), worker="1.0000 BOID")
+    with pytest.raises(ChainAssertion) as e:
+        await op.add_fund(o, r, units(11))
+    assert e.value.message == "fund overflow"
+    await op.record_units(r, [UnitTime(w, 1, H)])
+    assert (await op.payout(o, r, w)).amount == units(10_000)  # fund MAX - 10_010, funded MAX - 10
+    with pytest.raises(ChainAssertion) as e:
+        await op.add_fund(o, r, units(11))
+    assert e.value.message == "funded overflow"
+    await op.add_fund(o, r, units(10))  # up to the largest amount exactly
+    row = await op.protocol_row(o, r)
+    assert (row.fund, row.funded) == (units(MAX_AMOUNT - 10_000), units(MAX_AMOUNT))
+
+
+def test_protocol_row_from_a_row_older_than_funded():
+    row = {"title": "t", "owner": "a", "researcher": "b", "datadir": "/d", "fundaccount": "c",
+           "fund": boid("1.0000 BOID"), "tokencontract": TOKEN, "worker_pay_rate": boid("1.0000 BOID"),
+           "dispatcher_pay_rate": boid("1.0000 BOID")}
+    assert ProtocolRow.from_chain(row).funded is None
+    assert ProtocolRow.from_chain({**row, "funded": boid("2.0000 BOID")}).funded == boid("2.0000 BOID")
 
 
 # --- contributors -------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ async def test_operator_permissions_are_linked_as_interface_md_says(local_chain)
         op = await rpc.get_account("boidoperator")
         assert links(op, "operate") == {("clusterjobs", a) for a in ("regworker", "delworker", "regdisptch", "deldisptch", "newjob", "removejob", "updatedptch")}
         team = await rpc.get_account("boidteam")
-        assert links(team, "boidop") == {("clusterreg", a) for a in ("addprotocol", "updprotocol", "delprotocol")}
+        assert links(team, "boidop") == {("clusterreg", a) for a in ("addprotocol", "updprotocol", "addfund", "delprotocol")}
         fund = await rpc.get_account("boidfund")
         assert links(fund, "boidop") == {("clusterjobs", "payout")}
         active = {p["perm_name"]: p["required_auth"] for p in fund["permissions"]}["active"]

@@ -116,3 +116,59 @@ def test_a_rate_change_pays_recorded_time_at_the_old_rate_first(registered, acto
     store.update(p)
     eventually(lambda: str(chain.protocol_row(actors.owner, actors.researcher).worker_pay_rate) == "7.2000 BOID")
     assert balance(chain, w0) == before + Asset.parse("3.6000 BOID")
+
+
+def _registry(chain, actors):
+    row = chain.protocol_row(actors.owner, actors.researcher)
+    return str(row.fund), str(row.funded)
+
+
+def _set_fund(store, quantity: str) -> int:
+    p = store.get(Protocol, "pay")
+    p.spec.fund.quantity = Asset.parse(quantity)
+    store.update(p)
+    gen = store.get(Protocol, "pay").metadata.generation
+    eventually(lambda: store.get(Protocol, "pay").status.observed_generation == gen, timeout=30)
+    return gen
+
+
+def test_raising_the_fund_commits_exactly_the_difference(registered, actors):
+    """A shortfall is ended by raising spec.fund.quantity: the registry commits (new - funded) more,
+    counted from the total ever committed, not from what is left; applying again adds nothing."""
+    op, store, chain = registered
+    w0 = actors.workers[0]
+    p = store.get(Protocol, "pay")
+    assert _registry(chain, actors) == ("100.0000 BOID", "100.0000 BOID")
+    before = balance(chain, w0)
+    op.world.ledger.record_units(p, fake_job("job-uid-5"), [("u0", w0, 40 * 3_600_000_000)])  # 144 BOID owed
+    op.enqueue("Protocol", "pay")
+    eventually(lambda: cond(store.get(Protocol, "pay"), "Funded") == "False", timeout=30)
+    assert _registry(chain, actors) == ("100.0000 BOID", "100.0000 BOID")
+
+    _set_fund(store, "150.0000 BOID")  # +50 committed, then the 144 owed is paid
+    eventually(lambda: balance(chain, w0) == before + Asset.parse("144.0000 BOID"), timeout=30)
+    assert _registry(chain, actors) == ("6.0000 BOID", "150.0000 BOID")
+    got = eventually(lambda: (o := store.get(Protocol, "pay")) and cond(o, "Funded") == "True" and o, timeout=30)
+    assert cond(got, "Ready") == "True"
+
+    _set_fund(store, "200.0000 BOID")  # 200 - funded (150) = 50 more, not 200 - fund (6)
+    assert _registry(chain, actors) == ("56.0000 BOID", "200.0000 BOID")
+    assert "added 50.0000 BOID" in store.get(Protocol, "pay").status.condition("Registered").message
+    for _ in range(3):  # applying the same spec again (resyncs, restarts) adds nothing
+        op.enqueue("Protocol", "pay")
+    time.sleep(2)
+    assert _registry(chain, actors) == ("56.0000 BOID", "200.0000 BOID")
+
+
+def test_lowering_the_fund_is_ignored_with_a_condition(registered, actors):
+    op, store, chain = registered
+    _set_fund(store, "60.0000 BOID")
+    p = store.get(Protocol, "pay")
+    funded = p.status.condition("Funded")
+    assert (funded.status, funded.reason) == ("True", "FundReductionIgnored")
+    assert "60.0000 BOID is below the 100.0000 BOID already committed" in funded.message
+    assert cond(p, "Ready") == "True"  # not an error: payouts go on from the registry fund
+    assert _registry(chain, actors) == ("100.0000 BOID", "100.0000 BOID")
+    _set_fund(store, "100.0000 BOID")  # back to the commitment: the note goes away
+    assert store.get(Protocol, "pay").status.condition("Funded").reason == "Balance"
+    assert _registry(chain, actors) == ("100.0000 BOID", "100.0000 BOID")

@@ -2,7 +2,7 @@
  * clusterjobs tables (see contracts/INTERFACE.md). Plain multi-index tables: the seed's vRAM
  * (LiquidApps DAPP service) is dropped, so any Antelope node can serve them with get_table_rows.
  */
-import { Name, Asset, Table, EMPTY_NAME } from "proton-tsc"
+import { Name, Asset, Table, EMPTY_NAME, BinaryExtension } from "proton-tsc"
 
 /** scope clusterjobs, key 0: which registry contract to pay through and which account operates. */
 @table("reg")
@@ -83,7 +83,8 @@ export class RegistryProtocol extends Table {
         public fund: Asset = new Asset(),
         public tokencontract: Name = EMPTY_NAME,
         public worker_pay_rate: Asset = new Asset(),
-        public dispatcher_pay_rate: Asset = new Asset()
+        public dispatcher_pay_rate: Asset = new Asset(),
+        public funded: BinaryExtension<Asset> = new BinaryExtension<Asset>()
     ) { super() }
 
     @primary

@@ -10,10 +10,14 @@
  *   the fund covers the amount, lowers the fund, and transfers from the fund account with a standard
  *   eosio.token `transfer` on the protocol's token contract (needs clusterreg@eosio.code in the fund
  *   account's active permission).
+ * - `funded` records the total ever committed; `addfund` raises `fund` and `funded` together, so the
+ *   operator can top up a protocol to a new total (spec quantity - funded) without deleting the row
+ *   (which would strand unpaid time) and without adding twice (it compares with `funded` again).
+ *   There is no action to lower either: the remaining fund is what contributors were promised.
  */
 import {
     Contract, Name, Asset, Symbol, check, requireAuth, isAccount, TableStore, SAME_PAYER, EMPTY_NAME,
-    InlineAction, ActionData, PermissionLevel, getSender,
+    InlineAction, ActionData, PermissionLevel, getSender, BinaryExtension,
 } from "proton-tsc"
 import { Config, Protocol, TokenStat } from "./clusterreg.tables"
 import { computePayment } from "../common/payment"
@@ -22,6 +26,7 @@ const TYPE_WORKER = "worker"
 const TYPE_DISPATCHER = "dispatcher"
 const MAX_TITLE_BYTES = 256
 const MAX_DATADIR_BYTES = 1024
+const MAX_ASSET_AMOUNT: i64 = (<i64>1 << 62) - 1
 
 /** Data of the standard eosio.token transfer. */
 @packer
@@ -97,7 +102,7 @@ class ClusterReg extends Contract {
         checkProtocolFields(title, researcher, datadir, fundaccount, fund.symbol, tokencontract,
             dispatcher_pay_rate, worker_pay_rate)
         protocols.store(new Protocol(title, owner, researcher, datadir, fundaccount, fund, tokencontract,
-            worker_pay_rate, dispatcher_pay_rate), owner)
+            worker_pay_rate, dispatcher_pay_rate, new BinaryExtension<Asset>(fund)), owner)
     }
 
     @action("updprotocol")
@@ -116,6 +121,32 @@ class ClusterReg extends Contract {
         p.tokencontract = tokencontract
         p.worker_pay_rate = worker_pay_rate
         p.dispatcher_pay_rate = dispatcher_pay_rate
+        protocols.update(p, owner)
+    }
+
+    /**
+     * Commit more of the fund account's tokens to the protocol: fund += quantity, funded += quantity.
+     * A row from before `funded` existed counts from its remaining fund (funded = fund + quantity).
+     */
+    @action("addfund")
+    addfund(owner: Name, researcher: Name, quantity: Asset): void {
+        requireAuth(owner)
+        const protocols = new TableStore<Protocol>(this.receiver, owner)
+        const p = protocols.requireGet(researcher.N, "unknown protocol")
+        check(quantity.isValid(), "invalid quantity")
+        check(quantity.symbol.value == p.fund.symbol.value, "quantity symbol must match the fund symbol")
+        check(quantity.amount > 0, "quantity must be positive")
+        const add: i64 = quantity.amount
+        const fundAmount: i64 = p.fund.amount
+        let fundedAmount: i64 = fundAmount
+        const had = p.funded.value
+        if (had) {
+            fundedAmount = had.amount
+        }
+        check(fundAmount <= MAX_ASSET_AMOUNT - add, "fund overflow")
+        check(fundedAmount <= MAX_ASSET_AMOUNT - add, "funded overflow")
+        p.fund = new Asset(fundAmount + add, p.fund.symbol)
+        p.funded = new BinaryExtension<Asset>(new Asset(fundedAmount + add, p.fund.symbol))
         protocols.update(p, owner)
     }
 

@@ -1,7 +1,7 @@
 /**
  * clusterreg tables (see contracts/INTERFACE.md). Plain multi-index tables (no vRAM).
  */
-import { Name, Asset, Table, EMPTY_NAME } from "proton-tsc"
+import { Name, Asset, Table, EMPTY_NAME, BinaryExtension } from "proton-tsc"
 
 /** scope clusterreg, key 0: the only contract allowed to call `payout`. */
 @table("config")
@@ -16,7 +16,11 @@ export class Config extends Table {
 
 /**
  * scope = owner, key = researcher: one research protocol. `fund` is the remaining budget; pay rates
- * are assets (same symbol as the fund) per hour of contributed time. clusterjobs reads this layout.
+ * are assets (same symbol as the fund) per hour of contributed time. `funded` is the total ever
+ * committed (addprotocol's fund plus every addfund), so funded - fund is what was paid out; it is a
+ * binary extension (ABI `asset$`) because rows written before it existed end after
+ * dispatcher_pay_rate: such rows still read (value null) and are rewritten unchanged.
+ * clusterjobs reads this layout.
  */
 @table("protocol")
 export class Protocol extends Table {
@@ -29,7 +33,8 @@ export class Protocol extends Table {
         public fund: Asset = new Asset(),
         public tokencontract: Name = EMPTY_NAME,
         public worker_pay_rate: Asset = new Asset(),
-        public dispatcher_pay_rate: Asset = new Asset()
+        public dispatcher_pay_rate: Asset = new Asset(),
+        public funded: BinaryExtension<Asset> = new BinaryExtension<Asset>()
     ) { super() }
 
     @primary

@@ -91,10 +91,18 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
                 world.chain.put_protocol(desired)
                 status["registered_at"] = utcnow()
                 row = world.chain.protocol_row(spec.owner, spec.researcher) or desired
+            # a raised spec.fund.quantity commits the difference to `funded` (the total ever
+            # committed, on chain: a repeat after a crash compares again and adds nothing twice)
+            topup = world.chain.ensure_fund(spec.owner, spec.researcher, spec.fund.quantity)
+            if topup.action == "added":
+                status["registered_at"] = utcnow()
+                row = world.chain.protocol_row(spec.owner, spec.researcher) or row
         except ChainError as e:
             raise _chain_failure(e, f"registering {spec.owner}/{spec.researcher} on clusterreg", conditions) from e
-        conditions.append(condition("Registered", True, "OnChain",
-                                    f"clusterreg row {spec.owner}/{spec.researcher} matches the spec"))
+        registered = f"clusterreg row {spec.owner}/{spec.researcher} matches the spec"
+        if topup.action == "added":
+            registered += f"; added {topup.added} to its fund (committed {topup.funded} in all)"
+        conditions.append(condition("Registered", True, "OnChain", registered))
         try:
             shortfall, paid = settle(p, world)  # before reading the balance, so status shows it after payouts
         except ChainError as e:
@@ -110,7 +118,7 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
                         conditions=[*conditions, condition("Funded", None, "FundUnreadable", str(e))]) from e
         status["fund_balance"] = balance
         funded = _funded(balance, row.fund, spec.payout.minimum, spec.fund.account)
-        conditions.append(shortfall[0] if shortfall else funded)
+        conditions.append(_commitment(shortfall[0] if shortfall else funded, topup, spec.fund.quantity))
 
     if world.marathon is not None:
         app = dispatcher_app(p.name, world.settings.dispatcher_image,
@@ -133,6 +141,25 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
     active = any(j.spec.protocol == p.name and not (j.status and j.status.phase in ("Succeeded", "Failed"))
                  for j in world.store.list(Job))
     return Result(conditions=conditions, status=status, requeue_after=ACTIVE_RESYNC if active else RESYNC)
+
+
+def _commitment(funded, topup, wanted):
+    """Say on the Funded condition when the spec's fund cannot be followed on chain (not an error:
+    the protocol keeps paying from what the registry holds, and nothing is retried)."""
+    if topup.action == "reduction_ignored":
+        note = (f"spec.fund.quantity {wanted} is below the {topup.funded} already committed on clusterreg: "
+                f"ignored, a commitment is never taken back (contributors were promised the remaining {topup.fund}; "
+                "delete the protocol to end it)")
+        reason = "FundReductionIgnored"
+    elif topup.action == "unknown":
+        note = (f"the clusterreg row predates `funded` (the total committed), so a raised spec.fund.quantity is not "
+                f"added automatically; one clusterreg::addfund by the owner records it (remaining fund {topup.fund})")
+        reason = "FundedUnknown"
+    else:
+        return funded
+    if funded.status == "True":
+        return condition("Funded", True, reason, f"{note}; {funded.message}")
+    return condition("Funded", False if funded.status == "False" else None, funded.reason, f"{funded.message}; {note}")
 
 
 def _funded(balance, commitment, minimum, account: str):

@@ -37,7 +37,8 @@ def payment(time_us: int, rate: Asset) -> Asset:
 
 @dataclass(frozen=True)
 class ProtocolRow:
-    """A clusterreg `protocol` row. `fund` is the remaining budget (only set when created)."""
+    """A clusterreg `protocol` row. `fund` is the remaining budget; `funded` the total ever committed
+    (addprotocol's fund plus every addfund; None for a row written before the field existed)."""
 
     title: str
     owner: str
@@ -48,25 +49,45 @@ class ProtocolRow:
     tokencontract: str
     worker_pay_rate: Asset
     dispatcher_pay_rate: Asset
+    funded: Asset | None = None
 
     UPDATABLE = ("title", "datadir", "fundaccount", "tokencontract", "worker_pay_rate", "dispatcher_pay_rate")
 
     @classmethod
     def from_spec(cls, spec: Any) -> "ProtocolRow":
-        """From a model ProtocolSpec (title, owner, researcher, datadir, fund, pay_rates)."""
+        """From a model ProtocolSpec (title, owner, researcher, datadir, fund, pay_rates); the spec's
+        quantity is both the fund a new row starts with and the total commitment wanted (`funded`)."""
         return cls(
             title=spec.title, owner=spec.owner, researcher=spec.researcher, datadir=str(spec.datadir),
             fundaccount=spec.fund.account, fund=spec.fund.quantity, tokencontract=spec.fund.token_contract,
             worker_pay_rate=spec.pay_rates.worker, dispatcher_pay_rate=spec.pay_rates.dispatcher,
+            funded=spec.fund.quantity,
         )
 
     @classmethod
     def from_chain(cls, row: dict[str, Any]) -> "ProtocolRow":
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        # `funded` is a binary extension (`asset$`): absent from rows older than the field
+        return cls(**{f.name: row.get(f.name) if f.name == "funded" else row[f.name] for f in fields(cls)})
 
     def matches(self, other: "ProtocolRow") -> bool:
-        """Same registration (the remaining fund is not compared: payouts lower it)."""
+        """Same registration. Neither `fund` (payouts lower it) nor `funded` (only `addfund` raises
+        it: BoidChain.ensure_fund) is compared: updprotocol cannot change them."""
         return all(getattr(self, f) == getattr(other, f) for f in ("owner", "researcher", *self.UPDATABLE))
+
+
+@dataclass(frozen=True)
+class FundResult:
+    """What BoidChain.ensure_fund did.
+
+    action: 'added' (`added` was committed on top), 'unchanged' (funded == the wanted total),
+    'reduction_ignored' (the wanted total is below `funded`: a commitment is never taken back),
+    'unknown' (the row predates `funded`, so the operator cannot tell what was committed and adds
+    nothing; one `addfund` by hand makes it known). `funded`/`fund` are the row's values afterwards."""
+
+    action: str
+    added: Asset
+    funded: Asset | None
+    fund: Asset
 
 
 @dataclass(frozen=True)
@@ -155,6 +176,40 @@ class BoidChain:
         del data["fund"]
         await self.rpc.push_action(self.reg, "updprotocol", data, self._delegated(row.owner))
         return "updated"
+
+    async def add_fund(self, owner: str, researcher: str, quantity: Asset) -> None:
+        """`clusterreg::addfund`: fund and funded both grow by `quantity` (NOT idempotent: use ensure_fund)."""
+        data = {"owner": owner, "researcher": researcher, "quantity": quantity}
+        await self.rpc.push_action(self.reg, "addfund", data, self._delegated(owner))
+
+    async def ensure_fund(self, owner: str, researcher: str, total: Asset) -> FundResult:
+        """Make the registry's total commitment (`funded`) at least `total` by adding the difference.
+
+        Safe to repeat (after a crash, a timeout, a second reconcile): the difference is computed
+        from `funded` on chain each time, and `funded` moves in the same transaction as the fund,
+        so a top-up that landed is seen and never added twice. A lower `total` is ignored: lowering
+        the remaining fund would take back what contributors were promised (there is no action for it).
+        """
+        have = await self.protocol_row(owner, researcher)
+        if have is None:
+            raise ChainAssertion("unknown protocol", action=f"{self.reg}::addfund")
+        if have.funded is None:
+            return FundResult("unknown", Asset(0, have.fund.symbol), None, have.fund)
+        if total.symbol != have.funded.symbol:
+            raise ChainAssertion("quantity symbol must match the fund symbol", action=f"{self.reg}::addfund")
+        if total.amount <= have.funded.amount:
+            action_ = "unchanged" if total.amount == have.funded.amount else "reduction_ignored"
+            return FundResult(action_, Asset(0, total.symbol), have.funded, have.fund)
+        add = total - have.funded
+        try:
+            await self.add_fund(owner, researcher, add)
+        except ChainError:
+            # the answer may have been lost after the top-up landed: the row tells
+            after = await self.protocol_row(owner, researcher)
+            if after is None or after.funded is None or after.funded.amount < total.amount:
+                raise
+        after = await self.protocol_row(owner, researcher) or have
+        return FundResult("added", add, after.funded, after.fund)
 
     async def delete_protocol(self, owner: str, researcher: str) -> bool:
         """Remove the registration; False when it was already gone."""
@@ -328,6 +383,6 @@ def _walk_traces(traces: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
 
 
 __all__ = [
-    "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult", "ProtocolRow", "RecordResult", "UnitTime",
-    "payment", "unit_id",
+    "BoidChain", "ChainAuth", "ContributorRow", "FundResult", "PayoutResult", "ProtocolRow", "RecordResult",
+    "UnitTime", "payment", "unit_id",
 ]

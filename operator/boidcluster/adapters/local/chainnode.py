@@ -42,7 +42,7 @@ TOKEN_SYMBOL = "4,BOID"
 MAX_SUPPLY = "1000000000.0000 BOID"
 
 OPERATOR_ACTIONS = ("regworker", "delworker", "regdisptch", "deldisptch", "newjob", "removejob", "updatedptch")
-OWNER_ACTIONS = ("addprotocol", "updprotocol", "delprotocol")
+OWNER_ACTIONS = ("addprotocol", "updprotocol", "addfund", "delprotocol")
 
 
 @dataclass(frozen=True)
