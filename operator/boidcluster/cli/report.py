@@ -106,8 +106,9 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
         click.echo("registry: no clusterreg row (protocol not registered)")
         problems.append("the protocol has no registry row on chain")
     else:
-        spent = spec.fund.quantity - reg.fund
-        click.echo(f"fund: {spec.fund.quantity} committed, {reg.fund} left in the registry: {spent} paid out; "
+        committed = reg.funded if reg.funded is not None else spec.fund.quantity  # total ever put in
+        spent = committed - reg.fund
+        click.echo(f"fund: {committed} committed, {reg.fund} left in the registry: {spent} paid out; "
                    f"payouts the operator made: {paid}")
         if spent != paid:
             problems.append(f"the registry fund went down by {spent} but the operator recorded payouts of {paid}")
