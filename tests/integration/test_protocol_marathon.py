@@ -39,6 +39,7 @@ def test_dispatcher_app_follows_the_protocol(zk_hosts, marathon, tmp_path):
     store = Store(zk_hosts)
     client = MarathonClient(marathon.url)
     world = World(store=store, storage=Storage(f"file://{tmp_path}"), marathon=client)
+    world.settings.dispatcher_env = {"BOID_ZK": zk_hosts, "BOID_MESOS_MASTER": "zk://zk.example:2181/mesos"}
     op = Operator(store, world, registry, workers=2).start()
     try:
         store.create(protocol("researcher1"))
@@ -47,6 +48,7 @@ def test_dispatcher_app_follows_the_protocol(zk_hosts, marathon, tmp_path):
         app = client.get_app(APP)
         assert app["labels"]["boid.protocol"] == "survey" and app["env"]["BOID_RESEARCHER"] == "researcher1"
         assert app["args"][:2] == ["dispatcher", "run"]
+        assert app["env"]["BOID_ZK"] == zk_hosts and app["env"]["BOID_PROTOCOL"] == "survey"  # what it runs with
 
         p.spec.researcher = "researcher2"
         store.update(p)

@@ -42,7 +42,9 @@ def load_keys(keys_file: str | None) -> KeyRing:
 
 
 def build_world(opts: OperatorOptions, store: Store) -> World:
-    world = World(store=store, settings=Settings())
+    env = {"BOID_ZK": opts.zk, "BOID_STORAGE": opts.storage, "BOID_CHAIN_URL": opts.chain_url,
+           "BOID_MESOS_MASTER": opts.mesos_master, "BOID_DISPATCHER_ACCOUNT": opts.dispatcher_account}
+    world = World(store=store, settings=Settings(dispatcher_env={k: v for k, v in env.items() if v}))
     closers: list[Any] = []
     if opts.storage:
         world.storage = Storage(opts.storage)

@@ -17,8 +17,10 @@ from boidcluster.adapters.store import Store
 
 @dataclass
 class Settings:
-    operator_account: str = "boidoperator"      # the account the operator signs clusterjobs actions as
     dispatcher_image: str = "boidcluster/operator:0.1.0"
+    # what every protocol's dispatcher app is told about the cluster (endpoints, never secrets:
+    # the chain key reaches the app as a Marathon secret/volume, see manifests/deploy/README.md)
+    dispatcher_env: dict[str, str] = field(default_factory=dict)
     payout_enabled: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -122,7 +122,8 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
 
     if world.marathon is not None:
         app = dispatcher_app(p.name, world.settings.dispatcher_image,
-                             env={"BOID_RESEARCHER": spec.researcher, "BOID_OWNER": spec.owner},
+                             env={**world.settings.dispatcher_env,
+                                  "BOID_RESEARCHER": spec.researcher, "BOID_OWNER": spec.owner},
                              labels={"boid.researcher": spec.researcher})
         try:
             res = world.marathon.ensure_app(app)
