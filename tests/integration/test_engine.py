@@ -241,3 +241,20 @@ def test_a_process_reconciles_only_the_objects_it_owns(store, operators):
     assert CLEANUP_FINALIZER not in store.get(Widget, "b1").metadata.finalizers
     with pytest.raises(ValueError, match="no reconciler registered for Gadget"):
         reg.subset([Gadget])
+
+
+def test_a_dead_watch_is_re_established(store, operators):
+    reg = Registry()
+
+    @reg.reconciler(Widget)
+    def reconcile(w, world):
+        return Result(status={"phase": f"size-{w.spec.size}"})
+
+    op = operators(reg)
+    store.create(widget("w1"))
+    eventually(lambda: store.get(Widget, "w1").status is not None)
+    op.controller._watch.stop()  # the watch dies (as if its worker thread crashed)
+    w = store.get(Widget, "w1")
+    w.spec.size = 5
+    store.update(w)  # not seen by the dead watch ...
+    eventually(lambda: store.get(Widget, "w1").status.phase == "size-5", timeout=10)  # ... but by its successor

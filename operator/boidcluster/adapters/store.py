@@ -914,6 +914,11 @@ class Watch:
         self._thread.start()
 
     # -- consumer side ----------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """False once stopped or if its worker thread died: the consumer should watch again."""
+        return not self._stopped.is_set() and self._thread.is_alive()
+
     def get(self, timeout: float | None = None) -> WatchEvent | None:
         """The next event, or None on timeout or once stopped."""
         if self._stopped.is_set() and self.events.empty():

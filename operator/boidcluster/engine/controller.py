@@ -97,6 +97,9 @@ class Controller:
                 while not self._stop.is_set():
                     ev = self._watch.get(timeout=1.0)
                     if ev is None:
+                        if not self._watch.alive:
+                            log.warning("the watch stopped: re-establishing it")
+                            break
                         if time.monotonic() - self._last_event > self.stall_after and not self._alive():
                             log.warning("watch went quiet and its connection is not healthy: re-establishing")
                             break
