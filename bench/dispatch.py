@@ -71,12 +71,68 @@ def dispatched(n: int, slots: int, poll: float, replicas: int, root: Path, hosts
         store.close()
 
 
+def on_chain(units: int, state: Path) -> None:
+    """Record `units` completions through the ledger exactly as the Job reconciler does (batches of
+    LEDGER_BATCH credits per call), on a local chain node; print time and transactions used, and
+    the same figure for one transaction per unit (measured on a sample) as the baseline."""
+    import asyncio
+    import secrets
+    from types import SimpleNamespace
+
+    from boidcluster.adapters.chain.blocking import BlockingChain
+    from boidcluster.adapters.chain.rpc import action
+    from boidcluster.adapters.local.chainnode import LocalChain
+    from boidcluster.reconcilers.jobs.reconciler import LEDGER_BATCH
+    from boidcluster.reconcilers.ledger import ChainLedger
+
+    chain = LocalChain(state / "chain")
+    chain.start()
+    try:
+        chain.bootstrap()
+        a = chain.accounts
+        researcher = "r" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz12345") for _ in range(11))
+        demo = chain.demo_public_key()
+        auth = {"threshold": 1, "keys": [{"key": demo, "weight": 1}], "accounts": [], "waits": []}
+
+        async def setup() -> None:
+            async with chain.client() as rpc:
+                await rpc.push_transaction([action("eosio", "newaccount", {"creator": "eosio", "name": researcher,
+                                                                          "owner": auth, "active": auth}, "eosio@active")])
+        asyncio.run(setup())
+        bc = BlockingChain.open(chain.url, chain.operator_keys())
+        workers = list(a.workers)
+        for w in workers:
+            bc.register_worker(w, researcher)
+        ledger = ChainLedger(bc)
+        protocol = SimpleNamespace(spec=SimpleNamespace(researcher=researcher))
+
+        def run(n: int, per_call: int, uid: str) -> tuple[float, int]:
+            credits = [(f"u{i}", workers[i % len(workers)], 1_000_000 + i) for i in range(n)]
+            t0, trx = time.perf_counter(), 0
+            for i in range(0, n, per_call):
+                trx += ledger.record_units(protocol, SimpleNamespace(metadata=SimpleNamespace(uid=uid)),
+                                           credits[i:i + per_call]).transactions
+            return time.perf_counter() - t0, trx
+
+        sample = min(500, units)
+        t_one, trx_one = run(sample, 1, "bench-single")
+        t_batch, trx_batch = run(units, LEDGER_BATCH, "bench-batched")
+        bc.close()
+    finally:
+        chain.stop()
+    print(f"on chain: {units} completions in {t_batch:.2f}s using {trx_batch} transactions "
+          f"({units / t_batch:.0f} units/s, {units / max(trx_batch, 1):.0f} units per transaction)")
+    print(f"baseline, one transaction per unit ({sample} units): {sample / t_one:.0f} units/s, {trx_one} transactions")
+    print(f"ratio batched/unbatched throughput: {(units / t_batch) / (sample / t_one):.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=400, help="units")
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--poll", type=float, default=0.02, help="Dispatcher poll (requeue_after) seconds")
     ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--chain-units", type=int, default=10_000, help="completions recorded on chain (0: skip)")
     args = ap.parse_args()
     with LocalZooKeeper(fsync=False, die_with_parent=True) as zk, tempfile.TemporaryDirectory() as tmp:
         t_bare = bare(args.n * args.replicas, args.slots)
@@ -87,6 +143,8 @@ def main() -> None:
         print(f"dispatched end to end    : {tasks / t_job:8.1f} tasks/s ({t_job:.2f}s, "
               f"{args.n / t_job:.1f} units/s, job create -> Succeeded)")
         print(f"ratio dispatched/bare    : {t_bare / t_job:8.3f}")
+        if args.chain_units:
+            on_chain(args.chain_units, Path(tmp))
 
 
 if __name__ == "__main__":

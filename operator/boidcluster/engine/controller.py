@@ -97,6 +97,8 @@ class Controller:
                 while not self._stop.is_set():
                     ev = self._watch.get(timeout=1.0)
                     if ev is None:
+                        if self._stop.is_set():
+                            break
                         if not self._watch.alive:
                             log.warning("the watch stopped: re-establishing it")
                             break
