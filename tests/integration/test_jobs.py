@@ -20,8 +20,8 @@ Each fault has its equivalent on both backends (`Cluster` hides which):
 - unitTimeout and the deadline: the backend kills (local: signal; mesos: KILL).
 Not mapped: fairness between protocols relies on the local backend's `capacity()` (on Mesos it is
 the allocator's DRF, which the double does not implement), so only its quota half runs on mesos.
-Mesos only: a task that ran across a dispatcher failover is credited the time it ran (strict
-xfail: a known bug, see the test's reason; on local such tasks die and are re-run).
+Mesos only: a task that ran across a dispatcher failover is credited the time it ran, from the
+start the crashed process persisted in ZooKeeper (on local such tasks die and are re-run).
 Every mesos test ends by asserting the double recorded no validation or event errors.
 
 `CountingLedger` is a small test collaborator for the ledger hook: idempotent per (unit,
@@ -440,22 +440,28 @@ def test_operator_killed_mid_job_completes_and_records_each_unit_once(env):
             assert r["state"] == "LOST", (tid, r)
 
 
-@pytest.mark.parametrize("backend_kind", [pytest.param("mesos", marks=pytest.mark.xfail(strict=True, reason=(
-    "known bug: after a dispatcher failover the MesosBackend does not know when a reconciled task "
-    "started (the RUNNING update was acknowledged by the crashed process; TaskStatus carries only "
-    "its own timestamp), so a task that finished during the outage is credited ~0 us")))])
+@pytest.mark.parametrize("backend_kind", ["mesos"])
 def test_failover_credits_the_time_tasks_ran_before_it(env):
-    # mesos only: on local, tasks in flight die with the operator and are simply run again
+    # mesos only: on local, tasks in flight die with the operator and are simply run again. The
+    # crashed process acknowledged the tasks' RUNNING updates; the new one learns when they started
+    # from the start znodes the first one wrote (<framework_id_path>/tasks/<task id>).
     first = env.start()
+    t0 = time.time()
     env.store.create(job("credit", ["sleep", "1"], {"count": 2}, output={"reduce": "none"}))
     eventually(lambda: len(first.running()) == 2)
     first.crash()
     time.sleep(0.3)   # down for a while: the tasks keep running on their agents
-    env.start()
+    second = env.start()
     env.wait("credit")
+    elapsed_us = (time.time() - t0) * 1e6
     recs = env.records("credit")
     credited = [c["us"] for a in recs.accepted.values() for c in a["credited"]]
-    assert len(credited) == 2 and all(us >= 900_000 for us in credited), credited
+    # at least 80% of the command's sleep, and never more than the wall time since submission
+    # (the persisted start is read, not added to anything)
+    assert len(credited) == 2 and all(800_000 <= us <= elapsed_us for us in credited), (credited, elapsed_us)
+    assert second.backend.framework_id == first.backend.framework_id
+    zk = env.store.client   # each start znode was deleted once its terminal update was reported
+    eventually(lambda: zk.get_children(FRAMEWORK_ID_PATH + "/tasks") == [], timeout=5)
 
 
 def test_deadline_fails_the_job_naming_the_units_left_and_frees_slots(env):

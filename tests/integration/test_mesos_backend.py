@@ -399,6 +399,106 @@ def test_failover_keeps_framework_id_in_zookeeper_and_reconciles(
         zk.close()
 
 
+def test_failover_credits_a_task_from_its_persisted_start(
+        master: MesosMasterDouble, zk_hosts: str, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.task_seconds = None
+    c.add_agent("alice", cpus=8)
+    path = "/boid/v1/mesos/proto-a/framework-id"
+    zk = KazooClient(hosts=zk_hosts)
+    zk.start(timeout=10)
+    try:
+        first = backends(master.url, zk=zk, framework_id_path=path)
+        col = Collector(first)
+        first.submit(spec("t1"))
+        running = col.wait_state("t1", "RUNNING")
+        assert running.started_at is not None
+        wait_for(lambda: not c.tasks["t1"].pending, what="acknowledgements")
+        # one znode per started task, beside the framework id, holding the start as reported
+        assert zk.get_children(path + "/tasks") == ["t1"]
+        assert float(zk.get(path + "/tasks/t1")[0].decode()) == running.started_at
+        first.close(kill_running=False)      # the dispatcher "crashes"; t1 keeps running
+        time.sleep(0.3)
+        c.finish_task("t1")                  # finishes while nobody is subscribed
+        finished_at = c.tasks["t1"].pending[0]["timestamp"]
+
+        second = backends(master.url, zk=zk, framework_id_path=path)
+        col2 = Collector(second)
+        second.reconcile(["t1"])
+        done = col2.wait_state("t1", "FINISHED")
+        # credited from the real start: read, not added (not since reconciliation, not ~0)
+        assert done.started_at == running.started_at and done.finished_at == finished_at
+        assert done.contributed_us == round((finished_at - running.started_at) * 1e6) >= 300_000
+        assert [u.state for u in col2.seen] == ["FINISHED"]
+        # deleted once the terminal update was handed out
+        wait_for(lambda: zk.get_children(path + "/tasks") == [], what="start znode deleted")
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def test_start_is_durable_before_its_update_is_acknowledged(
+        master: MesosMasterDouble, zk_hosts: str, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.add_agent("alice")
+    zk = KazooClient(hosts=zk_hosts)
+    zk.start(timeout=10)
+    creates: list[str] = []
+    real_create_async = zk.create_async
+
+    def flaky_create_async(p: str, *a: object, **kw: object):  # type: ignore[no-untyped-def]
+        if "/tasks/" in p:
+            creates.append(p)
+            if len(creates) == 1:                # ZooKeeper unreachable for the first start
+                from kazoo.exceptions import ConnectionLoss
+                raise ConnectionLoss()
+            assert ("t1", "TASK_STARTING") not in c.acks   # not acknowledged before it is durable
+        return real_create_async(p, *a, **kw)
+
+    zk.create_async = flaky_create_async  # type: ignore[method-assign]
+    try:
+        b = backends(master.url, zk=zk, framework_id_path="/fw")
+        col = Collector(b)
+        b.submit(spec("t1"))
+        col.wait_state("t1", "RUNNING")
+        time.sleep(0.2)
+        assert ("t1", "TASK_STARTING") not in c.acks   # the update waits: the agent re-sends it
+        done = col.wait_state("t1", "FINISHED", timeout=5)
+        assert len(creates) == 2 and done.started_at is not None
+        wait_for(lambda: len(c.acks) == 3, what="3 acks")
+        assert [s for t, s in c.acks if t == "t1"] == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+        assert [u.state for u in col.seen] == ["STAGING", "RUNNING", "FINISHED"]   # reported once each
+        wait_for(lambda: zk.get_children("/fw/tasks") == [], what="start znode deleted")
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def test_star_framework_runs_every_protocols_tasks_under_star(master: MesosMasterDouble,
+                                                              backends: Callable[..., MesosBackend]) -> None:
+    # `operator run --backend mesos` without --mesos-role: one framework in "*" for all protocols;
+    # the Job reconciler still sets TaskSpec.role to the protocol's name.
+    c = master.cluster
+    c.add_agent("alice", cpus=4)
+    b = backends(master.url, roles=("*",))
+    col = Collector(b)
+    b.submit(spec("mc-task", role="mc"))
+    b.submit(spec("other-task", role="other"))
+    b.submit(spec("no-role", role=None))
+    col.wait(lambda s: sum(u.state == "FINISHED" for u in s) == 3)
+    assert not [u for u in col.seen if u.state == "FAILED"]
+    assert c.calls_of("SUBSCRIBE")[0]["subscribe"]["framework_info"]["roles"] == ["*"]
+    infos = launched_infos(c)
+    assert set(infos) == {"mc-task", "other-task", "no-role"}
+    for info in infos.values():
+        assert {r["allocation_info"]["role"] for r in info["resources"]} == {"*"}
+    # a framework with explicit roles keeps them strict
+    strict = backends(master.url, roles=("mc",))
+    col2 = Collector(strict)
+    strict.submit(spec("x", role="other"))
+    assert "not one of this framework's roles" in col2.wait_state("x", "FAILED").message
+
+
 def test_timeout_kills_the_task(master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
     c = master.cluster
     c.task_seconds = None

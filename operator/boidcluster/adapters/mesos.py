@@ -2,7 +2,11 @@
 
 Volunteers' machines are Mesos agents; an agent's attribute `boid_account` names the contributor
 credited for the work it runs, so agents without it are declined. One framework per protocol
-dispatcher, one Mesos role per protocol (fair share and quota per protocol).
+dispatcher (`boidctl dispatcher run`), one Mesos role per protocol (fair share and quota per
+protocol): such a backend's roles are explicit and a task whose `TaskSpec.role` is not one of them
+fails at submit. A backend whose roles are exactly ("*",) (the default; `boidctl operator run
+--backend mesos` without `--mesos-role`) is a single framework for every protocol: it has no
+per-protocol fair share to keep, so it runs every task under "*" whatever `TaskSpec.role` says.
 
 Why an own small client: `pymesos` 0.3.15 does not install on Python 3.11 (its dependency
 `http-parser` 0.9.0 fails to compile: `longintrepr.h: No such file or directory`, checked with
@@ -17,6 +21,16 @@ How it is shaped (docs/scheduler-http-api.md, docs/reconciliation.md):
   with the same FrameworkID (exponential backoff up to 15 s). The FrameworkID is kept in
   ZooKeeper (`framework_id_path`) so a restarted dispatcher fails over into the same framework
   (tasks survive for `failover_timeout`) and reconciles its tasks.
+* A task's start (the timestamp of its first TASK_STARTING/RUNNING update) is kept in ZooKeeper
+  too, at `<framework_id_path>/tasks/<task id>`, because after a failover nothing else says when
+  a task started: the crashed process acknowledged that update, and a reconciliation answer
+  carries only its own timestamp. One small create per task, sent asynchronously, and that
+  update is acknowledged only once the create succeeded (a failed create is not acknowledged, so
+  the agent re-sends the update and the create is retried); one delete once the task's terminal
+  update has been handed out by `updates()`. `reconcile()` reads the start of a task it does not
+  know, so a task that ran across the failover is credited from its real start (read, never
+  added: a task's credit is still finished_at - started_at). Without `framework_id_path` nothing
+  is written and a reconciled task counts from the first update this process sees.
 * Offers are matched in the stream thread: role, resources (cpus/mem/disk/gpus), Marathon-style
   constraints on the hostname and agent attributes (LIKE, UNLIKE, CLUSTER, IS, UNIQUE, MAX_PER;
   GROUP_BY is accepted as a soft spread and not enforced), `exclude_contributors`, and distinct
@@ -47,11 +61,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError, NodeExistsError
+from kazoo.exceptions import KazooException, NoNodeError, NodeExistsError
+from kazoo.handlers.threading import KazooTimeoutError
 
 from boidcluster.adapters.backend import TERMINAL, TaskSpec, TaskUpdate
 
@@ -67,6 +82,7 @@ _STATE_MAP = {
     "TASK_GONE": "LOST", "TASK_GONE_BY_OPERATOR": "LOST", "TASK_DROPPED": "LOST", "TASK_UNKNOWN": "LOST",
 }
 _EXIT = re.compile(r"exited with status (\d+)")
+_ZK_ERRORS = (KazooException, KazooTimeoutError, OSError, ValueError)   # a start znode's I/O
 
 
 class MesosError(RuntimeError):
@@ -231,6 +247,9 @@ class _Task:
     kill_sent_at: float = 0.0
     last_update: float = 0.0           # monotonic arrival of the latest update
     report: bool = False               # reconcile() asked: report the next update even if unchanged
+    start_saved: bool | None = None    # start znode: None none (or its create failed), False create in flight, True there
+    start_dropped: bool = False        # its delete was sent
+    held_acks: list[dict] = field(default_factory=list)   # ACKNOWLEDGEs waiting for the start znode
 
 
 class MesosBackend:
@@ -268,6 +287,8 @@ class MesosBackend:
             raise ValueError("container must be MESOS (UCR with a Docker image) or DOCKER")
         self.container = container
         self.framework_id_path = framework_id_path
+        self._request_timeout = request_timeout
+        self._tasks_parent = False   # <framework_id_path>/tasks exists
 
         self._master = master
         self._zk_master: KazooClient | None = None
@@ -353,7 +374,8 @@ class MesosBackend:
 
     # -- Backend interface ------------------------------------------------------------------
     def submit(self, task: TaskSpec) -> None:
-        role = task.role or self.roles[0]
+        # A framework of roles ("*",) serves every protocol: no per-protocol role to honour.
+        role = "*" if self.roles == ["*"] else (task.role or self.roles[0])
         error = check_constraints(task.constraints)
         if role not in self._queued:
             error = f"role {role!r} is not one of this framework's roles {self.roles}"
@@ -382,6 +404,11 @@ class MesosBackend:
                     break
                 self._cond.wait(left)
             out, self._updates = self._updates, []
+            for u in out:
+                if u.state in TERMINAL:
+                    t = self._tasks.get(u.task_id)
+                    if t is not None:
+                        self._drop_start(t)
             return out
 
     def kill(self, task_id: str) -> None:
@@ -399,10 +426,15 @@ class MesosBackend:
 
     def reconcile(self, task_ids: list[str]) -> None:
         with self._lock:
+            unknown = [tid for tid in task_ids if tid not in self._tasks]
+        starts = self._load_starts(unknown)
+        with self._lock:
             for tid in task_ids:
                 t = self._tasks.get(tid)
                 if t is None:
                     t = _Task(tid, None, self.roles[0], state="UNKNOWN")
+                    if tid in starts:   # it ran before a failover: its start, as persisted
+                        t.started_at, t.start_saved = starts[tid], True
                     self._tasks[tid] = t
                 if t.state in TERMINAL:
                     self._emit(t, t.state, message="reconciled (already terminal)")
@@ -449,7 +481,7 @@ class MesosBackend:
         if remove and self.framework_id_path and self._zk is not None:
             for path in (self.framework_id_path, self.framework_id_path + "-agents"):
                 try:
-                    self._zk.delete(path)
+                    self._zk.delete(path, recursive=True)   # with the tasks' start znodes
                 except NoNodeError:
                     pass
         self._stop.set()
@@ -511,6 +543,95 @@ class MesosBackend:
             self._zk.create(self.framework_id_path, fid.encode(), makepath=True)
         except NodeExistsError:
             self._zk.set(self.framework_id_path, fid.encode())
+
+    # -- tasks' starts in ZooKeeper (see the module docstring) ---------------------------------
+    def _start_path(self, task_id: str) -> str | None:
+        if not self.framework_id_path or self._zk is None:
+            return None
+        return f"{self.framework_id_path}/tasks/{quote(task_id, safe='')}"
+
+    def _save_start(self, t: _Task) -> None:
+        """Send the create of the task's start znode (lock held); acknowledgements of its updates
+        wait for it (`held_acks`)."""
+        path = self._start_path(t.id)
+        if path is None or t.started_at is None or t.start_dropped:
+            return
+        assert self._zk is not None
+        t.start_saved = False
+        try:
+            if not self._tasks_parent:
+                self._zk.ensure_path(f"{self.framework_id_path}/tasks")
+                self._tasks_parent = True
+            result = self._zk.create_async(path, repr(t.started_at).encode())
+        except _ZK_ERRORS as exc:   # ZooKeeper unreachable: not acknowledged, the agent re-sends
+            log.warning("mesos: saving the start of %s: %r", t.id, exc)
+            t.start_saved = None
+            t.held_acks.clear()
+            return
+        result.rawlink(lambda r, t=t: self._start_save_done(t, r))
+
+    def _start_save_done(self, t: _Task, result: Any) -> None:
+        """The create answered (kazoo's callback thread): release or drop the held ACKNOWLEDGEs."""
+        try:
+            result.get_nowait()
+            ok = True
+        except NodeExistsError:    # saved by a process before this one
+            ok = True
+        except _ZK_ERRORS as exc:
+            log.warning("mesos: saving the start of %s: %r (the agent will re-send the update)", t.id, exc)
+            ok = False
+        with self._lock:
+            acks, t.held_acks = t.held_acks, []
+            t.start_saved = True if ok else None
+        if ok:
+            for ack in acks:
+                self._acks.put(ack)
+
+    def _drop_start(self, t: _Task) -> None:
+        """The task's terminal update was reported: delete its start znode (lock held). Sent after
+        its create on the same session, so ZooKeeper applies them in that order."""
+        if t.start_saved is None or t.start_dropped:
+            return
+        path = self._start_path(t.id)
+        if path is None:
+            return
+        assert self._zk is not None
+        t.start_dropped = True
+        try:
+            self._zk.delete_async(path).rawlink(lambda r, tid=t.id: self._start_drop_done(tid, r))
+        except _ZK_ERRORS as exc:
+            log.warning("mesos: deleting the start of %s: %r", t.id, exc)
+
+    @staticmethod
+    def _start_drop_done(task_id: str, result: Any) -> None:
+        try:
+            result.get_nowait()
+        except NoNodeError:
+            pass
+        except _ZK_ERRORS as exc:
+            log.warning("mesos: deleting the start of %s: %r", task_id, exc)
+
+    def _load_starts(self, task_ids: list[str]) -> dict[str, float]:
+        """Persisted starts of these tasks (reads sent at once, then collected)."""
+        if not task_ids or self._start_path("") is None:
+            return {}
+        assert self._zk is not None
+        pending = {}
+        for tid in task_ids:
+            try:
+                pending[tid] = self._zk.get_async(self._start_path(tid))
+            except _ZK_ERRORS as exc:
+                log.warning("mesos: reading the start of %s: %r", tid, exc)
+        starts: dict[str, float] = {}
+        for tid, res in pending.items():
+            try:
+                data, _ = res.get(timeout=self._request_timeout)
+                starts[tid] = float(data.decode())
+            except NoNodeError:
+                pass
+            except _ZK_ERRORS as exc:
+                log.warning("mesos: reading the start of %s: %r", tid, exc)
+        return starts
 
     # -- master detection -------------------------------------------------------------------
     def _detect(self) -> str:
@@ -677,11 +798,23 @@ class MesosBackend:
             self._on_offers([Offer.from_json(o) for o in ev["offers"].get("offers", [])])
         elif kind == "UPDATE":
             status = ev["update"]["status"]
+            ack = None
+            if status.get("uuid") and status.get("agent_id"):
+                ack = {"type": "ACKNOWLEDGE", "acknowledge": {
+                    "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}}
             with self._lock:
                 self._on_status(status)
-            if status.get("uuid") and status.get("agent_id"):
-                self._acks.put({"type": "ACKNOWLEDGE", "acknowledge": {
-                    "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}})
+                t = self._tasks.get(status["task_id"]["value"])
+                if ack is not None and t is not None and t.state not in TERMINAL \
+                        and t.started_at is not None and self._start_path(t.id) is not None \
+                        and not t.start_dropped:
+                    if t.start_saved is False:    # acknowledged once its start is durable
+                        t.held_acks.append(ack)
+                        ack = None
+                    elif t.start_saved is None:   # not durable: unacknowledged, the agent re-sends
+                        ack = None
+            if ack is not None:
+                self._acks.put(ack)
         elif kind == "FAILURE":
             fail = ev["failure"]
             if "agent_id" in fail and "executor_id" not in fail:
@@ -733,6 +866,8 @@ class MesosBackend:
         message = st.get("message", "")
         if state == "RUNNING" and t.started_at is None:
             t.started_at = ts
+        if state == "RUNNING" and t.start_saved is None:   # first start, or a failed save retried
+            self._save_start(t)
         if state in TERMINAL:
             if t.started_at is None and state == "FINISHED":
                 t.started_at = ts

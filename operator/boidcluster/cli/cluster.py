@@ -66,7 +66,12 @@ def operator_group() -> None:
 @click.option("--backend", type=click.Choice(["local", "mesos", "none"]), default="local", show_default=True)
 @click.option("--slot", "slots", multiple=True, metavar="ACCOUNT", help="Local backend: a worker slot credited to ACCOUNT; repeatable.")
 @click.option("--mesos-master", metavar="URL", help="Mesos backend: http://master:5050 or zk://host:2181/mesos.")
-@click.option("--mesos-role", "mesos_roles", multiple=True, help="Mesos roles (one per protocol); repeatable.")
+@click.option("--mesos-role", "mesos_roles", multiple=True,
+              help="Mesos roles of the operator's framework; repeatable. Default: '*', which runs every "
+                   "protocol's tasks under '*' (one framework, no per-protocol fair share). Listing roles "
+                   "makes the framework run each task under its protocol's role, and a protocol not listed "
+                   "fails at submit; for one role (fair share, quota) per protocol run `boidctl dispatcher "
+                   "run` per protocol with `--backend none` here.")
 @click.option("--dispatcher-account", metavar="ACCOUNT", help="EOS account credited for dispatching jobs.")
 @click.option("--workers", default=4, show_default=True, help="Objects reconciled concurrently.")
 @click.option("--health-port", type=int, default=None, help="Serve /healthz, /readyz, /metrics on PORT.")
