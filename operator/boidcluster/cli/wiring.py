@@ -29,6 +29,7 @@ class OperatorOptions:
     slots: list[str] = field(default_factory=list)   # local backend: one contributor identity per slot
     mesos_master: str | None = None     # http://master:5050 or zk://host:2181/mesos
     mesos_roles: list[str] = field(default_factory=lambda: ["*"])
+    mesos_state: str = "/boid/v1/mesos"  # ZooKeeper path of the framework id, agent map, task starts
     dispatcher_account: str | None = None  # credited (updatedptch) for running jobs
     workers: int = 4
 
@@ -65,7 +66,9 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
         from boidcluster.adapters.mesos import MesosBackend
 
         world.backend = MesosBackend(opts.mesos_master, roles=tuple(opts.mesos_roles), zk=store.client,
-                                     framework_id_path="/boid/v1/mesos/framework")
+                                     framework_id_path=f"{opts.mesos_state}/framework",
+                                     framework_name="boid-" + ("-".join(opts.mesos_roles)
+                                                               if opts.mesos_roles != ["*"] else "operator"))
         closers.append(world.backend)
     if world.chain is not None:
         from boidcluster.reconcilers.ledger import ChainLedger
