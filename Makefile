@@ -34,7 +34,7 @@ DEMO_HOME := $(CURDIR)/.state/demo
 demo: setup
 	BOID_HOME=$(DEMO_HOME) $(BIN)/boidctl down >/dev/null 2>&1 || true
 	rm -rf $(DEMO_HOME)
-	BOID_HOME=$(DEMO_HOME) $(BIN)/boidctl up; rc=$$?; BOID_HOME=$(DEMO_HOME) $(BIN)/boidctl down; exit $$rc
+	BOID_HOME=$(DEMO_HOME) $(BIN)/boidctl up --stop || { BOID_HOME=$(DEMO_HOME) $(BIN)/boidctl down; exit 1; }
 
 down:
 	BOID_HOME=$(DEMO_HOME) $(BIN)/boidctl down

@@ -17,7 +17,7 @@ from boidcluster.model.loader import load_paths
 from boidcluster.model.resources import Job, Protocol
 
 from . import printers
-from .cluster import ensure_cluster
+from .cluster import ensure_cluster, stop_cluster
 from .context import Ctx, Failure, friendly
 
 TERMINAL = {"Succeeded", "Failed"}
@@ -28,9 +28,10 @@ TERMINAL = {"Succeeded", "Failed"}
               metavar="FILE|DIR", help="Specs to apply once the cluster runs.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the jobs to the end.")
 @click.option("--timeout", default=900.0, show_default=True, metavar="SECONDS", help="Give up following after this long.")
+@click.option("--stop", is_flag=True, help="Stop the cluster after the summary (its data stays).")
 @click.pass_obj
 @friendly
-def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float) -> None:
+def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool) -> None:
     """Start the embedded cluster (ZooKeeper, chain node, operator, local workers) and run the demo."""
     missing = [f for f in files if f != "-" and not Path(f).exists()]
     if missing:
@@ -51,12 +52,16 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float) -> None:
         wait_for_payouts(store, final)
         click.echo("")
         click.echo(summary(store, final, info))
-        click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`; "
-                   "stop it with `boidctl down`")
+        if not stop:
+            click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`; "
+                       "stop it with `boidctl down`")
         if any(j.status is None or j.status.phase != "Succeeded" for j in final):
             raise SystemExit(1)
     finally:
         store.close()
+        if stop:
+            stop_cluster()
+            click.echo(f"\nstopped the embedded cluster (its data stays in {info['state']})")
 
 
 def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
