@@ -213,6 +213,7 @@ def test_health_and_metrics_endpoints(store, operators):
     eventually(lambda: store.get(Widget, "w1").status is not None)
     base = f"http://127.0.0.1:{op.health.port}"
     assert urllib.request.urlopen(base + "/healthz").read() == b"ok\n"
+    assert urllib.request.urlopen(base + "/readyz").read() == b"ready\n"
     metrics = urllib.request.urlopen(base + "/metrics").read().decode()
     assert 'boid_reconciles_total{kind="Widget",result="ok"}' in metrics
     assert "boid_leader 1.0" in metrics

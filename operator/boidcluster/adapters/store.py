@@ -33,7 +33,7 @@ import queue
 import re
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -681,23 +681,14 @@ class Store:
         """Delete: with finalizers, set deletionTimestamp (once) and return the kept object;
         without, remove object and status atomically and return None. NotFound if absent."""
 
-        for _ in range(20):
-            raw = self._must_read(kind, name)
-            meta = raw.data["metadata"]
+        def mark(d: dict[str, Any]) -> dict[str, Any] | None:
+            meta = d["metadata"]
             if meta.get("finalizers") and meta.get("deletionTimestamp"):
-                return self._decode_raw(kind, raw)  # already marked: idempotent
-            new = copy.deepcopy(raw.data)
-            new["metadata"]["deletionTimestamp"] = _now_json()
-            try:
-                stat = self._write_meta(kind, name, new, raw.stat.version)  # deletes when no finalizers
-            except Conflict:
-                continue
-            if stat is None:
-                return None
-            sv = raw.status_stat.version if raw.status_stat else None
-            return self._decode(kind, new, stat.version, raw.status, sv)
-        raise Conflict(f"{kind.KIND} {name!r} keeps changing; gave up deleting after 20 attempts",
-                       kind=kind.KIND, name=name)
+                return None  # already marked: idempotent
+            meta["deletionTimestamp"] = _now_json()
+            return d  # written as marked, or removed when there are no finalizers
+
+        return self._cas_loop(kind, name, mark)
 
     def add_finalizer(self, kind: type[Resource], name: str, finalizer: str) -> Resource:
         """Add a finalizer (no-op if present). Refused while the object is being deleted."""

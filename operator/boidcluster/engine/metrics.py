@@ -30,11 +30,9 @@ class Metrics:
 
 
 class HealthServer:
-    """GET /healthz (process alive), /readyz (leading or standing by healthily), /metrics."""
+    """GET /healthz (process alive), /readyz (connected to ZooKeeper: able to lead or stand by), /metrics."""
 
     def __init__(self, metrics: Metrics, ready: Callable[[], bool], port: int = 0, host: str = "127.0.0.1") -> None:
-        outer = self
-
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 if self.path == "/metrics":
@@ -59,7 +57,6 @@ class HealthServer:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="boid-health", daemon=True)
-        self._outer = outer
 
     def start(self) -> "HealthServer":
         self._thread.start()

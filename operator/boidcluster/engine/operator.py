@@ -34,8 +34,8 @@ class Operator:
         self.election = LeaderElection(store, self.identity, on_start=self._begin_term,
                                        on_stop=self._end_term, on_pause=self._pause,
                                        **({"path": leader_path} if leader_path else {}))
-        self.health = HealthServer(self.metrics, ready=lambda: True, port=health_port, host=health_host) \
-            if health_port is not None else None
+        self.health = None if health_port is None else HealthServer(
+            self.metrics, ready=lambda: bool(store.client.connected), port=health_port, host=health_host)
 
     @property
     def leading(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, TypeVar
 
 from .boid import BoidChain, ChainAuth
 from .keys import KeyRing
@@ -76,8 +76,3 @@ class BlockingChain(Blocking):
             self._loop.run(self._target.rpc.aclose(), 5)
         finally:
             self._loop.close()
-
-
-def run_blocking(factory: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
-    """Run one coroutine to completion from synchronous code that has no loop (CLI commands)."""
-    return asyncio.run(asyncio.wait_for(factory(), timeout) if timeout else factory())  # type: ignore[arg-type]
