@@ -43,6 +43,8 @@ from kazoo.exceptions import (
     ConnectionClosedError,
     ConnectionLoss,
     KazooException,
+    AuthFailedError,
+    NoAuthError,
     NoNodeError,
     NodeExistsError,
     OperationTimeoutError,
@@ -53,6 +55,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 from pydantic import TypeAdapter, ValidationError
 
+from boidcluster.adapters.auth import POLICY, TLS, USERS, Credentials, Policy, acl_ids, marker_name, user_of
 from boidcluster.model.kinds import KINDS
 from boidcluster.model.meta import Resource, Status, utcnow
 
@@ -100,6 +103,14 @@ class InvalidObject(StoreError, ValueError):
 
 class InvalidSelector(StoreError, ValueError):
     pass
+
+
+class Forbidden(StoreError):
+    """ZooKeeper refused: this identity may not do that (an ACL, see adapters/auth.py)."""
+
+
+class Unauthorized(StoreError):
+    """The credentials are wrong, unknown to the cluster, or missing where they are required."""
 
 
 # -- kinds and wire form ----------------------------------------------------------------------
@@ -337,8 +348,12 @@ class Store:
         kinds: Iterable[type[Resource]] = (),
         timeout: float = 5.0,
         session_timeout: float = 10.0,
+        credentials: Credentials | None = None,
+        tls: TLS | None = None,
     ) -> None:
         self.hosts = hosts
+        self.credentials = credentials
+        self.policy: Policy | None = None  # set on connect: None = an open (unsecured) cluster
         self.timeout = timeout
         self.kinds: dict[str, type[Resource]] = {}
         for k in (*KINDS.values(), *kinds):
@@ -351,6 +366,8 @@ class Store:
                 hosts=hosts,
                 timeout=session_timeout,
                 connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 1.0},
+                auth_data=credentials.auth_data() if credentials else None,
+                **(tls.kazoo_kwargs() if tls else {}),
             )
         except ValueError as e:
             raise StoreUnavailable(f"invalid ZooKeeper hosts {hosts!r}: {e}") from None
@@ -362,9 +379,113 @@ class Store:
                 f"cannot reach ZooKeeper at {hosts} within {timeout:g}s "
                 "(is it running? `boidctl up` starts a local one)"
             ) from None
+        except AuthFailedError:
+            self._client.close()
+            raise Unauthorized(f"authentication as user {self.whoami!r} failed at {hosts}") from None
         self._connected.set()
-        self._ensure(OBJECTS)
-        self._ensure(RUNS)
+        try:
+            self._login()
+            self._ensure(OBJECTS)
+            self._ensure(RUNS)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def whoami(self) -> str:
+        return self.credentials.user if self.credentials else "anonymous"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.policy is not None and self.credentials is not None and \
+            self.policy.is_admin(self.credentials.digest_id)
+
+    def _login(self) -> None:
+        """Read the policy; on a secured cluster prove the credentials by reading users/<me>
+        (ZooKeeper's digest login itself never fails: a wrong password is just another id)."""
+        try:
+            self.policy = Policy.from_json(self._call("read policy", "get_async", POLICY)[0])
+        except NoNodeError:
+            self.policy = None
+        if self.policy is None:
+            return
+        self._client.default_acl = self.policy.system_acl()
+        if self.credentials is None:
+            return
+        try:
+            self._call("log in", "get_children_async", f"{USERS}/{self.credentials.user}")
+        except (NoNodeError, Forbidden):
+            raise Unauthorized(
+                f"authentication as user {self.credentials.user!r} failed at {self.hosts}: "
+                "unknown user or wrong password"
+            ) from None
+
+    def _require_login(self, what: str) -> None:
+        if self.policy is not None and self.credentials is None:
+            raise Unauthorized(f"{what}: this cluster requires authentication; set a user in the "
+                               "current context of $BOID_HOME/config (`boidctl config get-contexts`)")
+
+    def _owner_id(self, owner: str | None) -> str | None:
+        """The digest id objects are created for: `owner` (an admin acting for a user, e.g. a
+        GitSource's owner: read from users/<owner>) or this store's own identity."""
+        if self.policy is None:
+            return None
+        if owner is None or (self.credentials is not None and owner == self.credentials.user):
+            return self.credentials.digest_id if self.credentials else None
+        try:
+            return json.loads(self._call(f"read user {owner}", "get_async", f"{USERS}/{owner}")[0])["id"]
+        except NoNodeError:
+            raise NotFound(f"user {owner!r} is not registered in this cluster") from None
+
+    def _create_object_ops(self, txn: Any, kind: type[Resource], name: str, data: dict[str, Any],
+                           status: Any, owner_id: str | None) -> int:
+        """Add the creates of one object (object, status, and on a secured cluster the owner's
+        marker, all in the caller's transaction so they share one czxid). Returns the op count."""
+        path = self._path(kind, name)
+        pol = self.policy
+        if pol is None:
+            txn.create(path, _dumps(data))
+            txn.create(f"{path}/{STATUS_NODE}", _dumps(status))
+            return 2
+        txn.create(path, _dumps(data), acl=pol.object_acl(owner_id))
+        txn.create(f"{path}/{STATUS_NODE}", _dumps(status), acl=pol.status_acl())
+        if owner_id is None:
+            return 2
+        txn.create(f"{USERS}/{user_of(owner_id)}/{marker_name(self._dir(kind), name, data['metadata']['uid'])}",
+                   b"", acl=pol.marker_acl(owner_id))
+        return 3
+
+    def owner(self, kind: type[Resource], name: str) -> str | None:
+        """The proven creator of an object on a secured cluster (None: unproven, or its status
+        znode is writable by someone other than the admins). The object's ACL claims the owner;
+        the claim holds only if users/<owner> has the object's marker with the object's czxid
+        (created in the same transaction, which only that user or an admin can do)."""
+        if self.policy is None:
+            return None
+        path = self._path(kind, name)
+        try:
+            acls, stat = self._call(f"read ACL of {kind.KIND} {name}", "get_acls_async", path)
+            data = json.loads(self._call(f"read {kind.KIND} {name}", "get_async", path)[0])
+        except NoNodeError:
+            raise NotFound(f"{kind.KIND} {name!r} not found") from None
+        try:
+            sacls, _ = self._call(f"read ACL of {kind.KIND} {name}", "get_acls_async", f"{path}/{STATUS_NODE}")
+        except NoNodeError:
+            return None  # not made by a Store (which creates both at once)
+        from kazoo.security import Permissions
+        if any(i not in self.policy.admins for i in acl_ids(sacls, Permissions.WRITE)) or \
+                any(a.id.scheme != "digest" and a.perms & ~Permissions.READ for a in sacls):
+            return None
+        claimed = [i for i in acl_ids(acls, Permissions.ALL) if i not in self.policy.admins] or \
+            list(self.policy.admins)
+        uid = data.get("metadata", {}).get("uid", "")
+        for cid in claimed:
+            marker = f"{USERS}/{user_of(cid)}/{marker_name(self._dir(kind), name, uid)}"
+            mstat = self._call(f"check owner of {kind.KIND} {name}", "exists_async", marker)
+            if mstat is not None and mstat.czxid == stat.czxid:
+                return user_of(cid)
+        return None
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -401,6 +522,8 @@ class Store:
                 f"lost the connection to ZooKeeper at {self.hosts} ({what}: {type(e).__name__}); "
                 "the outcome of a write is unknown: re-read"
             ) from None
+        except NoAuthError:
+            raise Forbidden(f"forbidden: user {self.whoami!r} may not {what}") from None
 
     def _ready(self) -> None:
         if not self._connected.wait(self.timeout):
@@ -426,6 +549,10 @@ class Store:
             if isinstance(r, Exception) and not isinstance(r, RolledBackError):
                 return i, r
         return None
+
+    def _forbidden(self, err: tuple[int, Exception] | None, what: str) -> None:
+        if err is not None and isinstance(err[1], NoAuthError):
+            raise Forbidden(f"forbidden: user {self.whoami!r} may not {what}")
 
     def _read_async(self, path: str, watch: Any = None) -> tuple[Any, Any]:
         self._ready()
@@ -536,14 +663,14 @@ class Store:
 
         A status given on `obj` is stored as the initial status (apply ignores it)."""
         kind = self._check(obj)
-        path = self._path(kind, obj.name)
+        self._require_login(f"create {kind.KIND} {obj.name}")
         self._ensure(self._path(kind))
         data = self._fresh_meta(obj)
         status = _status_dict(kind, obj.status)
         txn = self._client.transaction()
-        txn.create(path, _dumps(data))
-        txn.create(f"{path}/{STATUS_NODE}", _dumps(status))
+        self._create_object_ops(txn, kind, obj.name, data, status, self._owner_id(None))
         err = self._txn_error(self._commit(txn, f"create {kind.KIND} {obj.name}"))
+        self._forbidden(err, f"create {kind.KIND} {obj.name}")
         if err is not None:
             if isinstance(err[1], NodeExistsError):
                 raise AlreadyExists(f"{kind.KIND} {obj.name!r} already exists")
@@ -581,6 +708,7 @@ class Store:
             err = self._txn_error(self._commit(txn, f"delete {kind.KIND} {name}"))
             if err is None:
                 return None
+            self._forbidden(err, f"delete {kind.KIND} {name}")
             if isinstance(err[1], NoNodeError) and err[0] == 1:
                 raise NotFound(f"{kind.KIND} {name!r} not found")
             raise self._conflict(kind, name, expected)
@@ -720,15 +848,16 @@ class Store:
         return self._cas_loop(kind, name, remove)
 
     # -- apply ------------------------------------------------------------------------------
-    def apply(self, objs: Iterable[Resource], dry_run: bool = False) -> list[ApplyResult]:
+    def apply(self, objs: Iterable[Resource], dry_run: bool = False, *, owner: str | None = None) -> list[ApplyResult]:
         """Create or update every object of an input in ONE transaction (all or nothing).
 
         User fields (labels, annotations, spec) come from the input; server fields (uid,
         generation, creationTimestamp, status, deletionTimestamp) are kept; finalizers are
         kept and any from the input added. The transaction checks the version of every object
         it read, so a concurrent write makes the whole apply a Conflict. `dry_run` reads and
-        plans but writes nothing."""
-        return self._commit_plan(self._plan(list(objs)), dry_run)
+        plans but writes nothing. `owner` (an admin only, e.g. for a GitSource's owner): the user
+        new objects belong to on a secured cluster, instead of this store's identity."""
+        return self._commit_plan(self._plan(list(objs)), dry_run, owner)
 
     def _plan(self, objs: Sequence[Resource]) -> list[tuple[Resource, str, dict[str, Any], _Raw | None]]:
         seen: set[tuple[str, str]] = set()
@@ -750,8 +879,10 @@ class Store:
         return plan
 
     def _commit_plan(self, plan: list[tuple[Resource, str, dict[str, Any], _Raw | None]],
-                     dry_run: bool) -> list[ApplyResult]:
+                     dry_run: bool, owner: str | None = None) -> list[ApplyResult]:
         if not dry_run and any(a != "unchanged" for _, a, _, _ in plan):
+            self._require_login(f"apply {len(plan)} objects")
+            owner_id = self._owner_id(owner) if any(a == "created" for _, a, _, _ in plan) else None
             txn = self._client.transaction()
             owners: list[tuple[Resource, _Raw | None]] = []
             for obj, action, new, raw in plan:
@@ -759,9 +890,7 @@ class Store:
                 path = self._path(kind, obj.name)
                 if action == "created":
                     self._ensure(self._path(kind))
-                    txn.create(path, _dumps(new))
-                    txn.create(f"{path}/{STATUS_NODE}", _dumps(None))
-                    owners += [(obj, None), (obj, None)]
+                    owners += [(obj, None)] * self._create_object_ops(txn, kind, obj.name, new, None, owner_id)
                 elif action == "configured":
                     assert raw is not None
                     txn.set_data(path, _dumps(new), version=raw.stat.version)
@@ -774,6 +903,7 @@ class Store:
             err = self._txn_error(results)
             if err is not None:
                 obj, raw = owners[err[0]]
+                self._forbidden(err, f"{'create' if raw is None else 'change'} {obj.kind} {obj.name}; nothing was applied")
                 kind = type(obj)
                 if raw is None:
                     raise Conflict(f"{kind.KIND} {obj.name!r} was created by someone else during apply; "
@@ -787,6 +917,8 @@ class Store:
                 version = None if dry_run else 0
                 if not dry_run:
                     next(stats), next(stats)
+                    if self.policy is not None and owner_id is not None:
+                        next(stats)  # the owner's marker
                 res = self._decode(kind, new, version, None, version)
             else:
                 assert raw is not None
@@ -838,7 +970,8 @@ class Store:
         else:
             raw = data or b""
         try:
-            self._call(f"create {path}", "create_async", self._run_path(path), raw, makepath=True)
+            self._call(f"create {path}", "create_async", self._run_path(path), raw, makepath=True,
+                       acl=self.policy.runs_acl() if self.policy else None)
             return True
         except NodeExistsError:
             return False
