@@ -20,6 +20,7 @@ every znode stays world-writable as before (tests, and clusters that predate ten
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -31,6 +32,22 @@ POLICY = f"{ROOT}/policy"
 USERS = f"{ROOT}/users"
 WORLD = Id("world", "anyone")
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+class _RedactAuth(logging.Filter):
+    """kazoo logs every request at DEBUG, the digest login's `user:password` included: redact it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from kazoo.protocol.serialization import Auth
+
+        if isinstance(record.args, tuple) and any(isinstance(a, Auth) for a in record.args):
+            record.args = tuple(f"Auth(scheme={a.scheme!r}, auth=REDACTED)" if isinstance(a, Auth) else a
+                                for a in record.args)
+        return True
+
+
+for _name in ("kazoo.client", "kazoo.protocol.connection"):
+    logging.getLogger(_name).addFilter(_RedactAuth())
 
 
 class AuthError(Exception):
@@ -189,3 +206,21 @@ def register_user(client: Any, policy: Policy, digest_id: str) -> None:
         client.set_acls(path, policy.user_dir_acl(digest_id))
     else:
         client.create(path, data, acl=policy.user_dir_acl(digest_id))
+
+
+def secure_hosts(hosts: str, admin: Credentials, kind_dirs: Iterable[str], users: Iterable[str] = (),
+                 timeout: float = 10.0) -> Policy:
+    """secure_cluster + register_user over a client of its own (`boidctl up`, test fixtures)."""
+    from kazoo.client import KazooClient
+
+    policy = Policy(admins=(admin.digest_id,))
+    client = KazooClient(hosts=hosts, auth_data=admin.auth_data())
+    client.start(timeout=timeout)
+    try:
+        secure_cluster(client, policy, kind_dirs)
+        for digest_id in users:
+            register_user(client, policy, digest_id)
+    finally:
+        client.stop()
+        client.close()
+    return policy

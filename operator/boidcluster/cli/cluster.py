@@ -226,6 +226,8 @@ def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
     from boidcluster.adapters.local.chainnode import LocalChain
     from boidcluster.adapters.local.zookeeper import LocalZooKeeper
 
+    from .auth import secure_embedded
+
     st = Path(state).resolve()
     st.mkdir(parents=True, exist_ok=True)
     info: dict = {"pid": os.getpid(), "state": str(st), "phase": "starting ZooKeeper", "ready": False}
@@ -234,6 +236,7 @@ def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
     try:
         zk = LocalZooKeeper(st / "zookeeper", port=read_zk_port(st), die_with_parent=True).start()
         stack.append(zk.stop)
+        admin = secure_embedded(st, zk.hosts, tuple(slots or DEMO_SLOTS))  # admin = the operator
         info.update(zk=zk.hosts, phase="starting the chain node")
         _write_cluster(st, info)
         chain = LocalChain(st / "chain", die_with_parent=True)
@@ -246,7 +249,7 @@ def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
         chain.operator_keys().write(keys)
         info["phase"] = "starting the operator"
         _write_cluster(st, info)
-        store = Store(zk.hosts, timeout=10)
+        store = Store(zk.hosts, timeout=10, credentials=admin)
         stack.append(store.close)
         opts = OperatorOptions(zk=zk.hosts, storage=storage_root(st), chain_url=info["chain"],
                                keys_file=str(keys), backend="local", slots=list(slots or DEMO_SLOTS),
