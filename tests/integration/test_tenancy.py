@@ -118,3 +118,161 @@ def test_the_owner_is_proven_and_cannot_be_forged(secured):
         assert op.owner(Widget, "f2") is None
         assert op.owner(Widget, "f3") == "bob"
         assert op.owner(Widget, "f4") is None
+
+
+# -- the operator: admission of Jobs, convergence of users' objects ----------------------------
+from boidcluster.engine.controller import Controller  # noqa: E402
+from boidcluster.engine.reconciler import Registry, Result  # noqa: E402
+from boidcluster.engine.world import World  # noqa: E402
+from boidcluster.model.resources import Job, Protocol  # noqa: E402
+from boidcluster.reconcilers.admission import admit_job  # noqa: E402
+from fixtures.operator import cond, eventually  # noqa: E402
+
+JOB = {"apiVersion": "cluster.boid.com/v1alpha1", "kind": "Job",
+       "spec": {"image": "python:3.11-slim", "command": ["true"], "workUnits": {"count": 1}}}
+
+
+def job(name: str, protocol: str) -> Job:
+    return Job.model_validate({**JOB, "metadata": {"name": name}, "spec": {**JOB["spec"], "protocol": protocol}})
+
+
+def proto(name: str, submitters: list[str] | None) -> Protocol:
+    p = Protocol.model_validate({
+        "apiVersion": "cluster.boid.com/v1alpha1", "kind": "Protocol", "metadata": {"name": name},
+        "spec": {"title": "t", "owner": "boidteam", "researcher": "researcher1", "datadir": f"/{name}",
+                 "fund": {"account": "boidfund", "quantity": "100.0000 BOID"},
+                 "payRates": {"worker": "1.0000 BOID", "dispatcher": "0.5000 BOID"}}})
+    p.spec.submitters = submitters
+    return p
+
+
+def admitted(store, name):
+    j = store.get(Job, name)
+    c = j.status.condition("Admitted") if j.status else None
+    return c and (c.status, c.reason, c.message)
+
+
+def test_the_operator_runs_only_jobs_their_protocol_lets_the_creator_submit(secured):
+    ran: list[str] = []
+    registry = Registry()
+
+    @registry.reconciler(Job)
+    def reconcile(j, world):  # stands in for the Job reconciler: records that it was called
+        ran.append(j.name)
+        return Result()
+
+    registry.admission(Job)(admit_job)
+    with secured.store("admin") as op, secured.store("alice") as alice, secured.store("bob") as bob:
+        alice.create(proto("p-alice", None))            # only alice (its creator) and admins
+        alice.create(proto("p-open", ["*"]))
+        op.create(proto("p-listed", ["bob"]))
+        alice.create(job("a-own", "p-alice"))
+        bob.create(job("b-sneaky", "p-alice"))           # bypasses boidctl's check: the operator refuses
+        bob.create(job("b-open", "p-open"))
+        bob.create(job("b-listed", "p-listed"))
+        alice.create(job("a-unlisted", "p-listed"))
+        op.create(job("op-any", "p-alice"))
+        ctl = Controller(op, World(store=op), registry, workers=2).start()
+        try:
+            ctl.resync()
+            eventually(lambda: all(admitted(op, n) for n in
+                                   ("a-own", "b-sneaky", "b-open", "b-listed", "a-unlisted", "op-any")))
+        finally:
+            ctl.stop()
+        assert set(ran) == {"a-own", "b-listed", "b-open", "op-any"}
+        status, reason, message = admitted(op, "b-sneaky")
+        assert (status, reason) == ("False", "SubmitterNotAllowed")
+        assert message == ("user 'bob' may not submit jobs under protocol 'p-alice': not its creator and not "
+                           "in its spec.submitters (none); the job does not run")
+        assert admitted(op, "a-unlisted")[:2] == ("False", "SubmitterNotAllowed")
+        assert admitted(op, "a-own") == ("True", "Allowed", "created by user 'alice'")
+        # once the protocol lists bob, the next pass runs his job (level triggered)
+        p = alice.get(Protocol, "p-alice")
+        p.spec.submitters = ["bob"]
+        alice.update(p)
+        ctl = Controller(op, World(store=op), registry, workers=2).start()
+        try:
+            ctl.resync()
+            eventually(lambda: "b-sneaky" in ran and admitted(op, "b-sneaky")[0] == "True")
+        finally:
+            ctl.stop()
+
+
+def test_objects_without_a_proven_owner_are_not_acted_on(secured):
+    ran: list[str] = []
+    registry = Registry()
+
+    @registry.reconciler(Widget)
+    def reconcile(w, world):
+        ran.append(w.name)
+        return Result()
+
+    with secured.store("admin") as op, secured.store(None) as anon:
+        op.create(widget("ok"))
+        raw = KazooClient(hosts=secured.hosts)  # anonymous: the kind directory lets anyone create
+        raw.start(timeout=10)
+        try:
+            data = widget("anon").to_dict(with_status=False)
+            data["metadata"].update(uid="u-anon", generation=1, creationTimestamp="2026-01-01T00:00:00Z")
+            raw.create(f"{OBJECTS}/widgets/anon", json.dumps(data).encode())
+            raw.create(f"{OBJECTS}/widgets/anon/{STATUS_NODE}", b"null")
+        finally:
+            raw.stop()
+            raw.close()
+        with pytest.raises(Unauthorized, match="requires authentication"):
+            anon.create(widget("anon2"))
+        ctl = Controller(op, World(store=op), registry, workers=1).start()
+        try:
+            ctl.resync()
+            eventually(lambda: cond(op.get(Widget, "anon"), "Admitted") == "False" and "ok" in ran)
+        finally:
+            ctl.stop()
+        assert set(ran) == {"ok"}
+        assert op.get(Widget, "anon").status.condition("Admitted").reason == "OwnerUnproven"
+
+
+@pytest.mark.usefixtures("contracts_deployed")
+def test_the_operator_converges_users_objects(secured, chain_world, actors, tmp_path):
+    """The operator (admin) registers alice's protocol on chain and writes its status, though
+    alice's znodes are hers: admins are in every object's ACL."""
+    from boidcluster.adapters.chain.blocking import BlockingChain
+    from boidcluster.adapters.storage import Storage
+    from boidcluster.engine.operator import Operator
+    from boidcluster.reconcilers import registry
+    import boidcluster.reconcilers.protocol  # noqa: F401  (registers)
+    from fixtures.operator import protocol_obj
+
+    op_store = secured.store("admin")
+    chain = BlockingChain.open(chain_world.url, chain_world.operator_client().keys, timeout=2.0, call_timeout=30)
+    world = World(store=op_store, storage=Storage(f"file://{tmp_path / 'storage'}"), chain=chain)
+    op = Operator(op_store, world, registry.subset([Protocol]), workers=2).start()
+    try:
+        with secured.store("alice") as alice:
+            alice.create(protocol_obj("alices", actors))
+            p = eventually(lambda: (o := alice.get(Protocol, "alices")) and cond(o, "Ready") == "True" and o,
+                           timeout=60)
+            assert cond(p, "Admitted") == "True" and cond(p, "Registered") == "True"
+            assert chain.protocol_row(actors.owner, actors.researcher) is not None
+            alice.delete(Protocol, "alices")  # her delete request; the operator cleans up and removes it
+            eventually(lambda: alice.list(Protocol) == [], timeout=60)
+            assert chain.protocol_row(actors.owner, actors.researcher) is None
+    finally:
+        op.stop()
+        chain.close()
+        op_store.close()
+
+
+def test_gitsource_applied_objects_belong_to_the_gitsources_owner(secured):
+    """The operator (admin) applies a GitSource's specs for the GitSource's owner: new objects are
+    that user's, and objects of other users are conflicts, never overwritten or adopted."""
+    from boidcluster.reconcilers.gitops import Options, PlanConflict, sync
+
+    with secured.store("admin") as op, secured.store("bob") as bob:
+        bob.create(proto("bobs", None))
+        sync(op, "alices-repo", [proto("from-git", ["carol"])], Options(owner="alice"), commit="c1")
+        assert op.owner(Protocol, "from-git") == "alice"
+        with pytest.raises(PlanConflict, match="belongs to user 'bob'"):
+            sync(op, "alices-repo", [proto("from-git", ["carol"]), proto("bobs", ["alice"])],
+                 Options(owner="alice"), commit="c2")
+        assert bob.get(Protocol, "bobs").spec.submitters is None
+        assert op.get(Protocol, "from-git").metadata.generation == 1  # nothing applied

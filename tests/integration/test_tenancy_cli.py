@@ -124,3 +124,36 @@ def test_credentials_never_in_process_args_environment_or_logs(secured, home, tm
     assert "DEBUG" in logs  # -vv did log
     for s in secrets(secured):
         assert s not in cmdline and s not in environ and s not in logs
+
+
+PROTOCOL = Path(__file__).parents[2] / "manifests/examples/protocol.yaml"
+JOB = Path(__file__).parents[2] / "manifests/examples/job.yaml"
+
+
+def test_submitting_under_a_protocol_that_does_not_list_you(secured, home, tmp_path):
+    proto = tmp_path / "protocol.yaml"
+    proto.write_text(PROTOCOL.read_text().replace("spec:\n", "spec:\n  submitters: [carol]\n", 1))
+    boidctl("apply", "-f", str(proto))                        # alice creates monte-carlo
+    r = boidctl("--context", "bob@c", "apply", "-f", str(JOB), code=1)
+    assert r.output.splitlines() == [
+        "error: job/pi: user 'bob' may not submit jobs under protocol 'monte-carlo': not its creator "
+        "and not in its spec.submitters (carol)", "nothing was applied"]
+    assert "No resources found" in boidctl("get", "jobs").output or "pi" not in boidctl("get", "jobs").output
+    assert boidctl("--context", "bob@c", "auth", "can-i", "create", "jobs", "--protocol", "monte-carlo",
+                   code=1).output == "no\n"
+    r = boidctl("--context", "bob@c", "-v", "auth", "can-i", "create", "jobs", "--protocol", "monte-carlo", code=1)
+    assert "reason: user 'bob' may not submit" in r.output
+    assert boidctl("auth", "can-i", "create", "jobs", "--protocol", "monte-carlo").output == "yes\n"  # creator
+    assert boidctl("--context", "admin@c", "auth", "can-i", "create", "jobs", "--protocol", "monte-carlo").output == "yes\n"
+    assert boidctl("--context", "bob@c", "auth", "can-i", "get", "protocols").output == "yes\n"
+    assert boidctl("--context", "bob@c", "auth", "can-i", "delete", "protocol/monte-carlo", code=1).output == "no\n"
+    assert boidctl("auth", "can-i", "delete", "protocol", "monte-carlo").output == "yes\n"
+    assert boidctl("auth", "can-i", "update", "protocols", "monte-carlo", "--subresource", "status",
+                   code=1).output == "no\n"
+    # alice lists bob: now he may, and his job is stored (as his)
+    proto.write_text(PROTOCOL.read_text().replace("spec:\n", "spec:\n  submitters: [bob]\n", 1))
+    boidctl("apply", "-f", str(proto))
+    assert boidctl("--context", "bob@c", "auth", "can-i", "create", "jobs", "--protocol", "monte-carlo").output == "yes\n"
+    assert "job/pi created" in boidctl("--context", "bob@c", "apply", "-f", str(JOB)).output
+    r = boidctl("--context", "bob@c", "auth", "can-i", "create", "jobs", code=1)
+    assert "needs --protocol" in r.output

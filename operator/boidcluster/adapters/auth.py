@@ -125,6 +125,10 @@ class Policy:
     def is_admin(self, digest_id: str | None) -> bool:
         return digest_id is not None and digest_id in self.admins
 
+    @property
+    def admin_users(self) -> frozenset[str]:
+        return frozenset(user_of(a) for a in self.admins)
+
     # -- the ACL of each kind of znode ---------------------------------------------------------
     def _admins(self) -> list[ACL]:
         return [ACL(Permissions.ALL, Id("digest", a)) for a in self.admins]

@@ -460,7 +460,8 @@ class Store:
         """The proven creator of an object on a secured cluster (None: unproven, or its status
         znode is writable by someone other than the admins). The object's ACL claims the owner;
         the claim holds only if users/<owner> has the object's marker with the object's czxid
-        (created in the same transaction, which only that user or an admin can do)."""
+        (created in the same transaction, which only that user or an admin can do). Only an
+        admin's answer is authoritative: ZooKeeper redacts digests for others (see `admin`)."""
         if self.policy is None:
             return None
         path = self._path(kind, name)
@@ -474,11 +475,14 @@ class Store:
         except NoNodeError:
             return None  # not made by a Store (which creates both at once)
         from kazoo.security import Permissions
-        if any(i not in self.policy.admins for i in acl_ids(sacls, Permissions.WRITE)) or \
+
+        def admin(i: str) -> bool:  # ZooKeeper shows a digest as "user:x" to a reader without ADMIN
+            return i in self.policy.admins or (i.endswith(":x") and user_of(i) in self.policy.admin_users)
+
+        if any(not admin(i) for i in acl_ids(sacls, Permissions.WRITE)) or \
                 any(a.id.scheme != "digest" and a.perms & ~Permissions.READ for a in sacls):
             return None
-        claimed = [i for i in acl_ids(acls, Permissions.ALL) if i not in self.policy.admins] or \
-            list(self.policy.admins)
+        claimed = [i for i in acl_ids(acls, Permissions.ALL) if not admin(i)] or list(self.policy.admins)
         uid = data.get("metadata", {}).get("uid", "")
         for cid in claimed:
             marker = f"{USERS}/{user_of(cid)}/{marker_name(self._dir(kind), name, uid)}"

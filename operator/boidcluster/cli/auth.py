@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import yaml
@@ -218,3 +219,78 @@ def secure_embedded(home: Path, hosts: str, users: tuple[str, ...]) -> Credentia
 def embedded_admin(home: Path) -> Credentials:
     """The embedded cluster's admin identity (`boidctl up` applies the demo with it)."""
     return Credentials("admin", (home / "credentials" / "admin").read_text().strip())
+
+
+# -- submitters and can-i -------------------------------------------------------------------------
+def check_submitters(store: Any, objs: list[Any]) -> None:
+    """Refuse (store nothing) an input with a Job under a protocol that does not let this user
+    submit. The operator enforces the same rule (reconcilers/admission.py) on whatever is stored;
+    this is the early, clear error."""
+    from boidcluster.model.resources import Job, Protocol
+    from boidcluster.reconcilers.admission import submit_refusal
+
+    if store.policy is None or store.credentials is None:
+        return
+    protos = {o.name: o for o in objs if isinstance(o, Protocol)}
+    errs = [f"job/{o.name}: {why}" for o in objs if isinstance(o, Job)
+            and (why := submit_refusal(store, store.whoami, o.spec.protocol, protos.get(o.spec.protocol)))]
+    if errs:
+        raise Failure("\n".join(errs) + "\nnothing was applied")
+
+
+VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
+
+
+@auth_group.command("can-i")
+@click.argument("verb", type=click.Choice(VERBS))
+@click.argument("resource", metavar="RESOURCE[/NAME]")
+@click.argument("name", required=False)
+@click.option("--protocol", help="For `create jobs`: the protocol the job would be submitted under.")
+@click.option("--subresource", type=click.Choice(["status"]), help="e.g. `update jobs NAME --subresource status`.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing; only the exit code says (0 yes, 1 no).")
+@click.pass_obj
+@friendly
+def can_i(ctx: Ctx, verb: str, resource: str, name: str | None, protocol: str | None,
+          subresource: str | None, quiet: bool) -> None:
+    """Check whether the current identity may do VERB on RESOURCE: prints yes or no (exit 0 or 1),
+    like `kubectl auth can-i`. E.g. `boidctl auth can-i create jobs --protocol monte-carlo`."""
+    from boidcluster.model.kinds import resolve_kind
+    from boidcluster.model.resources import Job
+    from boidcluster.reconcilers.admission import submit_refusal
+
+    if "/" in resource and name is None:
+        resource, name = resource.split("/", 1)
+    kind = resolve_kind(resource)
+    store = ctx.store
+    why: str | None = None
+    if store.policy is None:
+        why = None  # an open cluster: anyone may do anything
+    elif verb in ("get", "list", "watch"):
+        why = None  # every object is world-readable
+    elif store.credentials is None:
+        why = "not authenticated (no user in the current context)"
+    elif store.is_admin:
+        why = None
+    elif subresource == "status":
+        why = "status is written by the operator only"
+    elif verb == "create":
+        if kind is Job:
+            if not protocol:
+                raise Failure("`can-i create jobs` needs --protocol P (who may submit is per protocol)")
+            why = submit_refusal(store, store.whoami, protocol)
+    else:
+        if not name:
+            raise Failure(f"`can-i {verb} {resource}` needs a NAME (who may change an object depends on its owner)")
+        owner = store.owner(kind, name)
+        if owner != store.whoami:
+            why = f"{kind.KIND} {name!r} belongs to {('user ' + repr(owner)) if owner else 'no proven user'}"
+    if not quiet:
+        click.echo("yes" if why is None else "no")
+        if why is not None and ctx_verbose():
+            click.echo(f"reason: {why}", err=True)
+    sys.exit(0 if why is None else 1)
+
+
+def ctx_verbose() -> bool:
+    c = click.get_current_context().find_root()
+    return bool(c.params.get("verbose"))

@@ -89,6 +89,7 @@ def apply(ctx: Ctx, files: tuple[str, ...], dry_run: bool, prune: bool, selector
     objs = load_paths(list(files))  # validates every document before anything is written
     if not objs:
         raise Failure("no objects found in " + ", ".join(files))
+    check_submitters(ctx.store, objs)
     for attempt in range(3):
         try:
             results = ctx.store.apply(objs, dry_run=dry_run)
@@ -345,7 +346,7 @@ def crds(out: str, check: bool) -> None:
         click.echo(str(p))
 
 
-from .auth import auth_group, config_group  # noqa: E402
+from .auth import auth_group, check_submitters, config_group  # noqa: E402
 from .cluster import chain_group, cluster_group, dispatcher_group, down, operator_group  # noqa: E402
 from .report import report  # noqa: E402
 from .sync import sync_command  # noqa: E402
