@@ -9,7 +9,7 @@ from kazoo.client import KazooClient
 from kazoo.security import ACL, Id, Permissions
 
 from boidcluster.adapters.auth import USERS, Credentials, marker_name
-from boidcluster.adapters.store import (ANY_VERSION, OBJECTS, STATUS_NODE, Forbidden, NotFound, Store,
+from boidcluster.adapters.store import (ANY_VERSION, OBJECTS, STATUS_NODE, AlreadyExists, Forbidden, NotFound, Store,
                                         Unauthorized)
 from fixtures.zookeeper import Widget, widget
 
@@ -110,6 +110,9 @@ def test_the_owner_is_proven_and_cannot_be_forged(secured):
         try:
             assert isinstance(forge("f1", [a_id], None, ["alice"])[-1], Exception)  # not her marker
             forge("f2", [a_id], None, [])                     # claims alice, no proof
+            # ZooKeeper took the forged claim: an owner read from the ACL alone would be alice
+            assert Id("digest", a_id) in [a.id for a in op.client.get_acls(f"{OBJECTS}/widgets/f2")[0]
+                                          if a.perms == Permissions.ALL]
             forge("f3", [a_id, b_id], op.policy.status_acl(), ["bob"])  # proves only himself
             forge("f4", [b_id], world_all, ["bob"])           # a status anyone could write
         finally:
@@ -276,3 +279,93 @@ def test_gitsource_applied_objects_belong_to_the_gitsources_owner(secured):
                  Options(owner="alice"), commit="c2")
         assert bob.get(Protocol, "bobs").spec.submitters is None
         assert op.get(Protocol, "from-git").metadata.generation == 1  # nothing applied
+
+
+def test_securing_a_cluster_that_already_has_objects(zk_hosts):
+    """Objects from before the policy become the admins': others cannot change them or their
+    status, and the operator still acts on them (owner: admin)."""
+    from boidcluster.adapters.auth import secure_hosts
+    from fixtures.tenancy import secure
+
+    with Store(zk_hosts, kinds=[Widget], timeout=5.0) as anon:
+        anon.create(widget("old"))
+        anon.create_once("old-job/results/t1", {"ok": True})
+    sec = secure(zk_hosts)
+    with sec.store("admin") as op, sec.store("bob") as bob:
+        assert op.owner(Widget, "old") == "admin"
+        w = bob.get(Widget, "old")
+        w.spec.size = 5
+        with pytest.raises(Forbidden):
+            bob.update(w)
+        with pytest.raises(Forbidden):
+            bob.update_status(Widget, "old", {"phase": "x"}, expected_version=ANY_VERSION)
+        with pytest.raises(Forbidden):
+            bob.create_once("old-job/results/t2", {"forged": True})
+        bob.create(widget("new"))
+        assert op.owner(Widget, "new") == "bob"
+        bob.delete(Widget, "new")  # his marker goes with it
+        assert op.client.get_children(f"{USERS}/bob") == []
+        bob.create(widget("kept"))
+        # re-running the set-up (each `boidctl up` does) leaves users' objects theirs
+        secure_hosts(zk_hosts, sec.admin, ["widgets"], [sec.users["bob"].digest_id])
+        assert op.owner(Widget, "kept") == "bob"
+        w = bob.get(Widget, "kept")
+        w.spec.size = 3
+        bob.update(w)
+
+
+# -- invariant: randomized sequences of users' operations --------------------------------------
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+ACTORS = ("admin", "alice", "bob")
+OPS = st.lists(st.tuples(st.sampled_from(ACTORS), st.sampled_from(["create", "update", "delete", "status", "run"]),
+                         st.integers(0, 1), st.integers(1, 50)), min_size=2, max_size=12)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_only_owners_and_the_operator_change_objects(secured, ops):
+    """Whatever users do, in any order: an object changes only by its creator or the operator,
+    its proven owner is its creator, status and run records are the operator's alone."""
+    import uuid
+
+    tag = uuid.uuid4().hex[:6]
+    stores = {a: secured.store(a) for a in ACTORS}
+    owner: dict[str, str] = {}
+    size: dict[str, int] = {}
+    try:
+        for actor, op, i, n in ops:
+            name, s = f"w{i}-{tag}", stores[actor]
+            allowed = name in owner and actor in ("admin", owner[name])
+            try:
+                if op == "create":
+                    s.create(widget(name, size=n))
+                    ok = name not in owner
+                    owner[name], size[name] = actor, n
+                elif op == "update":
+                    w = s.get(Widget, name)
+                    w.spec.size = n
+                    s.update(w)
+                    ok, size[name] = allowed, n
+                elif op == "delete":
+                    s.delete(Widget, name)
+                    ok = allowed
+                    owner.pop(name), size.pop(name)
+                elif op == "status":
+                    s.update_status(Widget, name, {"phase": str(n)}, expected_version=ANY_VERSION)
+                    ok = actor == "admin" and name in owner
+                else:
+                    ok = s.create_once(f"{name}/results/{n}", {"by": actor}) or True
+                    ok = actor == "admin"
+            except (Forbidden, NotFound, AlreadyExists):
+                ok = None
+            assert ok is not False, f"{actor} could {op} {name} (owner {owner.get(name)})"
+            if ok is None:
+                assert not (op in ("update", "delete") and allowed) and not (op in ("status", "run") and
+                                                                           actor == "admin" and name in owner)
+            for obj, who in owner.items():
+                assert stores["admin"].owner(Widget, obj) == who
+                assert stores["bob"].get(Widget, obj).spec.size == size[obj]
+    finally:
+        for st_ in stores.values():
+            st_.close()

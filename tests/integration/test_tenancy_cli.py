@@ -157,3 +157,9 @@ def test_submitting_under_a_protocol_that_does_not_list_you(secured, home, tmp_p
     assert "job/pi created" in boidctl("--context", "bob@c", "apply", "-f", str(JOB)).output
     r = boidctl("--context", "bob@c", "auth", "can-i", "create", "jobs", code=1)
     assert "needs --protocol" in r.output
+
+
+def test_the_operator_refuses_to_run_as_a_non_admin(secured, home):
+    r = boidctl("operator", "run", "--backend", "none", code=1)
+    assert r.output.strip() == ("error: user 'alice' is not an admin of this cluster: run the operator with an "
+                                "admin context (`--context`; `boidctl up` makes admin@local)")

@@ -182,8 +182,10 @@ def marker_name(kind_dir: str, name: str, uid: str) -> str:
 def secure_cluster(client: Any, policy: Policy, kind_dirs: Iterable[str]) -> None:
     """Make the cluster at `client` (authenticated as an admin of `policy`) secured: the system
     znodes and kind directories get their ACLs, and the policy is written. Safe to re-run.
-    Objects that existed before keep their (open) ACLs; re-create them to give them owners."""
+    Objects that existed before the first securing become the admins' (Store.owner: created
+    before the policy), and get the admins-only ACLs here."""
     system = policy.system_acl()
+    first = client.exists(POLICY) is None
     for path in ("/boid", ROOT, f"{ROOT}/objects", f"{ROOT}/runs", USERS):
         client.ensure_path(path, acl=system)
         client.set_acls(path, system)
@@ -191,13 +193,27 @@ def secure_cluster(client: Any, policy: Policy, kind_dirs: Iterable[str]) -> Non
         path = f"{ROOT}/objects/{d}"
         client.ensure_path(path, acl=policy.kind_dir_acl())
         client.set_acls(path, policy.kind_dir_acl())
+        for name in client.get_children(path) if first else ():
+            client.set_acls(f"{path}/{name}", policy.object_acl(None))
+            if client.exists(f"{path}/{name}/status"):
+                client.set_acls(f"{path}/{name}/status", policy.status_acl())
     client.set_acls(f"{ROOT}/runs", policy.runs_acl())
-    if client.exists(POLICY):
+    if first:  # run records, leader, Mesos state written before: admins only from now on
+        for top in client.get_children(ROOT):
+            if top not in ("objects", "users", "policy"):
+                _set_tree(client, f"{ROOT}/{top}", policy.runs_acl() if top == "runs" else system)
+    if not first:
         client.set(POLICY, policy.to_json())
     else:
         client.create(POLICY, policy.to_json(), acl=system)
     for admin in policy.admins:
         register_user(client, policy, admin)
+
+
+def _set_tree(client: Any, path: str, acl: list[ACL]) -> None:
+    client.set_acls(path, acl)
+    for child in client.get_children(path):
+        _set_tree(client, f"{path}/{child}", acl)
 
 
 def register_user(client: Any, policy: Policy, digest_id: str) -> None:

@@ -354,6 +354,7 @@ class Store:
         self.hosts = hosts
         self.credentials = credentials
         self.policy: Policy | None = None  # set on connect: None = an open (unsecured) cluster
+        self._policy_czxid = 0
         self.timeout = timeout
         self.kinds: dict[str, type[Resource]] = {}
         for k in (*KINDS.values(), *kinds):
@@ -405,7 +406,8 @@ class Store:
         """Read the policy; on a secured cluster prove the credentials by reading users/<me>
         (ZooKeeper's digest login itself never fails: a wrong password is just another id)."""
         try:
-            self.policy = Policy.from_json(self._call("read policy", "get_async", POLICY)[0])
+            data, stat = self._call("read policy", "get_async", POLICY)
+            self.policy, self._policy_czxid = Policy.from_json(data), stat.czxid
         except NoNodeError:
             self.policy = None
         if self.policy is None:
@@ -456,6 +458,19 @@ class Store:
                    b"", acl=pol.marker_acl(owner_id))
         return 3
 
+    def _markers(self, kind: type[Resource], name: str, uid: str) -> list[str]:
+        """The owner markers an object's ACL points at (to remove them with the object)."""
+        if self.policy is None:
+            return []
+        from kazoo.security import Permissions
+
+        try:
+            acls, _ = self._call(f"read ACL of {kind.KIND} {name}", "get_acls_async", self._path(kind, name))
+        except NoNodeError:
+            return []
+        users = {user_of(i) for i in acl_ids(acls, Permissions.ALL)}
+        return [f"{USERS}/{u}/{marker_name(self._dir(kind), name, uid)}" for u in sorted(users)]
+
     def owner(self, kind: type[Resource], name: str) -> str | None:
         """The proven creator of an object on a secured cluster (None: unproven, or its status
         znode is writable by someone other than the admins). The object's ACL claims the owner;
@@ -482,6 +497,8 @@ class Store:
         if any(not admin(i) for i in acl_ids(sacls, Permissions.WRITE)) or \
                 any(a.id.scheme != "digest" and a.perms & ~Permissions.READ for a in sacls):
             return None
+        if stat.czxid < self._policy_czxid:  # from before the cluster was secured: the admins'
+            return sorted(self.policy.admin_users)[0]
         claimed = [i for i in acl_ids(acls, Permissions.ALL) if not admin(i)] or list(self.policy.admins)
         uid = data.get("metadata", {}).get("uid", "")
         for cid in claimed:
@@ -706,11 +723,17 @@ class Store:
         path = self._path(kind, name)
         meta = new["metadata"]
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            markers = self._markers(kind, name, meta.get("uid", ""))
             txn = self._client.transaction()
             txn.delete(f"{path}/{STATUS_NODE}")
             txn.delete(path, version=expected)
             err = self._txn_error(self._commit(txn, f"delete {kind.KIND} {name}"))
             if err is None:
+                for m in [self._client.delete_async(m) for m in markers]:  # best effort: a stale
+                    try:                                                   # marker names a dead uid
+                        m.get(timeout=self.timeout)
+                    except Exception:
+                        pass
                 return None
             self._forbidden(err, f"delete {kind.KIND} {name}")
             if isinstance(err[1], NoNodeError) and err[0] == 1:

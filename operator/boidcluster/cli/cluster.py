@@ -99,6 +99,9 @@ def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slo
 def start_operator(opts: OperatorOptions, store: Store, health_port: int | None,
                    health_address: str = "127.0.0.1", *, registry=None,
                    leader_path: str | None = None) -> tuple[Operator, object]:
+    if store.policy is not None and not store.is_admin:  # it writes every status: admins only
+        raise Failure(f"user {store.whoami!r} is not an admin of this cluster: run the operator with an "
+                      "admin context (`--context`; `boidctl up` makes admin@local)")
     try:
         world = build_world(opts, store)
     except ValueError as e:
