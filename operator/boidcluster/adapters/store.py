@@ -717,7 +717,8 @@ class Store:
                 out.append(self._decode_raw(kind, raw))
         return out
 
-    def _write_meta(self, kind: type[Resource], name: str, new: dict[str, Any], expected: int) -> ZnodeStat | None:
+    def _write_meta(self, kind: type[Resource], name: str, new: dict[str, Any], expected: int,
+                    verb: str = "update") -> ZnodeStat | None:
         """CAS-write the object znode; delete the object instead when it is being deleted and
         no finalizer is left. Returns the new stat, or None when deleted."""
         path = self._path(kind, name)
@@ -740,7 +741,7 @@ class Store:
                 raise NotFound(f"{kind.KIND} {name!r} not found")
             raise self._conflict(kind, name, expected)
         try:
-            return self._call(f"update {kind.KIND} {name}", "set_async", path, _dumps(new), version=expected)
+            return self._call(f"{verb} {kind.KIND} {name}", "set_async", path, _dumps(new), version=expected)
         except NoNodeError:
             raise NotFound(f"{kind.KIND} {name!r} not found") from None
         except BadVersionError:
@@ -814,7 +815,7 @@ class Store:
             _set_read_state(out, _Raw(raw.data, raw.stat, wire, stat))
         return _set_status_version(out, stat.version)
 
-    def _cas_loop(self, kind: type[Resource], name: str, change: Any) -> Resource | None:
+    def _cas_loop(self, kind: type[Resource], name: str, change: Any, verb: str = "update") -> Resource | None:
         """Read, let `change(data)` return the new stored form (or None: nothing to do), CAS-write;
         retry on conflict. Returns the result (None once deleted)."""
         for _ in range(20):
@@ -823,7 +824,7 @@ class Store:
             if new is None or new == raw.data:
                 return self._decode_raw(kind, raw)
             try:
-                stat = self._write_meta(kind, name, new, raw.stat.version)
+                stat = self._write_meta(kind, name, new, raw.stat.version, verb)
             except Conflict:
                 continue
             if stat is None:
@@ -843,7 +844,7 @@ class Store:
             meta["deletionTimestamp"] = _now_json()
             return d  # written as marked, or removed when there are no finalizers
 
-        return self._cas_loop(kind, name, mark)
+        return self._cas_loop(kind, name, mark, "delete")
 
     def add_finalizer(self, kind: type[Resource], name: str, finalizer: str) -> Resource:
         """Add a finalizer (no-op if present). Refused while the object is being deleted."""

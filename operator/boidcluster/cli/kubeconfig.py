@@ -46,6 +46,8 @@ def _private(path: Path, what: str) -> None:
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read, without a moment of wider permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.parent.name == "credentials":
+        path.parent.chmod(0o700)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
