@@ -13,7 +13,7 @@ created in the same multi-op transaction as the object (same czxid): only the ow
 acting for a GitSource's owner) may create children of `users/<owner>`.
 
 The policy (`/boid/v1/policy`, world-readable, admin-writable) names the admin ids (the
-operator) and the dispatcher ids; its existence is what makes a cluster "secured". Without it,
+operator's identity); its existence is what makes a cluster "secured". Without it,
 every znode stays world-writable as before (tests, and clusters that predate tenancy).
 """
 
@@ -111,16 +111,14 @@ class Policy:
     """The cluster's tenancy policy as stored at POLICY."""
 
     admins: tuple[str, ...]                    # digest ids with every right (the operator)
-    dispatchers: tuple[str, ...] = ()          # digest ids that may also write run records
 
     def to_json(self) -> bytes:
-        return json.dumps({"admins": list(self.admins), "dispatchers": list(self.dispatchers)},
-                          sort_keys=True).encode()
+        return json.dumps({"admins": list(self.admins)}, sort_keys=True).encode()
 
     @staticmethod
     def from_json(data: bytes) -> "Policy":
         d = json.loads(data or b"{}")
-        return Policy(tuple(d.get("admins", ())), tuple(d.get("dispatchers", ())))
+        return Policy(tuple(d.get("admins", ())))
 
     def is_admin(self, digest_id: str | None) -> bool:
         return digest_id is not None and digest_id in self.admins
@@ -154,10 +152,10 @@ class Policy:
         return self.system_acl()
 
     def runs_acl(self) -> list[ACL]:
-        """Run records: admins, and dispatchers may create (never change or delete) records."""
-        disp = [ACL(Permissions.READ | Permissions.CREATE, Id("digest", d))
-                for d in self.dispatchers if d not in self.admins]
-        return [*self._admins(), *disp, ACL(Permissions.READ, WORLD)]
+        """Run records: written by the admins (the operator) only. A per-protocol dispatcher with
+        an identity of its own would need create rights on its own jobs' records only, granted
+        when the operator admits a job; not built yet, so dispatchers run as an admin."""
+        return self.system_acl()
 
     def user_dir_acl(self, user_id: str) -> list[ACL]:
         """users/<name>: readable (the login check) and markers creatable only by that user."""
