@@ -53,6 +53,7 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
+from kazoo.security import Permissions
 from pydantic import TypeAdapter, ValidationError
 
 from boidcluster.adapters.auth import POLICY, TLS, USERS, Credentials, Policy, acl_ids, marker_name, user_of
@@ -462,8 +463,6 @@ class Store:
         """The owner markers an object's ACL points at (to remove them with the object)."""
         if self.policy is None:
             return []
-        from kazoo.security import Permissions
-
         try:
             acls, _ = self._call(f"read ACL of {kind.KIND} {name}", "get_acls_async", self._path(kind, name))
         except NoNodeError:
@@ -489,8 +488,6 @@ class Store:
             sacls, _ = self._call(f"read ACL of {kind.KIND} {name}", "get_acls_async", f"{path}/{STATUS_NODE}")
         except NoNodeError:
             return None  # not made by a Store (which creates both at once)
-        from kazoo.security import Permissions
-
         def admin(i: str) -> bool:  # ZooKeeper shows a digest as "user:x" to a reader without ADMIN
             return i in self.policy.admins or (i.endswith(":x") and user_of(i) in self.policy.admin_users)
 
