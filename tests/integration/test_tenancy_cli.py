@@ -163,3 +163,14 @@ def test_the_operator_refuses_to_run_as_a_non_admin(secured, home):
     r = boidctl("operator", "run", "--backend", "none", code=1)
     assert r.output.strip() == ("error: user 'alice' is not an admin of this cluster: run the operator with an "
                                 "admin context (`--context`; `boidctl up` makes admin@local)")
+
+
+def test_admins_register_users(secured, home):
+    r = boidctl("--context", "bob@c", "auth", "create-user", "dave", code=1)
+    assert r.output.strip() == "error: forbidden: user 'bob' is not an admin of this cluster"
+    out = boidctl("--context", "admin@c", "auth", "create-user", "dave").output
+    pw = home / "credentials" / "dave"
+    assert out.strip() == f"user/dave created (password in {pw})"
+    assert pw.stat().st_mode & 0o777 == 0o600 and pw.parent.stat().st_mode & 0o777 == 0o700
+    assert pw.read_text().strip() not in out + boidctl("config", "view").output
+    assert boidctl("--context", "dave@c", "auth", "whoami").output.strip() == "dave"
