@@ -174,3 +174,13 @@ def test_admins_register_users(secured, home):
     assert pw.stat().st_mode & 0o777 == 0o600 and pw.parent.stat().st_mode & 0o777 == 0o700
     assert pw.read_text().strip() not in out + boidctl("config", "view").output
     assert boidctl("--context", "dave@c", "auth", "whoami").output.strip() == "dave"
+
+
+def test_sync_of_a_directory_checks_submitters_too(secured, home, tmp_path):
+    boidctl("apply", "-f", str(PROTOCOL))  # alice's protocol: only she (and admins) may submit
+    d = tmp_path / "specs"
+    d.mkdir()
+    (d / "job.yaml").write_text(JOB.read_text())
+    r = boidctl("--context", "bob@c", "sync", str(d), code=1)
+    assert "error: job/pi: user 'bob' may not submit jobs under protocol 'monte-carlo'" in r.output
+    assert "pi" not in boidctl("get", "jobs", "-o", "name").output
