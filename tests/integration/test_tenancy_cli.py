@@ -184,3 +184,10 @@ def test_sync_of_a_directory_checks_submitters_too(secured, home, tmp_path):
     r = boidctl("--context", "bob@c", "sync", str(d), code=1)
     assert "error: job/pi: user 'bob' may not submit jobs under protocol 'monte-carlo'" in r.output
     assert "pi" not in boidctl("get", "jobs", "-o", "name").output
+
+
+def test_credentials_go_only_to_their_contexts_cluster(secured, home, zookeeper):
+    """A digest login hands the password to the server: --zk naming another server gets none."""
+    assert boidctl("--zk", secured.hosts, "auth", "whoami").output.strip() == "alice"
+    other = zookeeper.hosts  # another "cluster" (the server's root: open)
+    assert boidctl("--zk", other, "auth", "whoami").output.startswith("anonymous")

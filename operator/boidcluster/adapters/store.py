@@ -488,6 +488,7 @@ class Store:
             sacls, _ = self._call(f"read ACL of {kind.KIND} {name}", "get_acls_async", f"{path}/{STATUS_NODE}")
         except NoNodeError:
             return None  # not made by a Store (which creates both at once)
+
         def admin(i: str) -> bool:  # ZooKeeper shows a digest as "user:x" to a reader without ADMIN
             return i in self.policy.admins or (i.endswith(":x") and user_of(i) in self.policy.admin_users)
 

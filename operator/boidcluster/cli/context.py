@@ -80,10 +80,14 @@ class Ctx:
 
     @property
     def store(self) -> Store:
+        """The store, logged in as the context's user -- only when talking to that context's own
+        cluster: a digest login hands the password to the server, so --zk/$BOID_ZK pointing
+        elsewhere connects anonymously."""
         if self._store is None:
             c = self.context
-            self._store = Store(self.zk, timeout=self.timeout, credentials=c.credentials if c else None,
-                                tls=c.tls if c else None)
+            own = c is not None and (c.server is None or c.server == self.zk)
+            self._store = Store(self.zk, timeout=self.timeout, credentials=c.credentials if own else None,
+                                tls=c.tls if own else None)
         return self._store
 
     def close(self) -> None:
