@@ -43,6 +43,8 @@ from kazoo.exceptions import (
     ConnectionClosedError,
     ConnectionLoss,
     KazooException,
+    AuthFailedError,
+    NoAuthError,
     NoNodeError,
     NodeExistsError,
     OperationTimeoutError,
@@ -51,8 +53,10 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
+from kazoo.security import Permissions
 from pydantic import TypeAdapter, ValidationError
 
+from boidcluster.adapters.auth import POLICY, TLS, USERS, Credentials, Policy, acl_ids, marker_name, user_of
 from boidcluster.model.kinds import KINDS
 from boidcluster.model.meta import Resource, Status, utcnow
 
@@ -100,6 +104,14 @@ class InvalidObject(StoreError, ValueError):
 
 class InvalidSelector(StoreError, ValueError):
     pass
+
+
+class Forbidden(StoreError):
+    """ZooKeeper refused: this identity may not do that (an ACL, see adapters/auth.py)."""
+
+
+class Unauthorized(StoreError):
+    """The credentials are wrong, unknown to the cluster, or missing where they are required."""
 
 
 # -- kinds and wire form ----------------------------------------------------------------------
@@ -337,8 +349,13 @@ class Store:
         kinds: Iterable[type[Resource]] = (),
         timeout: float = 5.0,
         session_timeout: float = 10.0,
+        credentials: Credentials | None = None,
+        tls: TLS | None = None,
     ) -> None:
         self.hosts = hosts
+        self.credentials = credentials
+        self.policy: Policy | None = None  # set on connect: None = an open (unsecured) cluster
+        self._policy_czxid = 0
         self.timeout = timeout
         self.kinds: dict[str, type[Resource]] = {}
         for k in (*KINDS.values(), *kinds):
@@ -351,6 +368,8 @@ class Store:
                 hosts=hosts,
                 timeout=session_timeout,
                 connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 1.0},
+                auth_data=credentials.auth_data() if credentials else None,
+                **(tls.kazoo_kwargs() if tls else {}),
             )
         except ValueError as e:
             raise StoreUnavailable(f"invalid ZooKeeper hosts {hosts!r}: {e}") from None
@@ -362,9 +381,130 @@ class Store:
                 f"cannot reach ZooKeeper at {hosts} within {timeout:g}s "
                 "(is it running? `boidctl up` starts a local one)"
             ) from None
+        except AuthFailedError:
+            self._client.close()
+            raise Unauthorized(f"authentication as user {self.whoami!r} failed at {hosts}") from None
         self._connected.set()
-        self._ensure(OBJECTS)
-        self._ensure(RUNS)
+        try:
+            self._login()
+            self._ensure(OBJECTS)
+            self._ensure(RUNS)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def whoami(self) -> str:
+        return self.credentials.user if self.credentials else "anonymous"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.policy is not None and self.credentials is not None and \
+            self.policy.is_admin(self.credentials.digest_id)
+
+    def _login(self) -> None:
+        """Read the policy; on a secured cluster prove the credentials by reading users/<me>
+        (ZooKeeper's digest login itself never fails: a wrong password is just another id)."""
+        try:
+            data, stat = self._call("read policy", "get_async", POLICY)
+            self.policy, self._policy_czxid = Policy.from_json(data), stat.czxid
+        except NoNodeError:
+            self.policy = None
+        if self.policy is None:
+            return
+        self._client.default_acl = self.policy.system_acl()
+        if self.credentials is None:
+            return
+        try:
+            self._call("log in", "get_children_async", f"{USERS}/{self.credentials.user}")
+        except (NoNodeError, Forbidden):
+            raise Unauthorized(
+                f"authentication as user {self.credentials.user!r} failed at {self.hosts}: "
+                "unknown user or wrong password"
+            ) from None
+
+    def _require_login(self, what: str) -> None:
+        if self.policy is not None and self.credentials is None:
+            raise Unauthorized(f"{what}: this cluster requires authentication; set a user in the "
+                               "current context of $BOID_HOME/config (`boidctl config get-contexts`)")
+
+    def _owner_id(self, owner: str | None) -> str | None:
+        """The digest id objects are created for: `owner` (an admin acting for a user, e.g. a
+        GitSource's owner: read from users/<owner>) or this store's own identity."""
+        if self.policy is None:
+            return None
+        if owner is None or (self.credentials is not None and owner == self.credentials.user):
+            return self.credentials.digest_id if self.credentials else None
+        try:
+            return json.loads(self._call(f"read user {owner}", "get_async", f"{USERS}/{owner}")[0])["id"]
+        except NoNodeError:
+            raise NotFound(f"user {owner!r} is not registered in this cluster") from None
+
+    def _create_object_ops(self, txn: Any, kind: type[Resource], name: str, data: dict[str, Any],
+                           status: Any, owner_id: str | None) -> int:
+        """Add the creates of one object (object, status, and on a secured cluster the owner's
+        marker, all in the caller's transaction so they share one czxid). Returns the op count."""
+        path = self._path(kind, name)
+        pol = self.policy
+        if pol is None:
+            txn.create(path, _dumps(data))
+            txn.create(f"{path}/{STATUS_NODE}", _dumps(status))
+            return 2
+        txn.create(path, _dumps(data), acl=pol.object_acl(owner_id))
+        txn.create(f"{path}/{STATUS_NODE}", _dumps(status), acl=pol.status_acl())
+        if owner_id is None:
+            return 2
+        txn.create(f"{USERS}/{user_of(owner_id)}/{marker_name(self._dir(kind), name, data['metadata']['uid'])}",
+                   b"", acl=pol.marker_acl(owner_id))
+        return 3
+
+    def _markers(self, kind: type[Resource], name: str, uid: str) -> list[str]:
+        """The owner markers an object's ACL points at (to remove them with the object)."""
+        if self.policy is None:
+            return []
+        try:
+            acls, _ = self._call(f"read ACL of {kind.KIND} {name}", "get_acls_async", self._path(kind, name))
+        except NoNodeError:
+            return []
+        users = {user_of(i) for i in acl_ids(acls, Permissions.ALL)}
+        return [f"{USERS}/{u}/{marker_name(self._dir(kind), name, uid)}" for u in sorted(users)]
+
+    def owner(self, kind: type[Resource], name: str) -> str | None:
+        """The proven creator of an object on a secured cluster (None: unproven, or its status
+        znode is writable by someone other than the admins). The object's ACL claims the owner;
+        the claim holds only if users/<owner> has the object's marker with the object's czxid
+        (created in the same transaction, which only that user or an admin can do). Only an
+        admin's answer is authoritative: ZooKeeper redacts digests for others (see `admin`)."""
+        if self.policy is None:
+            return None
+        path = self._path(kind, name)
+        try:
+            acls, stat = self._call(f"read ACL of {kind.KIND} {name}", "get_acls_async", path)
+            data = json.loads(self._call(f"read {kind.KIND} {name}", "get_async", path)[0])
+        except NoNodeError:
+            raise NotFound(f"{kind.KIND} {name!r} not found") from None
+        try:
+            sacls, _ = self._call(f"read ACL of {kind.KIND} {name}", "get_acls_async", f"{path}/{STATUS_NODE}")
+        except NoNodeError:
+            return None  # not made by a Store (which creates both at once)
+
+        def admin(i: str) -> bool:  # ZooKeeper shows a digest as "user:x" to a reader without ADMIN
+            return i in self.policy.admins or (i.endswith(":x") and user_of(i) in self.policy.admin_users)
+
+        if any(not admin(i) for i in acl_ids(sacls, Permissions.WRITE)) or \
+                any(a.id.scheme != "digest" and a.perms & ~Permissions.READ for a in sacls):
+            return None
+        if stat.czxid < self._policy_czxid:  # from before the cluster was secured: the admins'
+            return sorted(self.policy.admin_users)[0]
+        claimed = [i for i in acl_ids(acls, Permissions.ALL) if not admin(i)] or list(self.policy.admins)
+        uid = data.get("metadata", {}).get("uid", "")
+        for cid in claimed:
+            marker = f"{USERS}/{user_of(cid)}/{marker_name(self._dir(kind), name, uid)}"
+            mstat = self._call(f"check owner of {kind.KIND} {name}", "exists_async", marker)
+            if mstat is not None and mstat.czxid == stat.czxid:
+                return user_of(cid)
+        return None
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -401,6 +541,8 @@ class Store:
                 f"lost the connection to ZooKeeper at {self.hosts} ({what}: {type(e).__name__}); "
                 "the outcome of a write is unknown: re-read"
             ) from None
+        except NoAuthError:
+            raise Forbidden(f"forbidden: user {self.whoami!r} may not {what}") from None
 
     def _ready(self) -> None:
         if not self._connected.wait(self.timeout):
@@ -426,6 +568,10 @@ class Store:
             if isinstance(r, Exception) and not isinstance(r, RolledBackError):
                 return i, r
         return None
+
+    def _forbidden(self, err: tuple[int, Exception] | None, what: str) -> None:
+        if err is not None and isinstance(err[1], NoAuthError):
+            raise Forbidden(f"forbidden: user {self.whoami!r} may not {what}")
 
     def _read_async(self, path: str, watch: Any = None) -> tuple[Any, Any]:
         self._ready()
@@ -536,14 +682,14 @@ class Store:
 
         A status given on `obj` is stored as the initial status (apply ignores it)."""
         kind = self._check(obj)
-        path = self._path(kind, obj.name)
+        self._require_login(f"create {kind.KIND} {obj.name}")
         self._ensure(self._path(kind))
         data = self._fresh_meta(obj)
         status = _status_dict(kind, obj.status)
         txn = self._client.transaction()
-        txn.create(path, _dumps(data))
-        txn.create(f"{path}/{STATUS_NODE}", _dumps(status))
+        self._create_object_ops(txn, kind, obj.name, data, status, self._owner_id(None))
         err = self._txn_error(self._commit(txn, f"create {kind.KIND} {obj.name}"))
+        self._forbidden(err, f"create {kind.KIND} {obj.name}")
         if err is not None:
             if isinstance(err[1], NodeExistsError):
                 raise AlreadyExists(f"{kind.KIND} {obj.name!r} already exists")
@@ -569,23 +715,31 @@ class Store:
                 out.append(self._decode_raw(kind, raw))
         return out
 
-    def _write_meta(self, kind: type[Resource], name: str, new: dict[str, Any], expected: int) -> ZnodeStat | None:
+    def _write_meta(self, kind: type[Resource], name: str, new: dict[str, Any], expected: int,
+                    verb: str = "update") -> ZnodeStat | None:
         """CAS-write the object znode; delete the object instead when it is being deleted and
         no finalizer is left. Returns the new stat, or None when deleted."""
         path = self._path(kind, name)
         meta = new["metadata"]
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            markers = self._markers(kind, name, meta.get("uid", ""))
             txn = self._client.transaction()
             txn.delete(f"{path}/{STATUS_NODE}")
             txn.delete(path, version=expected)
             err = self._txn_error(self._commit(txn, f"delete {kind.KIND} {name}"))
             if err is None:
+                for m in [self._client.delete_async(m) for m in markers]:  # best effort: a stale
+                    try:                                                   # marker names a dead uid
+                        m.get(timeout=self.timeout)
+                    except Exception:
+                        pass
                 return None
+            self._forbidden(err, f"delete {kind.KIND} {name}")
             if isinstance(err[1], NoNodeError) and err[0] == 1:
                 raise NotFound(f"{kind.KIND} {name!r} not found")
             raise self._conflict(kind, name, expected)
         try:
-            return self._call(f"update {kind.KIND} {name}", "set_async", path, _dumps(new), version=expected)
+            return self._call(f"{verb} {kind.KIND} {name}", "set_async", path, _dumps(new), version=expected)
         except NoNodeError:
             raise NotFound(f"{kind.KIND} {name!r} not found") from None
         except BadVersionError:
@@ -659,7 +813,7 @@ class Store:
             _set_read_state(out, _Raw(raw.data, raw.stat, wire, stat))
         return _set_status_version(out, stat.version)
 
-    def _cas_loop(self, kind: type[Resource], name: str, change: Any) -> Resource | None:
+    def _cas_loop(self, kind: type[Resource], name: str, change: Any, verb: str = "update") -> Resource | None:
         """Read, let `change(data)` return the new stored form (or None: nothing to do), CAS-write;
         retry on conflict. Returns the result (None once deleted)."""
         for _ in range(20):
@@ -668,7 +822,7 @@ class Store:
             if new is None or new == raw.data:
                 return self._decode_raw(kind, raw)
             try:
-                stat = self._write_meta(kind, name, new, raw.stat.version)
+                stat = self._write_meta(kind, name, new, raw.stat.version, verb)
             except Conflict:
                 continue
             if stat is None:
@@ -688,7 +842,7 @@ class Store:
             meta["deletionTimestamp"] = _now_json()
             return d  # written as marked, or removed when there are no finalizers
 
-        return self._cas_loop(kind, name, mark)
+        return self._cas_loop(kind, name, mark, "delete")
 
     def add_finalizer(self, kind: type[Resource], name: str, finalizer: str) -> Resource:
         """Add a finalizer (no-op if present). Refused while the object is being deleted."""
@@ -720,15 +874,16 @@ class Store:
         return self._cas_loop(kind, name, remove)
 
     # -- apply ------------------------------------------------------------------------------
-    def apply(self, objs: Iterable[Resource], dry_run: bool = False) -> list[ApplyResult]:
+    def apply(self, objs: Iterable[Resource], dry_run: bool = False, *, owner: str | None = None) -> list[ApplyResult]:
         """Create or update every object of an input in ONE transaction (all or nothing).
 
         User fields (labels, annotations, spec) come from the input; server fields (uid,
         generation, creationTimestamp, status, deletionTimestamp) are kept; finalizers are
         kept and any from the input added. The transaction checks the version of every object
         it read, so a concurrent write makes the whole apply a Conflict. `dry_run` reads and
-        plans but writes nothing."""
-        return self._commit_plan(self._plan(list(objs)), dry_run)
+        plans but writes nothing. `owner` (an admin only, e.g. for a GitSource's owner): the user
+        new objects belong to on a secured cluster, instead of this store's identity."""
+        return self._commit_plan(self._plan(list(objs)), dry_run, owner)
 
     def _plan(self, objs: Sequence[Resource]) -> list[tuple[Resource, str, dict[str, Any], _Raw | None]]:
         seen: set[tuple[str, str]] = set()
@@ -750,8 +905,10 @@ class Store:
         return plan
 
     def _commit_plan(self, plan: list[tuple[Resource, str, dict[str, Any], _Raw | None]],
-                     dry_run: bool) -> list[ApplyResult]:
+                     dry_run: bool, owner: str | None = None) -> list[ApplyResult]:
         if not dry_run and any(a != "unchanged" for _, a, _, _ in plan):
+            self._require_login(f"apply {len(plan)} objects")
+            owner_id = self._owner_id(owner) if any(a == "created" for _, a, _, _ in plan) else None
             txn = self._client.transaction()
             owners: list[tuple[Resource, _Raw | None]] = []
             for obj, action, new, raw in plan:
@@ -759,9 +916,7 @@ class Store:
                 path = self._path(kind, obj.name)
                 if action == "created":
                     self._ensure(self._path(kind))
-                    txn.create(path, _dumps(new))
-                    txn.create(f"{path}/{STATUS_NODE}", _dumps(None))
-                    owners += [(obj, None), (obj, None)]
+                    owners += [(obj, None)] * self._create_object_ops(txn, kind, obj.name, new, None, owner_id)
                 elif action == "configured":
                     assert raw is not None
                     txn.set_data(path, _dumps(new), version=raw.stat.version)
@@ -774,6 +929,7 @@ class Store:
             err = self._txn_error(results)
             if err is not None:
                 obj, raw = owners[err[0]]
+                self._forbidden(err, f"{'create' if raw is None else 'change'} {obj.kind} {obj.name}; nothing was applied")
                 kind = type(obj)
                 if raw is None:
                     raise Conflict(f"{kind.KIND} {obj.name!r} was created by someone else during apply; "
@@ -787,6 +943,8 @@ class Store:
                 version = None if dry_run else 0
                 if not dry_run:
                     next(stats), next(stats)
+                    if self.policy is not None and owner_id is not None:
+                        next(stats)  # the owner's marker
                 res = self._decode(kind, new, version, None, version)
             else:
                 assert raw is not None
@@ -838,7 +996,8 @@ class Store:
         else:
             raw = data or b""
         try:
-            self._call(f"create {path}", "create_async", self._run_path(path), raw, makepath=True)
+            self._call(f"create {path}", "create_async", self._run_path(path), raw, makepath=True,
+                       acl=self.policy.runs_acl() if self.policy else None)
             return True
         except NodeExistsError:
             return False

@@ -99,6 +99,9 @@ def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slo
 def start_operator(opts: OperatorOptions, store: Store, health_port: int | None,
                    health_address: str = "127.0.0.1", *, registry=None,
                    leader_path: str | None = None) -> tuple[Operator, object]:
+    if store.policy is not None and not store.is_admin:  # it writes every status: admins only
+        raise Failure(f"user {store.whoami!r} is not an admin of this cluster: run the operator with an "
+                      "admin context (`--context`; `boidctl up` makes admin@local)")
     try:
         world = build_world(opts, store)
     except ValueError as e:
@@ -226,6 +229,8 @@ def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
     from boidcluster.adapters.local.chainnode import LocalChain
     from boidcluster.adapters.local.zookeeper import LocalZooKeeper
 
+    from .auth import secure_embedded
+
     st = Path(state).resolve()
     st.mkdir(parents=True, exist_ok=True)
     info: dict = {"pid": os.getpid(), "state": str(st), "phase": "starting ZooKeeper", "ready": False}
@@ -234,6 +239,7 @@ def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
     try:
         zk = LocalZooKeeper(st / "zookeeper", port=read_zk_port(st), die_with_parent=True).start()
         stack.append(zk.stop)
+        admin = secure_embedded(st, zk.hosts, tuple(slots or DEMO_SLOTS))  # admin = the operator
         info.update(zk=zk.hosts, phase="starting the chain node")
         _write_cluster(st, info)
         chain = LocalChain(st / "chain", die_with_parent=True)
@@ -246,7 +252,7 @@ def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
         chain.operator_keys().write(keys)
         info["phase"] = "starting the operator"
         _write_cluster(st, info)
-        store = Store(zk.hosts, timeout=10)
+        store = Store(zk.hosts, timeout=10, credentials=admin)
         stack.append(store.close)
         opts = OperatorOptions(zk=zk.hosts, storage=storage_root(st), chain_url=info["chain"],
                                keys_file=str(keys), backend="local", slots=list(slots or DEMO_SLOTS),

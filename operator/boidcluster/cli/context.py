@@ -1,8 +1,10 @@
-"""Where boidctl finds the cluster, and how it reports failures.
+"""Where boidctl finds the cluster, who it is there, and how it reports failures.
 
-The ZooKeeper address comes from --zk, then $BOID_ZK, then the file `boidctl up` writes
-($BOID_HOME/cluster.json, default ~/.boid), then 127.0.0.1:2181 — kubectl's flag > env > config
-order. Every known failure becomes one clear line on stderr and a non-zero exit, never a trace.
+The ZooKeeper address comes from --zk, then $BOID_ZK, then the context's cluster in
+$BOID_HOME/config (default ~/.boid; see kubeconfig.py), then the file `boidctl up` writes
+($BOID_HOME/cluster.json), then 127.0.0.1:2181 — kubectl's flag > env > config order. The
+identity (and TLS) come only from the context (--context, $BOID_CONTEXT, else current-context):
+never from a flag. Every known failure becomes one clear line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from typing import Any, Callable
 
 import click
 
+from boidcluster.adapters.auth import Credentials
 from boidcluster.adapters.store import Store, StoreError
 from boidcluster.model.crd import UnknownField
 from boidcluster.model.kinds import UnknownKind
 from boidcluster.model.loader import SpecErrors
+
+from .kubeconfig import Config, ConfigError, Context
 
 DEFAULT_ZK = "127.0.0.1:2181"
 
@@ -32,6 +37,10 @@ def cluster_file() -> Path:
     return boid_home() / "cluster.json"
 
 
+def config_file() -> Path:
+    return boid_home() / "config"
+
+
 def read_cluster() -> dict[str, Any]:
     try:
         return json.loads(cluster_file().read_text())
@@ -40,19 +49,45 @@ def read_cluster() -> dict[str, Any]:
 
 
 class Ctx:
-    def __init__(self, zk: str | None, timeout: float) -> None:
+    def __init__(self, zk: str | None, timeout: float, context: str | None = None) -> None:
         self._zk = zk
         self.timeout = timeout
+        self.context_name = context or os.environ.get("BOID_CONTEXT") or None
         self._store: Store | None = None
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = Config.load(config_file())
+        return self._config
+
+    @property
+    def context(self) -> Context | None:
+        return self.config.context(self.context_name)
+
+    @property
+    def credentials(self) -> Credentials | None:
+        c = self.context
+        return c.credentials if c else None
 
     @property
     def zk(self) -> str:
-        return self._zk or os.environ.get("BOID_ZK") or read_cluster().get("zk") or DEFAULT_ZK
+        if self._zk or os.environ.get("BOID_ZK"):
+            return self._zk or os.environ["BOID_ZK"]
+        c = self.context
+        return (c.server if c else None) or read_cluster().get("zk") or DEFAULT_ZK
 
     @property
     def store(self) -> Store:
+        """The store, logged in as the context's user -- only when talking to that context's own
+        cluster: a digest login hands the password to the server, so --zk/$BOID_ZK pointing
+        elsewhere connects anonymously."""
         if self._store is None:
-            self._store = Store(self.zk, timeout=self.timeout)
+            c = self.context
+            own = c is not None and (c.server is None or c.server == self.zk)
+            self._store = Store(self.zk, timeout=self.timeout, credentials=c.credentials if own else None,
+                                tls=c.tls if own else None)
         return self._store
 
     def close(self) -> None:
@@ -79,7 +114,7 @@ def friendly(fn: Callable) -> Callable:
             sys.exit(1)
         except (UnknownKind, UnknownField) as e:
             raise Failure(str(e)) from None
-        except StoreError as e:
+        except (StoreError, ConfigError) as e:
             raise Failure(str(e)) from None
         except KeyboardInterrupt:
             sys.exit(130)

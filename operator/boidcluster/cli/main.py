@@ -33,16 +33,18 @@ OUTPUTS = click.Choice(["table", "wide", "yaml", "json", "name"])
               help="ZooKeeper of the cluster (default: $BOID_ZK, then the cluster `boidctl up` started).")
 @click.option("--request-timeout", default=5.0, show_default=True, metavar="SECONDS",
               help="How long to wait for ZooKeeper before giving up.")
+@click.option("--context", "context", envvar="BOID_CONTEXT", metavar="NAME",
+              help="The context of $BOID_HOME/config to use (cluster and user); default: current-context.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(__version__, prog_name="boidctl")
 @click.pass_context
-def cli(ctx: click.Context, zk: str | None, request_timeout: float, verbose: int) -> None:
+def cli(ctx: click.Context, zk: str | None, request_timeout: float, context: str | None, verbose: int) -> None:
     """Boid cluster: apply research specs, watch them converge, get paid for contributed time."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kazoo narrates every reconnect attempt; our own errors already say what failed.
     logging.getLogger("kazoo").setLevel(level if verbose > 1 else logging.CRITICAL)
-    ctx.obj = Ctx(zk, request_timeout)
+    ctx.obj = Ctx(zk, request_timeout, context)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -87,6 +89,7 @@ def apply(ctx: Ctx, files: tuple[str, ...], dry_run: bool, prune: bool, selector
     objs = load_paths(list(files))  # validates every document before anything is written
     if not objs:
         raise Failure("no objects found in " + ", ".join(files))
+    check_submitters(ctx.store, objs)
     for attempt in range(3):
         try:
             results = ctx.store.apply(objs, dry_run=dry_run)
@@ -343,12 +346,14 @@ def crds(out: str, check: bool) -> None:
         click.echo(str(p))
 
 
+from .auth import auth_group, check_submitters, config_group  # noqa: E402
 from .cluster import chain_group, cluster_group, dispatcher_group, down, operator_group  # noqa: E402
 from .report import report  # noqa: E402
 from .sync import sync_command  # noqa: E402
 from .up import up  # noqa: E402
 
-for _command in (operator_group, dispatcher_group, chain_group, cluster_group, up, down, sync_command, report):
+for _command in (operator_group, dispatcher_group, chain_group, cluster_group, up, down, sync_command, report,
+                 config_group, auth_group):
     cli.add_command(_command)
 
 

@@ -29,6 +29,7 @@ from boidcluster.model.resources import GitSource
 from boidcluster.reconcilers.gitops import Options, Outcome, PlanConflict, load_snapshot, sync
 from boidcluster.reconcilers.gitsource import GIT_SETTING, sync_gitsource
 
+from .auth import check_submitters
 from .context import Ctx, Failure, friendly
 
 
@@ -127,6 +128,7 @@ def sync_command(ctx: click.Context, target: str, ref: str | None, subpath: str 
         return
     opts = Options(self_heal=self_heal, prune=bool(prune), prune_limit=10 if prune_limit is None else prune_limit,
                    confirm_prune=confirm_prune, dry_run=dry_run)
+    check_submitters(c.store, objects)
     try:
         out = sync(c.store, name, objects, opts, commit=commit)
     except PlanConflict as e:

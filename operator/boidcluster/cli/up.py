@@ -17,6 +17,7 @@ from boidcluster.model.loader import load_paths
 from boidcluster.model.resources import Job, Protocol
 
 from . import printers
+from .auth import embedded_admin
 from .cluster import ensure_cluster, stop_cluster
 from .context import Ctx, Failure, friendly
 
@@ -41,7 +42,7 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
     info = ensure_cluster()
     click.echo(f"cluster ready: ZooKeeper {info['zk']}, chain {info['chain']}, storage {info['storage']}, "
                f"workers {', '.join(info.get('slots', []))}", err=True)
-    store = Store(info["zk"], timeout=10)
+    store = Store(info["zk"], timeout=10, credentials=embedded_admin(Path(info["state"])))
     try:
         for r in store.apply(objs):
             click.echo(f"{r.kind.lower()}/{r.name} {r.action}")

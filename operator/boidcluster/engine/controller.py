@@ -16,7 +16,7 @@ import typing
 from typing import Any
 
 from boidcluster.adapters.store import Conflict, NotFound, Store, StoreError, StoreUnavailable
-from boidcluster.model.meta import Resource, Status
+from boidcluster.model.meta import Condition, Resource, Status
 
 from .backoff import Backoff
 from .metrics import Metrics
@@ -60,6 +60,7 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._seen: dict[Key, tuple[Any, ...]] = {}
         self._last_event = time.monotonic()
+        self._owners: dict[str, str] = {}  # object uid -> proven owner (never changes for a uid)
         self._watch = None
         self.paused = threading.Event()  # set while leadership is uncertain: workers hold off
 
@@ -178,6 +179,18 @@ class Controller:
         if not reg.owns(obj):
             return  # another process (e.g. another protocol's dispatcher) owns this object
         deleting = obj.metadata.deletion_timestamp is not None
+        admitted = None
+        if not deleting and self.store.policy is not None:
+            try:
+                admitted = self._admit(reg, obj)
+            except StoreError as e:
+                log.info("admission of %s/%s: %s; retrying", *key, e)
+                self.queue.add_after(key, self.backoff.failure(key))
+                return
+            if admitted.status != "True":
+                self.metrics.reconciles.labels(kind_name, "refused").inc()
+                self._write_status(reg, obj, Result(conditions=[admitted]), key, ok=False)
+                return
         if reg.finalizer:
             if deleting and reg.finalizer not in obj.metadata.finalizers:
                 return  # our cleanup is already done
@@ -195,6 +208,8 @@ class Controller:
             self.metrics.latency.labels(kind_name).observe(time.perf_counter() - started)
         self.backoff.reset(key)
         self.metrics.reconciles.labels(kind_name, "ok").inc()
+        if admitted is not None:
+            result.conditions = [admitted, *result.conditions]
         if result.release_finalizer and reg.finalizer:
             try:
                 self.store.remove_finalizer(reg.kind, name, reg.finalizer)
@@ -204,6 +219,21 @@ class Controller:
         self._write_status(reg, obj, result, key)
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after)
+
+    def _admit(self, reg: Registration, obj: Resource) -> Condition:
+        """On a cluster that checks identities, act only on objects with a proven owner (see
+        Store.owner), and only if the kind's admission check (e.g. a Job's submitter) allows it."""
+        uid = obj.metadata.uid or ""
+        owner = self._owners.get(uid) or self.store.owner(reg.kind, obj.name)
+        if owner is None:
+            return condition("Admitted", False, "OwnerUnproven",
+                             f"no proven creator: this {reg.kind.KIND} was not created through boidctl or the "
+                             "store by a registered user (or its status znode is writable by others); "
+                             "the operator does not act on it")
+        self._owners[uid] = owner
+        check = self.registry.admission_for(reg.kind.KIND)
+        refusal = check(obj, owner, self.world) if check is not None else None
+        return refusal or condition("Admitted", True, "Allowed", f"created by user {owner!r}")
 
     def _failed(self, reg: Registration, obj: Resource, key: Key, e: Exception) -> None:
         delay = self.backoff.failure(key)

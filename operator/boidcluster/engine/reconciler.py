@@ -46,6 +46,7 @@ def condition(type_: str, ok: bool | None, reason: str, message: str = "") -> Co
 
 
 Reconcile = Callable[[Any, Any], Result]
+Admission = Callable[[Any, str, Any], "Condition | None"]
 
 
 @dataclass
@@ -65,6 +66,20 @@ class Registry:
 
     def __init__(self) -> None:
         self._by_kind: dict[str, Registration] = {}
+        self._admit: dict[str, Admission] = {}
+
+    def admission(self, kind: type[Resource]):
+        """Register a kind's admission check: `fn(obj, owner, world) -> Condition | None`, the
+        refusal (an Admitted=False condition) or None. It runs, on a cluster that checks
+        identities, before the kind's reconciler, with the object's proven owner."""
+        def register(fn: Admission) -> Admission:
+            self._admit[kind.KIND] = fn
+            return fn
+
+        return register
+
+    def admission_for(self, kind: str) -> "Admission | None":
+        return self._admit.get(kind)
 
     def reconciler(self, kind: type[Resource], *, cleanup: bool = False, resync: float = 60.0):
         def register(fn: Reconcile) -> Reconcile:
@@ -84,11 +99,13 @@ class Registry:
             if reg is None:
                 raise ValueError(f"no reconciler registered for {k.KIND}")
             out._by_kind[k.KIND] = replace(reg, select=select or reg.select)
+        out._admit = dict(self._admit)
         return out
 
     def without(self, kinds: list[type[Resource]]) -> "Registry":
         out = Registry()
         out._by_kind = {k: r for k, r in self._by_kind.items() if k not in {c.KIND for c in kinds}}
+        out._admit = dict(self._admit)
         return out
 
     def get(self, kind: str) -> Registration | None:

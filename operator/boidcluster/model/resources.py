@@ -184,6 +184,10 @@ class Quota(Strict):
     """Most work units of this protocol running at the same time, across all its jobs."""
 
 
+SubmitterName = Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})$")]
+"""A cluster user name (a ZooKeeper digest user), or '*' for any registered user."""
+
+
 class ProtocolSpec(Strict):
     """A research protocol: who sponsors it, who runs it, where its data lives, how it pays."""
 
@@ -203,6 +207,15 @@ class ProtocolSpec(Strict):
     """When and how contributors are paid."""
     quota: Quota | None = None
     """Optional limits on cluster usage."""
+    submitters: list[SubmitterName] | None = None
+    """Users (cluster identities, as in $BOID_HOME/config) who may submit Jobs under this protocol,
+    besides the protocol's own creator and the cluster admins; '*' means any registered user.
+    Absent: only the creator and the admins. Checked only on a cluster that checks identities."""
+
+    def allows_submitter(self, user: str, protocol_owner: str | None) -> bool:
+        """May `user` (a proven identity) submit Jobs here? (Admins are the caller's business.)"""
+        return user == protocol_owner or bool(self.submitters) and (
+            "*" in self.submitters or user in self.submitters)
 
     @model_validator(mode="after")
     def _one_token(self) -> "ProtocolSpec":

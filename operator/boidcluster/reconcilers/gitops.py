@@ -22,7 +22,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Literal
 
 from boidcluster.adapters.git import Snapshot
@@ -218,6 +218,7 @@ class Options:
     prune_limit: int = 10      # 0: no limit
     confirm_prune: bool = False
     dry_run: bool = False
+    owner: str | None = None   # secured cluster: the user objects are applied for (GitSource's owner)
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,14 @@ def execute(store: Store, plan: Plan, opts: Options) -> Outcome:
     Raises PlanConflict (before writing anything) when the plan has conflicts, Conflict when
     the store changed under the apply (re-plan and retry)."""
     out = Outcome(plan)
+    if opts.owner is not None:  # a GitSource changes or prunes only its own owner's objects
+        for i, item in enumerate(plan.items):
+            if item.live is not None and item.action != "conflict":
+                who = store.owner(KINDS[item.kind], item.name)
+                if who != opts.owner:
+                    plan.items[i] = replace(item, action="conflict", detail=(
+                        f"belongs to user {who!r}" if who else "has no proven owner")
+                        + f", not to this GitSource's owner {opts.owner!r}")
     if plan.conflicts:
         out.conflicts = plan.conflicts
         raise PlanConflict(plan.conflicts)
@@ -299,7 +308,7 @@ def execute(store: Store, plan: Plan, opts: Options) -> Outcome:
     if to_apply and not opts.dry_run:
         batches = _batches(to_apply)
         for batch in batches:
-            store.apply(batch)
+            store.apply(batch, owner=opts.owner)
         out.transactions = len(batches)
     out.applied = len(to_apply)
     for item in plan.items:

@@ -113,7 +113,8 @@ def sync_gitsource(gs: GitSource, world, *, confirm_prune: bool = False, dry_run
     previous = gs.status.synced_commit if gs.status else None
     opts = Options(self_heal=spec.self_heal if self_heal is None else self_heal,
                    prune=spec.prune if prune is None else prune, prune_limit=spec.prune_limit,
-                   confirm_prune=confirm_prune, dry_run=dry_run)
+                   confirm_prune=confirm_prune, dry_run=dry_run,
+                   owner=world.store.owner(GitSource, gs.name) if world.store.policy else None)
     try:
         out = sync(world.store, gs.name, objects, opts, commit=snap.commit, previous_commit=previous)
     except PlanConflict as e:

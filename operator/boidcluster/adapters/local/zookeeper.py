@@ -25,6 +25,10 @@ from pathlib import Path
 JAVA_DIR = Path("/usr/share/java")
 # Checked in notes/environment.md: these two jars are enough for a standalone server.
 DEFAULT_CLASSPATH = (JAVA_DIR / "zookeeper.jar", JAVA_DIR / "slf4j-nop.jar")
+# The TLS port (secureClientPort) needs the Netty connection factory (Debian's libnetty-java).
+NETTY_CLASSPATH = tuple(JAVA_DIR / f"netty-{j}.jar" for j in (
+    "buffer", "codec", "common", "handler", "resolver", "transport", "transport-native-epoll",
+    "transport-native-unix-common"))
 MAIN_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
 LOOPBACK = "127.0.0.1"
 
@@ -105,6 +109,7 @@ class LocalZooKeeper:
         fsync: bool = True,
         die_with_parent: bool = False,
         startup_timeout: float = 30.0,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self._own_dir = state_dir is None
         self.state_dir = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="boid-zk-"))
@@ -116,6 +121,11 @@ class LocalZooKeeper:
         self.fsync = fsync
         self.die_with_parent = die_with_parent
         self.startup_timeout = startup_timeout
+        # (server key + certificate PEM, CA PEM): also serve TLS on secure_port (client certs optional)
+        self.tls = tls
+        self.secure_port = free_port() if tls else None
+        if tls:
+            self.classpath = (*classpath, *NETTY_CLASSPATH)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = None
 
@@ -124,6 +134,13 @@ class LocalZooKeeper:
     def hosts(self) -> str:
         """The kazoo connection string, e.g. '127.0.0.1:2181'."""
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def secure_hosts(self) -> str:
+        """The TLS connection string (only with `tls`)."""
+        if self.secure_port is None:
+            raise LocalZooKeeperError("this server was started without tls=")
+        return f"{LOOPBACK}:{self.secure_port}"
 
     @property
     def pid(self) -> int | None:
@@ -164,6 +181,18 @@ class LocalZooKeeper:
             f"forceSync={'yes' if self.fsync else 'no'}",
             "preAllocSize=4096",
         ]
+        if self.tls:
+            keystore, truststore = self.tls
+            lines += [
+                f"secureClientPort={self.secure_port}",
+                f"secureClientPortAddress={LOOPBACK}",
+                "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+                f"ssl.keyStore.location={keystore}",
+                "ssl.keyStore.type=PEM",
+                f"ssl.trustStore.location={truststore}",
+                "ssl.trustStore.type=PEM",
+                "ssl.clientAuth=want",
+            ]
         cfg.write_text("\n".join(lines) + "\n")
         return cfg
 
