@@ -95,7 +95,7 @@ def test_get_output_formats(run):
     single = json.loads(run("get", "protocol", "monte-carlo", "-o", "json").output)
     assert single["kind"] == "Protocol" and single["metadata"]["uid"]
     listed = json.loads(run("get", "contributors", "-o", "json").output)
-    assert listed["kind"] == "List" and [i["metadata"]["name"] for i in listed["items"]] == ["alice", "bob", "dispatcher1"]
+    assert listed["kind"] == "List" and [i["metadata"]["name"] for i in listed["items"]] == ["alice", "bob", "carol", "dispatcher1"]
     wide = run("get", "jobs", "-o", "wide").output
     assert wide.splitlines()[0].startswith("NAME")
 
@@ -135,6 +135,24 @@ def test_delete_with_and_without_finalizers(run, store):
     assert "deleted" in run("delete", "protocol", "monte-carlo", "--force", "--yes").output
     assert store.list(Protocol) == []
     assert 'jobs "ghost" not found' in run("delete", "job", "ghost", code=1).output
+
+
+def test_kind_slash_name_as_get_o_name_prints_it(run, store):
+    """`get -o name` prints job/NAME; get, describe and delete take it back, as kubectl does."""
+    run("apply", "-f", str(EXAMPLES))
+    names = run("get", "jobs", "-o", "name").output.split()
+    assert names and all(n.startswith("job/") for n in names)
+    shown = json.loads(run("get", names[0], "-o", "json").output)
+    assert shown["kind"] == "Job" and f"job/{shown['metadata']['name']}" == names[0]
+    both = run("get", names[0], "protocol/monte-carlo", "-o", "name").output.split()
+    assert both == [names[0], "protocol/monte-carlo"]
+    assert "Name:" in run("describe", names[0]).output
+    assert "every argument must be KIND/NAME" in run("get", names[0], "pi", code=1).output  # no mixing
+    assert "every argument must be KIND/NAME" in run("delete", names[0], "pi", code=1).output
+    assert 'jobs "ghost" not found' in run("delete", "job/ghost", code=1).output
+    out = run("delete", *names).output
+    assert all(f"{n} " in out for n in names) and store.list(Job) == []
+    assert "unknown kind 'jbo'" in run("delete", "jbo/x", code=1).output
 
 
 def test_prune_deletes_only_labelled_objects_the_input_dropped(run, store, tmp_path):
