@@ -12,13 +12,13 @@ from pathlib import Path
 
 import click
 
-from boidcluster.adapters.store import Store
+from boidcluster.adapters.store import Store, StoreUnavailable
 from boidcluster.model.loader import load_paths
 from boidcluster.model.resources import Job, Protocol
 
 from . import printers
 from .cluster import ensure_cluster, stop_cluster
-from .context import Ctx, Failure, friendly
+from .context import Ctx, Failure, friendly, read_cluster
 
 TERMINAL = {"Succeeded", "Failed"}
 
@@ -53,8 +53,8 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
         click.echo("")
         click.echo(summary(store, final, info))
         if not stop:
-            click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`; "
-                       "stop it with `boidctl down`")
+            click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`, "
+                       "`boidctl status`; stop it with `boidctl down`")
         if any(j.status is None or j.status.phase != "Succeeded" for j in final):
             raise SystemExit(1)
     finally:
@@ -65,9 +65,20 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
 
 
 def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
-    deadline, last = time.monotonic() + timeout, {}
+    """A line per job change, and one per change of a cluster component (a death, a restart), until
+    every job ends. ZooKeeper being restarted under us is waited out, not an error."""
+    deadline, last, seen = time.monotonic() + timeout, {}, cluster_events(read_cluster())
     while True:
-        jobs = [store.get(Job, n) for n in names]
+        for line in sorted(cluster_events(read_cluster()) - seen):
+            click.echo(f"cluster: {line}", err=True)
+            seen.add(line)
+        try:
+            jobs = [store.get(Job, n) for n in names]
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+            continue
         for j in jobs:
             line = f"job/{j.name} {(j.status.phase if j.status else None) or 'Pending'} {printers.progress(j)}"
             if last.get(j.name) != line:
@@ -78,6 +89,12 @@ def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
         if time.monotonic() > deadline:
             raise Failure(f"jobs not finished after {timeout:.0f}s; see `boidctl describe job {names[0]}`")
         time.sleep(0.5)
+
+
+def cluster_events(info: dict) -> set[str]:
+    """What the supervisor says about components that died or came back, as printable lines."""
+    return {f"{name} {c.get('state')}: {c.get('message')}"
+            for name, c in (info.get("components") or {}).items() if c.get("restarts") and c.get("message")}
 
 
 def wait_for_payouts(store: Store, jobs: list[Job], timeout: float = 30.0) -> None:
