@@ -262,6 +262,7 @@ class LocalChain:
             held = lock.holder(self.lock_file) or {}
             if held.get("port") and held.get("pid") and self._pid_alive(held["pid"]):
                 self.port = held["port"]
+                self._node_file.write_text(json.dumps({"pid": held["pid"], "port": self.port}))  # found again
                 self._wait_rpc(max(1.0, deadline - time.monotonic()))
                 return self.url
             if not lock.locked(self.lock_file):
