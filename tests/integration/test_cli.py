@@ -155,6 +155,40 @@ def test_kind_slash_name_as_get_o_name_prints_it(run, store):
     assert "unknown kind 'jbo'" in run("delete", "jbo/x", code=1).output
 
 
+def many_jobs(n: int) -> list[dict]:
+    job = yaml.safe_load((EXAMPLES / "job.yaml").read_text())
+    out = []
+    for i in range(n):
+        d = json.loads(json.dumps(job))
+        d["metadata"]["name"] = f"job-{i:04d}"
+        out.append(d)
+    return out
+
+
+def test_an_apply_larger_than_one_zookeeper_request_lands_in_several_transactions(run, store, tmp_path):
+    """2,000 Jobs (~2 MB of YAML) would be one request over ZooKeeper's 1 MiB jute.maxbuffer: the
+    store splits it (the same mechanism as a GitSource sync), each transaction all-or-nothing."""
+    f = tmp_path / "jobs.yaml"
+    f.write_text(yaml.dump_all(many_jobs(2000), Dumper=yaml.CSafeDumper))
+    start = time.monotonic()
+    r = run("apply", "-f", str(f))
+    assert time.monotonic() - start < 60
+    assert r.output.count(" created") == 2000
+    assert "applied in" in r.output and "transactions, each all-or-nothing" in r.output
+    assert len(store.list(Job)) == 2000
+    assert run("apply", "-f", str(f)).output.count(" unchanged") == 2000  # idempotent
+
+
+def test_one_bad_document_in_a_large_apply_applies_nothing(run, store, tmp_path):
+    docs = many_jobs(2000)
+    docs[-1]["spec"]["parallelism"] = "many"
+    f = tmp_path / "jobs.yaml"
+    f.write_text(yaml.dump_all(docs, Dumper=yaml.CSafeDumper))
+    r = run("apply", "-f", str(f), code=1)
+    assert "spec.parallelism" in r.output and "nothing was applied" in r.output
+    assert store.list(Job) == []
+
+
 def test_prune_deletes_only_labelled_objects_the_input_dropped(run, store, tmp_path):
     contributors = list(yaml.safe_load_all((EXAMPLES / "contributors.yaml").read_text()))[:2]
     for c in contributors:

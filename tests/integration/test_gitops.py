@@ -359,9 +359,9 @@ def test_operator_runs_the_gitsource_reconciler(zk_hosts, repo, tmp_path):
 
 
 def test_a_change_too_large_for_one_transaction_is_split(world, repo, monkeypatch):
-    from boidcluster.reconcilers import gitops
+    from boidcluster.adapters import store as store_module
 
-    monkeypatch.setattr(gitops, "MAX_TXN_BYTES", 1500)  # about one Protocol per transaction
+    monkeypatch.setattr(store_module, "MAX_TXN_BYTES", 1500)  # about one Protocol per transaction
     for n in ("c1", "c2"):
         repo.write(f"protocols/{n}.yaml", protocol_yaml(n))
     repo.commit()

@@ -16,7 +16,7 @@ import click
 import yaml
 
 from boidcluster import __version__
-from boidcluster.adapters.store import Conflict, NotFound, parse_selector
+from boidcluster.adapters.store import NotFound, parse_selector
 from boidcluster.model import crd as crdmod
 from boidcluster.model.kinds import KINDS, resolve_kind
 from boidcluster.model.loader import load_paths
@@ -78,7 +78,10 @@ def ref(kind: str, name: str) -> str:
 @click.pass_obj
 @friendly
 def apply(ctx: Ctx, files: tuple[str, ...], dry_run: bool, prune: bool, selector: str | None) -> None:
-    """Create or update objects from specs; all-or-nothing for one invocation."""
+    """Create or update objects from specs; all-or-nothing for one invocation.
+
+    An input larger than one ZooKeeper request (about 750 KiB, 1,000 Jobs) is applied in several
+    transactions, each all-or-nothing; inputs are limited to 8 MiB (split larger ones)."""
     if prune and not selector:
         raise Failure("--prune needs -l/--selector, so that only objects carrying that label can be deleted")
     if selector and not prune:
@@ -87,13 +90,12 @@ def apply(ctx: Ctx, files: tuple[str, ...], dry_run: bool, prune: bool, selector
     objs = load_paths(list(files))  # validates every document before anything is written
     if not objs:
         raise Failure("no objects found in " + ", ".join(files))
-    for attempt in range(3):
-        try:
-            results = ctx.store.apply(objs, dry_run=dry_run)
-            break
-        except Conflict:
-            if attempt == 2:
-                raise
+    if not dry_run and len(objs) > 100:
+        click.echo(f"applying {len(objs)} objects...", err=True)
+    results, transactions = ctx.store.apply_in_batches(objs, dry_run=dry_run, retries=2)
+    if transactions > 1:
+        click.echo(f"the input is larger than one ZooKeeper request: applied in {transactions} transactions, "
+                   "each all-or-nothing", err=True)
     suffix = " (dry run)" if dry_run else ""
     for r in results:
         click.echo(f"{ref(r.kind, r.name)} {r.action}{suffix}")
