@@ -26,7 +26,7 @@ from boidcluster.engine.operator import Operator
 from boidcluster.model.resources import Job
 
 from .context import Ctx, Failure, boid_home, cluster_file, friendly, read_cluster
-from .supervisor import DEMO_SLOTS, kept_port, serve, supervisor_alive
+from .supervisor import DEMO_SLOTS, serve, supervisor_alive
 from .wiring import OperatorOptions, build_world, close_world
 
 RECONCILERS = ("protocol", "contributor", "jobs", "gitsource")
@@ -209,11 +209,6 @@ def cluster_group() -> None:
 def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
     """Supervisor: ZooKeeper + chain node + operator, each restarted when it dies, until SIGTERM."""
     serve(Path(state).resolve(), list(slots or DEMO_SLOTS))
-
-
-def read_zk_port(state: Path) -> int:
-    """Reuse the previous ZooKeeper port so that a restarted cluster keeps its address."""
-    return kept_port(state, "zookeeper")
 
 
 def _components_line(info: dict) -> str:

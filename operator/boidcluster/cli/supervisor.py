@@ -395,8 +395,7 @@ def serve(state: Path, slots: list[str]) -> None:
         fd = lock.acquire(state / "supervisor.lock")  # held for our whole life, released by the kernel
     except lock.DirectoryBusy as e:
         raise SystemExit(f"another supervisor (pid {e.holder.get('pid')}) already runs the cluster in {state}")
-    lock.record(fd, {"pid": os.getpid()})
-    os.set_inheritable(fd, False)
+    lock.record(fd, {"pid": os.getpid()})  # not inherited: our children do not keep it alive
     Supervisor(state, slots or list(DEMO_SLOTS)).run()
 
 

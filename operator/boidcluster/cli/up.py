@@ -43,7 +43,7 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
                f"workers {', '.join(info.get('slots', []))}", err=True)
     store = Store(info["zk"], timeout=10)
     try:
-        for r in store.apply(objs):
+        for r in store.apply_in_batches(objs, retries=2)[0]:
             click.echo(f"{r.kind.lower()}/{r.name} {r.action}")
         jobs = [o.name for o in objs if isinstance(o, Job)]
         if not wait or not jobs:
@@ -51,7 +51,7 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
         final = follow(store, jobs, timeout)
         wait_for_payouts(store, final)
         click.echo("")
-        click.echo(summary(store, final, info))
+        click.echo(patiently(lambda: summary(store, final, info)))
         if not stop:
             click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`, "
                        "`boidctl status`; stop it with `boidctl down`")
@@ -72,13 +72,7 @@ def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
         for line in sorted(cluster_events(read_cluster()) - seen):
             click.echo(f"cluster: {line}", err=True)
             seen.add(line)
-        try:
-            jobs = [store.get(Job, n) for n in names]
-        except StoreUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
-            continue
+        jobs = patiently(lambda: [store.get(Job, n) for n in names])
         for j in jobs:
             line = f"job/{j.name} {(j.status.phase if j.status else None) or 'Pending'} {printers.progress(j)}"
             if last.get(j.name) != line:
@@ -89,6 +83,18 @@ def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
         if time.monotonic() > deadline:
             raise Failure(f"jobs not finished after {timeout:.0f}s; see `boidctl describe job {names[0]}`")
         time.sleep(0.5)
+
+
+def patiently(read, timeout: float = 60.0):
+    """`read()`, waiting out a ZooKeeper that the supervisor is restarting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def cluster_events(info: dict) -> set[str]:
@@ -105,7 +111,10 @@ def wait_for_payouts(store: Store, jobs: list[Job], timeout: float = 30.0) -> No
     click.echo("waiting for payouts...", err=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        paid = {(p.name, acct) for p in store.list(Protocol) if p.status for acct in p.status.paid}
+        try:
+            paid = {(p.name, acct) for p in store.list(Protocol) if p.status for acct in p.status.paid}
+        except StoreUnavailable:  # ZooKeeper being restarted by the supervisor
+            paid = set()
         if owed <= paid:
             return
         time.sleep(0.5)

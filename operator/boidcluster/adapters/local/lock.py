@@ -29,7 +29,7 @@ class DirectoryBusy(RuntimeError):
 
 
 def acquire(path: Path) -> int:
-    """Take the lock without waiting; returns its descriptor (inheritable, for pass_fds).
+    """Take the lock without waiting; returns its descriptor (hand it to the server with pass_fds).
 
     Raises DirectoryBusy naming the holder when a live process has it."""
     path.parent.mkdir(parents=True, exist_ok=True)

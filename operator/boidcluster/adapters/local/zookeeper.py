@@ -212,6 +212,7 @@ class LocalZooKeeper:
             MAIN_CLASS,
             str(cfg),
         ]
+        self._close_log()  # the log of a server that died
         self._log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             cmd,
