@@ -132,3 +132,32 @@ def test_up_repairs_a_cluster_whose_supervisor_was_killed(cluster):
     code, rows = cluster.status()
     assert code == 0, rows
     assert "pi" in cluster("get", "job/pi", "-o", "name").stdout
+
+
+def test_up_following_a_job_waits_out_a_killed_node_and_says_so(cluster, tmp_path):
+    """kill -9 of the node while `boidctl up` follows a running job: nothing to do but wait; the job
+    completes and `up` printed what the supervisor did."""
+    import yaml
+
+    job = yaml.safe_load((ROOT / "manifests" / "examples" / "job.yaml").read_text())
+    job["metadata"]["name"] = "slow"
+    job["spec"]["env"]["SAMPLES"] = "1500000"  # a few seconds per unit
+    spec = tmp_path / "slow.yaml"
+    spec.write_text(yaml.safe_dump(job))
+    up = subprocess.Popen([*BOIDCTL, "up", "-f", str(spec)], env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Running" not in cluster("get", "job/slow").stdout:
+            assert time.monotonic() < deadline and up.poll() is None
+            time.sleep(0.5)
+        node = cluster.info()["components"]["chain"]
+        os.killpg(node["pid"], signal.SIGKILL)
+        out, err = up.communicate(timeout=300)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 0, out + err
+    assert "job slow: Succeeded" in out
+    assert "cluster: chain restarting: killed by SIGKILL" in err and "cluster: chain running" in err
+    assert cluster.info()["components"]["chain"]["restarts"] == node["restarts"] + 1
