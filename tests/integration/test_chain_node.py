@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import signal
 import stat
+import subprocess
+import time
 
 import pytest
 
-from boidcluster.adapters.local.chainnode import LocalChain
+from boidcluster.adapters.local.chainnode import LocalChain, NodeBusy
 
 pytestmark = [pytest.mark.chain]
 
@@ -81,21 +86,98 @@ def test_stop_ends_the_whole_process_group_and_restart_keeps_state(tmp_path):
         chain.stop()
 
 
-def test_restart_after_an_unclean_stop_replays(tmp_path):
-    import signal
-    import time
+def _kill9(pid: int) -> None:
+    os.killpg(pid, signal.SIGKILL)  # state left dirty, fork database not written
+    while _group_members(pid):
+        time.sleep(0.05)
 
+
+async def _history(chain: LocalChain) -> tuple[int, bool, str]:
+    """(last irreversible block, alice exists, id of block 2): what a replay must keep."""
+    async with chain.client() as rpc:
+        info = await rpc.get_info()
+        block2 = await rpc.call("/v1/chain/get_block", {"block_num_or_id": 2})
+        return info["last_irreversible_block_num"], await rpc.account_exists("alice"), block2["id"]
+
+
+def test_kill9_then_restart_replays_its_own_block_log_on_the_same_port_keeping_history(tmp_path):
     chain = LocalChain(tmp_path / "node", die_with_parent=True)
     try:
-        chain.start()
-        pid = chain.status().pid
-        time.sleep(0.6)  # a block or two
-        os.killpg(pid, signal.SIGKILL)  # state left dirty
-        while _group_members(pid):
-            time.sleep(0.05)
+        url = chain.start()
+        chain.bootstrap()
+        time.sleep(1.5)  # the bootstrap's blocks become irreversible
+        lib, alice, block2 = asyncio.run(_history(chain))
+        assert alice
+        _kill9(chain.status().pid)
         again = LocalChain(tmp_path / "node", die_with_parent=True)
-        again.start()
-        assert again.status().running and again.status().head_block_num > 0
-        again.stop()
+        assert again.start() == url  # same port: the operator's chain url stays valid
+        lib2, alice2, block2_again = asyncio.run(_history(again))
+        assert lib2 >= lib and alice2 and block2_again == block2  # nothing was deleted
+        assert again.bootstrap()["done"] == []
+        assert sorted(os.listdir(tmp_path / "node" / "data")) == ["blocks", "snapshots", "state"]
+        # a torn last block (a write cut by the kill): every whole block is recovered, the old log kept
+        _kill9(again.status().pid)
+        with open(tmp_path / "node" / "data" / "blocks" / "blocks.log", "r+b") as f:
+            f.truncate(f.seek(0, 2) - 37)
+        third = LocalChain(tmp_path / "node", die_with_parent=True)
+        assert third.start() == url
+        lib3, alice3, block2_third = asyncio.run(_history(third))
+        assert alice3 and block2_third == block2 and lib3 >= lib - 1
+        assert [p.name for p in (tmp_path / "node" / "data").glob("blocks-*")]  # the old log, kept
+        third.stop()
     finally:
         chain.stop()
+
+
+def test_two_nodes_never_run_on_one_data_dir(tmp_path):
+    """The node holds node.lock: a second start adopts the running node, even when node.json was
+    removed, and a direct spawn is refused; stopping a stale handle leaves the live node's node.json."""
+    first = LocalChain(tmp_path / "node", die_with_parent=True)
+    try:
+        url = first.start()
+        pid = first.status().pid
+        (tmp_path / "node" / "node.json").unlink()  # what the old supervisor's stop did
+        second = LocalChain(tmp_path / "node", die_with_parent=True)
+        assert second.start() == url and second.pid == pid
+        with pytest.raises(NodeBusy, match=f"pid {pid} already runs"):
+            second._spawn(10, [])
+        nodes = {os.getpgid(int(p)) for p in os.listdir("/proc") if p.isdigit() and _is_node_of(int(p), tmp_path / "node")}
+        assert nodes == {pid}  # one node (its processes share one group)
+        # a handle whose own node died must not delete the node.json of the node now running
+        (tmp_path / "node" / "node.json").write_text(json.dumps({"pid": pid, "port": first.port}))
+        stale = LocalChain(tmp_path / "node")
+        stale._proc = subprocess.Popen(["true"])
+        stale._proc.wait()
+        stale.stop()
+        assert json.loads((tmp_path / "node" / "node.json").read_text())["pid"] == pid
+    finally:
+        first.stop()
+    assert not _group_members(pid)
+
+
+def _is_node_of(pid: int, state: os.PathLike) -> bool:
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return False
+    return b"nodeos" in cmd and str(state).encode() + b"/data" in cmd
+
+
+def test_its_port_taken_by_another_process_is_a_clear_error_not_a_replay(tmp_path):
+    import socket
+
+    chain = LocalChain(tmp_path / "node", die_with_parent=True)
+    chain.start()
+    port = chain.port
+    chain.stop()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(RuntimeError, match=f"port {port} .* is used by another process"):
+            LocalChain(tmp_path / "node", die_with_parent=True).start()
+    assert sorted(os.listdir(tmp_path / "node" / "data")) == ["blocks", "snapshots", "state"]
+    again = LocalChain(tmp_path / "node", die_with_parent=True)
+    try:
+        assert again.start() == f"http://127.0.0.1:{port}"
+    finally:
+        again.stop()

@@ -95,7 +95,7 @@ def test_get_output_formats(run):
     single = json.loads(run("get", "protocol", "monte-carlo", "-o", "json").output)
     assert single["kind"] == "Protocol" and single["metadata"]["uid"]
     listed = json.loads(run("get", "contributors", "-o", "json").output)
-    assert listed["kind"] == "List" and [i["metadata"]["name"] for i in listed["items"]] == ["alice", "bob", "dispatcher1"]
+    assert listed["kind"] == "List" and [i["metadata"]["name"] for i in listed["items"]] == ["alice", "bob", "carol", "dispatcher1"]
     wide = run("get", "jobs", "-o", "wide").output
     assert wide.splitlines()[0].startswith("NAME")
 
@@ -135,6 +135,58 @@ def test_delete_with_and_without_finalizers(run, store):
     assert "deleted" in run("delete", "protocol", "monte-carlo", "--force", "--yes").output
     assert store.list(Protocol) == []
     assert 'jobs "ghost" not found' in run("delete", "job", "ghost", code=1).output
+
+
+def test_kind_slash_name_as_get_o_name_prints_it(run, store):
+    """`get -o name` prints job/NAME; get, describe and delete take it back, as kubectl does."""
+    run("apply", "-f", str(EXAMPLES))
+    names = run("get", "jobs", "-o", "name").output.split()
+    assert names and all(n.startswith("job/") for n in names)
+    shown = json.loads(run("get", names[0], "-o", "json").output)
+    assert shown["kind"] == "Job" and f"job/{shown['metadata']['name']}" == names[0]
+    both = run("get", names[0], "protocol/monte-carlo", "-o", "name").output.split()
+    assert both == [names[0], "protocol/monte-carlo"]
+    assert "Name:" in run("describe", names[0]).output
+    assert "every argument must be KIND/NAME" in run("get", names[0], "pi", code=1).output  # no mixing
+    assert "every argument must be KIND/NAME" in run("delete", names[0], "pi", code=1).output
+    assert 'jobs "ghost" not found' in run("delete", "job/ghost", code=1).output
+    out = run("delete", *names).output
+    assert all(f"{n} " in out for n in names) and store.list(Job) == []
+    assert "unknown kind 'jbo'" in run("delete", "jbo/x", code=1).output
+
+
+def many_jobs(n: int) -> list[dict]:
+    job = yaml.safe_load((EXAMPLES / "job.yaml").read_text())
+    out = []
+    for i in range(n):
+        d = json.loads(json.dumps(job))
+        d["metadata"]["name"] = f"job-{i:04d}"
+        out.append(d)
+    return out
+
+
+def test_an_apply_larger_than_one_zookeeper_request_lands_in_several_transactions(run, store, tmp_path):
+    """2,000 Jobs (~2 MB of YAML) would be one request over ZooKeeper's 1 MiB jute.maxbuffer: the
+    store splits it (the same mechanism as a GitSource sync), each transaction all-or-nothing."""
+    f = tmp_path / "jobs.yaml"
+    f.write_text(yaml.dump_all(many_jobs(2000), Dumper=yaml.CSafeDumper))
+    start = time.monotonic()
+    r = run("apply", "-f", str(f))
+    assert time.monotonic() - start < 60
+    assert r.output.count(" created") == 2000
+    assert "applied in" in r.output and "transactions, each all-or-nothing" in r.output
+    assert len(store.list(Job)) == 2000
+    assert run("apply", "-f", str(f)).output.count(" unchanged") == 2000  # idempotent
+
+
+def test_one_bad_document_in_a_large_apply_applies_nothing(run, store, tmp_path):
+    docs = many_jobs(2000)
+    docs[-1]["spec"]["parallelism"] = "many"
+    f = tmp_path / "jobs.yaml"
+    f.write_text(yaml.dump_all(docs, Dumper=yaml.CSafeDumper))
+    r = run("apply", "-f", str(f), code=1)
+    assert "spec.parallelism" in r.output and "nothing was applied" in r.output
+    assert store.list(Job) == []
 
 
 def test_prune_deletes_only_labelled_objects_the_input_dropped(run, store, tmp_path):

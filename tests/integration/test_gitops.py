@@ -359,9 +359,9 @@ def test_operator_runs_the_gitsource_reconciler(zk_hosts, repo, tmp_path):
 
 
 def test_a_change_too_large_for_one_transaction_is_split(world, repo, monkeypatch):
-    from boidcluster.reconcilers import gitops
+    from boidcluster.adapters import store as store_module
 
-    monkeypatch.setattr(gitops, "MAX_TXN_BYTES", 1500)  # about one Protocol per transaction
+    monkeypatch.setattr(store_module, "MAX_TXN_BYTES", 1500)  # about one Protocol per transaction
     for n in ("c1", "c2"):
         repo.write(f"protocols/{n}.yaml", protocol_yaml(n))
     repo.commit()
@@ -369,3 +369,31 @@ def test_a_change_too_large_for_one_transaction_is_split(world, repo, monkeypatc
     _, gs = reconcile(world)
     assert names(world.store) == ["alpha", "beta", "c1", "c2"]
     assert cond(gs, "Synced").status == "True" and "transactions" in cond(gs, "Synced").message
+
+
+def test_hostile_or_huge_specs_in_git_are_refused_quickly_and_apply_nothing(world, repo, monkeypatch):
+    """The operator meets the loader's limits too: an alias bomb committed to git is an InvalidSpec
+    (in seconds, not a hung reconciler); spec files over the input limit are not even read."""
+    import time
+
+    from boidcluster.adapters import git as git_module
+
+    gitsource(world.store, str(repo.path))
+    reconcile(world)
+    bomb = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    bomb += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    repo.write("protocols/bomb.yaml", protocol_yaml("bomb") + "  extra:\n" + "".join(f"    {x}\n" for x in bomb))
+    repo.commit("an alias bomb")
+    start = time.monotonic()
+    _, gs = reconcile(world)
+    assert time.monotonic() - start < 10
+    synced = cond(gs, "Synced")
+    assert synced.status == "False" and synced.reason == "InvalidSpec" and "aliases expand" in synced.message
+    assert names(world.store) == ["alpha", "beta"]
+    monkeypatch.setattr(git_module, "MAX_INPUT_BYTES", 100)  # two small files are over it
+    repo.remove("protocols/bomb.yaml")
+    repo.commit("no bomb")
+    _, gs = reconcile(world)
+    synced = cond(gs, "Synced")
+    assert synced.status == "False" and synced.reason == "InputTooLarge" and "over the" in synced.message
+    assert names(world.store) == ["alpha", "beta"]

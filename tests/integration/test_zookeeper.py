@@ -4,6 +4,8 @@ and stops by PID; missing java or jars give a `make setup` hint."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,30 @@ def test_missing_java_or_jar_says_run_make_setup(tmp_path: Path) -> None:
 def test_port_in_use_is_refused(zookeeper: LocalZooKeeper, tmp_path: Path) -> None:
     with pytest.raises(LocalZooKeeperError, match="already served"):
         LocalZooKeeper(tmp_path, port=zookeeper.port).start()
+
+
+def test_a_second_server_on_the_same_data_is_refused_until_the_first_dies(tmp_path: Path) -> None:
+    """The running server holds its data dir's lock; kill -9 releases it, and a restart on the same
+    port and data gets the data back."""
+    zk = LocalZooKeeper(tmp_path / "zk", fsync=False, die_with_parent=True).start()
+    try:
+        with pytest.raises(LocalZooKeeperError, match=f"another ZooKeeper \\(pid {zk.pid}\\) already serves"):
+            LocalZooKeeper(tmp_path / "zk", fsync=False).start()  # even on another port
+        client = KazooClient(hosts=zk.hosts)
+        client.start(timeout=10)
+        client.create("/kept", b"1")
+        client.stop()
+        client.close()
+        os.kill(zk.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while zk.exit_code() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert zk.exit_code() == -signal.SIGKILL
+        assert zk.start().status().healthy  # the same object: same port and data
+        client = KazooClient(hosts=zk.hosts)
+        client.start(timeout=10)
+        assert client.get("/kept")[0] == b"1"
+        client.stop()
+        client.close()
+    finally:
+        zk.stop()

@@ -23,7 +23,8 @@ EXAMPLES = ROOT / "manifests" / "examples"
 def test_examples_load_cleanly():
     objs = load_paths([str(EXAMPLES)])
     assert sorted((o.KIND, o.name) for o in objs) == [
-        ("Contributor", "alice"), ("Contributor", "bob"), ("Contributor", "dispatcher1"), ("Job", "pi"),
+        ("Contributor", "alice"), ("Contributor", "bob"), ("Contributor", "carol"), ("Contributor", "dispatcher1"),
+        ("Job", "pi"),
         ("Protocol", "monte-carlo"),
     ]
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from boidcluster.model.loader import MAX_INPUT_BYTES
+
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 """Files a sync reads (as `boidctl apply -f DIR` does); hidden files and directories are skipped."""
 
@@ -65,6 +67,12 @@ class PathNotFound(GitError):
     """The commit has no such directory (a typo, or the specs moved)."""
 
     reason = "PathNotFound"
+
+
+class InputTooLarge(GitError):
+    """The spec files under the path hold more than one input may (model.loader.MAX_INPUT_BYTES)."""
+
+    reason = "InputTooLarge"
 
 
 class GitTimeout(GitError):
@@ -207,12 +215,13 @@ class GitRepos:
             elif kind.returncode != 0 or kind.stdout.strip() != "tree":
                 raise PathNotFound(f"{repo!r} at {ref} ({commit[:12]}) has no directory {sub!r}",
                                    repo=repo, ref=ref)
-        listing = self._git([*gd, "ls-tree", "-r", "-z", "--full-tree", commit, "--", *( [sub] if sub else [])],
+        listing = self._git([*gd, "ls-tree", "-r", "-l", "-z", "--full-tree", commit, "--", *( [sub] if sub else [])],
                             what="list files").stdout
         blobs: list[tuple[str, str]] = []
+        total = 0
         for entry in filter(None, listing.split("\0")):
             meta, _, name = entry.partition("\t")
-            mode, otype, sha = meta.split()
+            mode, otype, sha, size = meta.split()
             if otype != "blob" or mode == "120000":  # skip submodules and symlinks
                 continue
             rel = PurePosixPath(name).relative_to(sub) if sub and name != sub else PurePosixPath(name)
@@ -220,6 +229,12 @@ class GitRepos:
                 continue
             if rel.suffix.lower() in SPEC_SUFFIXES:
                 blobs.append((name, sha))
+                total += int(size)
+        if total > MAX_INPUT_BYTES:  # measured before reading a byte of them
+            raise InputTooLarge(f"the spec files under {sub or '/'!r} at {ref} ({commit[:12]}) hold "
+                                f"{total / 1024 / 1024:.1f} MiB, over the {MAX_INPUT_BYTES / 1024 / 1024:.1f} MiB one "
+                                "sync takes; point spec.path at a smaller directory (one GitSource each)",
+                                repo=repo, ref=ref)
         blobs.sort()
         if not blobs:
             return []

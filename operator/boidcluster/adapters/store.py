@@ -15,6 +15,8 @@ Why it is shaped so:
   `status_version(obj)`; `update_status` uses it unless `expected_version=` is given).
 - `apply` plans the whole input from one read and commits it as ONE ZooKeeper transaction
   that also checks every version it read, so an input either lands entirely or not at all.
+  `apply_in_batches` is the one place an input larger than one ZooKeeper request (MAX_TXN_BYTES)
+  is split: into several such transactions, each all-or-nothing (boidctl apply, GitOps sync).
 - `watch` is level-triggered: a ZooKeeper notification only marks a path dirty, and a single
   worker re-reads it (re-arming the one-shot watch) and diffs against what it last emitted.
   After any reconnect (and always after session loss, when ZooKeeper drops every watch) it
@@ -69,6 +71,11 @@ LEADER_LOCK = f"{ROOT}/leader"
 STATUS_NODE = "status"
 ANY_VERSION = -1  # ZooKeeper's "no version check"; only for a sole writer
 
+MAX_TXN_BYTES = 768 * 1024
+"""Largest apply sent as one ZooKeeper transaction. ZooKeeper refuses a request over jute.maxbuffer
+(1 MiB by default) by dropping the connection ("outcome unknown"); 1,000 Protocols fit in one,
+2,500 do not. A larger input is applied in several transactions, each all-or-nothing."""
+
 _UNAVAILABLE = (ConnectionLoss, SessionExpiredError, ConnectionClosedError, OperationTimeoutError)
 
 
@@ -100,6 +107,14 @@ class StoreUnavailable(StoreError):
 
 class InvalidObject(StoreError, ValueError):
     pass
+
+
+class PartiallyApplied(StoreError):
+    """An input split over several transactions stopped after some of them had landed."""
+
+    def __init__(self, message: str, applied: list["ApplyResult"]) -> None:
+        super().__init__(message)
+        self.applied = applied
 
 
 class InvalidSelector(StoreError, ValueError):
@@ -139,6 +154,20 @@ def _set_read_state(obj: Resource, raw: "_Raw") -> Resource:
     # The stored form the object was decoded from, so `update` can CAS without re-reading.
     setattr(obj, "_stored", raw)
     return obj
+
+
+def txn_batches(objs: list[Resource]) -> list[list[Resource]]:
+    """Split an apply so each transaction stays under MAX_TXN_BYTES (estimated wire size)."""
+    out: list[list[Resource]] = [[]]
+    size = 0
+    for o in objs:
+        n = len(json.dumps(o.to_dict(with_status=False), separators=(",", ":"))) + 200  # + paths, status node
+        if out[-1] and size + n > MAX_TXN_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(o)
+        size += n
+    return out
 
 
 def _dumps(data: Any) -> bytes:
@@ -884,6 +913,41 @@ class Store:
         plans but writes nothing. `owner` (an admin only, e.g. for a GitSource's owner): the user
         new objects belong to on a secured cluster, instead of this store's identity."""
         return self._commit_plan(self._plan(list(objs)), dry_run, owner)
+
+    def apply_in_batches(self, objs: Iterable[Resource], dry_run: bool = False,
+                         retries: int = 0, *, owner: str | None = None) -> tuple[list[ApplyResult], int]:
+        """`apply`, split into as few transactions as fit under MAX_TXN_BYTES; returns the results
+        and the number of transactions. Each transaction is all-or-nothing; a batch that meets a
+        Conflict is re-planned and retried up to `retries` times. If one still fails after others
+        landed, PartiallyApplied says how many did (re-running the same apply finishes it: every
+        object is applied idempotently)."""
+        objs = list(objs)
+        batches = txn_batches(objs)
+        if dry_run or len(batches) == 1:
+            for attempt in range(retries + 1):
+                try:
+                    return self.apply(objs, dry_run=dry_run, owner=owner), 1
+                except Conflict:
+                    if attempt == retries:
+                        raise
+        done: list[ApplyResult] = []
+        for i, batch in enumerate(batches):
+            for attempt in range(retries + 1):
+                try:
+                    done += self.apply(batch, owner=owner)
+                    break
+                except StoreError as e:
+                    if isinstance(e, Conflict) and attempt < retries:
+                        continue
+                    if not done:
+                        raise
+                    message = (f"{len(done)} of {len(objs)} objects were applied (transactions 1-{i} of "
+                               f"{len(batches)}, each all-or-nothing), then: {e}; re-run the same apply to finish it")
+                    if isinstance(e, Conflict):  # callers that re-plan on a Conflict still can
+                        raise Conflict(message, kind=e.kind, name=e.name, expected=e.expected,
+                                       current=e.current) from e
+                    raise PartiallyApplied(message, done) from e
+        return done, len(batches)
 
     def _plan(self, objs: Sequence[Resource]) -> list[tuple[Resource, str, dict[str, Any], _Raw | None]]:
         seen: set[tuple[str, str]] = set()

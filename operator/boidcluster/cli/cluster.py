@@ -2,15 +2,15 @@
 (`up`, `down`, and the hidden `cluster serve` supervisor they manage).
 
 `boidctl up` starts one detached supervisor process that owns ZooKeeper, the chain node and the
-operator (with the local backend), so `boidctl down` has exactly one PID to stop, and children
-die with their supervisor. The supervisor publishes where everything is in $BOID_HOME/cluster.json,
-which every other boidctl command reads to find the cluster.
+operator (with the local backend) as child processes, restarts any of them that dies (same ports,
+same data; see supervisor.py), so `boidctl down` has exactly one PID to stop, and children die with
+their supervisor. The supervisor publishes where everything is, and each component's health, in
+$BOID_HOME/cluster.json, which every other boidctl command reads to find the cluster.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import signal
 import subprocess
@@ -26,7 +26,8 @@ from boidcluster.engine.operator import Operator
 from boidcluster.model.resources import Job
 
 from .context import Ctx, Failure, boid_home, cluster_file, friendly, read_cluster
-from .wiring import OperatorOptions, build_world, close_world, storage_root
+from .supervisor import DEMO_SLOTS, serve, supervisor_alive
+from .wiring import OperatorOptions, build_world, close_world
 
 RECONCILERS = ("protocol", "contributor", "jobs", "gitsource")
 
@@ -196,24 +197,8 @@ def chain_status() -> None:
 
 
 # -- the embedded cluster ---------------------------------------------------------------------------
-DEMO_SLOTS = ("alice", "bob", "carol")
-
-
-def _write_cluster(state: Path, info: dict) -> None:
-    tmp = state / "cluster.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(state / "cluster.json")
-
-
-def _supervisor_alive(info: dict) -> bool:
-    pid = info.get("pid")
-    if not pid:
-        return False
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return "cluster\0serve" in cmd
+# The supervisor itself (and `boidctl status`) live in supervisor.py.
+_supervisor_alive = supervisor_alive
 
 
 @click.group("cluster", hidden=True)
@@ -225,99 +210,72 @@ def cluster_group() -> None:
 @click.option("--state", type=click.Path(file_okay=False), required=True)
 @click.option("--slot", "slots", multiple=True)
 def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
-    """Supervisor: ZooKeeper + chain node + operator, until SIGTERM."""
-    from boidcluster.adapters.local.chainnode import LocalChain
-    from boidcluster.adapters.local.zookeeper import LocalZooKeeper
-
-    from .auth import secure_embedded
-
-    st = Path(state).resolve()
-    st.mkdir(parents=True, exist_ok=True)
-    info: dict = {"pid": os.getpid(), "state": str(st), "phase": "starting ZooKeeper", "ready": False}
-    _write_cluster(st, info)
-    stack: list = []
-    try:
-        zk = LocalZooKeeper(st / "zookeeper", port=read_zk_port(st), die_with_parent=True).start()
-        stack.append(zk.stop)
-        admin = secure_embedded(st, zk.hosts, tuple(slots or DEMO_SLOTS))  # admin = the operator
-        info.update(zk=zk.hosts, phase="starting the chain node")
-        _write_cluster(st, info)
-        chain = LocalChain(st / "chain", die_with_parent=True)
-        info["chain"] = chain.start()
-        stack.append(chain.stop)
-        info["phase"] = "bootstrapping the chain (contracts, token, demo accounts)"
-        _write_cluster(st, info)
-        chain.bootstrap()
-        keys = st / "operator-keys.json"
-        chain.operator_keys().write(keys)
-        info["phase"] = "starting the operator"
-        _write_cluster(st, info)
-        store = Store(zk.hosts, timeout=10, credentials=admin)
-        stack.append(store.close)
-        opts = OperatorOptions(zk=zk.hosts, storage=storage_root(st), chain_url=info["chain"],
-                               keys_file=str(keys), backend="local", slots=list(slots or DEMO_SLOTS),
-                               dispatcher_account=chain.accounts.dispatchers[0])
-        op, world = start_operator(opts, store, health_port=0)
-        stack.append(lambda: close_world(world))
-        stack.append(op.stop)
-        info.update(phase="running", ready=True, storage=opts.storage, slots=opts.slots,
-                    health=f"http://127.0.0.1:{op.health.port}")
-        _write_cluster(st, info)
-        _wait_for_signal()
-    except Exception as e:
-        info.update(phase="failed", error=str(e))
-        _write_cluster(st, info)
-        raise
-    finally:
-        for stop in reversed(stack):
-            try:
-                stop()
-            except Exception:
-                pass
-        if info.get("phase") != "failed":
-            (st / "cluster.json").unlink(missing_ok=True)
+    """Supervisor: ZooKeeper + chain node + operator, each restarted when it dies, until SIGTERM."""
+    serve(Path(state).resolve(), list(slots or DEMO_SLOTS))
 
 
-def read_zk_port(state: Path) -> int | None:
-    """Reuse the previous ZooKeeper port so that a restarted cluster keeps its address."""
-    try:
-        return int(json.loads((state / "zookeeper.port").read_text()))
-    except (OSError, ValueError):
-        from boidcluster.adapters.local.zookeeper import free_port
-
-        port = free_port()
-        (state / "zookeeper.port").write_text(str(port))
-        return port
+def _components_line(info: dict) -> str:
+    comps = info.get("components") or {}
+    return "; ".join(f"{n} {c.get('state')}" + (f" ({c['message']})" if c.get("message") else "")
+                     for n, c in comps.items() if c.get("state") != "running" or c.get("restarts"))
 
 
 def ensure_cluster(timeout: float = 240.0) -> dict:
-    """Start the supervisor unless it is running; wait until it reports ready."""
+    """Start the supervisor unless it is running; wait until every component is up.
+
+    A running supervisor that is repairing a component (restarting a dead ZooKeeper, node or
+    operator) is waited for; a dead supervisor (its cluster.json stale) is replaced by a new one,
+    which reuses the same ports and data and adopts a chain node still running on them."""
     state = boid_home()
     state.mkdir(parents=True, exist_ok=True)
     info = read_cluster()
-    if info.get("ready") and _supervisor_alive(info):
-        click.echo(f"embedded cluster already running (state {state})", err=True)
-        return info
+    if _supervisor_alive(info):
+        if info.get("ready"):
+            click.echo(f"embedded cluster already running (state {state})", err=True)
+            healed = _components_line(info)
+            if healed:
+                click.echo(f"  {healed}", err=True)
+            return info
+        click.echo(f"embedded cluster running but not healthy: {_components_line(info) or info.get('phase')}; "
+                   "waiting for its supervisor to repair it", err=True)
+        return _wait_ready(state, int(info["pid"]), None, timeout)
+    if info:
+        click.echo(f"the previous supervisor (pid {info.get('pid')}) is gone: starting a new one on the same "
+                   "ports and data", err=True)
     log = open(state / "cluster.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "boidcluster.cli.main", "cluster", "serve", "--state", str(state)],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return _wait_ready(state, proc.pid, proc, timeout)
+
+
+def _wait_ready(state: Path, pid: int, proc: subprocess.Popen | None, timeout: float) -> dict:
     deadline, shown = time.monotonic() + timeout, ""
+    info: dict = {}
     while time.monotonic() < deadline:
         info = read_cluster()
-        if info.get("pid") == proc.pid:
-            if info.get("phase") != shown:
-                shown = info.get("phase", "")
+        if info.get("pid") == pid:
+            line = info.get("phase", "")
+            if info.get("phase") == "repairing":
+                line += ": " + _components_line(info)
+            if line != shown:
+                shown = line
                 click.echo(f"  {shown}...", err=True)
             if info.get("ready"):
                 return info
             if info.get("phase") == "failed":
                 break
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
+            break
+        if proc is None and not _supervisor_alive({"pid": pid}):
             break
         time.sleep(0.2)
     tail = "\n".join((state / "cluster.log").read_text(errors="replace").splitlines()[-15:])
-    if proc.poll() is None:
+    if proc is not None and proc.poll() is None:
         proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     raise Failure(f"the embedded cluster did not start: {info.get('error', 'timed out')}\n"
                   f"last lines of {state / 'cluster.log'}:\n{tail}")
 

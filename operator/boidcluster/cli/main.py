@@ -16,7 +16,7 @@ import click
 import yaml
 
 from boidcluster import __version__
-from boidcluster.adapters.store import Conflict, NotFound, parse_selector
+from boidcluster.adapters.store import NotFound, parse_selector
 from boidcluster.model import crd as crdmod
 from boidcluster.model.kinds import KINDS, resolve_kind
 from boidcluster.model.loader import load_paths
@@ -80,7 +80,10 @@ def ref(kind: str, name: str) -> str:
 @click.pass_obj
 @friendly
 def apply(ctx: Ctx, files: tuple[str, ...], dry_run: bool, prune: bool, selector: str | None) -> None:
-    """Create or update objects from specs; all-or-nothing for one invocation."""
+    """Create or update objects from specs; all-or-nothing for one invocation.
+
+    An input larger than one ZooKeeper request (about 750 KiB, 1,000 Jobs) is applied in several
+    transactions, each all-or-nothing; inputs are limited to 8 MiB (split larger ones)."""
     if prune and not selector:
         raise Failure("--prune needs -l/--selector, so that only objects carrying that label can be deleted")
     if selector and not prune:
@@ -90,13 +93,12 @@ def apply(ctx: Ctx, files: tuple[str, ...], dry_run: bool, prune: bool, selector
     if not objs:
         raise Failure("no objects found in " + ", ".join(files))
     check_submitters(ctx.store, objs)
-    for attempt in range(3):
-        try:
-            results = ctx.store.apply(objs, dry_run=dry_run)
-            break
-        except Conflict:
-            if attempt == 2:
-                raise
+    if not dry_run and len(objs) > 100:
+        click.echo(f"applying {len(objs)} objects...", err=True)
+    results, transactions = ctx.store.apply_in_batches(objs, dry_run=dry_run, retries=2)
+    if transactions > 1:
+        click.echo(f"the input is larger than one ZooKeeper request: applied in {transactions} transactions, "
+                   "each all-or-nothing", err=True)
     suffix = " (dry run)" if dry_run else ""
     for r in results:
         click.echo(f"{ref(r.kind, r.name)} {r.action}{suffix}")
@@ -147,7 +149,26 @@ def diff(ctx: Ctx, files: tuple[str, ...]) -> None:
 
 
 # -- get / describe / watch -----------------------------------------------------------------------
-def _fetch(ctx: Ctx, kind: type[Resource], names: tuple[str, ...], selector: str | None) -> list[Resource]:
+def resolve_targets(kind: str, names: tuple[str, ...]) -> list[tuple[type[Resource], list[str]]]:
+    """`KIND NAME...` or kubectl's `KIND/NAME...` (what `get -o name` prints), grouped by kind in order.
+
+    As kubectl, the two forms do not mix: with KIND/NAME every argument names its own kind."""
+    if "/" not in kind:
+        return [(resolve_kind(kind), list(names))]
+    groups: dict[type[Resource], list[str]] = {}
+    for arg in (kind, *names):
+        k, sep, n = arg.partition("/")
+        if not sep:
+            raise Failure(f"{arg!r}: when KIND/NAME is used, every argument must be KIND/NAME "
+                          "(there is no need to name the kind separately)")
+        if not n or "/" in n:
+            raise Failure(f"{arg!r} is not KIND/NAME, e.g. job/pi")
+        groups.setdefault(resolve_kind(k), []).append(n)
+    return list(groups.items())
+
+
+def _fetch(ctx: Ctx, kind: type[Resource], names: tuple[str, ...] | list[str],
+           selector: str | None) -> list[Resource]:
     if names:
         found, missing = [], []
         for n in names:
@@ -193,11 +214,17 @@ def _print(kind: type[Resource], objs: list[Resource], output: str, single: bool
 @click.pass_obj
 @friendly
 def get(ctx: Ctx, kind: str, names: tuple[str, ...], output: str, selector: str | None) -> None:
-    """List objects of a kind (protocol|job|contributor|gitsource; plural and short names work)."""
-    cls = resolve_kind(kind)
-    objs = _fetch(ctx, cls, names, selector)
-    _print(cls, objs, output, single=len(names) == 1 and len(objs) == 1)
-    if names and len(objs) < len(names):
+    """List objects of a kind (protocol|job|contributor|gitsource; plural and short names work).
+
+    Objects can also be named as KIND/NAME (e.g. `get job/pi protocol/monte-carlo`)."""
+    groups = resolve_targets(kind, names)
+    total = sum(len(n) for _, n in groups)
+    missing = False
+    for cls, wanted in groups:
+        objs = _fetch(ctx, cls, wanted, selector)
+        _print(cls, objs, output, single=total == 1 and len(objs) == 1)
+        missing |= bool(wanted) and len(objs) < len(wanted)
+    if missing:
         sys.exit(1)
 
 
@@ -209,9 +236,8 @@ def get(ctx: Ctx, kind: str, names: tuple[str, ...], output: str, selector: str 
 @click.pass_obj
 @friendly
 def describe(ctx: Ctx, kind: str, names: tuple[str, ...], selector: str | None) -> None:
-    """Show an object in full: metadata, spec, status and conditions."""
-    cls = resolve_kind(kind)
-    objs = _fetch(ctx, cls, names, selector)
+    """Show an object in full: metadata, spec, status and conditions (KIND NAME or KIND/NAME)."""
+    objs = [o for cls, wanted in resolve_targets(kind, names) for o in _fetch(ctx, cls, wanted, selector)]
     if not objs:
         click.echo("No resources found.", err=True)
     click.echo("\n\n".join(printers.describe(o) for o in objs))
@@ -286,6 +312,8 @@ def delete(ctx: Ctx, kind: str | None, names: tuple[str, ...], files: tuple[str,
         if kind or names:
             raise Failure("give either KIND NAME... or -f FILE, not both")
         targets = [(type(o), o.name) for o in load_paths(list(files))]
+    elif kind and "/" in kind:
+        targets = [(c, n) for c, wanted in resolve_targets(kind, names) for n in wanted]
     elif kind:
         cls = resolve_kind(kind)
         if names:
@@ -295,7 +323,7 @@ def delete(ctx: Ctx, kind: str | None, names: tuple[str, ...], files: tuple[str,
         else:
             raise Failure(f"name the {cls.PLURAL} to delete, or select them with -l")
     else:
-        raise Failure("usage: boidctl delete KIND NAME... | -f FILE")
+        raise Failure("usage: boidctl delete KIND NAME... | KIND/NAME... | -f FILE")
     if force and not yes:
         if not sys.stdin.isatty():
             raise Failure("--force skips external cleanup (chain registrations, apps); add --yes to confirm")
@@ -349,11 +377,12 @@ def crds(out: str, check: bool) -> None:
 from .auth import auth_group, check_submitters, config_group  # noqa: E402
 from .cluster import chain_group, cluster_group, dispatcher_group, down, operator_group  # noqa: E402
 from .report import report  # noqa: E402
+from .supervisor import status  # noqa: E402
 from .sync import sync_command  # noqa: E402
 from .up import up  # noqa: E402
 
-for _command in (operator_group, dispatcher_group, chain_group, cluster_group, up, down, sync_command, report,
-                 config_group, auth_group):
+for _command in (operator_group, dispatcher_group, chain_group, cluster_group, up, down, status, sync_command,
+                 report, config_group, auth_group):
     cli.add_command(_command)
 
 

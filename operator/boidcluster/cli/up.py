@@ -12,14 +12,14 @@ from pathlib import Path
 
 import click
 
-from boidcluster.adapters.store import Store
+from boidcluster.adapters.store import Store, StoreUnavailable
 from boidcluster.model.loader import load_paths
 from boidcluster.model.resources import Job, Protocol
 
 from . import printers
 from .auth import embedded_admin
 from .cluster import ensure_cluster, stop_cluster
-from .context import Ctx, Failure, friendly
+from .context import Ctx, Failure, friendly, read_cluster
 
 TERMINAL = {"Succeeded", "Failed"}
 
@@ -44,7 +44,7 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
                f"workers {', '.join(info.get('slots', []))}", err=True)
     store = Store(info["zk"], timeout=10, credentials=embedded_admin(Path(info["state"])))
     try:
-        for r in store.apply(objs):
+        for r in store.apply_in_batches(objs, retries=2)[0]:
             click.echo(f"{r.kind.lower()}/{r.name} {r.action}")
         jobs = [o.name for o in objs if isinstance(o, Job)]
         if not wait or not jobs:
@@ -52,10 +52,10 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
         final = follow(store, jobs, timeout)
         wait_for_payouts(store, final)
         click.echo("")
-        click.echo(summary(store, final, info))
+        click.echo(patiently(lambda: summary(store, final, info)))
         if not stop:
-            click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`; "
-                       "stop it with `boidctl down`")
+            click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`, "
+                       "`boidctl status`; stop it with `boidctl down`")
         if any(j.status is None or j.status.phase != "Succeeded" for j in final):
             raise SystemExit(1)
     finally:
@@ -66,9 +66,14 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
 
 
 def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
-    deadline, last = time.monotonic() + timeout, {}
+    """A line per job change, and one per change of a cluster component (a death, a restart), until
+    every job ends. ZooKeeper being restarted under us is waited out, not an error."""
+    deadline, last, seen = time.monotonic() + timeout, {}, cluster_events(read_cluster())
     while True:
-        jobs = [store.get(Job, n) for n in names]
+        for line in sorted(cluster_events(read_cluster()) - seen):
+            click.echo(f"cluster: {line}", err=True)
+            seen.add(line)
+        jobs = patiently(lambda: [store.get(Job, n) for n in names])
         for j in jobs:
             line = f"job/{j.name} {(j.status.phase if j.status else None) or 'Pending'} {printers.progress(j)}"
             if last.get(j.name) != line:
@@ -81,6 +86,24 @@ def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
         time.sleep(0.5)
 
 
+def patiently(read, timeout: float = 60.0):
+    """`read()`, waiting out a ZooKeeper that the supervisor is restarting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def cluster_events(info: dict) -> set[str]:
+    """What the supervisor says about components that died or came back, as printable lines."""
+    return {f"{name} {c.get('state')}: {c.get('message')}"
+            for name, c in (info.get("components") or {}).items() if c.get("restarts") and c.get("message")}
+
+
 def wait_for_payouts(store: Store, jobs: list[Job], timeout: float = 30.0) -> None:
     """Payouts run on the protocol's next pass after the units are on chain: wait a little for them."""
     owed = {(j.spec.protocol, c.account) for j in jobs if j.status for c in j.status.contributors}
@@ -89,7 +112,10 @@ def wait_for_payouts(store: Store, jobs: list[Job], timeout: float = 30.0) -> No
     click.echo("waiting for payouts...", err=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        paid = {(p.name, acct) for p in store.list(Protocol) if p.status for acct in p.status.paid}
+        try:
+            paid = {(p.name, acct) for p in store.list(Protocol) if p.status for acct in p.status.paid}
+        except StoreUnavailable:  # ZooKeeper being restarted by the supervisor
+            paid = set()
         if owed <= paid:
             return
         time.sleep(0.5)

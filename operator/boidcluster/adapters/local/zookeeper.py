@@ -4,7 +4,8 @@ ZooKeeper is the operator's API server, and the Debian package gives a real 3.8 
 embedded local world and the test suite run the real thing instead of a fake. This module only
 knows how to start it on loopback (a free port, its own data directory), wait until it answers
 `ruok` with `imok`, stop it by PID, and restart it on the same port and data so that clients keep
-their sessions across a restart (tests use that to exercise reconnection).
+their sessions across a restart (tests use that to exercise reconnection). The server holds an
+flock on `zookeeper.lock` in its state directory (see lock.py), so two servers never share data.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import lock
 
 JAVA_DIR = Path("/usr/share/java")
 # Checked in notes/environment.md: these two jars are enough for a standalone server.
@@ -150,6 +153,16 @@ class LocalZooKeeper:
     def log_path(self) -> Path:
         return self.state_dir / "zookeeper.log"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "zookeeper.lock"
+
+    def exit_code(self) -> int | None:
+        """The exit code of our server once it has died (None while it runs or if never started).
+
+        Polling also reaps the dead child, so no zombie is left behind."""
+        return self._proc.poll() if self._proc is not None else None
+
     # -- lifecycle ---------------------------------------------------------------------------
     def _check_installed(self) -> str:
         java = shutil.which(self.java)
@@ -202,6 +215,19 @@ class LocalZooKeeper:
             return self
         java = self._check_installed()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock_fd = lock.acquire(self.lock_path)
+        except lock.DirectoryBusy as e:
+            who = f" (pid {e.holder['pid']})" if e.holder.get("pid") else ""
+            raise LocalZooKeeperError(f"another ZooKeeper{who} already serves the data of {self.state_dir}; "
+                                      "stop it first (two servers on one data directory corrupt it)") from None
+        try:
+            self._spawn(java, lock_fd)
+        finally:
+            os.close(lock_fd)  # the server holds the lock now (or nobody, if it did not start)
+        return self._wait_serving()
+
+    def _spawn(self, java: str, lock_fd: int) -> None:
         cfg = self._write_config()
         if four_letter_word(self.port, timeout=0.2):
             raise LocalZooKeeperError(f"port {self.port} on {LOOPBACK} is already served by another process")
@@ -215,6 +241,7 @@ class LocalZooKeeper:
             MAIN_CLASS,
             str(cfg),
         ]
+        self._close_log()  # the log of a server that died
         self._log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             cmd,
@@ -224,8 +251,13 @@ class LocalZooKeeper:
             cwd=self.state_dir,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
             preexec_fn=_die_with_parent if self.die_with_parent else None,
+            pass_fds=(lock_fd,),  # the server holds the data directory's lock while it lives
         )
+        lock.record(lock_fd, {"pid": self._proc.pid, "port": self.port})
         _live.add(self)
+
+    def _wait_serving(self) -> "LocalZooKeeper":
+        assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
