@@ -41,6 +41,8 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
     info = ensure_cluster()
     click.echo(f"cluster ready: ZooKeeper {info['zk']}, chain {info['chain']}, storage {info['storage']}, "
                f"workers {', '.join(info.get('slots', []))}", err=True)
+    if info.get("dashboard"):
+        click.echo(f"dashboard: {info['dashboard']}", err=True)
     store = Store(info["zk"], timeout=10)
     try:
         for r in store.apply(objs):
@@ -53,8 +55,9 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
         click.echo("")
         click.echo(summary(store, final, info))
         if not stop:
-            click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`; "
-                       "stop it with `boidctl down`")
+            click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`"
+                       + (f", the dashboard at {info['dashboard']}" if info.get("dashboard") else "")
+                       + "; stop it with `boidctl down`")
         if any(j.status is None or j.status.phase != "Succeeded" for j in final):
             raise SystemExit(1)
     finally:

@@ -1,0 +1,329 @@
+"""The dashboard's live state: one store watch, periodic chain and metrics reads, histories, and
+notification of connected browsers.
+
+Why it is shaped so: every browser shares one watch (ZooKeeper sees one client however many tabs
+are open); a snapshot is rebuilt when the watch delivers a change (debounced) and every `refresh`
+seconds for what has no watch (chain rows, metrics). Subscribers are asyncio queues on the web
+server's loop, fed thread-safely. The thread survives any error: an unreachable ZooKeeper is shown
+on the page (with what to do) and retried with capped backoff, the last state seen stays visible.
+Histories (units/s, payouts, queue depth) are sampled in memory since start, seeded from status
+times (a job's start and completion, a protocol's last payout), so they need no extra writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from boidcluster.adapters.store import Store, StoreError
+from boidcluster.model.meta import Resource
+
+from . import readmodel as rm
+
+log = logging.getLogger(__name__)
+
+HISTORY = 720  # samples kept per series (an hour at the default 5 s refresh when idle)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _ts(iso_text: str | None) -> float | None:
+    if not iso_text:
+        return None
+    return datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class Histories:
+    jobs: dict[str, deque] = field(default_factory=dict)       # name -> (t, validated)
+    payouts: dict[str, deque] = field(default_factory=dict)    # protocol -> (t, paid total amount)
+    health: deque = field(default_factory=lambda: deque(maxlen=HISTORY))  # (t, queue depth, mean latency s)
+
+    def sample_job(self, view: dict[str, Any], t: float) -> None:
+        s = self.jobs.get(view["name"])
+        if s is None:
+            s = self.jobs[view["name"]] = deque(maxlen=HISTORY)
+            start = _ts(view["startTime"])
+            if start is not None:
+                s.append((start, 0))
+            end = _ts(view["completionTime"])
+            if end is not None and view["validated"]:
+                s.append((end, view["validated"]))
+        if not s or s[-1][1] != view["validated"] or (view["phase"] == "Running" and t - s[-1][0] >= 1.0):
+            if not s or t > s[-1][0]:
+                s.append((t, view["validated"]))
+
+    def sample_payouts(self, view: dict[str, Any], t: float) -> None:
+        s = self.payouts.get(view["name"])
+        total = view["paidTotal"]["amount"]
+        if s is None:
+            s = self.payouts[view["name"]] = deque(maxlen=HISTORY)
+            last = _ts(view["payout"]["last"])
+            if last is not None and total:
+                s.append((last, total))
+        if not s or s[-1][1] != total:
+            s.append((max(t, s[-1][0] if s else t), total))
+
+    def rates(self, name: str) -> list[list[float]]:
+        """Units validated per second, as [time, rate] at the end of each window; the series starts
+        with [first sample time, 0]. Windows span at least a second (or a quarter of a short run),
+        the last one may be shorter, so even a job done in a second shows its rate."""
+        samples = list(self.jobs.get(name, ()))
+        if len(samples) < 2:
+            return []
+        window = min(1.0, (samples[-1][0] - samples[0][0]) / 4)
+        out, prev = [[samples[0][0], 0.0]], samples[0]
+        for i, (t, v) in enumerate(samples[1:], 1):
+            dt = t - prev[0]
+            if dt > 0 and (dt >= window or i == len(samples) - 1):
+                out.append([t, round((v - prev[1]) / dt, 3)])
+                prev = (t, v)
+        return out
+
+
+class LiveView:
+    """Keeps the dashboard's snapshot current; `subscribe()` for change notifications."""
+
+    def __init__(self, zk: str, *, store: Store | None = None, chain_url: str | None = None,
+                 chain_factory: Callable[[str], Any] | None = None,
+                 metrics: Callable[[], str] | None = None, metrics_source: str | None = None,
+                 refresh: float = 2.0, timeout: float = 5.0) -> None:
+        self.zk, self.chain_url, self.refresh, self.timeout = zk, chain_url, refresh, timeout
+        self._store, self._own_store = store, store is None
+        self._chain_factory = chain_factory
+        self._chain: Any = None
+        self._metrics, self._metrics_source = metrics, metrics_source
+        self._objects: dict[str, dict[str, Resource]] = {}
+        self._hist = Histories()
+        self._subs: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+        self._mu = threading.Lock()
+        self._stop = threading.Event()
+        self._dirty = threading.Event()
+        self.version = 0
+        self._last_seen: float | None = None
+        self.state: dict[str, Any] = self._compose(None, rm.ChainFacts(url=chain_url), connected=False,
+                                                   error=None, synced=False)
+        self.state_json = json.dumps(self.state)
+        self._thread = threading.Thread(target=self._run, name="boid-dashboard", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "LiveView":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        self._thread.join(10)
+        with self._mu:
+            subs, self._subs = self._subs, []
+        for loop, q in subs:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, None)
+            except RuntimeError:  # loop already closed
+                pass
+        if self._chain is not None:
+            try:
+                self._chain.close()
+            except Exception:
+                pass
+        if self._own_store and self._store is not None:
+            self._store.close()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    # -- subscribers (called on the web server's event loop) ----------------------------------
+    def subscribe(self) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=1)
+        with self._mu:
+            self._subs.append((asyncio.get_running_loop(), q))
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        with self._mu:
+            self._subs = [(lp, x) for lp, x in self._subs if x is not q]
+
+    def _notify(self) -> None:
+        def put(q: asyncio.Queue, v: int) -> None:
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(v)
+
+        with self._mu:
+            subs = list(self._subs)
+        for loop, q in subs:
+            try:
+                loop.call_soon_threadsafe(put, q, self.version)
+            except RuntimeError:
+                pass
+
+    # -- the worker ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff, attempt = 1.0, 0
+        while not self._stop.is_set():
+            try:
+                if self._store is None:
+                    attempt += 1
+                    self._store = Store(self.zk, timeout=self.timeout)
+                backoff, attempt = 1.0, 0
+                self._follow(self._store)
+            except StoreError as e:
+                if self._own_store and self._store is not None:
+                    self._store.close()
+                    self._store = None
+                self._publish_error("zookeeper", str(e), attempt, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 15.0)
+            except Exception as e:  # never die: show it and try again
+                log.exception("dashboard: unexpected error; retrying")
+                self._publish_error("internal", f"{type(e).__name__}: {e}", attempt, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 15.0)
+
+    def _follow(self, store: Store) -> None:
+        watch = store.watch(None)
+        try:
+            self._objects = {}
+            next_full = 0.0
+            synced = False
+            while not self._stop.is_set():
+                if not watch.alive:
+                    raise StoreError("the watch ended")
+                ev = watch.get(timeout=0.2)
+                changed = False
+                while ev is not None:
+                    kind_objs = self._objects.setdefault(ev.kind, {})
+                    if ev.type == "DELETED":
+                        kind_objs.pop(ev.name, None)
+                    else:
+                        kind_objs[ev.name] = ev.obj
+                    changed = True
+                    ev = watch.events.get_nowait() if not watch.events.empty() else None
+                connected = bool(store.client.connected)
+                if connected:
+                    self._last_seen = _now()
+                    synced = True
+                now = time.monotonic()
+                if changed or now >= next_full or self._dirty.is_set():
+                    full = now >= next_full
+                    self._rebuild(store, connected, synced, full=full)
+                    if full:
+                        next_full = now + self.refresh
+                    self._dirty.clear()
+        finally:
+            watch.stop()
+
+    def _chain_facts(self) -> rm.ChainFacts:
+        if not self.chain_url:
+            return rm.ChainFacts(url=None, error="no chain configured")
+        protocols = list(self._objects.get("Protocol", {}).values())
+        contributors = list(self._objects.get("Contributor", {}).values())
+        try:
+            if self._chain is None:
+                self._chain = (self._chain_factory or _open_chain)(self.chain_url)
+        except Exception as e:  # the node may be down: show it, retry on the next refresh
+            return rm.ChainFacts(url=self.chain_url, error=f"{type(e).__name__}: {e}")
+        return rm.read_chain(self._chain, self.chain_url, protocols, contributors)  # type: ignore[arg-type]
+
+    def _metrics_facts(self) -> rm.MetricsFacts | None:
+        if self._metrics is None:
+            return None
+        try:
+            return rm.parse_metrics(self._metrics(), self._metrics_source)
+        except Exception as e:
+            return rm.MetricsFacts(source=self._metrics_source, error=f"{type(e).__name__}: {e}")
+
+    _facts: rm.ChainFacts | None = None
+    _mfacts: rm.MetricsFacts | None = None
+    _leader: tuple[str | None, list[str]] = (None, [])
+
+    def _rebuild(self, store: Store, connected: bool, synced: bool, *, full: bool) -> None:
+        if full or self._facts is None:
+            self._facts = self._chain_facts()
+            self._mfacts = self._metrics_facts()
+            if connected:
+                try:
+                    self._leader = rm.read_leader(store.client)
+                except Exception as e:
+                    log.info("dashboard: reading the leader: %s", e)
+        error = None
+        if not connected:
+            seen = datetime.fromtimestamp(self._last_seen, timezone.utc).strftime("%H:%M:%S UTC") \
+                if self._last_seen else "never"
+            error = {"kind": "zookeeper-down",
+                     "message": f"ZooKeeper at {self.zk} is not answering (last contact {seen}); "
+                                "this page shows the last state seen and reconnects by itself.",
+                     "hint": "Check that ZooKeeper runs (`boidctl up` starts the embedded cluster)."}
+        self._set(self._compose(store, self._facts, connected=connected, error=error, synced=synced))
+
+    def _compose(self, store: Store | None, facts: rm.ChainFacts, *, connected: bool,
+                 error: dict[str, Any] | None, synced: bool) -> dict[str, Any]:
+        t = _now()
+        snap = rm.snapshot(self._objects if synced else {}, facts)
+        for j in snap["jobs"]:
+            self._hist.sample_job(j, t)
+            j["rate"] = self._hist.rates(j["name"])
+        for p in snap["protocols"]:
+            self._hist.sample_payouts(p, t)
+        names = {p["name"] for p in snap["protocols"]}
+        snap["payouts"] = [{"protocol": n, "points": [[a, b] for a, b in s]}
+                           for n, s in sorted(self._hist.payouts.items()) if n in names]
+        for series in snap["payouts"]:
+            p = next(p for p in snap["protocols"] if p["name"] == series["protocol"])
+            series["symbol"], series["precision"] = p["paidTotal"]["symbol"], p["paidTotal"]["precision"]
+        m = self._mfacts
+        if m is not None and m.error is None:
+            total = sum(k.count for k in m.latency)
+            mean = (sum(k.mean_s * k.count for k in m.latency) / total) if total else 0.0
+            if not self._hist.health or t - self._hist.health[-1][0] >= 1.0:
+                self._hist.health.append((t, m.queue_depth or 0, round(mean, 6)))
+        leader, contenders = self._leader
+        snap["health"] = rm.health_view(self.zk, connected, leader, contenders, m)
+        snap["health"]["history"] = [list(x) for x in self._hist.health]
+        snap["cluster"] = {"zk": self.zk, "connected": connected, "synced": synced, "error": error,
+                           "lastSeen": self._last_seen}
+        snap["generatedAt"] = t
+        return snap
+
+    def _publish_error(self, kind: str, message: str, attempt: int, backoff: float) -> None:
+        hint = ("Start the embedded cluster with `boidctl up`, or point the dashboard at your "
+                "ZooKeeper with `--zk HOST:PORT` (or $BOID_ZK).")
+        state = dict(self.state)
+        state["cluster"] = {"zk": self.zk, "connected": False, "synced": state.get("cluster", {}).get("synced", False),
+                            "lastSeen": self._last_seen,
+                            "error": {"kind": kind, "message": message, "hint": hint,
+                                      "retryIn": backoff, "attempt": attempt}}
+        state["health"] = dict(state.get("health") or {}, connected=False)
+        state["generatedAt"] = _now()
+        self._set(state)
+
+    def _set(self, state: dict[str, Any]) -> None:
+        text = json.dumps(state, default=str)
+        old = json.loads(self.state_json)
+        old.pop("generatedAt", None)
+        new = json.loads(text)
+        new.pop("generatedAt", None)
+        if old == new and self.version:
+            return
+        with self._mu:
+            self.state, self.state_json = state, text
+            self.version += 1
+        self._notify()
+
+
+def _open_chain(url: str) -> Any:
+    from boidcluster.adapters.chain import KeyRing
+    from boidcluster.adapters.chain.blocking import BlockingChain
+
+    return BlockingChain.open(url, KeyRing(), timeout=3.0, call_timeout=10.0)
