@@ -164,6 +164,18 @@ def test_page_follows_a_job_live_and_agrees_with_get_and_report(browser, cluster
     assert abs(sum(r * (t - prev) for (prev, _), (t, r) in zip(rate, rate[1:])) - 4) < 0.1, rate
     assert browser.execute_script("return window.boidPageId") == page_id
 
+    # a job that fails says which units and why, as `boidctl describe` does
+    broken = gated_job("broken", "dash", gate, units=1)
+    broken.spec.command = ["/bin/sh", "-c", "echo 'input missing' >&2; exit 3"]
+    store.create(broken)
+    bad = '[data-testid="job-broken"]'
+    eventually(lambda: text(browser, f"{bad} [data-field=phase]") == "Failed", timeout=30)
+    got = json.loads(boidctl("get", "job", "broken", "-o", "json", "--zk", zk_hosts))
+    failed = next(c for c in got["status"]["conditions"] if c["type"] == "Failed")
+    problems = text(browser, f"{bad} [data-field=problems]")
+    assert got["status"]["failedUnits"] and all(u in problems for u in got["status"]["failedUnits"])
+    assert f"Failed: {failed['reason']} — {failed['message']}" in problems
+
     # payouts: once the units are on chain the protocol pays; the page shows report's and get's numbers
     op.enqueue("Protocol", "dash")
     paid = eventually(lambda: (p := store.get(Protocol, "dash")).status and len(p.status.paid) == 2

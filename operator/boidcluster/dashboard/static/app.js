@@ -113,11 +113,11 @@ function jobCard(j, full) {
   const last = j.rate.length ? j.rate[j.rate.length - 1][1] : null;
   card.append(h("div", {class: "small muted"}, "units validated per second",
     last !== null ? h("span", {"data-field": "rate"}, ` · latest ${last}/s`) : " · no samples yet"));
-  card.append(chart("rate-" + j.name, "line",
+  if (j.rate.length) card.append(chart("rate-" + j.name, "line",
     [{label: "units/s", data: pts(j.rate), borderColor: PALETTE[0], backgroundColor: "rgba(47,91,234,.12)", fill: true, stepped: "before"}],
     {ylabel: "units/s"}));
   card.append(h("dl", {class: "kv"},
-    h("dt", {}, "results"), h("dd", {"data-field": "output"}, j.output ? code(j.output) : (j.phase === "Succeeded" ? "—" : "when the job succeeds")),
+    h("dt", {}, "results"), h("dd", {"data-field": "output"}, j.output ? code(j.output) : (j.phase === "Failed" ? "none: the job failed" : "when the job succeeds")),
     h("dt", {}, "started"), h("dd", {}, j.startTime ? ago(j.startTime) : "not yet"),
     h("dt", {}, "finished"), h("dd", {}, j.completionTime ? ago(j.completionTime) : "—"),
     h("dt", {}, "image"), h("dd", {}, j.image),
