@@ -277,7 +277,8 @@ class LiveView:
         for p in snap["protocols"]:
             self._hist.sample_payouts(p, t)
         names = {p["name"] for p in snap["protocols"]}
-        snap["payouts"] = [{"protocol": n, "points": [[a, b] for a, b in s]}
+        # each series runs on to now at its last total, so a step chart shows the current level
+        snap["payouts"] = [{"protocol": n, "points": [[a, b] for a, b in s] + ([[t, s[-1][1]]] if s else [])}
                            for n, s in sorted(self._hist.payouts.items()) if n in names]
         for series in snap["payouts"]:
             p = next(p for p in snap["protocols"] if p["name"] == series["protocol"])
