@@ -43,14 +43,18 @@ def stop(proc: subprocess.Popen) -> int:
 
 
 def test_boidctl_dashboard_follows_the_store_and_stops_on_sigterm(zk_hosts, store, tmp_path):
-    proc, url = start(["--zk", zk_hosts, "dashboard", "--port", "0"], tmp_path)
+    proc, url = start(["--zk", zk_hosts, "dashboard", "--port", "0", "--chain-url", "http://127.0.0.1:1",
+                       "--refresh", "0.5"], tmp_path)
     try:
         eventually(lambda: snapshot(url)["cluster"]["connected"])
         assert snapshot(url)["jobs"] == []
         store.apply([protocol_obj("seen", SimpleNamespace(owner="own", researcher="res", fund="fund"))])
         eventually(lambda: [p["name"] for p in snapshot(url)["protocols"]] == ["seen"])
-        health = snapshot(url)["health"]
-        assert health["leader"] is None and health["metrics"] is None  # no operator: the page says so
+        snap = snapshot(url)
+        assert snap["health"]["leader"] is None and snap["health"]["metrics"] is None  # no operator: said so
+        # no chain node answers: the page says why money on chain is missing, the rest still shows
+        assert snap["chain"]["url"] == "http://127.0.0.1:1" and snap["chain"]["error"]
+        assert snap["protocols"][0]["registry"] is None
     finally:
         assert stop(proc) == 0
 

@@ -55,8 +55,13 @@ def dashboard(ctx: Ctx, port: int, address: str, chain_url: str | None, metrics_
     chain_url = chain_url or info.get("chain")
     if not metrics_url and info.get("health"):
         metrics_url = info["health"].rstrip("/") + "/metrics"
-    dash = start_dashboard(ctx.zk, port=port, address=address, chain_url=chain_url, metrics_url=metrics_url,
-                           refresh=refresh)
+    try:
+        dash = start_dashboard(ctx.zk, port=port, address=address, chain_url=chain_url, metrics_url=metrics_url,
+                               refresh=refresh)
+    except Failure as e:
+        if info.get("dashboard"):
+            e.message += f"; the embedded cluster already serves a dashboard at {info['dashboard']}"
+        raise
     click.echo(f"dashboard on {dash.url} (read-only; ZooKeeper {ctx.zk}"
                + (f", chain {chain_url}" if chain_url else ", no chain") + "); Ctrl-C to stop", err=True)
     try:

@@ -80,8 +80,10 @@ def read_chain(chain: Any, url: str | None, protocols: list[Protocol], contribut
                 if key not in facts.rows:
                     facts.rows[key] = (chain.worker_row if role == "worker" else chain.dispatcher_row)(
                         account, s.researcher)
-    except (ChainError, OSError, TimeoutError) as e:
+    except ChainError as e:
         facts.error = f"{type(e).__name__}: {e}"
+    except Exception as e:  # transport failures of any kind: shown on the page, read again next refresh
+        facts.error = f"{type(e).__name__}: {e or 'no answer'}"
     return facts
 
 
