@@ -57,8 +57,9 @@ def browser(tmp_path_factory):
 
 
 def text(driver, css: str) -> str:
-    els = driver.find_elements(By.CSS_SELECTOR, css)
-    return els[0].text.strip() if els else ""
+    """The rendered text of the first match, read in one step (the page re-renders as data arrives)."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText.trim() : ''", css)
 
 
 def boidctl(*args: str) -> str:

@@ -201,7 +201,7 @@ class LiveView:
                 if not watch.alive:
                     raise StoreError("the watch ended")
                 ev = watch.get(timeout=0.2)
-                changed = False
+                changed, money = False, False
                 while ev is not None:
                     kind_objs = self._objects.setdefault(ev.kind, {})
                     if ev.type == "DELETED":
@@ -209,6 +209,7 @@ class LiveView:
                     else:
                         kind_objs[ev.name] = ev.obj
                     changed = True
+                    money = money or ev.kind in ("Protocol", "Contributor")  # their chain rows may have moved
                     ev = watch.events.get_nowait() if not watch.events.empty() else None
                 connected = bool(store.client.connected)
                 if connected:
@@ -216,7 +217,7 @@ class LiveView:
                     synced = True
                 now = time.monotonic()
                 if changed or now >= next_full or self._dirty.is_set():
-                    full = now >= next_full
+                    full = now >= next_full or money
                     self._rebuild(store, connected, synced, full=full)
                     if full:
                         next_full = now + self.refresh
@@ -247,6 +248,7 @@ class LiveView:
     _facts: rm.ChainFacts | None = None
     _mfacts: rm.MetricsFacts | None = None
     _leader: tuple[str | None, list[str]] = (None, [])
+    _lat_prev: tuple[int, float] = (0, 0.0)
 
     def _rebuild(self, store: Store, connected: bool, synced: bool, *, full: bool) -> None:
         if full or self._facts is None:
@@ -277,18 +279,20 @@ class LiveView:
         for p in snap["protocols"]:
             self._hist.sample_payouts(p, t)
         names = {p["name"] for p in snap["protocols"]}
-        # each series runs on to now at its last total, so a step chart shows the current level
-        snap["payouts"] = [{"protocol": n, "points": [[a, b] for a, b in s] + ([[t, s[-1][1]]] if s else [])}
+        snap["payouts"] = [{"protocol": n, "points": [[a, b] for a, b in s]}
                            for n, s in sorted(self._hist.payouts.items()) if n in names]
         for series in snap["payouts"]:
             p = next(p for p in snap["protocols"] if p["name"] == series["protocol"])
             series["symbol"], series["precision"] = p["paidTotal"]["symbol"], p["paidTotal"]["precision"]
         m = self._mfacts
-        if m is not None and m.error is None:
-            total = sum(k.count for k in m.latency)
-            mean = (sum(k.mean_s * k.count for k in m.latency) / total) if total else 0.0
-            if not self._hist.health or t - self._hist.health[-1][0] >= 1.0:
-                self._hist.health.append((t, m.queue_depth or 0, round(mean, 6)))
+        if m is not None and m.error is None and (not self._hist.health or t - self._hist.health[-1][0] >= 1.0):
+            # latency over the last interval (from the histogram's running sum and count), None if idle
+            count = sum(k.count for k in m.latency)
+            total = sum(k.mean_s * k.count for k in m.latency)
+            prev_count, prev_total = self._lat_prev
+            recent = (total - prev_total) / (count - prev_count) if count > prev_count else None
+            self._lat_prev = (count, total)
+            self._hist.health.append((t, m.queue_depth or 0, None if recent is None else round(recent * 1000, 3)))
         leader, contenders = self._leader
         snap["health"] = rm.health_view(self.zk, connected, leader, contenders, m)
         snap["health"]["history"] = [list(x) for x in self._hist.health]

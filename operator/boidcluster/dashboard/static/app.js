@@ -33,13 +33,10 @@ function units(amt, precision) {
   return (neg ? "-" : "") + s.slice(0, -precision) + "." + s.slice(-precision);
 }
 function clock(t) { return new Date(t * 1000).toLocaleTimeString([], {hour12: false}); }
-function ago(iso) {
+function when(iso) {
   if (!iso) return "never";
-  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
-  if (s < 120) return s + "s ago";
-  if (s < 7200) return Math.round(s / 60) + "m ago";
-  if (s < 172800) return Math.round(s / 3600) + "h ago";
-  return Math.round(s / 86400) + "d ago";
+  const d = new Date(Date.parse(iso));
+  return (d.toDateString() === new Date().toDateString() ? "" : d.toLocaleDateString() + " ") + d.toLocaleTimeString([], {hour12: false});
 }
 function duration(secs) {
   if (secs % 86400 === 0) return secs / 86400 + "d";
@@ -54,7 +51,7 @@ function conditions(list) {
     h("b", {}, c.type), " ", c.reason ? h("span", {class: "muted"}, c.reason) : null,
     c.message ? " — " + c.message : ""));
 }
-function tile(k, v, testid) { return h("div", {class: "tile"}, h("div", {class: "v", "data-testid": testid}, v), h("div", {class: "k"}, k)); }
+function tile(k, v, testid, cls) { return h("div", {class: "tile"}, h("div", {class: "v " + (cls || ""), "data-testid": testid}, v), h("div", {class: "k"}, k)); }
 
 // A chart kept across renders: its wrapper element moves into the new DOM, data updates in place.
 function chart(key, type, datasets, opts) {
@@ -75,8 +72,11 @@ function chart(key, type, datasets, opts) {
               ticks: {maxTicksLimit: 5, callback: (opts && opts.yfmt) || ((v) => v)}},
         },
         elements: {point: {radius: 0, hitRadius: 6}, line: {borderWidth: 2}},
+        spanGaps: false,
       },
     };
+    if (opts && opts.y1) cfg.options.scales.y1 = {position: "right", beginAtZero: true, grid: {drawOnChartArea: false},
+      title: {display: true, text: opts.y1}, ticks: {maxTicksLimit: 5}};
     c = {wrap, chart: new Chart(canvas, cfg)};
     charts.set(key, c);
   } else {
@@ -114,12 +114,12 @@ function jobCard(j, full) {
   card.append(h("div", {class: "small muted"}, "units validated per second",
     last !== null ? h("span", {"data-field": "rate"}, ` · latest ${last}/s`) : " · no samples yet"));
   if (j.rate.length) card.append(chart("rate-" + j.name, "line",
-    [{label: "units/s", data: pts(j.rate), borderColor: PALETTE[0], backgroundColor: "rgba(47,91,234,.12)", fill: true, stepped: "before"}],
+    [{label: "units/s", data: pts(j.rate), borderColor: PALETTE[0], backgroundColor: "rgba(47,91,234,.12)", fill: true, stepped: "after"}],
     {ylabel: "units/s"}));
   card.append(h("dl", {class: "kv"},
     h("dt", {}, "results"), h("dd", {"data-field": "output"}, j.output ? code(j.output) : (j.phase === "Failed" ? "none: the job failed" : "when the job succeeds")),
-    h("dt", {}, "started"), h("dd", {}, j.startTime ? ago(j.startTime) : "not yet"),
-    h("dt", {}, "finished"), h("dd", {}, j.completionTime ? ago(j.completionTime) : "—"),
+    h("dt", {}, "started"), h("dd", {}, j.startTime ? when(j.startTime) : "not yet"),
+    h("dt", {}, "finished"), h("dd", {}, j.completionTime ? when(j.completionTime) : "—"),
     h("dt", {}, "image"), h("dd", {}, j.image),
     h("dt", {}, "contributors"), h("dd", {}, j.contributors.length
       ? j.contributors.map(c => `${c.account} ${c.seconds} s`).join(", ") : "none yet")));
@@ -192,7 +192,9 @@ function renderMoney(s) {
     out.push(empty("No protocols yet.", h("span", {}, "A protocol holds the fund contributors are paid from: ", code("boidctl apply -f manifests/examples/protocol.yaml"))));
     return out;
   }
-  const series = s.payouts.map((p, i) => ({label: `${p.protocol} (${p.symbol})`, data: pts(p.points), stepped: true,
+  // each series runs on to now at its last total, so the step chart shows the current level
+  const series = s.payouts.map((p, i) => ({label: `${p.protocol} (${p.symbol})`, stepped: true,
+    data: pts(p.points.length ? [...p.points, [Math.max(s.generatedAt, p.points[p.points.length - 1][0]), p.points[p.points.length - 1][1]]] : []),
     borderColor: PALETTE[i % PALETTE.length], backgroundColor: "transparent"}));
   const prec = s.payouts.length ? s.payouts[0].precision : 0;
   out.push(h("div", {class: "card"}, h("h3", {}, "Paid out over time"),
@@ -210,7 +212,7 @@ function renderMoney(s) {
         h("dt", {}, "paid by the operator"), h("dd", {"data-field": "paidTotal"}, amount(p.paidTotal)),
         h("dt", {}, `fund account ${p.fundAccount}`), h("dd", {"data-field": "fundBalance"}, amount(p.fundBalance)),
         h("dt", {}, "rates per hour"), h("dd", {}, `worker ${amount(p.rates.worker)}, dispatcher ${amount(p.rates.dispatcher)}`),
-        h("dt", {}, "payouts"), h("dd", {}, `every ${duration(p.payout.intervalSeconds)}` + (p.payout.minimum ? `, at least ${p.payout.minimum.text}` : "") + `; last ${ago(p.payout.last)}`),
+        h("dt", {}, "payouts"), h("dd", {}, `every ${duration(p.payout.intervalSeconds)}` + (p.payout.minimum ? `, at least ${p.payout.minimum.text}` : "") + `; last ${when(p.payout.last)}`),
         h("dt", {}, "jobs"), h("dd", {}, p.jobs.join(", ") || "none")),
       Object.keys(p.paid).length ? h("div", {class: "tablewrap"}, h("table", {},
         h("thead", {}, h("tr", {}, h("th", {}, "paid to"), h("th", {class: "num"}, "amount"))),
@@ -225,7 +227,7 @@ function renderHealth(s) {
   const hl = s.health || {}, m = hl.metrics;
   const out = [h("h2", {}, "Operator health"), h("div", {class: "tiles"},
     tile("ZooKeeper", hl.connected ? "connected" : "down", "zk-state"),
-    tile("leader", hl.leader || "none", "leader-full"),
+    tile("leader", hl.leader || "none", "leader-full", "id"),
     tile("replicas", (hl.contenders || []).length),
     tile("queue depth", m && !m.error && m.queue_depth !== null ? m.queue_depth : "—", "queue-depth"),
     tile("reconciles (ok / error)", m && !m.error ? `${m.reconciles.ok || 0} / ${m.reconciles.error || 0}` : "—"))];
@@ -233,11 +235,11 @@ function renderHealth(s) {
   if (!m) out.push(empty("No operator metrics.", h("span", {}, "Run the operator with ", code("--health-port"), " and pass ", code("--metrics-url http://HOST:PORT/metrics"), ", or serve the dashboard from the operator with ", code("operator run --dashboard-port"), ".")));
   else if (m.error) out.push(h("div", {class: "banner bad"}, h("strong", {}, `Cannot read metrics from ${m.source}: ${m.error}`), "Is the operator running with ", code("--health-port"), "?"));
   else {
-    out.push(h("div", {class: "card"}, h("h3", {}, "Queue depth and mean reconcile latency"),
+    out.push(h("div", {class: "card"}, h("h3", {}, "Queue depth and reconcile latency"),
       chart("health", "line", [
         {label: "queue depth", data: (hl.history || []).map(([t, q]) => ({x: t, y: q})), borderColor: PALETTE[0], yAxisID: "y"},
-        {label: "mean latency s", data: (hl.history || []).map(([t, , l]) => ({x: t, y: l})), borderColor: PALETTE[2], yAxisID: "y"}],
-      {tall: true})));
+        {label: "reconcile latency ms (mean over each interval)", data: (hl.history || []).map(([t, , l]) => ({x: t, y: l})), borderColor: PALETTE[2], yAxisID: "y1"}],
+      {tall: true, ylabel: "queue depth", y1: "ms"})));
     out.push(h("div", {class: "card", style: "margin-top:12px"}, h("h3", {}, "Reconcile latency by kind"), h("div", {class: "tablewrap"}, h("table", {},
       h("thead", {}, h("tr", {}, h("th", {}, "kind"), h("th", {class: "num"}, "reconciles"), h("th", {class: "num"}, "mean"), h("th", {class: "num"}, "p95 ≤"))),
       h("tbody", {}, m.latency.map(k => h("tr", {"data-testid": "latency-" + k.kind}, h("td", {}, k.kind), h("td", {class: "num"}, k.count),
@@ -261,6 +263,15 @@ function banner(s) {
   b.replaceChildren(...parts);
 }
 
+let lastRendered = null;
+const VIEW_DATA = {
+  overview: (s) => [s.jobs, s.protocols, s.contributors, s.health && s.health.leader],
+  jobs: (s) => s.jobs,
+  contributors: (s) => [s.contributors, s.chain],
+  money: (s) => [s.protocols, s.payouts, s.chain],
+  health: (s) => s.health,
+};
+
 function view() { const v = (location.hash || "#overview").slice(1); return VIEWS.includes(v) ? v : "overview"; }
 
 function render() {
@@ -278,8 +289,13 @@ function render() {
   const sec = document.getElementById("view-" + v);
   if (!c.synced && !c.connected) {
     sec.replaceChildren(empty("No cluster data yet.", "The dashboard shows the cluster as soon as it reaches ZooKeeper (see above)."));
+    lastRendered = null;
     return;
   }
+  // re-render only when what this view shows changed (keeps selections; charts update in place)
+  const key = v + JSON.stringify(VIEW_DATA[v](s));
+  if (key === lastRendered) return;
+  lastRendered = key;
   for (const ch of charts.values()) ch.used = false;
   const fn = {overview: renderOverview, jobs: renderJobs, contributors: renderContributors, money: renderMoney, health: renderHealth}[v];
   sec.replaceChildren(...fn(s).filter(Boolean));
