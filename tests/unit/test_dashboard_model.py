@@ -3,18 +3,19 @@ real metrics registry, money views in integer asset units, read-only routes, no 
 
 from __future__ import annotations
 
+import json
 import re
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from hypothesis import given, strategies as st
-from starlette.testclient import TestClient
 
 from boidcluster.adapters.chain import payment
 from boidcluster.adapters.chain.boid import ContributorRow, ProtocolRow
 from boidcluster.dashboard import readmodel as rm
-from boidcluster.dashboard.app import STATIC, create_app
-from boidcluster.dashboard.live import LiveView
+from boidcluster.dashboard.app import STATIC
+from boidcluster.dashboard.server import Dashboard
 from boidcluster.engine.metrics import Metrics
 from boidcluster.model.resources import Contributor, Protocol
 from boidcluster.model.types import Asset
@@ -88,24 +89,39 @@ def test_leader_is_the_first_contender_by_sequence():
 
 
 @pytest.fixture
-def client():
-    live = LiveView("127.0.0.1:1")  # not started: the app serves its initial state
-    with TestClient(create_app(live)) as c:
-        yield c
+def served():
+    """The real server (uvicorn on a free loopback port), with no ZooKeeper to reach."""
+    dash = Dashboard("127.0.0.1:1", port=0, timeout=0.5).start()
+    try:
+        with httpx.Client(base_url=dash.url, timeout=5) as c:
+            yield c
+    finally:
+        dash.stop()
 
 
-def test_app_is_read_only_and_self_contained(client):
+def test_app_is_read_only_and_self_contained(served):
     for path in ("/", "/api/snapshot", "/healthz", "/static/app.js"):
-        assert client.get(path).status_code == 200
+        assert served.get(path).status_code == 200
         for method in ("POST", "PUT", "PATCH", "DELETE"):
-            assert client.request(method, path).status_code == 405, (method, path)
-    r = client.get("/")
+            assert served.request(method, path).status_code == 405, (method, path)
+    r = served.get("/")
     assert "default-src 'self'" in r.headers["content-security-policy"]
     # every script and stylesheet is served from the package: no CDN
     refs = re.findall(r'(?:src|href)="([^"]+)"', r.text)
     assert refs and all(ref.startswith(("/static/", "#")) for ref in refs), refs
     for ref in refs:
         if ref.startswith("/static/"):
-            assert client.get(ref).status_code == 200, ref
+            assert served.get(ref).status_code == 200, ref
     assert not re.search(r"""(fetch|EventSource|import)\(\s*["'`](https?:)?//""", (STATIC / "app.js").read_text())
     assert (STATIC / "vendor" / "chartjs" / "LICENSE.md").read_text().startswith("The MIT License")
+
+
+def test_event_stream_says_what_to_do_without_a_cluster(served):
+    with served.stream("GET", "/api/events") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                snap = json.loads(line[len("data: "):])
+                if snap["cluster"]["error"]:
+                    break
+    assert "boidctl up" in snap["cluster"]["error"]["hint"] and not snap["cluster"]["connected"]
