@@ -29,6 +29,7 @@ from . import readmodel as rm
 
 log = logging.getLogger(__name__)
 
+MIN_INTERVAL = 0.25  # s between rebuilds while the store keeps changing
 HISTORY = 720  # samples kept per series (an hour at the default 5 s refresh when idle)
 
 
@@ -104,6 +105,7 @@ class LiveView:
         self._metrics, self._metrics_source = metrics, metrics_source
         self._objects: dict[str, dict[str, Resource]] = {}
         self._hist = Histories()
+        self._views: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._subs: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
         self._mu = threading.Lock()
         self._stop = threading.Event()
@@ -112,7 +114,8 @@ class LiveView:
         self._last_seen: float | None = None
         self.state: dict[str, Any] = self._compose(None, rm.ChainFacts(url=chain_url), connected=False,
                                                    error=None, synced=False)
-        self.state_json = json.dumps(self.state)
+        self.state_json = json.dumps(self.state, default=str)
+        self._body = ""
         self._thread = threading.Thread(target=self._run, name="boid-dashboard", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -128,7 +131,7 @@ class LiveView:
             subs, self._subs = self._subs, []
         for loop, q in subs:
             try:
-                loop.call_soon_threadsafe(q.put_nowait, None)
+                loop.call_soon_threadsafe(_offer, q, None)
             except RuntimeError:  # loop already closed
                 pass
         if self._chain is not None:
@@ -155,16 +158,11 @@ class LiveView:
             self._subs = [(lp, x) for lp, x in self._subs if x is not q]
 
     def _notify(self) -> None:
-        def put(q: asyncio.Queue, v: int) -> None:
-            if q.full():
-                q.get_nowait()
-            q.put_nowait(v)
-
         with self._mu:
             subs = list(self._subs)
         for loop, q in subs:
             try:
-                loop.call_soon_threadsafe(put, q, self.version)
+                loop.call_soon_threadsafe(_offer, q, self.version)
             except RuntimeError:
                 pass
 
@@ -195,13 +193,14 @@ class LiveView:
         watch = store.watch(None)
         try:
             self._objects = {}
-            next_full = 0.0
-            synced = False
+            next_full = last_build = 0.0
+            synced = changed = money = False
             while not self._stop.is_set():
                 if not watch.alive:
                     raise StoreError("the watch ended")
-                ev = watch.get(timeout=0.2)
-                changed, money = False, False
+                # wait for news; while a coalesced change is pending, only until it is due
+                wait = 0.2 if not changed else max(0.0, MIN_INTERVAL - (time.monotonic() - last_build))
+                ev = watch.get(timeout=wait)
                 while ev is not None:
                     kind_objs = self._objects.setdefault(ev.kind, {})
                     if ev.type == "DELETED":
@@ -216,14 +215,26 @@ class LiveView:
                     self._last_seen = _now()
                     synced = True
                 now = time.monotonic()
-                if changed or now >= next_full or self._dirty.is_set():
+                # at most one rebuild per MIN_INTERVAL under churn (changes in between are coalesced);
+                # after a quiet spell the first change is shown at once
+                due = changed and now - last_build >= MIN_INTERVAL
+                if due or now >= next_full or self._dirty.is_set():
                     full = now >= next_full or money
                     self._rebuild(store, connected, synced, full=full)
+                    last_build = now
+                    changed = money = False
                     if full:
                         next_full = now + self.refresh
                     self._dirty.clear()
         finally:
             watch.stop()
+
+    def _job_view(self, job: Any) -> dict[str, Any]:
+        """job_view, computed again only when the watch delivered a new object for the job."""
+        hit = self._views.get(job.name)
+        if hit is None or hit[0] is not job:
+            hit = self._views[job.name] = (job, rm.job_view(job))
+        return dict(hit[1])
 
     def _chain_facts(self) -> rm.ChainFacts:
         if not self.chain_url:
@@ -272,7 +283,10 @@ class LiveView:
     def _compose(self, store: Store | None, facts: rm.ChainFacts, *, connected: bool,
                  error: dict[str, Any] | None, synced: bool) -> dict[str, Any]:
         t = _now()
-        snap = rm.snapshot(self._objects if synced else {}, facts)
+        snap = rm.snapshot(self._objects if synced else {}, facts, self._job_view)
+        if len(self._views) > len(snap["jobs"]):  # forget deleted jobs' views
+            names = {j["name"] for j in snap["jobs"]}
+            self._views = {k: v for k, v in self._views.items() if k in names}
         for j in snap["jobs"]:
             self._hist.sample_job(j, t)
             j["rate"] = self._hist.rates(j["name"])
@@ -314,17 +328,25 @@ class LiveView:
         self._set(state)
 
     def _set(self, state: dict[str, Any]) -> None:
-        text = json.dumps(state, default=str)
-        old = json.loads(self.state_json)
-        old.pop("generatedAt", None)
-        new = json.loads(text)
-        new.pop("generatedAt", None)
-        if old == new and self.version:
+        """Publish `state` unless only its time differs from what browsers have."""
+        at = state.pop("generatedAt", _now())
+        body = json.dumps(state, default=str)
+        state["generatedAt"] = at
+        if body == self._body and self.version:
             return
+        text = body[:-1] + f', "generatedAt": {at!r}}}'
         with self._mu:
-            self.state, self.state_json = state, text
+            self.state, self.state_json, self._body = state, text, body
             self.version += 1
         self._notify()
+
+
+def _offer(q: asyncio.Queue, item: int | None) -> None:
+    """Put on a queue of one, replacing what is there (on the queue's loop): a subscriber needs
+    only the latest news, and the end-of-stream None must never be dropped or raise."""
+    if q.full():
+        q.get_nowait()
+    q.put_nowait(item)
 
 
 def _open_chain(url: str) -> Any:

@@ -286,14 +286,17 @@ def health_view(zk: str, connected: bool, leader: str | None, contenders: list[s
             "metrics": asdict(metrics) if metrics else None}
 
 
-def snapshot(objects: Mapping[str, Mapping[str, Resource]], facts: ChainFacts) -> dict[str, Any]:
-    """Protocols, jobs and contributors views from the watched objects (kind -> name -> object)."""
+def snapshot(objects: Mapping[str, Mapping[str, Resource]], facts: ChainFacts,
+             view_job: Callable[[Job], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Protocols, jobs and contributors views from the watched objects (kind -> name -> object).
+    `view_job` may cache job_view per object (a busy cluster rebuilds this on every change)."""
+    view_job = view_job or job_view
     protocols = sorted(objects.get("Protocol", {}).values(), key=lambda o: o.name)
     jobs = sorted(objects.get("Job", {}).values(), key=lambda o: o.name)
     contributors = sorted(objects.get("Contributor", {}).values(), key=lambda o: o.name)
     return {
         "protocols": [protocol_view(p, jobs, facts) for p in protocols],  # type: ignore[arg-type]
-        "jobs": [job_view(j) for j in jobs],  # type: ignore[arg-type]
+        "jobs": [view_job(j) for j in jobs],  # type: ignore[arg-type]
         "contributors": contributor_views(contributors, protocols, jobs, facts),  # type: ignore[arg-type]
         "chain": {"url": facts.url, "error": facts.error},
     }
