@@ -47,7 +47,8 @@ def _ts(iso_text: str | None) -> float | None:
 class Histories:
     jobs: dict[str, deque] = field(default_factory=dict)       # name -> (t, validated)
     payouts: dict[str, deque] = field(default_factory=dict)    # protocol -> (t, paid total amount)
-    health: deque = field(default_factory=lambda: deque(maxlen=HISTORY))  # (t, queue depth, mean latency s)
+    health: deque = field(default_factory=lambda: deque(maxlen=HISTORY))  # (t, queue depth, latency ms)
+    _rates: dict[str, tuple[Any, list[list[float]]]] = field(default_factory=dict)
 
     def sample_job(self, view: dict[str, Any], t: float) -> None:
         s = self.jobs.get(view["name"])
@@ -78,7 +79,17 @@ class Histories:
         """Units validated per second, as [time, rate] at the end of each window; the series starts
         with [first sample time, 0]. Windows span at least a second (or a quarter of a short run),
         the last one may be shorter, so even a job done in a second shows its rate."""
-        samples = list(self.jobs.get(name, ()))
+        samples = self.jobs.get(name, ())
+        key = (len(samples), samples[-1]) if samples else None
+        hit = self._rates.get(name)
+        if hit is not None and hit[0] == key:  # unchanged since the last rebuild
+            return hit[1]
+        out = self._compute_rates(list(samples))
+        self._rates[name] = (key, out)
+        return out
+
+    @staticmethod
+    def _compute_rates(samples: list[tuple[float, int]]) -> list[list[float]]:
         if len(samples) < 2:
             return []
         window = min(1.0, (samples[-1][0] - samples[0][0]) / 4)
