@@ -276,6 +276,7 @@ class LiveView:
         if full or self._facts is None:
             self._facts = self._chain_facts()
             self._mfacts = self._metrics_facts()
+            self._sample_health(self._mfacts)
             if connected:
                 try:
                     self._leader = rm.read_leader(store.client)
@@ -290,6 +291,18 @@ class LiveView:
                                 "this page shows the last state seen and reconnects by itself.",
                      "hint": "Check that ZooKeeper runs (`boidctl up` starts the embedded cluster)."}
         self._set(self._compose(store, self._facts, connected=connected, error=error, synced=synced))
+
+    def _sample_health(self, m: rm.MetricsFacts | None) -> None:
+        """One point per metrics read: queue depth, and reconcile latency over the interval since
+        the previous read (from the histogram's running sum and count; None when nothing ran)."""
+        if m is None or m.error is not None:
+            return
+        count = sum(k.count for k in m.latency)
+        total = sum(k.mean_s * k.count for k in m.latency)
+        prev_count, prev_total = self._lat_prev
+        recent = (total - prev_total) / (count - prev_count) if count > prev_count else None
+        self._lat_prev = (count, total)
+        self._hist.health.append((_now(), m.queue_depth or 0, None if recent is None else round(recent * 1000, 3)))
 
     def _compose(self, store: Store | None, facts: rm.ChainFacts, *, connected: bool,
                  error: dict[str, Any] | None, synced: bool) -> dict[str, Any]:
@@ -310,14 +323,6 @@ class LiveView:
             p = next(p for p in snap["protocols"] if p["name"] == series["protocol"])
             series["symbol"], series["precision"] = p["paidTotal"]["symbol"], p["paidTotal"]["precision"]
         m = self._mfacts
-        if m is not None and m.error is None and (not self._hist.health or t - self._hist.health[-1][0] >= 1.0):
-            # latency over the last interval (from the histogram's running sum and count), None if idle
-            count = sum(k.count for k in m.latency)
-            total = sum(k.mean_s * k.count for k in m.latency)
-            prev_count, prev_total = self._lat_prev
-            recent = (total - prev_total) / (count - prev_count) if count > prev_count else None
-            self._lat_prev = (count, total)
-            self._hist.health.append((t, m.queue_depth or 0, None if recent is None else round(recent * 1000, 3)))
         leader, contenders = self._leader
         snap["health"] = rm.health_view(self.zk, connected, leader, contenders, m)
         snap["health"]["history"] = [list(x) for x in self._hist.health]
