@@ -12,7 +12,6 @@ prints, plus integer amounts for plotting. Times are integer microseconds.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
@@ -25,8 +24,6 @@ from boidcluster.adapters.store import LEADER_LOCK
 from boidcluster.model.meta import Resource
 from boidcluster.model.resources import Contributor, Job, Protocol
 from boidcluster.model.types import Asset
-
-log = logging.getLogger(__name__)
 
 ROLES = ("worker", "dispatcher")
 
@@ -301,5 +298,3 @@ def snapshot(objects: Mapping[str, Mapping[str, Resource]], facts: ChainFacts,
         "chain": {"url": facts.url, "error": facts.error},
     }
 
-
-MetricsReader = Callable[[], MetricsFacts]
