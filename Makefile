@@ -8,11 +8,16 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup test demo down crds contracts bench clean
 
-setup: $(VENV)/.stamp /usr/share/java/zookeeper.jar contracts/node_modules/.stamp
+setup: $(VENV)/.stamp /usr/share/java/zookeeper.jar contracts/node_modules/.stamp /usr/bin/chromedriver
 
 /usr/share/java/zookeeper.jar:
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends zookeeper default-jre-headless openssl
+
+# a real headless browser for the dashboard's tests (tests/browser)
+/usr/bin/chromedriver:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver
 
 $(VENV)/.stamp: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

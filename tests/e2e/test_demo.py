@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,10 @@ def test_up_runs_the_demo_job_pays_contributors_and_down_stops_everything(home):
     assert 3.0 < sum(x["pi"] for x in lines) / len(lines) < 3.3
     for who in ("alice", "bob"):
         assert f"paid to {who}: " in out
+    # the dashboard's address is printed, and the page's data says what the summary says
+    dashboard = next(line.split()[-1] for line in up.stderr.splitlines() if line.startswith("dashboard: "))
+    snap = json.loads(urllib.request.urlopen(dashboard + "api/snapshot", timeout=10).read())
+    assert [(j["name"], j["phase"], j["progress"]) for j in snap["jobs"]] == [("pi", "Succeeded", "8/8 (100%)")]
 
     report = subprocess.run([*BOIDCTL, "report", "monte-carlo"], env=home, cwd=ROOT, capture_output=True,
                             text=True, timeout=120)

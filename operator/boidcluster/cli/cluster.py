@@ -28,6 +28,7 @@ from boidcluster.model.resources import Job
 from .context import Ctx, Failure, boid_home, cluster_file, friendly, read_cluster
 from .supervisor import DEMO_SLOTS, serve, supervisor_alive
 from .wiring import OperatorOptions, build_world, close_world
+from .dashboard import start_dashboard
 
 RECONCILERS = ("protocol", "contributor", "jobs", "gitsource")
 
@@ -78,21 +79,29 @@ def operator_group() -> None:
 @click.option("--health-port", type=int, default=None, help="Serve /healthz, /readyz, /metrics on PORT.")
 @click.option("--health-address", default="127.0.0.1", show_default=True,
               help="Address for the health port (0.0.0.0 inside a container).")
+@click.option("--dashboard-port", type=int, default=None,
+              help="Also serve the read-only web dashboard on PORT (at --health-address).")
 @click.pass_obj
 @friendly
 def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, mesos_master, mesos_roles,
-                 dispatcher_account, workers, health_port, health_address) -> None:
+                 dispatcher_account, workers, health_port, health_address, dashboard_port) -> None:
     """Reconcile until stopped (SIGTERM or Ctrl-C). Several replicas elect one leader."""
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file,
                            marathon=marathon, backend=backend, slots=list(slots), mesos_master=mesos_master,
                            mesos_roles=list(mesos_roles) or ["*"], dispatcher_account=dispatcher_account,
                            workers=workers)
     op, world = start_operator(opts, ctx.store, health_port, health_address)
+    dash = None if dashboard_port is None else start_dashboard(
+        ctx.zk, port=dashboard_port, address=health_address, store=ctx.store, chain_url=chain_url,
+        metrics_registry=op.metrics.registry)
     click.echo(f"operator {op.identity} running against {ctx.zk}"
-               + (f"; metrics on http://127.0.0.1:{op.health.port}/metrics" if op.health else ""), err=True)
+               + (f"; metrics on http://127.0.0.1:{op.health.port}/metrics" if op.health else "")
+               + (f"; dashboard on {dash.url}" if dash else ""), err=True)
     try:
         _wait_for_signal()
     finally:
+        if dash is not None:
+            dash.stop()
         op.stop()
         close_world(world)
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -71,6 +72,23 @@ def kept_port(state: Path, name: str) -> int:
         port = free_port()
         f.write_text(str(port))
         return port
+
+
+def dashboard_port(state: Path) -> int:
+    """The dashboard's port: the usual one (8090) when it is free the first time, then kept."""
+    from .dashboard import DEFAULT_PORT
+
+    f = state / "dashboard.port"
+    if not f.exists():
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", DEFAULT_PORT))
+                port = DEFAULT_PORT
+            except OSError:
+                port = 0
+        if port:
+            f.write_text(str(port))
+    return kept_port(state, "dashboard")
 
 
 # -- the components ----------------------------------------------------------------------------
@@ -153,6 +171,8 @@ class OperatorChild:
     def __init__(self, state: Path, zk: str, chain: ChainChild, slots: list[str]) -> None:
         self.state, self.zk, self.chain, self.slots = state, zk, chain, slots
         self.port = kept_port(state, "operator-health")
+        self.dashboard_port = dashboard_port(state)
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}/"
         self.proc: subprocess.Popen[bytes] | None = None
         self.storage = storage_root(state)
 
@@ -167,7 +187,7 @@ class OperatorChild:
                 "--keys", str(self.state / "operator-keys.json"), "--backend", "local",
                 *[x for s in self.slots for x in ("--slot", s)],
                 "--dispatcher-account", self.chain.chain.accounts.dispatchers[0],
-                "--health-port", str(self.port)]
+                "--health-port", str(self.port), "--dashboard-port", str(self.dashboard_port)]
 
     def start(self, timeout: float = 60.0) -> None:
         with open(self.state / "operator.log", "ab") as out:
@@ -300,7 +320,7 @@ class Supervisor:
         self.info["chain"] = chain.url
         op = OperatorChild(self.state, zk.address, chain, self.slots)
         self._first_start(op, "starting the operator")
-        self.info.update(storage=op.storage, slots=self.slots, health=op.address)
+        self.info.update(storage=op.storage, slots=self.slots, health=op.address, dashboard=op.dashboard)
 
     def _first_start(self, child: Any, phase: str) -> None:
         self.health[child.name] = ComponentHealth(address=child.address)

@@ -42,6 +42,8 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
     info = ensure_cluster()
     click.echo(f"cluster ready: ZooKeeper {info['zk']}, chain {info['chain']}, storage {info['storage']}, "
                f"workers {', '.join(info.get('slots', []))}", err=True)
+    if info.get("dashboard"):
+        click.echo(f"dashboard: {info['dashboard']}", err=True)
     store = Store(info["zk"], timeout=10, credentials=embedded_admin(Path(info["state"])))
     try:
         for r in store.apply_in_batches(objs, retries=2)[0]:
@@ -55,7 +57,8 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
         click.echo(patiently(lambda: summary(store, final, info)))
         if not stop:
             click.echo("\nthe cluster keeps running: `boidctl get jobs`, `boidctl describe protocol ...`, "
-                       "`boidctl status`; stop it with `boidctl down`")
+                       "`boidctl status`" + (f", the dashboard at {info['dashboard']}" if info.get("dashboard") else "")
+                       + "; stop it with `boidctl down`")
         if any(j.status is None or j.status.phase != "Succeeded" for j in final):
             raise SystemExit(1)
     finally:
