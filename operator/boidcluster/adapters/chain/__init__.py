@@ -10,6 +10,7 @@ from .boid import (
     BatchSeqRow,
     BoidChain,
     ChainAuth,
+    EscrowTooLow,
     ContributorRow,
     PayoutResult,
     ProtocolRow,
@@ -36,7 +37,7 @@ from .rpc import (
 
 __all__ = [
     "Abi", "AbiError", "abi_to_bin", "int_to_name", "name_to_int",
-    "AcctRow", "BatchOutOfSequence", "BatchSeqRow", "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult",
+    "AcctRow", "BatchOutOfSequence", "BatchSeqRow", "EscrowTooLow", "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult",
     "ProtocolRow", "ProtocolTerms", "RecordResult", "UnitTime", "credit", "payment", "unit_id",
     "KeyFormatError", "KeyRing", "PrivateKey",
     "ChainAssertion", "ChainError", "ChainUnavailable", "DuplicateTransaction", "MissingAuthority", "NotFound",

@@ -52,6 +52,10 @@ class BatchOutOfSequence(ChainAssertion):
         self.expected = expected
 
 
+class EscrowTooLow(ChainAssertion):
+    """A payout refused because the protocol's escrow holds less than the contributor is owed."""
+
+
 @dataclass(frozen=True)
 class ProtocolRow:
     """A clusterreg `protocol` row (scope owner, key name). Money in the protocol's symbol."""
@@ -216,6 +220,9 @@ class BoidChain:
             if not lower:
                 return
 
+    async def all_protocols(self) -> list[ProtocolRow]:
+        return [p async for p in self.protocols()]
+
     async def add_protocol(self, terms: ProtocolTerms, *signers: str) -> dict[str, Any]:
         """`addprotocol`, signed by the owner (and the researcher too, if given: accepted at once)."""
         data = {"owner": terms.owner, "name": terms.name, "researcher": terms.researcher, "title": terms.title,
@@ -227,6 +234,31 @@ class BoidChain:
         data = {"owner": terms.owner, "name": terms.name, "title": terms.title, "datadir": terms.datadir,
                 "worker_pay_rate": terms.worker_pay_rate, "dispatcher_pay_rate": terms.dispatcher_pay_rate}
         return await self.rpc.push_action(self.reg, "updprotocol", data, signer or f"{terms.owner}@active")
+
+    async def register_protocol(self, terms: ProtocolTerms, *, researcher_signs: bool = False,
+                                owner_signer: str | None = None, researcher_signer: str | None = None) -> list[str]:
+        """Make the registry row match `terms`, signed by the owner (and the researcher, whose
+        signature accepts it); returns what was done: 'created', 'updated', 'accepted' (nothing: [])."""
+        owner_signer = owner_signer or f"{terms.owner}@active"
+        researcher_signer = researcher_signer or f"{terms.researcher}@active"
+        row = await self.protocol_row(terms.owner, terms.name)
+        if row is None:
+            await self.add_protocol(terms, owner_signer, *([researcher_signer] if researcher_signs else []))
+            return ["created", *(["accepted"] if researcher_signs else [])]
+        fixed = [f for f in ("researcher", "tokencontract") if getattr(terms, f) != getattr(row, f)]
+        if fixed or terms.worker_pay_rate.symbol != row.symbol:
+            raise ChainAssertion(
+                f"{terms.owner}/{terms.name} is registered with researcher {row.researcher}, token "
+                f"{row.tokencontract} {row.symbol.code} ({row.symbol.precision} decimals): these are fixed at creation",
+                action=f"{self.reg}::updprotocol")
+        done = []
+        if terms.differs(row):
+            await self.update_protocol(terms, owner_signer)
+            done.append("updated")
+        if not row.accepted and researcher_signs:
+            await self.accept_protocol(terms.owner, terms.name, terms.researcher, researcher_signer)
+            done.append("accepted")
+        return done
 
     async def accept_protocol(self, owner: str, name: str, researcher: str, signer: str | None = None) -> dict[str, Any]:
         return await self.rpc.push_action(self.reg, "acceptprot", {"owner": owner, "name": name},
@@ -322,6 +354,8 @@ class BoidChain:
         except ChainAssertion as e:
             if e.message == "nothing to pay":
                 return None
+            if e.message.startswith("escrow too low"):
+                raise EscrowTooLow(e.message, action=e.action) from None
             raise
         amount = None
         for t in _walk_traces((out.get("processed") or {}).get("action_traces", [])):
@@ -359,6 +393,6 @@ def _walk_traces(traces: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
 
 
 __all__ = [
-    "AcctRow", "BatchOutOfSequence", "BatchSeqRow", "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult",
+    "AcctRow", "BatchOutOfSequence", "EscrowTooLow", "BatchSeqRow", "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult",
     "ProtocolRow", "ProtocolTerms", "RecordResult", "UnitTime", "credit", "payment", "unit_id",
 ]
