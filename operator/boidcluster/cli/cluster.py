@@ -244,7 +244,7 @@ def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
         chain.bootstrap()
         keys = st / "operator-keys.json"
         chain.operator_keys().write(keys)
-        chain.user_keys().write(st / "user-keys.json")  # the demo users' own key (boidctl fund/withdraw)
+        chain.write_user_keys(st / "user-keys.json")  # the demo users' own key (boidctl fund/withdraw)
         info["phase"] = "starting the operator"
         _write_cluster(st, info)
         store = Store(zk.hosts, timeout=10)

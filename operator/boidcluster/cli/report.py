@@ -135,4 +135,5 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
         for line in problems:
             click.echo(f"  - {line}")
         sys.exit(1)
-    click.echo("ZooKeeper records and the chain agree; the escrow's books balance.")
+    click.echo("ZooKeeper records and the chain agree.")
+    click.echo("The escrow's books balance exactly.")

@@ -183,16 +183,16 @@ class LocalChain:
         ring.add(km["operator"], f"{self.accounts.operator}@operate")
         return ring
 
-    def user_keys(self) -> KeyRing:
-        """The demo users' key (the protocol owner and researcher, the fund account): what a user's
-        own key file holds for `boidctl fund` / `boidctl withdraw`."""
-        km = self._key_material()
+    def write_user_keys(self, path: str | os.PathLike[str]) -> None:
+        """The demo users' key file (mode 0600), one 'account@active KEY' line per account, the
+        format a user's own key file has (KeyRing.write would drop the labels of a shared key)."""
+        key = self._key_material()["demo"]
         a = self.accounts
-        ring = KeyRing()
-        ring.add(km["demo"], f"{a.owner}@active")
-        for acct in (a.researcher, a.fund):
-            ring.labels[f"{acct}@active"] = km["demo"].public_key
-        return ring
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# the demo users' own key: boidctl fund / boidctl withdraw sign with it\n")
+            for acct in (a.owner, a.researcher, a.fund):
+                f.write(f"{acct}@active {key.reveal()}\n")
 
     def demo_public_key(self) -> str:
         return self._key_material()["demo"].public_key
