@@ -219,3 +219,17 @@ def test_fund_and_withdraw_from_the_cli_with_the_users_key_file(registered, acto
     no_key.write_text(f"{actors.outsider}@active {demo.reveal()}\n")
     r = CliRunner().invoke(cli, [*base, "withdraw", "pay", "--all", "--chain-url", chain_world.url, "--key-file", str(no_key)])
     assert r.exit_code == 1 and f"no key for {actors.owner}@active" in r.output
+
+
+def test_a_journal_behind_the_chain_never_reuses_a_batch_number(registered, actors):
+    """A fresh ZooKeeper (empty journal) on a chain that holds batches: new batches are numbered
+    after the chain's, so they are recorded, not mistaken for batches already there."""
+    op, store, chain = registered
+    w0 = actors.workers[0]
+    p = store.get(Protocol, "pay")
+    op.world.ledger.record_units(p, fake_job("job-a"), [("u0", w0, H)])
+    empty = ChainLedger(chain)  # no journal at all
+    out = empty.record_units(p, fake_job("job-b"), [("u0", w0, 2 * H)])
+    assert out.recorded == 1
+    seq = chain.batch_seq(chain.protocol_row(actors.owner, p.chain_name).id)
+    assert (seq.seq, seq.units, seq.worker_time) == (2, 2, 3 * H)

@@ -35,7 +35,8 @@ class _Journal:
     protocol_id: int
     batches: dict[int, dict[str, Any]] = field(default_factory=dict)  # seq -> {"type", "units": [...]}
     units: set[tuple[str, str, str]] = field(default_factory=set)  # (job uid, unit key, contributor)
-    confirmed: int = 0  # highest seq known to be irreversible on chain
+    confirmed: int = 0  # highest seq read back from the chain
+    on_chain: int = 0  # the chain's batch number when last read
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -91,6 +92,7 @@ class ChainLedger:
         """Re-send journaled batches the chain lacks, in order; returns (units sent, trx ids)."""
         have = self.chain.batch_seq(j.protocol_id)
         on_chain = have.seq if have else 0
+        j.on_chain = max(j.on_chain, on_chain)
         sent, trx = 0, []
         for seq in sorted(s for s in j.batches if s > on_chain):
             data = j.batches[seq]
@@ -128,7 +130,9 @@ class ChainLedger:
                 units = sorted(([uid, key, acct, unit_id(uid, key, acct), int(us)] for uid, key, acct, us in chunk),
                                key=lambda u: u[3])
                 while True:
-                    seq = j.last + 1
+                    # above anything on chain too: a journal behind the chain (a fresh ZooKeeper on an
+                    # old chain) must never reuse a number the chain already holds
+                    seq = max(j.last, j.on_chain) + 1
                     try:
                         self._write(j, seq, {"type": type_, "units": units})
                         break
