@@ -212,6 +212,10 @@ def test_fund_and_withdraw_from_the_cli_with_the_users_key_file(registered, acto
     assert demo.reveal() not in r.output
     r = CliRunner().invoke(cli, [*base, "fund", "pay", "1.5 EOS", *url])
     assert r.exit_code == 1 and "not in the protocol's token" in r.output
+    before = balance(chain, actors.owner)
+    r = CliRunner().invoke(cli, [*base, "withdraw", "pay", "5", *url])
+    assert r.exit_code == 0 and "withdrew 5.0000 BOID" in r.output and "holds 120.0000 BOID" in r.output, r.output
+    assert balance(chain, actors.owner) == before + boid("5.0000 BOID")
     op.world.ledger.record_units(store.get(Protocol, "pay"), fake_job("job-uid-7"), [("u0", actors.workers[0], 100 * H)])
     r = CliRunner().invoke(cli, [*base, "withdraw", "pay", "1", *url])  # 360 BOID owed > 125 held: nothing free
     assert r.exit_code == 1 and "free escrow" in r.output, r.output
