@@ -8,6 +8,7 @@ come from the chain's rows, so a failure later in the same pass loses nothing.
 
 from __future__ import annotations
 
+import json
 import time
 from types import SimpleNamespace
 
@@ -88,7 +89,7 @@ def test_recorded_time_is_paid_exactly_once(registered, actors):
     assert balance(chain, w0) == before[w0] + owed[w0]
 
 
-def test_a_restarted_ledger_resends_exactly_what_the_chain_lacks(registered, actors, zk_hosts):
+def test_a_restarted_ledger_resends_exactly_what_the_chain_lacks(registered, actors, zk_hosts, chain_world):
     """Issue 12 item 1: a batch journaled but not on chain (the operator died before sending it, or
     the node lost it) is re-sent as journaled, once; units of it are never put in a new batch."""
     op, store, chain = registered
@@ -105,6 +106,9 @@ def test_a_restarted_ledger_resends_exactly_what_the_chain_lacks(registered, act
     with pytest.raises(SystemExit):
         crashed.record_units(p, fake_job("job-uid-r"), [("u0", w0, H), ("u1", w0, H)])
     assert chain.batch_seq(row.id) is None  # nothing on chain, one batch journaled
+    report = ["--zk", zk_hosts, "report", "pay", "--chain-url", chain_world.url]
+    r = CliRunner().invoke(cli, report)
+    assert r.exit_code == 1 and f"{w0}: 7200.000000 s journaled in batches above the chain's 0" in r.output, r.output
     fresh = ChainLedger(chain, store=store)  # a new process
     assert fresh.pending(p) == 2
     out = fresh.record_units(p, fake_job("job-uid-r"), [("u0", w0, H), ("u1", w0, H), ("u2", w0, H)])
@@ -112,6 +116,8 @@ def test_a_restarted_ledger_resends_exactly_what_the_chain_lacks(registered, act
     seq = chain.batch_seq(row.id)
     assert (seq.seq, seq.units, seq.worker_time) == (2, 3, 3 * H)  # the journaled batch, then the new one
     assert fresh.pending(p) == 0 and fresh.sync(p) == 0
+    r = CliRunner().invoke(cli, report)
+    assert "journaled in batches above" not in r.output and "batches 1..2" not in r.output, r.output
     assert ChainLedger(chain, store=store).record_units(p, fake_job("job-uid-r"), [("u2", w0, H)]).already == 1
 
 
@@ -225,7 +231,7 @@ def test_fund_and_withdraw_from_the_cli_with_the_users_key_file(registered, acto
     assert r.exit_code == 1 and f"no key for {actors.owner}@active" in r.output
 
 
-def test_a_journal_behind_the_chain_never_reuses_a_batch_number(registered, actors):
+def test_a_journal_behind_the_chain_never_reuses_a_batch_number(registered, actors, zk_hosts, chain_world):
     """A fresh ZooKeeper (empty journal) on a chain that holds batches: new batches are numbered
     after the chain's, so they are recorded, not mistaken for batches already there."""
     op, store, chain = registered
@@ -237,3 +243,9 @@ def test_a_journal_behind_the_chain_never_reuses_a_batch_number(registered, acto
     assert out.recorded == 1
     seq = chain.batch_seq(chain.protocol_row(actors.owner, p.chain_name).id)
     assert (seq.seq, seq.units, seq.worker_time) == (2, 2, 3 * H)
+    # a journal that disagrees with the chain's totals is a difference the report names
+    store.create_once(f"ledger/{actors.owner}.{p.chain_name}/{2:012d}",
+                      json.dumps({"type": "worker", "units": [["job-b", "u0", w0, 1, H]]}))
+    r = CliRunner().invoke(cli, ["--zk", zk_hosts, "report", "pay", "--chain-url", chain_world.url])
+    assert r.exit_code == 1 and "batches 1..2: the journal has 2 units, 7200.000000 s of workers" in r.output, r.output
+    assert "the chain 2, 10800.000000 s" in r.output

@@ -21,6 +21,7 @@ from boidcluster.adapters.store import NotFound
 from boidcluster.model.resources import Contributor, Job, Protocol
 from boidcluster.model.types import Asset
 from boidcluster.reconcilers.jobs.records import JobRecords
+from boidcluster.reconcilers.ledger import read_journal
 
 from .context import Ctx, Failure, friendly, read_cluster
 
@@ -108,6 +109,19 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
     for acct, us in sorted(pending.items()):
         if us:
             problems.append(f"{acct}: {_secs(us)} s of accepted work is not on chain yet")
+    # the ledger's journal: what was sent under which batch number, against the chain's totals
+    journal = read_journal(ctx.store, spec.owner, p.chain_name)
+    on_chain = seq.seq if seq else 0
+    for acct, us in sorted(journal.above(on_chain).items()):
+        problems.append(f"{acct}: {_secs(us)} s journaled in batches above the chain's {on_chain} (re-sent on the "
+                        "protocol's next pass)")
+    if journal.batches and set(range(1, on_chain + 1)) <= set(journal.batches):
+        units, worker_us, dispatcher_us = journal.totals(on_chain)
+        have = (seq.units, seq.worker_time, seq.dispatcher_time) if seq else (0, 0, 0)
+        if (units, worker_us, dispatcher_us) != have:
+            problems.append(f"batches 1..{on_chain}: the journal has {units} units, {_secs(worker_us)} s of workers and "
+                            f"{_secs(dispatcher_us)} s of dispatchers, the chain {have[0]}, {_secs(have[1])} s and "
+                            f"{_secs(have[2])} s")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     click.echo(f"Protocol {p.name}: {spec.owner}/{p.chain_name} (id {reg.id}) on clusterreg, researcher "
                f"{spec.researcher}, {len(jobs)} job(s); {seq.seq if seq else 0} batch(es) of "

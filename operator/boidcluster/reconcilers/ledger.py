@@ -180,5 +180,40 @@ class ChainLedger:
         return sum(len(b["units"]) for s, b in j.batches.items() if s > on_chain)
 
 
+@dataclass(frozen=True)
+class JournalSummary:
+    """What the journal says was sent for a protocol: per batch number, its units and time by type."""
+
+    batches: dict[int, dict[str, Any]]
+
+    def totals(self, upto: int) -> tuple[int, int, int]:
+        """(units, worker µs, dispatcher µs) of batches 1..upto."""
+        units = worker = dispatcher = 0
+        for seq, b in self.batches.items():
+            if seq <= upto:
+                units += len(b["units"])
+                t = sum(u[4] for u in b["units"])
+                if b["type"] == "worker":
+                    worker += t
+                else:
+                    dispatcher += t
+        return units, worker, dispatcher
+
+    def above(self, seq: int) -> dict[str, int]:
+        """µs per contributor in journaled batches numbered above `seq` (not on chain yet)."""
+        out: dict[str, int] = {}
+        for s, b in self.batches.items():
+            if s > seq:
+                for u in b["units"]:
+                    out[u[2]] = out.get(u[2], 0) + u[4]
+        return out
+
+
+def read_journal(store: Any, owner: str, name: str) -> JournalSummary:
+    """The protocol's batch journal as ZooKeeper holds it (for `boidctl report`)."""
+    path = f"{JOURNAL}/{owner}.{name}"
+    return JournalSummary({int(seq): json.loads(store.get_run(f"{path}/{seq}")) for seq in store.list_runs(path)})
+
+
 class _Taken(Exception):
     """The journal already has a batch with this number."""
