@@ -18,6 +18,7 @@ import pytest
 
 from boidcluster.adapters.chain.blocking import BlockingChain
 from boidcluster.adapters.chain.boid import BoidChain, ProtocolTerms
+from boidcluster.adapters.chain.rpc import RpcClient
 from boidcluster.adapters.store import Store
 from boidcluster.model.resources import Protocol
 from boidcluster.model.types import Asset
@@ -60,12 +61,11 @@ def test_batches_lost_by_a_killed_node_are_resent_exactly_once(zk_hosts, tmp_pat
             async with node.client() as rpc:
                 await BoidChain(rpc).register_protocol(ProtocolTerms.from_spec(p.chain_name, p.spec),
                                                        researcher_signs=True)
+                async with RpcClient(node.url, node.operator_keys()) as op:
+                    await BoidChain(op).register("worker", a.workers[0], a.owner, p.chain_name)
+                # the setup is irreversible: only the batches are at risk from the kills
+                await rpc.wait_irreversible((await rpc.get_info())["head_block_num"], timeout=60)
         asyncio.run(register())
-        time.sleep(1.5)  # the registration becomes irreversible: only the batches are at risk
-        chain = BlockingChain.open(node.url, node.operator_keys(), timeout=2.0, call_timeout=30)
-        chain.register("worker", a.workers[0], a.owner, p.chain_name)
-        time.sleep(1.5)
-        chain.close()
         expected_time, expected_units = 0, 0
         for round_ in range(3):
             chain = BlockingChain.open(node.url, node.operator_keys(), timeout=2.0, call_timeout=30)

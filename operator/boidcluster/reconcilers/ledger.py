@@ -165,9 +165,14 @@ class ChainLedger:
         return res.recorded == 1
 
     def sync(self, protocol: Any) -> int:
-        """Re-send journaled batches the chain lacks (after a node or operator crash); units sent."""
+        """Re-send journaled batches the chain lacks (after a node or operator crash); units sent.
+        Reads batches journaled by another process (a protocol's dispatcher) first."""
         j = self._journal(protocol)
         with j.lock:
+            if self.store is not None:
+                for seq in self.store.list_runs(j.path):
+                    if int(seq) not in j.batches:
+                        self._load(j, int(seq))
             sent, trx = self._send_missing(j)
             self._confirm(j, trx)
         return sent
