@@ -80,7 +80,8 @@ def on_chain(units: int, state: Path) -> None:
     from types import SimpleNamespace
 
     from boidcluster.adapters.chain.blocking import BlockingChain
-    from boidcluster.adapters.chain.rpc import action
+    from boidcluster.adapters.chain.boid import BoidChain, ProtocolTerms
+    from boidcluster.model.types import Asset
     from boidcluster.adapters.local.chainnode import LocalChain
     from boidcluster.reconcilers.jobs.reconciler import LEDGER_BATCH
     from boidcluster.reconcilers.ledger import ChainLedger
@@ -90,21 +91,22 @@ def on_chain(units: int, state: Path) -> None:
     try:
         chain.bootstrap()
         a = chain.accounts
-        researcher = "r" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz12345") for _ in range(11))
-        demo = chain.demo_public_key()
-        auth = {"threshold": 1, "keys": [{"key": demo, "weight": 1}], "accounts": [], "waits": []}
+        name = "r" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz12345") for _ in range(11))
 
-        async def setup() -> None:
+        async def setup() -> None:  # the owner registers the protocol (contracts v2), the researcher consents
             async with chain.client() as rpc:
-                await rpc.push_transaction([action("eosio", "newaccount", {"creator": "eosio", "name": researcher,
-                                                                          "owner": auth, "active": auth}, "eosio@active")])
+                terms = ProtocolTerms(owner=a.owner, name=name, researcher=a.researcher, title="bench",
+                                      datadir="/bench", tokencontract=a.token,
+                                      worker_pay_rate=Asset.parse("1.0000 BOID"),
+                                      dispatcher_pay_rate=Asset.parse("1.0000 BOID"))
+                await BoidChain(rpc).register_protocol(terms, researcher_signs=True)
         asyncio.run(setup())
         bc = BlockingChain.open(chain.url, chain.operator_keys())
         workers = list(a.workers)
         for w in workers:
-            bc.register_worker(w, researcher)
-        ledger = ChainLedger(bc)
-        protocol = SimpleNamespace(spec=SimpleNamespace(researcher=researcher))
+            bc.register("worker", w, a.owner, name)
+        ledger = ChainLedger(bc)  # no ZooKeeper here: the batch journal stays in memory
+        protocol = SimpleNamespace(spec=SimpleNamespace(owner=a.owner, researcher=a.researcher), chain_name=name)
 
         def run(n: int, per_call: int, uid: str) -> tuple[float, int]:
             credits = [(f"u{i}", workers[i % len(workers)], 1_000_000 + i) for i in range(n)]

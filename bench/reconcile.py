@@ -57,6 +57,28 @@ def protocols(names: list[str], chain: LocalChain) -> list[Protocol]:
         for i, r in enumerate(names)]
 
 
+def register(chain: LocalChain, objs: list[Protocol]) -> None:
+    """Contracts v2: the owner registers each protocol (the researcher co-signs), as `boidctl fund`
+    would; the operator only observes the registry."""
+    from boidcluster.adapters.chain.boid import BoidChain, ProtocolTerms
+
+    async def go() -> None:
+        async with chain.client() as rpc:
+            demo = chain.demo_public_key()
+            bc = BoidChain(rpc)
+            acts = []
+            for p in objs:
+                rpc.keys.labels[f"{p.spec.researcher}@active"] = demo
+                t = ProtocolTerms.from_spec(p.chain_name, p.spec)
+                acts.append(action(bc.reg, "addprotocol", {
+                    "owner": t.owner, "name": t.name, "researcher": t.researcher, "title": t.title,
+                    "datadir": t.datadir, "tokencontract": t.tokencontract, "worker_pay_rate": t.worker_pay_rate,
+                    "dispatcher_pay_rate": t.dispatcher_pay_rate}, f"{t.owner}@active", f"{t.researcher}@active"))
+            for i in range(0, len(acts), 50):
+                await rpc.push_transaction(acts[i:i + 50])
+    asyncio.run(go())
+
+
 def run(zk: LocalZooKeeper, chroot: str, objs: list[Protocol], world_of, registry: Registry, workers: int,
         ready) -> float:
     setup = Store(zk.hosts)
@@ -92,6 +114,7 @@ def main() -> None:
         try:
             chain.bootstrap()
             objs = protocols(researchers(chain, args.n), chain)
+            register(chain, objs)
             bchain = BlockingChain.open(chain.url, chain.operator_keys())
 
             noop = Registry()

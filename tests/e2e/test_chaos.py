@@ -15,7 +15,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from boidcluster.adapters.chain import payment
+from boidcluster.adapters.chain import credit
 from boidcluster.adapters.chain.blocking import BlockingChain
 from boidcluster.adapters.store import Store
 from boidcluster.cli.main import cli
@@ -52,6 +52,7 @@ def test_operator_killed_at_random_points_completes_once_and_pays_once(zk_hosts,
     store = Store(zk_hosts)
     for d in specs(a, slots):
         store.create(parse_resource(d))
+    reg = chain_world.fund_protocol(store.get(Protocol, "chaos"), "1000.0000 BOID")  # the owner's deposit
     cmd = [sys.executable, "-m", "boidcluster.cli.main", "--zk", zk_hosts, "operator", "run",
            "--chain-url", chain_world.url, "--keys", str(keys), "--storage", f"file://{tmp_path / 'storage'}",
            *[x for s in slots for x in ("--slot", s)]]
@@ -107,10 +108,12 @@ def test_operator_killed_at_random_points_completes_once_and_pays_once(zk_hosts,
         try:
             p = store.get(Protocol, "chaos")
             for w in slots:
-                row = chain.worker_row(w, a.researcher)
-                paid_time = row.total_time - row.unpaid_time
-                assert p.status.paid[w] == payment(paid_time, Asset.parse("360.0000 BOID"))
-                assert chain.fund_balance(w, "eosio.token", p.spec.fund.quantity.symbol) == p.status.paid[w]
+                total = chain.contributor_row("worker", reg.id, w).total_time
+                acct = chain.acct_row(reg.id, w)
+                # owed at recording, exactly floor(time x rate) overall; paid once, from the chain's rows
+                assert acct.paid + acct.owed == credit(total, Asset.parse("360.0000 BOID"))[0]
+                assert p.status.paid[w] == acct.paid
+                assert chain.fund_balance(w, "eosio.token", p.spec.fund.quantity.symbol) == acct.paid
         finally:
             chain.close()
     finally:

@@ -1,5 +1,5 @@
 """FAULT-INJECTION harness (test only): an operator process that SIGKILLs itself right after its
-first successful chain write, i.e. between the chain action and the status write that records it.
+first successful payout, i.e. between the chain action and the status write that records it.
 
 Usage: python crash_operator.py ZK_HOSTS CHAIN_URL KEYS_FILE STORAGE_URL
 """
@@ -24,14 +24,14 @@ class DieAfterWrite:
 
     def __getattr__(self, name):
         attr = getattr(self._chain, name)
-        if name != "put_protocol":
+        if name != "payout":
             return attr
 
-        def put_then_die(*a, **kw):
-            attr(*a, **kw)
-            os.kill(os.getpid(), signal.SIGKILL)
+        def pay_then_die(*a, **kw):
+            if attr(*a, **kw) is not None:
+                os.kill(os.getpid(), signal.SIGKILL)
 
-        return put_then_die
+        return pay_then_die
 
 
 zk, url, keys, storage = sys.argv[1:5]

@@ -1,570 +1,526 @@
-"""Every clusterjobs/clusterreg action on the real node: happy path, wrong signer, bad arguments
-(with the contract's message), exact payout arithmetic, fund conservation, idempotent recording.
+"""Contracts v2 on the real node: escrow, protocol identity, pay fixed at recording, batches.
 
-Operator calls go through BoidChain with the least-privilege key only (boidoperator@operate and the
-`boidop` permissions owners and funds delegate); wrong-signer cases use the full demo key ring.
+Attack tests first (issue 9): each of the seven attacks on v1, a contributor crediting itself,
+replays, re-entrancy from a hostile token contract of our own (contracts/tests/hostile), overflow,
+payout to an unregistered account; then the money invariant after random sequences (hypothesis).
+Operator calls go through BoidChain with the operator's least-privilege key only; users sign with
+their own keys (the full demo key ring stands in for each user's own key file).
 """
 
 from __future__ import annotations
 
-import random
+import asyncio
+import hashlib
+import json
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from boidcluster.adapters.chain.abi import abi_to_bin
 from boidcluster.adapters.chain.boid import (
     H,
+    BatchOutOfSequence,
     BoidChain,
-    ChainAuth,
-    ContributorRow,
-    ProtocolRow,
+    ProtocolTerms,
     UnitTime,
-    payment,
-    unit_id,
+    credit,
 )
-from boidcluster.adapters.chain.rpc import ChainAssertion, ChainError, MissingAuthority
+from boidcluster.adapters.chain.rpc import ChainAssertion, ChainError, MissingAuthority, action
 from boidcluster.model.types import Asset
 
-pytestmark = [pytest.mark.chain, pytest.mark.anyio, pytest.mark.usefixtures("contracts_deployed")]
+pytestmark = [pytest.mark.chain, pytest.mark.usefixtures("contracts_deployed")]
 
 JOBS, REG, TOKEN = "clusterjobs", "clusterreg", "eosio.token"
+HOSTILE_BUILD = Path(__file__).resolve().parents[2] / "contracts" / "tests" / "hostile" / "build"
+MAX_AMOUNT = (1 << 62) - 1
+U64 = (1 << 64) - 1
 
 
 def boid(text: str) -> Asset:
     return Asset.parse(text)
 
 
-def protocol(actors, fund="1000.0000 BOID", worker="1.2345 BOID", dispatcher="0.5000 BOID", **kw) -> ProtocolRow:
-    base = dict(
-        title="Folding proteins at home", owner=actors.owner, researcher=actors.researcher,
-        datadir="/boid/fold", fundaccount=actors.fund, fund=boid(fund), tokencontract=TOKEN,
-        worker_pay_rate=boid(worker), dispatcher_pay_rate=boid(dispatcher), funded=boid(fund),
-    )
+def fields(abi, struct: str) -> list[str]:
+    return [f["name"] for f in abi.structs[struct]["fields"]]
+
+
+def terms(actors, name="fold", worker="1.0000 BOID", dispatcher="0.5000 BOID", token=TOKEN, **kw) -> ProtocolTerms:
+    base = dict(owner=actors.owner, name=name, researcher=actors.researcher, title="Folding proteins",
+                datadir="/boid/fold", tokencontract=token, worker_pay_rate=boid(worker),
+                dispatcher_pay_rate=boid(dispatcher))
     base.update(kw)
-    return ProtocolRow(**base)
+    return ProtocolTerms(**base)
 
 
-def add_data(row: ProtocolRow) -> dict:
-    return {
-        "title": row.title, "owner": row.owner, "researcher": row.researcher, "datadir": row.datadir,
-        "fundaccount": row.fundaccount, "fund": row.fund, "tokencontract": row.tokencontract,
-        "dispatcher_pay_rate": row.dispatcher_pay_rate, "worker_pay_rate": row.worker_pay_rate,
-    }
+class World:
+    """Fresh actors; `user` signs with the users' keys, `op` with the operator's only."""
+
+    def __init__(self, chain_world, actors, rpc, op_rpc):
+        self.cw, self.a, self.rpc = chain_world, actors, rpc
+        self.user = BoidChain(rpc)
+        self.op = BoidChain(op_rpc)
+        self.seq: dict[str, int] = {}
+
+    async def protocol(self, name="fold", deposit="100.0000 BOID", accept=True, **kw):
+        t = terms(self.a, name=name, **kw)
+        signers = [f"{t.owner}@active"] + ([f"{t.researcher}@active"] if accept else [])
+        await self.user.add_protocol(t, *signers)
+        for w in self.a.workers:
+            assert await self.op.register("worker", w, t.owner, name)
+        assert await self.op.register("dispatcher", self.a.dispatcher, t.owner, name)
+        if deposit:
+            await self.user.deposit(t.owner, t.owner, name, boid(deposit))
+        return t
+
+    async def record(self, t, credits, type="worker", seq=None):
+        """credits: [(account, µs)]; one unit each, ids fresh."""
+        seq = seq if seq is not None else self.seq.get(t.name, 0) + 1
+        units = [UnitTime(acct, int.from_bytes(hashlib.sha256(f"{t.name}{seq}{i}".encode()).digest()[:8], "big"), us)
+                 for i, (acct, us) in enumerate(credits)]
+        trx = await self.op.record_batch(t.owner, t.name, seq, type, units)
+        self.seq[t.name] = seq
+        return trx
+
+    async def row(self, t):
+        return await self.user.require_protocol(t.owner, t.name)
+
+    async def owed(self, t, account) -> Asset | None:
+        p = await self.row(t)
+        a = await self.user.acct_row(p.id, account)
+        return a.owed if a else None
+
+    async def balance(self, account, token=TOKEN) -> Asset:
+        return await self.user.fund_balance(account, token)
 
 
 @pytest.fixture
-async def world(chain_world):
-    """Fresh actors, a full-key client (`rpc`) and a least-privilege BoidChain (`op`)."""
+async def w(chain_world):
     async with chain_world.client() as rpc:
         actors = await chain_world.actors(rpc, workers=2)
         async with chain_world.operator_client() as op_rpc:
-            yield actors, rpc, BoidChain(op_rpc)
+            yield World(chain_world, actors, rpc, op_rpc)
 
 
-async def registered(world, **kw):
-    actors, rpc, op = world
-    row = protocol(actors, **kw)
-    assert await op.put_protocol(row) == "created"
-    for w in actors.workers:
-        assert await op.register_worker(w, actors.researcher)
-    assert await op.register_dispatcher(actors.dispatcher, actors.researcher)
-    return row
+@pytest.fixture(scope="session")
+def hostile(chain_world) -> str:
+    """Our own hostile token contract (fake BOID, no balances, re-enters payout), deployed once."""
+    async def setup() -> str:
+        async with chain_world.client() as rpc:
+            (name,) = await chain_world.new_accounts(rpc, "hostil")
+            wasm = (HOSTILE_BUILD / "hostile.wasm").read_bytes()
+            abi = abi_to_bin(json.loads((HOSTILE_BUILD / "hostile.abi").read_text()))
+            await rpc.push_transaction([
+                action("eosio", "setcode", {"account": name, "vmtype": 0, "vmversion": 0, "code": wasm}, f"{name}@active"),
+                action("eosio", "setabi", {"account": name, "abi": abi}, f"{name}@active"),
+            ])
+            await chain_world.code_permission(rpc, name, name)
+            await rpc.push_action(name, "create", {"issuer": name, "maximum_supply": "461168601842738.7903 BOID"},
+                                  f"{name}@active")
+            return name
+    return asyncio.run(setup())
 
 
-async def balance(rpc, account) -> Asset:
-    return await BoidChain(rpc).fund_balance(account)
+pytestmark.append(pytest.mark.anyio)
 
 
-# --- connection actions -------------------------------------------------------------------------
+# --- deployment ------------------------------------------------------------------------------------
 
 
-async def test_connections_made_by_bootstrap(chain_world):
-    async with chain_world.client() as rpc:
-        assert await rpc.get_row(JOBS, JOBS, "reg", 0) == {"registry_contract": REG, "operator": "boidoperator"}
-        assert await rpc.get_row(REG, REG, "config", 0) == {"jobs_contract": JOBS}
-        # re-connecting with the same values is harmless
-        await rpc.push_action(JOBS, "conntoreg", {"registry_contract": REG, "operator": "boidoperator"}, f"{JOBS}@active")
-        await rpc.push_action(REG, "conntojobs", {"jobs_contract": JOBS}, f"{REG}@active")
+async def test_bootstrap_connects_contracts_and_gives_no_user_key_to_the_operator(w):
+    reg = await w.rpc.get_row(JOBS, JOBS, "reg", 0)
+    assert (reg["registry_contract"], reg["operator"]) == (REG, "boidoperator")
+    cfg = await w.rpc.get_row(REG, REG, "config", 0)
+    assert (cfg["jobs_contract"], cfg["operator"]) == (JOBS, "boidoperator")
+    for acct in (JOBS, REG):  # inline actions of the contract itself
+        perms = {p["perm_name"]: p for p in (await w.rpc.get_account(acct))["permissions"]}
+        assert {"actor": acct, "permission": "eosio.code"} in [x["permission"] for x in perms["active"]["required_auth"]["accounts"]]
+    # the operator's key satisfies nothing of the demo owner or fund account
+    for acct in ("boidteam", "boidfund"):
+        perms = (await w.rpc.get_account(acct))["permissions"]
+        assert all(x["permission"]["actor"] != "boidoperator" for p in perms for x in p["required_auth"]["accounts"])
 
 
-async def test_connections_need_the_contract_and_real_accounts(chain_world):
-    async with chain_world.client() as rpc:
-        (outsider,) = await chain_world.new_accounts(rpc, "cx")
-        with pytest.raises(MissingAuthority):
-            await rpc.push_action(JOBS, "conntoreg", {"registry_contract": REG, "operator": outsider}, f"{outsider}@active")
-        with pytest.raises(MissingAuthority):
-            await rpc.push_action(REG, "conntojobs", {"jobs_contract": outsider}, f"{outsider}@active")
-        with pytest.raises(ChainAssertion, match="registry contract account does not exist"):
-            await rpc.push_action(JOBS, "conntoreg", {"registry_contract": "nosuchacct1", "operator": "boidoperator"}, f"{JOBS}@active")
-        with pytest.raises(ChainAssertion, match="operator account does not exist"):
-            await rpc.push_action(JOBS, "conntoreg", {"registry_contract": REG, "operator": "nosuchacct1"}, f"{JOBS}@active")
-        with pytest.raises(ChainAssertion, match="jobs contract account does not exist"):
-            await rpc.push_action(REG, "conntojobs", {"jobs_contract": "nosuchacct1"}, f"{REG}@active")
+# --- the happy path --------------------------------------------------------------------------------
 
 
-# --- protocols ----------------------------------------------------------------------------------
+async def test_deposit_record_payout_withdraw_delete(w):
+    t = await w.protocol(deposit="10.0000 BOID")
+    wk = w.a.workers[0]
+    row = await w.row(t)
+    assert row.accepted and row.deposited == boid("10.0000 BOID") == row.balance
+    before = await w.balance(REG)
+    await w.record(t, [(wk, 3 * H), (wk, H // 2)])  # 3.5 h at 1 BOID/h
+    assert await w.owed(t, wk) == boid("3.5000 BOID")
+    assert (await w.row(t)).owed == boid("3.5000 BOID")
+    assert (await w.op.contributor_row("worker", row.id, wk)).total_time == 3 * H + H // 2
+    paid = await w.op.payout(t.owner, t.name, wk)
+    assert paid.amount == boid("3.5000 BOID")
+    assert await w.balance(wk) == boid("3.5000 BOID")
+    assert await w.balance(REG) == before - boid("3.5000 BOID")
+    assert await w.op.payout(t.owner, t.name, wk) is None  # nothing owed any more
+    await w.user.withdraw(t.owner, t.name, boid("6.5000 BOID"))
+    row = await w.row(t)
+    assert (row.balance, row.owed, row.paid, row.withdrawn) == (boid("0.0000 BOID"),) * 2 + (boid("3.5000 BOID"), boid("6.5000 BOID"))
+    assert row.invariant_holds()
+    assert await w.user.delete_protocol(t.owner, t.name)
+    assert await w.user.protocol_row(t.owner, t.name) is None
 
 
-async def test_put_protocol_creates_updates_and_keeps_the_fund(world):
-    actors, rpc, op = world
-    row = protocol(actors)
-    assert await op.protocol_row(actors.owner, actors.researcher) is None
-    assert await op.put_protocol(row) == "created"
-    assert await op.protocol_row(actors.owner, actors.researcher) == row
-    assert await op.put_protocol(row) == "unchanged"
-    changed = protocol(actors, title="Folding, v2 — ünïcode", worker="2.0000 BOID", fund="1.0000 BOID", datadir="/boid/v2")
-    assert await op.put_protocol(changed) == "updated"
-    have = await op.protocol_row(actors.owner, actors.researcher)
-    assert have.title == changed.title and have.worker_pay_rate == boid("2.0000 BOID")
-    assert have.fund == row.fund  # updprotocol keeps the remaining fund
-    assert await op.delete_protocol(actors.owner, actors.researcher) is True
-    assert await op.protocol_row(actors.owner, actors.researcher) is None
-    assert await op.delete_protocol(actors.owner, actors.researcher) is False
+async def test_remainder_is_carried_not_lost(w):
+    t = await w.protocol(worker="0.0007 BOID")  # 7 units per hour: one unit every 3600/7 s
+    wk = w.a.workers[0]
+    times = [H // 5, H // 3, 1, H - 1, 12345678, H // 7]
+    for us in times:
+        await w.record(t, [(wk, us)])
+    owed, rest = credit(sum(times), boid("0.0007 BOID"))
+    assert await w.owed(t, wk) == owed
+    row = await w.row(t)
+    assert (await w.user.acct_row(row.id, wk)).carry == rest
 
 
-async def test_protocol_actions_need_the_owner(world):
-    actors, rpc, op = world
-    row = protocol(actors)
+# --- the seven attacks on v1 -------------------------------------------------------------------------
+
+
+async def test_attack1_outsider_protocol_for_the_victims_researcher_cannot_erase_owed_pay(w, hostile):
+    t = await w.protocol()
+    wk = w.a.workers[0]
+    await w.record(t, [(wk, 10 * H)])
+    # the attacker registers a protocol for the victim's researcher, with a tiny rate and a fake token
+    attacker = w.a.outsider
+    evil = ProtocolTerms(owner=attacker, name="fold", researcher=w.a.researcher, title="x", datadir="/x",
+                         tokencontract=hostile, worker_pay_rate=boid("0.0010 BOID"), dispatcher_pay_rate=boid("0.0010 BOID"))
+    await w.user.add_protocol(evil, f"{attacker}@active")
+    assert not (await w.user.require_protocol(attacker, "fold")).accepted
+    # without the researcher's consent, it cannot get contributors or records
+    with pytest.raises(ChainAssertion, match="has not accepted"):
+        await w.op.register("worker", wk, attacker, "fold") and await w.op.record_batch(
+            attacker, "fold", 1, "worker", [UnitTime(wk, 1, 1)])
+    assert await w.op.payout(attacker, "fold", wk) is None  # nothing there to pay (or to erase)
+    # a fake-token deposit naming the victim's protocol is refused
+    with pytest.raises(ChainAssertion, match="token contract other than the protocol's"):
+        await w.rpc.push_action(hostile, "transfer", {"from": attacker, "to": REG, "quantity": "5.0000 BOID",
+                                                      "memo": f"{t.owner}/{t.name}"}, f"{attacker}@active")
+    # the victim is still owed everything, and the real payout pays it
+    assert await w.owed(t, wk) == boid("10.0000 BOID")
+    assert (await w.op.payout(t.owner, t.name, wk)).amount == boid("10.0000 BOID")
+
+
+async def test_attack2_two_sponsors_of_one_researcher_keep_separate_time_and_money(w):
+    t1 = await w.protocol(name="one", worker="1.0000 BOID", deposit="10.0000 BOID")
+    t2 = await w.protocol(name="two", worker="2.0000 BOID", deposit="10.0000 BOID")
+    wk = w.a.workers[0]
+    await w.record(t1, [(wk, 2 * H)])
+    assert await w.owed(t2, wk) is None
+    assert await w.op.payout(t2.owner, t2.name, wk) is None  # sponsor 2 owes nothing for sponsor 1's work
+    assert (await w.op.payout(t1.owner, t1.name, wk)).amount == boid("2.0000 BOID")  # at sponsor 1's rate
+    r1, r2 = await w.row(t1), await w.row(t2)
+    assert (r1.balance, r2.balance) == (boid("8.0000 BOID"), boid("10.0000 BOID"))
+    assert r1.id != r2.id
+
+
+async def test_attack3_no_fund_account_and_the_operator_cannot_move_escrow(w):
+    t = await w.protocol(deposit="10.0000 BOID")
+    # addprotocol has no fund account to name; the escrow is the registry's own balance
+    assert "fundaccount" not in fields(await w.rpc.get_abi(REG), "addprotocol")
+    op_rpc = w.op.rpc
+    with pytest.raises(MissingAuthority):  # the operator cannot withdraw the owner's escrow
+        await w.op.withdraw(t.owner, t.name, boid("1.0000 BOID"), signer="boidoperator@operate")
+    with pytest.raises(ChainError):  # nor transfer the registry's tokens
+        await op_rpc.push_action(TOKEN, "transfer", {"from": REG, "to": "boidoperator", "quantity": "1.0000 BOID",
+                                                     "memo": ""}, "boidoperator@operate")
+    with pytest.raises(MissingAuthority):  # nor create protocols for an owner
+        await w.op.add_protocol(terms(w.a, name="other"), "boidoperator@operate")
+    assert (await w.row(t)).balance == boid("10.0000 BOID")
+
+
+async def test_attack4_delprotocol_refused_while_owed_or_escrow_not_empty(w):
+    t = await w.protocol(deposit="5.0000 BOID")
+    wk = w.a.workers[0]
+    await w.record(t, [(wk, H)])
+    await w.user.withdraw(t.owner, t.name, boid("4.0000 BOID"))
+    with pytest.raises(ChainAssertion, match="owes contributors"):
+        await w.user.delete_protocol(t.owner, t.name)
+    await w.op.payout(t.owner, t.name, wk)
+    row = await w.row(t)
+    assert row.balance == boid("0.0000 BOID") and row.owed == boid("0.0000 BOID")
+    await w.user.deposit(t.owner, t.owner, t.name, boid("0.0001 BOID"))
+    with pytest.raises(ChainAssertion, match="escrow is not empty"):
+        await w.user.delete_protocol(t.owner, t.name)
+
+
+async def test_attack5_rate_cut_after_recording_does_not_reprice_recorded_work(w):
+    t = await w.protocol(worker="1.0000 BOID", deposit="20.0000 BOID")
+    wk = w.a.workers[0]
+    await w.record(t, [(wk, 10 * H)])
+    cut = terms(w.a, name=t.name, worker="0.0010 BOID")
+    await w.user.update_protocol(cut)
+    assert (await w.row(t)).worker_pay_rate == boid("0.0010 BOID")
+    await w.record(t, [(wk, 10 * H)])  # later work at the new rate
+    assert (await w.op.payout(t.owner, t.name, wk)).amount == boid("10.0100 BOID")
+
+
+async def test_attack6_token_contract_and_symbol_are_fixed(w, hostile):
+    t = await w.protocol()
+    abi = await w.rpc.get_abi(REG)
+    assert "tokencontract" not in fields(abi, "updprotocol")
+    with pytest.raises(ChainAssertion, match="symbol must match"):
+        await w.user.update_protocol(terms(w.a, name=t.name, worker="1.00 BOID", dispatcher="1.00 BOID"))
+    # a token of another contract with the same symbol is not a deposit
+    with pytest.raises(ChainAssertion, match="token contract other than the protocol's"):
+        await w.rpc.push_action(hostile, "transfer", {"from": t.owner, "to": REG, "quantity": "1000.0000 BOID",
+                                                      "memo": f"{t.owner}/{t.name}"}, f"{t.owner}@active")
+    assert (await w.row(t)).tokencontract == TOKEN
+
+
+async def test_attack7_recorded_work_cannot_be_removed(w):
+    t = await w.protocol()
+    wk = w.a.workers[0]
+    await w.record(t, [(wk, H)])
+    await w.op.payout(t.owner, t.name, wk)
+    abi = await w.rpc.get_abi(JOBS, refresh=True)
+    assert "removejob" not in abi.actions  # no successor: recorded batches are final
+    # and no action of either contract lowers owed or total time except a payout
+    assert set(abi.actions) == {"conntoreg", "regworker", "delworker", "regdisptch", "deldisptch", "recordbatch"}
+    assert (await w.op.contributor_row("worker", (await w.row(t)).id, wk)).total_time == H
+
+
+# --- more attacks -------------------------------------------------------------------------------------
+
+
+async def test_a_contributor_cannot_credit_itself(w):
+    t = await w.protocol()
+    wk = w.a.workers[0]
+    mine = BoidChain(w.rpc, auth=type(w.op.auth)(operator=wk, operator_permission="active"))
+    with pytest.raises(ChainAssertion, match="missing authority of boidoperator"):
+        await mine.record_batch(t.owner, t.name, 1, "worker", [UnitTime(wk, 1, 100 * H)])
     with pytest.raises(MissingAuthority):
-        await rpc.push_action(REG, "addprotocol", add_data(row), f"{actors.outsider}@active")
-    with pytest.raises(MissingAuthority):  # the researcher is not the owner
-        await rpc.push_action(REG, "addprotocol", add_data(row), f"{actors.researcher}@active")
-    await rpc.push_action(REG, "addprotocol", add_data(row), f"{actors.owner}@active")
-    upd = {k: v for k, v in add_data(row).items() if k != "fund"}
-    with pytest.raises(MissingAuthority):
-        await rpc.push_action(REG, "updprotocol", upd, f"{actors.outsider}@active")
-    with pytest.raises(MissingAuthority):
-        await rpc.push_action(REG, "delprotocol", {"owner": actors.owner, "researcher": actors.researcher}, f"{actors.outsider}@active")
-    # the operator cannot act for an owner that delegated nothing to it
-    with pytest.raises(MissingAuthority):
-        await op.put_protocol(protocol(actors, owner=actors.outsider))
+        await w.rpc.push_action(REG, "credit", {"owner": t.owner, "name": t.name, "type": "worker",
+                                                "credits": [{"account": wk, "time": 100 * H}]}, f"{wk}@active")
+    with pytest.raises(ChainAssertion, match="missing authority of"):  # nor register itself
+        await w.rpc.push_action(JOBS, "regworker", {"worker": w.a.outsider, "owner": t.owner, "protocol": t.name},
+                                f"{w.a.outsider}@active")
+    assert await w.owed(t, wk) is None
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (dict(researcher="nosuchacct1"), "researcher account does not exist"),
-        (dict(fundaccount="nosuchacct1"), "fund account does not exist"),
-        (dict(tokencontract="nosuchacct1"), "token contract account does not exist"),
-        (dict(title="é" * 129), "title is longer than 256 bytes"),  # 129 characters, 258 bytes
-        (dict(datadir="d" * 1025), "datadir is longer than 1024 bytes"),
-        (dict(fund=Asset.parse("-1.0000 BOID")), "fund must not be negative"),
-        (dict(fund=Asset.parse("1.0000 NOPE")), "fund symbol is not a token of the token contract"),
-        (dict(fund=Asset.parse("1.00 BOID"), worker_pay_rate=Asset.parse("1.00 BOID"),
-              dispatcher_pay_rate=Asset.parse("1.00 BOID")), "fund symbol precision does not match the token contract"),
-        (dict(worker_pay_rate=Asset.parse("1.00 BOID")), "worker pay rate symbol must match the fund symbol"),
-        (dict(dispatcher_pay_rate=Asset.parse("1.0000 NOPE")), "dispatcher pay rate symbol must match the fund symbol"),
-        (dict(worker_pay_rate=Asset.parse("-1.0000 BOID")), "worker pay rate must not be negative"),
-    ],
-)
-async def test_addprotocol_rejects_bad_arguments(world, change, message):
-    actors, rpc, op = world
-    row = protocol(actors, **{k: v for k, v in change.items() if k not in ("fund", "worker_pay_rate", "dispatcher_pay_rate")})
-    row = ProtocolRow(**{**row.__dict__, **change})
-    with pytest.raises(ChainAssertion) as e:
-        await rpc.push_action(REG, "addprotocol", add_data(row), f"{actors.owner}@active")
-    assert e.value.message == message
+async def test_replayed_batch_is_refused_in_the_same_and_a_later_transaction(w):
+    t = await w.protocol()
+    wk = w.a.workers[0]
+    units = [UnitTime(wk, 7, H)]
+    act = w.op.batch_action(t.owner, t.name, 1, "worker", units)
+    with pytest.raises(ChainAssertion, match="batch out of sequence: expected 2"):
+        await w.op.rpc.push_transaction([act, act])  # same transaction: all of it is refused
+    assert await w.owed(t, wk) is None
+    await w.op.record_batch(t.owner, t.name, 1, "worker", units)
+    with pytest.raises(BatchOutOfSequence) as e:
+        await w.op.record_batch(t.owner, t.name, 1, "worker", units)  # later transaction
+    assert e.value.expected == 2
+    with pytest.raises(BatchOutOfSequence):
+        await w.op.record_batch(t.owner, t.name, 3, "worker", units)  # skipping ahead
+    with pytest.raises(ChainAssertion, match="strictly increase"):  # a unit twice in one batch
+        await w.op.rpc.push_transaction([action(JOBS, "recordbatch", {
+            "owner": t.owner, "protocol": t.name, "seq": 2, "type": "worker",
+            "units": [{"contributor": wk, "id": 9, "time": 1}, {"contributor": wk, "id": 9, "time": 1}]}, "boidoperator@operate")])
+    assert await w.owed(t, wk) == boid("1.0000 BOID")
+    assert (await w.op.batch_seq((await w.row(t)).id)).seq == 1
 
 
-async def test_protocol_duplicates_and_unknowns(world):
-    actors, rpc, op = world
-    row = protocol(actors)
-    await rpc.push_action(REG, "addprotocol", add_data(row), f"{actors.owner}@active")
-    with pytest.raises(ChainAssertion, match="protocol already exists"):
-        await rpc.push_action(REG, "addprotocol", add_data(row), f"{actors.owner}@active")
-    other = {k: v for k, v in add_data(protocol(actors, researcher=actors.outsider)).items() if k != "fund"}
-    with pytest.raises(ChainAssertion, match="unknown protocol"):
-        await rpc.push_action(REG, "updprotocol", other, f"{actors.owner}@active")
-    with pytest.raises(ChainAssertion, match="unknown protocol"):
-        await rpc.push_action(REG, "delprotocol", {"owner": actors.owner, "researcher": actors.outsider}, f"{actors.owner}@active")
-    bad_upd = {**{k: v for k, v in add_data(row).items() if k != "fund"}, "worker_pay_rate": Asset.parse("1.00 BOID")}
-    with pytest.raises(ChainAssertion, match="worker pay rate symbol must match the fund symbol"):
-        await rpc.push_action(REG, "updprotocol", bad_upd, f"{actors.owner}@active")
+async def test_reentrancy_from_a_hostile_token_pays_nothing_twice(w, hostile):
+    t = await w.protocol(token=hostile, deposit=None)
+    wk = w.a.workers[0]
+    # the hostile token "deposits" what it never had (it only harms protocols that chose it)
+    await w.rpc.push_action(hostile, "transfer", {"from": t.owner, "to": REG, "quantity": "50.0000 BOID",
+                                                  "memo": f"{t.owner}/{t.name}"}, f"{t.owner}@active")
+    await w.record(t, [(wk, 3 * H)])
+    await w.cw.code_permission(w.rpc, wk, hostile)  # the worker colludes with the token
+    await w.rpc.push_action(hostile, "setreenter", {"registry": REG, "owner": t.owner, "name": t.name,
+                                                    "contributor": wk}, f"{hostile}@active")
+    before = await w.row(t)
+    with pytest.raises(ChainAssertion, match="nothing to pay"):  # the re-entered payout finds nothing owed
+        await w.op.rpc.push_action(REG, "payout", {"owner": t.owner, "name": t.name, "contributor": wk},
+                                   "boidoperator@operate")
+    assert await w.row(t) == before  # and the whole transaction reverted
+    assert await w.owed(t, wk) == boid("3.0000 BOID")
+    # every re-entry (each payout's transfer re-enters again) ends the same way: nothing paid twice
+    assert await w.op.payout(t.owner, t.name, wk) is None
+    row = await w.row(t)
+    assert (row.paid, row.owed, row.balance) == (boid("0.0000 BOID"), boid("3.0000 BOID"), boid("50.0000 BOID"))
+    assert row.invariant_holds()
 
 
-async def test_registry_payout_only_inline_from_the_jobs_contract(world):
-    actors, rpc, op = world
-    await registered(world)
-    data = {"owner": actors.owner, "researcher": actors.researcher, "worker": actors.workers[0], "unpaid_time": H, "type": "worker"}
-    with pytest.raises(MissingAuthority):
-        await rpc.push_action(REG, "payout", data, f"{actors.fund}@active")
-    with pytest.raises(ChainAssertion, match="payout may only be called by the jobs contract"):
-        await rpc.push_action(REG, "payout", data, f"{JOBS}@active")
-
-
-# --- addfund ------------------------------------------------------------------------------------
-
-MAX_AMOUNT = (1 << 62) - 1  # the largest asset amount
-
-
-def units(n: int) -> Asset:
-    return Asset(n, boid("0.0000 BOID").symbol)
-
-
-async def test_addfund_raises_fund_and_funded(world):
-    actors, rpc, op = world
-    await registered(world, fund="1000.0000 BOID", worker="1.0000 BOID")
-    o, r, w = actors.owner, actors.researcher, actors.workers[0]
-    row = await op.protocol_row(o, r)
-    assert row.fund == row.funded == boid("1000.0000 BOID")  # addprotocol commits the fund
-    await op.add_fund(o, r, boid("500.0000 BOID"))  # through the owner's boidop delegation
-    row = await op.protocol_row(o, r)
-    assert (row.fund, row.funded) == (boid("1500.0000 BOID"), boid("1500.0000 BOID"))
-    # a payout lowers the remaining fund only: funded - fund is what was paid out
-    await op.record_units(r, [UnitTime(w, 1, 3 * H)])
-    assert (await op.payout(o, r, w)).amount == boid("3.0000 BOID")
-    row = await op.protocol_row(o, r)
-    assert (row.fund, row.funded) == (boid("1497.0000 BOID"), boid("1500.0000 BOID"))
-    # updprotocol keeps both
-    assert await op.put_protocol(protocol(actors, title="v2", fund="1.0000 BOID")) == "updated"
-    row = await op.protocol_row(o, r)
-    assert (row.title, row.fund, row.funded) == ("v2", boid("1497.0000 BOID"), boid("1500.0000 BOID"))
-
-
-async def test_ensure_fund_adds_the_difference_to_funded_once(world):
-    actors, rpc, op = world
-    await registered(world, fund="1000.0000 BOID", worker="1.0000 BOID")
-    o, r, w = actors.owner, actors.researcher, actors.workers[0]
-    await op.record_units(r, [UnitTime(w, 1, 10 * H)])
-    await op.payout(o, r, w)  # fund 990, funded 1000
-    got = await op.ensure_fund(o, r, boid("1500.0000 BOID"))
-    assert (got.action, got.added) == ("added", boid("500.0000 BOID"))  # 1500 - funded, not 1500 - fund
-    assert (got.fund, got.funded) == (boid("1490.0000 BOID"), boid("1500.0000 BOID"))
-    again = await op.ensure_fund(o, r, boid("1500.0000 BOID"))  # a repeat (after a crash) adds nothing
-    assert (again.action, again.added) == ("unchanged", boid("0.0000 BOID"))
-    lower = await op.ensure_fund(o, r, boid("1200.0000 BOID"))  # never claws back
-    assert lower.action == "reduction_ignored" and lower.added == boid("0.0000 BOID")
-    row = await op.protocol_row(o, r)
-    assert (row.fund, row.funded) == (boid("1490.0000 BOID"), boid("1500.0000 BOID"))
-    with pytest.raises(ChainAssertion, match="unknown protocol"):
-        await op.ensure_fund(o, actors.outsider, boid("1.0000 BOID"))
-
-
-async def test_addfund_needs_the_owner(world):
-    actors, rpc, op = world
-    await registered(world)
-    data = {"owner": actors.owner, "researcher": actors.researcher, "quantity": boid("1.0000 BOID")}
-    for signer in (actors.outsider, actors.researcher, actors.fund):
-        with pytest.raises(MissingAuthority):
-            await rpc.push_action(REG, "addfund", data, f"{signer}@active")
-    with pytest.raises(MissingAuthority):  # the operator's key cannot sign as the owner's active
-        await op.rpc.push_action(REG, "addfund", data, f"{actors.owner}@active")
-    # the operator cannot add for an owner that delegated nothing to it
-    with pytest.raises(MissingAuthority):
-        await op.add_fund(actors.outsider, actors.researcher, boid("1.0000 BOID"))
-    await rpc.push_action(REG, "addfund", data, f"{actors.owner}@active")  # the owner itself may
-    assert (await op.protocol_row(actors.owner, actors.researcher)).funded == boid("1001.0000 BOID")
-
-
-@pytest.mark.parametrize(
-    "quantity, message",
-    [
-        ("1.00 BOID", "quantity symbol must match the fund symbol"),
-        ("1.0000 NOPE", "quantity symbol must match the fund symbol"),
-        ("0.0000 BOID", "quantity must be positive"),
-        ("-1.0000 BOID", "quantity must be positive"),
-    ],
-)
-async def test_addfund_rejects_bad_quantities(world, quantity, message):
-    actors, rpc, op = world
-    await registered(world)
-    with pytest.raises(ChainAssertion) as e:
-        await op.add_fund(actors.owner, actors.researcher, boid(quantity))
-    assert e.value.message == message
-    row = await op.protocol_row(actors.owner, actors.researcher)
-    assert (row.fund, row.funded) == (boid("1000.0000 BOID"), boid("1000.0000 BOID"))
-    with pytest.raises(ChainAssertion, match="unknown protocol"):
-        await op.add_fund(actors.owner, actors.outsider, boid("1.0000 BOID"))
-
-
-async def test_addfund_overflow_is_refused(world):
-    actors, rpc, op = world
-    o, r, w = actors.owner, actors.researcher, actors.workers[0]
-    await registered(world, fund=str(units(MAX_AMOUNT - 10)), worker="1.0000 BOID")
-    with pytest.raises(ChainAssertion) as e:
-        await op.add_fund(o, r, units(11))
-    assert e.value.message == "fund overflow"
-    await op.record_units(r, [UnitTime(w, 1, H)])
-    assert (await op.payout(o, r, w)).amount == units(10_000)  # fund MAX - 10_010, funded MAX - 10
-    with pytest.raises(ChainAssertion) as e:
-        await op.add_fund(o, r, units(11))
-    assert e.value.message == "funded overflow"
-    await op.add_fund(o, r, units(10))  # up to the largest amount exactly
-    row = await op.protocol_row(o, r)
-    assert (row.fund, row.funded) == (units(MAX_AMOUNT - 10_000), units(MAX_AMOUNT))
-
-
-def test_protocol_row_from_a_row_older_than_funded():
-    row = {"title": "t", "owner": "a", "researcher": "b", "datadir": "/d", "fundaccount": "c",
-           "fund": boid("1.0000 BOID"), "tokencontract": TOKEN, "worker_pay_rate": boid("1.0000 BOID"),
-           "dispatcher_pay_rate": boid("1.0000 BOID")}
-    assert ProtocolRow.from_chain(row).funded is None
-    assert ProtocolRow.from_chain({**row, "funded": boid("2.0000 BOID")}).funded == boid("2.0000 BOID")
-
-
-# --- contributors -------------------------------------------------------------------------------
-
-
-async def test_register_and_unregister_contributors(world):
-    actors, rpc, op = world
-    w, r, d = actors.workers[0], actors.researcher, actors.dispatcher
-    assert await op.register_worker(w, r) is True
-    assert await op.register_worker(w, r) is False  # "worker already registered" is done
-    assert await op.worker_row(w, r) == ContributorRow(r, 0, 0)
-    assert await op.contributor_rows(w) == [ContributorRow(r, 0, 0)]
-    assert await op.register_dispatcher(d, r) is True
-    assert await op.register_dispatcher(d, r) is False
-    assert await op.dispatcher_row(d, r) == ContributorRow(r, 0, 0)
-    assert await op.unregister_worker(w, r) is True
-    assert await op.unregister_worker(w, r) is False
-    assert await op.unregister_dispatcher(d, r) is True
-    assert await op.unregister_dispatcher(d, r) is False
-    assert await op.worker_row(w, r) is None and await op.dispatcher_row(d, r) is None
-
-
-async def test_researcher_may_register_but_outsiders_may_not(world):
-    actors, rpc, op = world
-    w, r = actors.workers[1], actors.researcher
-    await rpc.push_action(JOBS, "regworker", {"worker": w, "researcher": r}, f"{r}@active")
-    await rpc.push_action(JOBS, "regdisptch", {"dispatcher": actors.dispatcher, "researcher": r}, f"{r}@active")
-    for act, who in (("regworker", "worker"), ("delworker", "worker"), ("regdisptch", "dispatcher"), ("deldisptch", "dispatcher")):
-        with pytest.raises(ChainAssertion) as e:
-            await rpc.push_action(JOBS, act, {who: actors.workers[0], "researcher": r}, f"{actors.outsider}@active")
-        assert e.value.message == f"missing authority of {r} (researcher) or of the operator"
-    with pytest.raises(ChainAssertion, match="worker account does not exist"):
-        await op.register_worker("nosuchacct1", r)
-    with pytest.raises(ChainAssertion, match="dispatcher account does not exist"):
-        await op.register_dispatcher("nosuchacct1", r)
-
-
-async def test_unpaid_time_blocks_unregistering(world):
-    actors, rpc, op = world
-    await registered(world)
-    w, r, d = actors.workers[0], actors.researcher, actors.dispatcher
-    await op.record_units(r, [UnitTime(w, 1, 1000)])
-    assert await op.record_dispatcher_time(r, d, 1, 1000)
-    with pytest.raises(ChainAssertion, match="worker has unpaid time"):
-        await op.unregister_worker(w, r)
-    with pytest.raises(ChainAssertion, match="dispatcher has unpaid time"):
-        await op.unregister_dispatcher(d, r)
-
-
-# --- time records -------------------------------------------------------------------------------
-
-
-async def test_newjob_records_each_unit_once(world):
-    actors, rpc, op = world
-    await registered(world)
-    r, (w1, w2) = actors.researcher, actors.workers
-    units = [UnitTime(w1 if i % 2 else w2, unit_id("job-uid-1", i, w1 if i % 2 else w2), 1_000_000 + i) for i in range(7)]
-    first = await op.record_units(r, units[:3], batch_size=10)
-    assert (first.recorded, first.already, first.transactions) == (3, 0, 1)
-    again = await op.record_units(r, units, batch_size=10)  # batch fails on a duplicate, falls back
-    assert (again.recorded, again.already) == (4, 3)
-    third = await op.record_units(r, units, batch_size=3)
-    assert (third.recorded, third.already) == (0, 7)
-    for w in (w1, w2):
-        mine = sum(u.time for u in units if u.worker == w)
-        assert await op.worker_row(w, r) == ContributorRow(r, mine, mine)
-    rows = await rpc.get_table_rows(JOBS, r, "job")
-    assert sorted(x["id"] for x in rows) == sorted(u.id for u in units)
-    assert await op.unit_row(r, units[0].id) == {"id": units[0].id, "worker": units[0].worker, "time": units[0].time}
-
-
-async def test_newjob_rejections(world):
-    actors, rpc, op = world
-    await registered(world)
-    r, w = actors.researcher, actors.workers[0]
-    data = {"researcher": r, "worker": w, "id": 1, "time": 5}
-    with pytest.raises(ChainAssertion) as e:  # the researcher may not record time: only the operator
-        await rpc.push_action(JOBS, "newjob", data, f"{r}@active")
-    assert e.value.message == "missing authority of boidoperator (operator)"
-    with pytest.raises(ChainAssertion, match="worker not registered"):
-        await op.record_units(r, [UnitTime(actors.outsider, 1, 5)])
-    await op.record_units(r, [UnitTime(w, 1, (1 << 64) - 10)])
+async def test_overflow_is_refused_never_truncated(w, hostile):
+    t = await w.protocol(worker="461168601842738.7903 BOID", deposit=None)  # the largest rate
+    wk = w.a.workers[0]
     with pytest.raises(ChainAssertion, match="time overflow"):
-        await op.record_units(r, [UnitTime(w, 2, 10)])
-    with pytest.raises(ChainAssertion, match="unit already recorded"):
-        await rpc.push_action(JOBS, "newjob", data, "boidoperator@operate")
-    # the operator's key cannot sign clusterjobs actions it is not linked to (least privilege)
+        await w.op.record_batch(t.owner, t.name, 1, "worker", [UnitTime(wk, 1, U64), UnitTime(wk, 2, 1)])
+    with pytest.raises(ChainAssertion, match="amount overflow"):
+        await w.op.record_batch(t.owner, t.name, 1, "worker", [UnitTime(wk, 1, U64)])
+    await w.record(t, [(wk, H)])  # owed = the largest amount
+    with pytest.raises(ChainAssertion, match="owed overflow"):
+        await w.record(t, [(wk, H)])
+    assert await w.owed(t, wk) == Asset(MAX_AMOUNT, boid("1.0000 BOID").symbol)
+    h = await w.protocol(name="fake", token=hostile, deposit=None)
+    big = "461168601842738.7903 BOID"
+    await w.rpc.push_action(hostile, "transfer", {"from": h.owner, "to": REG, "quantity": big,
+                                                  "memo": f"{h.owner}/{h.name}"}, f"{h.owner}@active")
+    with pytest.raises(ChainAssertion, match="deposited overflow"):
+        await w.rpc.push_action(hostile, "transfer", {"from": h.owner, "to": REG, "quantity": "0.0001 BOID",
+                                                      "memo": f"{h.owner}/{h.name}"}, f"{h.owner}@active")
+
+
+async def test_unregistered_accounts_are_neither_credited_nor_paid(w):
+    t = await w.protocol()
+    out = w.a.outsider
+    with pytest.raises(ChainAssertion, match=f"worker not registered: {out}"):
+        await w.op.record_batch(t.owner, t.name, 1, "worker", [UnitTime(out, 1, H)])
+    with pytest.raises(ChainAssertion, match=f"dispatcher not registered: {w.a.workers[0]}"):
+        await w.op.record_batch(t.owner, t.name, 1, "dispatcher", [UnitTime(w.a.workers[0], 1, H)])
+    assert await w.op.payout(t.owner, t.name, out) is None
+    assert await w.balance(out) == boid("0.0000 BOID")
+
+
+async def test_shortfall_pays_nothing_and_says_by_how_much(w):
+    t = await w.protocol(deposit="1.0000 BOID")
+    wk = w.a.workers[0]
+    await w.record(t, [(wk, 3 * H)])
+    before = await w.row(t)
+    with pytest.raises(ChainAssertion, match=r"escrow too low: owes 3.0000 BOID, holds 1.0000 BOID, short by 2.0000 BOID"):
+        await w.op.payout(t.owner, t.name, wk)
+    assert await w.row(t) == before
+    assert before.free == boid("-2.0000 BOID")
+    with pytest.raises(ChainAssertion, match="free escrow"):
+        await w.user.withdraw(t.owner, t.name, boid("0.0001 BOID"))
+    await w.user.deposit(w.a.fund, t.owner, t.name, boid("2.0000 BOID"))  # anyone may fund it
+    assert (await w.op.payout(t.owner, t.name, wk)).amount == boid("3.0000 BOID")
+
+
+async def test_withdraw_only_the_free_escrow_and_only_by_the_owner(w):
+    t = await w.protocol(deposit="5.0000 BOID")
+    await w.record(t, [(w.a.workers[0], 2 * H)])
     with pytest.raises(MissingAuthority):
-        await op.rpc.push_action(JOBS, "conntoreg", {"registry_contract": REG, "operator": "boidoperator"}, "boidoperator@operate")
+        await w.user.withdraw(t.owner, t.name, boid("1.0000 BOID"), signer=f"{w.a.researcher}@active")
+    with pytest.raises(ChainAssertion, match="free escrow: 3.0000 BOID"):
+        await w.user.withdraw(t.owner, t.name, boid("3.0001 BOID"))
+    before = await w.balance(t.owner)
+    await w.user.withdraw(t.owner, t.name, boid("3.0000 BOID"))
+    assert await w.balance(t.owner) == before + boid("3.0000 BOID")
 
 
-async def test_removejob(world):
-    actors, rpc, op = world
-    await registered(world)
-    r, (w1, w2) = actors.researcher, actors.workers
-    await op.record_units(r, [UnitTime(w1, 10, 7200), UnitTime(w1, 11, 100)])
-    with pytest.raises(ChainAssertion, match="unit was recorded for another worker"):
-        await op.remove_unit(r, w2, 10)
-    with pytest.raises(ChainAssertion) as e:
-        await rpc.push_action(JOBS, "removejob", {"researcher": r, "worker": w1, "id": 10}, f"{r}@active")
-    assert e.value.message == "missing authority of boidoperator (operator)"
-    assert await op.remove_unit(r, w1, 10) is True
-    assert await op.remove_unit(r, w1, 10) is False
-    assert await op.worker_row(w1, r) == ContributorRow(r, 100, 100)
-    await op.record_units(r, [UnitTime(w1, 12, 10 * H)])
-    assert await op.payout(actors.owner, r, w1)
-    with pytest.raises(ChainAssertion, match="job time already paid out"):
-        await op.remove_unit(r, w1, 12)
-
-
-async def test_updatedptch(world):
-    actors, rpc, op = world
-    await registered(world)
-    r, d = actors.researcher, actors.dispatcher
-    assert await op.record_dispatcher_time(r, d, 1, 3_000_000) is True
-    assert await op.record_dispatcher_time(r, d, 1, 3_000_000) is False
-    assert await op.dispatcher_row(d, r) == ContributorRow(r, 3_000_000, 3_000_000)
-    assert (await rpc.get_table_rows(JOBS, r, "dptchlog")) == [{"id": 1, "dispatcher": d, "time": 3_000_000}]
-    with pytest.raises(ChainAssertion, match="dispatcher not registered"):
-        await op.record_dispatcher_time(r, actors.outsider, 2, 1)
-    with pytest.raises(ChainAssertion) as e:
-        await rpc.push_action(JOBS, "updatedptch", {"researcher": r, "dispatcher": d, "id": 3, "time": 1}, f"{d}@active")
-    assert e.value.message == "missing authority of boidoperator (operator)"
-
-
-# --- payouts ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("time_us", [H, 5_400_500_000, 1_234_567_891, 3 * H + 1, 987_654_321_987])
-async def test_payout_pays_floor_of_rate_times_time(world, time_us):
-    actors, rpc, op = world
-    row = await registered(world, worker="1.2345 BOID")
-    r, w = actors.researcher, actors.workers[0]
-    await op.record_units(r, [UnitTime(w, 1, time_us)])
-    fund_before, w_before = await balance(rpc, actors.fund), await balance(rpc, w)
-    expected = payment(time_us, row.worker_pay_rate)
-    assert expected.amount == time_us * 12345 // H
-    paid = await op.payout(actors.owner, r, w)
-    assert paid is not None and paid.amount == expected
-    assert await balance(rpc, w) == w_before + expected
-    assert await balance(rpc, actors.fund) == fund_before - expected
-    assert (await op.protocol_row(actors.owner, r)).fund == row.fund - expected
-    left = (await op.worker_row(w, r)).unpaid_time
-    assert left == time_us - paid.time_paid
-    assert payment(left, row.worker_pay_rate).amount == 0  # what stays unpaid is worth < 1 unit
-    assert payment(paid.time_paid, row.worker_pay_rate) == expected
-    # a second payout of the same time pays nothing
-    assert await op.payout(actors.owner, r, w) is None
-    assert await balance(rpc, w) == w_before + expected
-    assert (await op.worker_row(w, r)).total_time == time_us
-
-
-async def test_dispatcher_payout(world):
-    actors, rpc, op = world
-    row = await registered(world, dispatcher="0.5000 BOID")
-    r, d = actors.researcher, actors.dispatcher
-    await op.record_dispatcher_time(r, d, 1, 2 * H + 17)
-    paid = await op.payout(actors.owner, r, d, "dispatcher")
-    assert paid.amount == boid("1.0000 BOID") == payment(2 * H + 17, row.dispatcher_pay_rate)
-    assert await balance(rpc, d) == boid("1.0000 BOID")
-    assert await op.payout(actors.owner, r, d, "dispatcher") is None
-
-
-async def test_payout_rejections(world):
-    actors, rpc, op = world
-    await registered(world, fund="0.0010 BOID", worker="1.0000 BOID")
-    r, w, o = actors.researcher, actors.workers[0], actors.owner
-    await op.record_units(r, [UnitTime(w, 1, H)])
-    data = {"owner": o, "funder": actors.fund, "researcher": r, "contributor": w, "type": "worker"}
+async def test_researcher_consent(w):
+    t = await w.protocol(accept=False, deposit=None)
+    with pytest.raises(ChainAssertion, match="has not accepted"):
+        await w.record(t, [(w.a.workers[0], H)])
     with pytest.raises(MissingAuthority):
-        await rpc.push_action(JOBS, "payout", data, f"{actors.outsider}@active")
-    with pytest.raises(ChainAssertion, match="funder is not the protocol's fund account"):
-        await rpc.push_action(JOBS, "payout", {**data, "funder": actors.outsider}, f"{actors.outsider}@active")
-    with pytest.raises(ChainAssertion, match='type must be "worker" or "dispatcher"'):
-        await rpc.push_action(JOBS, "payout", {**data, "type": "boss"}, f"{actors.fund}@active")
-    with pytest.raises(ChainAssertion, match="unknown protocol"):
-        await rpc.push_action(JOBS, "payout", {**data, "owner": actors.outsider}, f"{actors.fund}@active")
-    with pytest.raises(ChainAssertion, match="worker not registered"):
-        await rpc.push_action(JOBS, "payout", {**data, "contributor": actors.outsider}, f"{actors.fund}@active")
-    with pytest.raises(ChainAssertion, match="fund too low"):  # 1.0000 owed, 0.0010 left
-        await op.payout(o, r, w)
-    assert (await op.worker_row(w, r)).unpaid_time == H  # the failed payout changed nothing
-    with pytest.raises(ChainAssertion, match="nothing to pay"):
-        await rpc.push_action(JOBS, "payout", {**data, "type": "dispatcher", "contributor": actors.dispatcher}, f"{actors.fund}@active")
+        await w.user.accept_protocol(t.owner, t.name, t.researcher, signer=f"{t.owner}@active")
+    await w.user.accept_protocol(t.owner, t.name, t.researcher)
+    await w.record(t, [(w.a.workers[0], H)])
+    with pytest.raises(ChainAssertion, match="invalid name Bad-Name"):
+        await w.user.deposit(t.owner, t.owner, "Bad-Name", boid("1.0000 BOID"))
+    for memo in ("", t.name, f"{t.owner}/{t.name}.", f"{t.owner}/nosuchproto"):  # a deposit must name a protocol
+        with pytest.raises(ChainAssertion, match="deposit memo must be OWNER/PROTOCOL|unknown protocol"):
+            await w.rpc.push_action(TOKEN, "transfer", {"from": t.owner, "to": REG, "quantity": "1.0000 BOID",
+                                                        "memo": memo}, f"{t.owner}@active")
+    assert (await w.row(t)).deposited == boid("0.0000 BOID")
 
 
-async def test_payout_needs_the_fund_account_to_trust_clusterreg(chain_world):
-    """Without clusterreg@eosio.code in the fund's active permission, the inline transfer fails."""
+async def test_deregistering_refused_while_owed(w):
+    t = await w.protocol(deposit="5.0000 BOID")
+    wk = w.a.workers[0]
+    await w.record(t, [(wk, H)])
+    with pytest.raises(ChainAssertion, match="worker is owed pay"):
+        await w.op.unregister("worker", wk, t.owner, t.name)
+    await w.op.payout(t.owner, t.name, wk)
+    assert await w.op.unregister("worker", wk, t.owner, t.name)
+    assert not await w.op.unregister("worker", wk, t.owner, t.name)
+
+
+# --- the invariant, after random sequences ------------------------------------------------------------
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("deposit"), st.integers(1, 50_000)),
+    st.tuples(st.just("record"), st.integers(0, 1), st.integers(0, 3 * H), st.sampled_from(["worker", "dispatcher"])),
+    st.tuples(st.just("rate"), st.integers(0, 30_000), st.integers(0, 30_000)),
+    st.tuples(st.just("payout"), st.integers(0, 2)),
+    st.tuples(st.just("withdraw"), st.integers(1, 60_000)),
+), min_size=1, max_size=10)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=ops)
+def test_money_invariant_after_random_sequences(chain_world, steps):
+    """deposited = paid + owed + withdrawn + free escrow, exactly, after every step; owed equals the
+    sum of the contributors' rows and an exact Python model (pay fixed at each record's rate with
+    carry); the registry's token balance equals the sum of its eosio.token protocols' balances."""
+    asyncio.run(_random_sequence(chain_world, steps))
+
+
+async def _random_sequence(chain_world, steps):
     async with chain_world.client() as rpc:
-        owner, res, fund, w = await chain_world.new_accounts(rpc, "nown", "nres", "nfund", "nwrk")
-        await chain_world.fund(rpc, fund, "10.0000 BOID")
-        jobs = BoidChain(rpc, auth=ChainAuth(operator="boidoperator", operator_permission="operate", delegated_permission="active"))
-        chain_world.keys.labels.setdefault("boidoperator@operate", chain_world.operator_keys.public_keys()[0])
-        row = ProtocolRow("t", owner, res, "/d", fund, boid("10.0000 BOID"), TOKEN, boid("1.0000 BOID"), boid("1.0000 BOID"))
-        await jobs.put_protocol(row)
-        await jobs.register_worker(w, res)
-        await jobs.record_units(res, [UnitTime(w, 1, H)])
-        with pytest.raises(MissingAuthority):
-            await jobs.payout(owner, res, w)
-
-
-async def test_payout_amount_overflow_is_refused(world):
-    actors, rpc, op = world
-    await registered(world, worker="461168601842738.7903 BOID")  # max asset amount 2^62 - 1
-    r, w = actors.researcher, actors.workers[0]
-    await op.record_units(r, [UnitTime(w, 1, (1 << 64) - 1)])
-    with pytest.raises(ChainAssertion, match="payout amount overflow"):
-        await op.payout(actors.owner, r, w)
-
-
-async def test_fund_is_conserved_over_jobs_and_payouts(world):
-    actors, rpc, op = world
-    row = await registered(world, fund="5000.0000 BOID", worker="3.3333 BOID", dispatcher="0.7777 BOID")
-    r = actors.researcher
-    people = [*actors.workers, actors.dispatcher]
-    start = {a: await balance(rpc, a) for a in [actors.fund, *people]}
-    supply_before = (await rpc.get_table_rows(TOKEN, "BOID", "stat"))[0]["supply"]
-    rng = random.Random(42)
-    owed_time = {a: 0 for a in people}
-    paid_total = Asset(0, row.fund.symbol)
-    uid = 0
-    for round_ in range(4):
-        units = []
-        for w in actors.workers:
-            for _ in range(rng.randint(1, 6)):
-                uid += 1
-                t = rng.randint(1, 2 * H)
-                units.append(UnitTime(w, unit_id(f"job-{round_}", uid, w), t))
-                owed_time[w] += t
-        await op.record_units(r, units, batch_size=4)
-        t = rng.randint(1, H)
-        await op.record_dispatcher_time(r, actors.dispatcher, uid, t)
-        owed_time[actors.dispatcher] += t
-        for who in people:
-            kind = "dispatcher" if who == actors.dispatcher else "worker"
-            res = await op.payout(actors.owner, r, who, kind)
-            if res is not None:
-                paid_total = paid_total + res.amount
-                owed_time[who] -= res.time_paid
-    end = {a: await balance(rpc, a) for a in [actors.fund, *people]}
-    gained = sum((end[a] - start[a]).amount for a in people)
-    assert gained == paid_total.amount
-    assert (start[actors.fund] - end[actors.fund]).amount == paid_total.amount
-    assert (await op.protocol_row(actors.owner, r)).fund == row.fund - paid_total
-    assert (await rpc.get_table_rows(TOKEN, "BOID", "stat"))[0]["supply"] == supply_before
-    for who in people:
-        kind_row = await (op.dispatcher_row if who == actors.dispatcher else op.worker_row)(who, r)
-        assert kind_row.unpaid_time == owed_time[who]
-        rate = row.dispatcher_pay_rate if who == actors.dispatcher else row.worker_pay_rate
-        assert payment(kind_row.unpaid_time, rate).amount == 0  # everything payable was paid
-        # each payout pays for a whole number of µs, so with rates far below H per µs the rounds
-        # add up exactly to the value of all the time paid for
-        paid_time = kind_row.total_time - kind_row.unpaid_time
-        assert (end[who] - start[who]).amount == paid_time * rate.amount // H
-
-
-async def test_fund_balance_reads_the_token_table(world):
-    actors, rpc, op = world
-    assert await op.fund_balance(actors.fund) == boid("100000.0000 BOID")
-    assert await op.fund_balance(actors.outsider) == boid("0.0000 BOID")
-    with pytest.raises(ChainError):
-        await op.fund_balance(actors.fund, token_contract="nosuchacct1")
-
-
-def test_unit_id_is_stable_and_distinct():
-    a = unit_id("uid-1", 0, "worker1")
-    assert a == unit_id("uid-1", 0, "worker1") and 0 <= a < 1 << 64
-    assert len({unit_id("uid-1", i, w) for i in range(200) for w in ("worker1", "worker2")}) == 400
-    assert unit_id("uid-1", 1, "worker1") != unit_id("uid-11", 0, "worker1") != a
+        actors = await chain_world.actors(rpc, workers=2)
+        async with chain_world.operator_client() as op_rpc:
+            w = World(chain_world, actors, rpc, op_rpc)
+            t = await w.protocol(worker="0.0100 BOID", dispatcher="0.0033 BOID", deposit=None)
+            sym = boid("0.0001 BOID").symbol
+            contributors = [*actors.workers, actors.dispatcher]
+            rates = {"worker": 100, "dispatcher": 33}
+            owed = dict.fromkeys(contributors, 0)
+            carry = dict.fromkeys(contributors, 0)
+            model = {"deposited": 0, "paid": 0, "withdrawn": 0, "balance": 0}
+            for step in steps:
+                kind = step[0]
+                try:
+                    if kind == "deposit":
+                        await w.user.deposit(t.owner, t.owner, t.name, Asset(step[1], sym))
+                        model["deposited"] += step[1]
+                        model["balance"] += step[1]
+                    elif kind == "record":
+                        who = actors.dispatcher if step[3] == "dispatcher" else actors.workers[step[1]]
+                        await w.record(t, [(who, step[2])], type=step[3])
+                        amount, carry[who] = divmod(step[2] * rates[step[3]] + carry[who], H)
+                        owed[who] += amount
+                    elif kind == "rate":
+                        rates = {"worker": step[1], "dispatcher": step[2]}
+                        await w.user.update_protocol(terms(actors, name=t.name, worker=str(Asset(step[1], sym)),
+                                                           dispatcher=str(Asset(step[2], sym))))
+                    elif kind == "payout":
+                        who = contributors[step[1]]
+                        due = owed[who]
+                        result = await w.op.payout(t.owner, t.name, who)
+                        if result is None:  # "nothing to pay"
+                            assert due == 0
+                        else:
+                            assert 0 < due <= model["balance"], "paid although nothing or too much was due"
+                            assert result.amount == Asset(due, sym)
+                            owed[who] = 0
+                            model["paid"] += due
+                            model["balance"] -= due
+                    elif kind == "withdraw":
+                        await w.user.withdraw(t.owner, t.name, Asset(step[1], sym))
+                        assert step[1] <= model["balance"] - sum(owed.values()), "withdrew escrow that is owed"
+                        model["withdrawn"] += step[1]
+                        model["balance"] -= step[1]
+                except ChainAssertion as e:
+                    # refused: only where the model says it must be
+                    if kind == "payout":
+                        due = owed[contributors[step[1]]]
+                        assert due == 0 or due > model["balance"], e
+                    elif kind == "withdraw":
+                        assert step[1] > model["balance"] - sum(owed.values()), e
+                    else:
+                        raise
+                row = await w.row(t)
+                assert row.invariant_holds()
+                assert row.deposited.amount == model["deposited"]
+                assert row.paid.amount == model["paid"] and row.withdrawn.amount == model["withdrawn"]
+                assert row.balance.amount == model["balance"]
+                accts = {a.account: a for a in await w.user.acct_rows(row.id)}
+                assert row.owed.amount == sum(owed.values()) == sum(a.owed.amount for a in accts.values())
+                assert {a: x.owed.amount for a, x in accts.items()} == {a: v for a, v in owed.items() if a in accts}
+                assert row.deposited.amount == row.paid.amount + row.owed.amount + row.withdrawn.amount + row.free.amount
+            held = await w.balance(REG)
+            total = Asset(0, sym)
+            async for p in w.user.protocols():
+                if p.tokencontract == TOKEN and p.symbol == sym:
+                    total = total + p.balance
+            assert held == total

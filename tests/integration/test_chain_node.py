@@ -43,13 +43,16 @@ async def test_operator_permissions_are_linked_as_interface_md_says(local_chain)
             return {(l["account"], l["action"]) for p in acct["permissions"] if p["perm_name"] == perm for l in p["linked_actions"]}
 
         op = await rpc.get_account("boidoperator")
-        assert links(op, "operate") == {("clusterjobs", a) for a in ("regworker", "delworker", "regdisptch", "deldisptch", "newjob", "removejob", "updatedptch")}
-        team = await rpc.get_account("boidteam")
-        assert links(team, "boidop") == {("clusterreg", a) for a in ("addprotocol", "updprotocol", "addfund", "delprotocol")}
-        fund = await rpc.get_account("boidfund")
-        assert links(fund, "boidop") == {("clusterjobs", "payout")}
-        active = {p["perm_name"]: p["required_auth"] for p in fund["permissions"]}["active"]
-        assert {"actor": "clusterreg", "permission": "eosio.code"} in [a["permission"] for a in active["accounts"]]
+        assert links(op, "operate") == {("clusterjobs", a) for a in (
+            "regworker", "delworker", "regdisptch", "deldisptch", "recordbatch")} | {("clusterreg", "payout")}
+        # contracts v2: no owner or fund account delegates anything to the operator
+        for user in ("boidteam", "boidfund", "researcher1"):
+            acct = await rpc.get_account(user)
+            assert {p["perm_name"] for p in acct["permissions"]} == {"owner", "active"}
+            assert all(a["permission"]["actor"] != "boidoperator" for p in acct["permissions"]
+                       for a in p["required_auth"]["accounts"])
+        reg = {p["perm_name"]: p["required_auth"] for p in (await rpc.get_account("clusterreg"))["permissions"]}
+        assert {"actor": "clusterreg", "permission": "eosio.code"} in [a["permission"] for a in reg["active"]["accounts"]]
         jobs = {p["perm_name"]: p["required_auth"] for p in (await rpc.get_account("clusterjobs"))["permissions"]}
         assert {"actor": "clusterjobs", "permission": "eosio.code"} in [a["permission"] for a in jobs["active"]["accounts"]]
 

@@ -6,56 +6,83 @@ Every test gets fresh chain accounts, so tests never share chain state.
 
 from __future__ import annotations
 
-import time
+from types import SimpleNamespace
 
 import pytest
 
-from boidcluster.model.resources import Contributor, Protocol
+from boidcluster.model.resources import Contributor, Job, Protocol
+from boidcluster.model.types import Asset
+from boidcluster.reconcilers.protocol import can_still_owe
 from fixtures.netproxy import Proxy
 from fixtures.operator import cond, eventually, protocol_obj as protocol
 
 pytestmark = pytest.mark.usefixtures("contracts_deployed")
 
 
-def test_protocol_converges_to_chain_and_storage_then_cleans_up(world_factory, actors, tmp_path):
+def test_protocol_shows_the_escrow_the_owner_funded_and_never_writes_the_registry(world_factory, actors, tmp_path,
+                                                                                   chain_world):
     op, store, chain = world_factory()
     store.create(protocol("pi", actors))
+    p = eventually(lambda: (o := store.get(Protocol, "pi")) and cond(o, "Registered") == "False" and o)
+    reg = p.status.condition("Registered")
+    assert reg.reason == "NotRegistered" and "boidctl fund pi AMOUNT" in reg.message
+    assert cond(p, "Reconciled") == "True"  # waiting for the owner is not an error to back off from
+    assert (tmp_path / "storage" / "pi").is_dir()
+
+    chain_world.fund_protocol(p, "40.0000 BOID")  # the owner, with their own key
+    op.enqueue("Protocol", "pi")
     p = eventually(lambda: (o := store.get(Protocol, "pi")) and cond(o, "Ready") == "True" and o)
     assert cond(p, "Registered") == cond(p, "StorageReady") == cond(p, "Funded") == "True"
-    assert str(p.status.fund_balance) == "100000.0000 BOID"
-    row = chain.protocol_row(actors.owner, actors.researcher)
-    assert row.title == "Test protocol" and str(row.worker_pay_rate) == "1.0000 BOID"
-    assert (tmp_path / "storage" / "pi").is_dir()
+    assert (str(p.status.fund_balance), str(p.status.escrow), str(p.status.owed)) == \
+        ("40.0000 BOID", "40.0000 BOID", "0.0000 BOID")
+    row = chain.protocol_row(actors.owner, "pi")
+    assert row.title == "Test protocol" and str(row.worker_pay_rate) == "1.0000 BOID" and row.accepted
 
     p.spec.pay_rates.worker = p.spec.pay_rates.worker.parse("2.5000 BOID")
     store.update(p)
-    eventually(lambda: str(chain.protocol_row(actors.owner, actors.researcher).worker_pay_rate) == "2.5000 BOID")
+    got = eventually(lambda: (o := store.get(Protocol, "pi")) and cond(o, "Registered") == "False" and o)
+    assert got.status.condition("Registered").reason == "TermsDiffer"
+    assert "worker_pay_rate" in got.status.condition("Registered").message
+    assert str(chain.protocol_row(actors.owner, "pi").worker_pay_rate) == "1.0000 BOID"  # untouched
+    chain_world.fund_protocol(got)
+    op.enqueue("Protocol", "pi")
+    eventually(lambda: cond(store.get(Protocol, "pi"), "Registered") == "True")
 
     store.delete(Protocol, "pi")
     eventually(lambda: store.list(Protocol) == [])
-    assert chain.protocol_row(actors.owner, actors.researcher) is None
+    assert chain.protocol_row(actors.owner, "pi").balance == Asset.parse("40.0000 BOID")  # the owner's to withdraw
 
 
-def test_shortfall_is_a_condition_with_the_amount(world_factory, actors):
+def test_funded_compares_free_escrow_with_what_running_jobs_can_still_owe(actors):
+    p = protocol("big", actors)
+    job = Job.model_validate({
+        "apiVersion": "cluster.boid.com/v1alpha1", "kind": "Job", "metadata": {"name": "j"},
+        "spec": {"protocol": "big", "image": "x", "command": ["true"], "workUnits": {"count": 10},
+                 "unitTimeout": "30m", "replication": {"replicas": 2}},
+        "status": {"phase": "Running", "units": {"total": 10, "validated": 4}}})
+    # 6 units x 2 replicas x 0.5 h x 1 BOID/h
+    assert can_still_owe(p, [job]) == Asset.parse("6.0000 BOID")
+    job.spec.unit_timeout = None
+    assert can_still_owe(p, [job]) is None  # no bound
+    job.status.phase = "Succeeded"
+    assert can_still_owe(p, [job]) == Asset.parse("0.0000 BOID")
+
+
+def test_shortfall_is_a_condition_with_the_amount(world_factory, actors, chain_world):
     op, store, chain = world_factory()
-    store.create(protocol("big", actors, fund="250000.0000 BOID"))
-    p = eventually(lambda: (o := store.get(Protocol, "big")) and cond(o, "Funded") == "False" and o)
-    assert "short by 150000.0000 BOID" in p.status.condition("Funded").message
+    store.create(protocol("big", actors))
+    chain_world.fund_protocol(store.get(Protocol, "big"), "10.0000 BOID")
+    store.create(Contributor.model_validate({
+        "apiVersion": "cluster.boid.com/v1alpha1", "kind": "Contributor", "metadata": {"name": "w0"},
+        "spec": {"account": actors.workers[0], "role": "worker", "researchers": [actors.researcher]}}))
+    eventually(lambda: cond(store.get(Contributor, "w0"), "Registered") == "True")
+    op.world.ledger.record_units(store.get(Protocol, "big"), SimpleNamespace(metadata=SimpleNamespace(uid="j1")),
+                                 [("u0", actors.workers[0], 40 * 3_600_000_000)])
+    op.enqueue("Protocol", "big")
+    p = eventually(lambda: (o := store.get(Protocol, "big")) and cond(o, "Funded") == "False"
+                   and o.status.condition("Funded").reason == "Shortfall" and o)
+    assert "short by 30.0000 BOID" in p.status.condition("Funded").message
     assert cond(p, "Ready") == "False" and cond(p, "Registered") == "True"
-
-
-def test_missing_fund_account_backs_off_with_a_clear_condition(world_factory, actors):
-    op, store, chain = world_factory()
-    bad = protocol("nofund", actors)
-    bad.spec.fund.account = "nosuchacct1"
-    store.create(bad)
-    p = eventually(lambda: (o := store.get(Protocol, "nofund")) and cond(o, "Reconciled") == "False" and o)
-    rec = p.status.condition("Reconciled")
-    assert rec.reason == "ChainRejected" and "next retry in" in rec.message
-    assert cond(p, "Registered") == "False"
-    time.sleep(3)
-    attempts = op.metrics.errors.labels("Protocol", "ChainRejected")._value.get()
-    assert attempts <= 5  # backing off, not hammering
 
 
 def test_chain_down_shows_a_reason_and_recovers(world_factory, actors, chain_world):
@@ -63,6 +90,7 @@ def test_chain_down_shows_a_reason_and_recovers(world_factory, actors, chain_wor
     try:
         op, store, chain = world_factory(f"http://127.0.0.1:{proxy.port}")
         proxy.cut()
+        chain_world.fund_protocol(protocol("flaky", actors), "1.0000 BOID")
         store.create(protocol("flaky", actors))
         p = eventually(lambda: (o := store.get(Protocol, "flaky")) and cond(o, "Reconciled") == "False" and o)
         assert p.status.condition("Registered").reason == "ChainUnavailable"
@@ -72,19 +100,25 @@ def test_chain_down_shows_a_reason_and_recovers(world_factory, actors, chain_wor
         proxy.close()
 
 
-def test_contributor_registers_and_deregisters(world_factory, actors):
+def test_contributor_registers_and_deregisters(world_factory, actors, chain_world):
     op, store, chain = world_factory()
     w = actors.workers[0]
+    store.create(protocol("one", actors))
+    two = protocol("two", actors)
+    two.spec.researcher = actors.owner  # another researcher (the owner researches too)
+    store.create(two)
+    ids = {n: chain_world.fund_protocol(store.get(Protocol, n)).id for n in ("one", "two")}
     c = Contributor.model_validate({
         "apiVersion": "cluster.boid.com/v1alpha1", "kind": "Contributor", "metadata": {"name": "w0"},
         "spec": {"account": w, "role": "worker", "researchers": [actors.researcher, actors.owner]}})
     store.create(c)
-    got = eventually(lambda: (o := store.get(Contributor, "w0")) and cond(o, "Registered") == "True" and o)
-    assert sorted(got.status.registrations) == sorted([actors.researcher, actors.owner])
-    assert chain.worker_row(w, actors.researcher) is not None
+    got = eventually(lambda: (o := store.get(Contributor, "w0")) and cond(o, "Registered") == "True"
+                     and len(o.status.registrations) == 2 and o)
+    assert sorted(got.status.registrations) == sorted([f"{actors.owner}/one", f"{actors.owner}/two"])
+    assert chain.contributor_row("worker", ids["one"], w) is not None
     got.spec.researchers = [actors.researcher]
     store.update(got)
-    eventually(lambda: chain.worker_row(w, actors.owner) is None)
+    eventually(lambda: chain.contributor_row("worker", ids["two"], w) is None)
     store.delete(Contributor, "w0")
     eventually(lambda: store.list(Contributor) == [])
-    assert chain.worker_row(w, actors.researcher) is None
+    assert chain.contributor_row("worker", ids["one"], w) is None

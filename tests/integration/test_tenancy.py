@@ -236,8 +236,9 @@ def test_objects_without_a_proven_owner_are_not_acted_on(secured):
 
 @pytest.mark.usefixtures("contracts_deployed")
 def test_the_operator_converges_users_objects(secured, chain_world, actors, tmp_path):
-    """The operator (admin) registers alice's protocol on chain and writes its status, though
-    alice's znodes are hers: admins are in every object's ACL."""
+    """The operator (admin) converges alice's protocol (reads its escrow from the chain, writes its
+    status) and runs its cleanup, though alice's znodes are hers: admins are in every object's ACL.
+    The registry row is the owner's to make (`boidctl fund`, their own key), never the operator's."""
     from boidcluster.adapters.chain.blocking import BlockingChain
     from boidcluster.adapters.storage import Storage
     from boidcluster.engine.operator import Operator
@@ -251,14 +252,15 @@ def test_the_operator_converges_users_objects(secured, chain_world, actors, tmp_
     op = Operator(op_store, world, registry.subset([Protocol]), workers=2).start()
     try:
         with secured.store("alice") as alice:
-            alice.create(protocol_obj("alices", actors))
+            obj = protocol_obj("alices", actors)
+            alice.create(obj)
+            chain_world.fund_protocol(obj, "1.0000 BOID")  # the owner, with their own key
             p = eventually(lambda: (o := alice.get(Protocol, "alices")) and cond(o, "Ready") == "True" and o,
                            timeout=60)
             assert cond(p, "Admitted") == "True" and cond(p, "Registered") == "True"
-            assert chain.protocol_row(actors.owner, actors.researcher) is not None
+            assert str(p.status.escrow) == "1.0000 BOID"
             alice.delete(Protocol, "alices")  # her delete request; the operator cleans up and removes it
             eventually(lambda: alice.list(Protocol) == [], timeout=60)
-            assert chain.protocol_row(actors.owner, actors.researcher) is None
     finally:
         op.stop()
         chain.close()

@@ -20,3 +20,11 @@ def test_clusterjobs_reads_exactly_the_layout_clusterreg_writes():
     read = fields(SRC / "clusterjobs" / "clusterjobs.tables.ts", "RegistryProtocol")
     assert len(written) >= 9
     assert read == written
+
+
+def test_clusterjobs_reads_exactly_the_acct_layout_clusterreg_writes():
+    """delworker/deldisptch read clusterreg's `acct` rows to refuse deregistering someone still owed."""
+    written = fields(SRC / "clusterreg" / "clusterreg.tables.ts", "Acct")
+    read = fields(SRC / "clusterjobs" / "clusterjobs.tables.ts", "RegistryAcct")
+    assert len(written) == 4
+    assert read == written

@@ -43,3 +43,21 @@ def test_fresh_build_reproduces_checked_in_contracts(tmp_path: Path) -> None:
         assert built == committed, (
             f"contracts/build/{name} differs from a fresh build of contracts/src: "
             "run `make contracts` and commit contracts/build/")
+
+
+@pytest.mark.slow
+def test_fresh_build_reproduces_the_hostile_test_token(tmp_path: Path) -> None:
+    """The attack tests deploy contracts/tests/hostile/build: it too is what its source builds to."""
+    if shutil.which("npx") is None:
+        pytest.skip("npx (Node.js/npm) is not installed; `make setup` installs it")
+    work = tmp_path / "hostile"
+    work.mkdir()
+    shutil.copy2(CONTRACTS / "tests" / "hostile" / "hostile.contract.ts", work)
+    (tmp_path / "node_modules").symlink_to(CONTRACTS / "node_modules", target_is_directory=True)
+    proc = subprocess.run(["npx", "--no-install", "proton-asc", "hostile.contract.ts"], cwd=work,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"hostile build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    for ext in ("wasm", "abi"):
+        built = (work / "target" / f"hostile.contract.{ext}").read_bytes()
+        assert built == (CONTRACTS / "tests" / "hostile" / "build" / f"hostile.{ext}").read_bytes(), (
+            f"contracts/tests/hostile/build/hostile.{ext} differs from a fresh build: rebuild and commit it")

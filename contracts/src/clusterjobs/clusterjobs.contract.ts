@@ -1,35 +1,46 @@
 /**
- * clusterjobs: contributors (workers, dispatchers), the time they contribute per researcher, and payouts.
+ * clusterjobs: contributors (workers, dispatchers) of each protocol and the time they contributed, recorded
+ * in numbered batches.
  *
- * Why it is shaped so (contracts/README.md lists every fix to the seed):
- * - Every work unit is a row keyed by a unique unit id (`job`, `dptchlog`), so the operator can retry a
- *   recording after a crash: a second attempt asserts "unit already recorded" instead of counting twice.
- * - Time is only ever moved, never dropped: removejob subtracts exactly what the unit credited, delworker
- *   refuses while time is unpaid, and payout lowers unpaid_time by exactly the time the tokens pay for.
- * - Authority is checked on every action: the contract itself connects the registry and names the
- *   operator; researcher or operator registers contributors; only the operator records time; only the
- *   protocol's fund account starts a payout. Money moves only through clusterreg (inline `payout`).
- * - Plain multi-index tables (no vRAM), so any Antelope node serves them through get_table_rows.
+ * Why it is shaped so (contracts/README.md lists every interface change):
+ * - Everything is keyed by the protocol (its id in clusterreg, which is (owner, name)), never by the
+ *   researcher alone, so one researcher's sponsors never share time.
+ * - Exactly-once recording with bounded RAM: `recordbatch(owner, protocol, seq, type, units)` carries the
+ *   units and their times in the action data (the transaction history stays auditable) and must be the
+ *   protocol's last batch number + 1, so a replay of a batch (in the same or a later transaction) is refused,
+ *   while the only rows it touches are one per protocol and one per contributor.
+ * - Only the configured operator records; a contributor cannot credit itself. The batch's time per
+ *   contributor goes inline to clusterreg::credit, which fixes the pay at the rate in force now; if that
+ *   fails, the whole transaction (and the batch number) reverts.
+ * - Recorded work is final: there is no action that removes it (the seed's `removejob` is gone), so paid
+ *   work can never be undone; the operator's quorum decides before recording.
  */
 import {
     Contract, Name, check, requireAuth, hasAuth, isAccount, TableStore, SAME_PAYER, EMPTY_NAME,
     InlineAction, ActionData, PermissionLevel,
 } from "proton-tsc"
-import { Reg, Worker, Dispatcher, Job, DptchLog, RegistryProtocol } from "./clusterjobs.tables"
-import { computePayment } from "../common/payment"
+import { Reg, Worker, Dispatcher, BatchSeq, Unit, RegistryProtocol, RegistryAcct } from "./clusterjobs.tables"
 
 const TYPE_WORKER = "worker"
 const TYPE_DISPATCHER = "dispatcher"
 
-/** Data of clusterreg::payout (field order is that action's ABI). */
+/** One entry of clusterreg::credit's `credits` (field order is that action's ABI). */
 @packer
-class RegistryPayout extends ActionData {
+class TimeCredit extends ActionData {
+    constructor(
+        public account: Name = EMPTY_NAME,
+        public time: u64 = 0
+    ) { super() }
+}
+
+/** Data of clusterreg::credit (field order is that action's ABI). */
+@packer
+class RegistryCredit extends ActionData {
     constructor(
         public owner: Name = EMPTY_NAME,
-        public researcher: Name = EMPTY_NAME,
-        public worker: Name = EMPTY_NAME,
-        public unpaid_time: u64 = 0,
-        public type: string = ""
+        public name: Name = EMPTY_NAME,
+        public type: string = "",
+        public credits: TimeCredit[] = []
     ) { super() }
 }
 
@@ -38,28 +49,40 @@ function addTime(a: u64, b: u64): u64 {
     return a + b
 }
 
+/** Inline clusterreg::credit with clusterjobs@active (a free function: see clusterreg's sendTransfer). */
+function sendCredit(registry: Name, self: Name, data: RegistryCredit): void {
+    const credit = new InlineAction<RegistryCredit>("credit")
+    const act = credit.act(registry, new PermissionLevel(self))
+    act.send(data)
+}
+
 @contract
 class ClusterJobs extends Contract {
     regTable: TableStore<Reg> = new TableStore<Reg>(this.receiver, this.receiver)
+    seqTable: TableStore<BatchSeq> = new TableStore<BatchSeq>(this.receiver, this.receiver)
 
     private requireReg(): Reg {
         return this.regTable.requireGet(0, "registry not connected: run conntoreg first")
     }
 
-    /** The researcher or the configured operator must sign; returns who signed (pays the RAM). */
-    private requireResearcherOrOperator(researcher: Name): Name {
-        if (hasAuth(researcher)) return researcher
-        const reg = this.regTable.get(0)
-        check(reg != null && hasAuth(reg!.operator),
-            `missing authority of ${researcher.toString()} (researcher) or of the operator`)
-        return reg!.operator
+    private protocol(reg: Reg, owner: Name, name: Name): RegistryProtocol {
+        const protocols = new TableStore<RegistryProtocol>(reg.registry_contract, owner)
+        return protocols.requireGet(name.N, "unknown protocol")
     }
 
-    /** Only the configured operator may record or retract time. */
-    private requireOperator(): Name {
-        const reg = this.requireReg()
-        check(hasAuth(reg.operator), `missing authority of ${reg.operator.toString()} (operator)`)
+    /** The protocol's researcher or owner, or the operator, must sign; returns who signed (pays the RAM). */
+    private requireRegistrar(reg: Reg, p: RegistryProtocol): Name {
+        if (hasAuth(p.researcher)) return p.researcher
+        if (hasAuth(p.owner)) return p.owner
+        check(hasAuth(reg.operator),
+            `missing authority of ${p.researcher.toString()} (researcher), ${p.owner.toString()} (owner) or of the operator`)
         return reg.operator
+    }
+
+    private owes(reg: Reg, p: RegistryProtocol, account: Name): bool {
+        const accts = new TableStore<RegistryAcct>(reg.registry_contract, new Name(p.id))
+        const a = accts.get(account.N)
+        return a != null && a.owed.amount > 0
     }
 
     @action("conntoreg")
@@ -71,125 +94,112 @@ class ClusterJobs extends Contract {
     }
 
     @action("regworker")
-    regworker(worker: Name, researcher: Name): void {
-        const payer = this.requireResearcherOrOperator(researcher)
+    regworker(worker: Name, owner: Name, protocol: Name): void {
+        const reg = this.requireReg()
+        const p = this.protocol(reg, owner, protocol)
+        const payer = this.requireRegistrar(reg, p)
         check(isAccount(worker), "worker account does not exist")
-        const table = new TableStore<Worker>(this.receiver, worker)
-        check(!table.exists(researcher.N), "worker already registered")
-        table.store(new Worker(researcher, 0, 0), payer)
+        const table = new TableStore<Worker>(this.receiver, new Name(p.id))
+        check(!table.exists(worker.N), "worker already registered")
+        table.store(new Worker(worker, 0), payer)
     }
 
     @action("delworker")
-    delworker(worker: Name, researcher: Name): void {
-        this.requireResearcherOrOperator(researcher)
-        const table = new TableStore<Worker>(this.receiver, worker)
-        const row = table.requireGet(researcher.N, "worker not registered")
-        check(row.unpaid_time == 0, "worker has unpaid time")
+    delworker(worker: Name, owner: Name, protocol: Name): void {
+        const reg = this.requireReg()
+        const p = this.protocol(reg, owner, protocol)
+        this.requireRegistrar(reg, p)
+        const table = new TableStore<Worker>(this.receiver, new Name(p.id))
+        const row = table.requireGet(worker.N, "worker not registered")
+        check(!this.owes(reg, p, worker), "worker is owed pay")
         table.remove(row)
     }
 
     @action("regdisptch")
-    regdisptch(dispatcher: Name, researcher: Name): void {
-        const payer = this.requireResearcherOrOperator(researcher)
+    regdisptch(dispatcher: Name, owner: Name, protocol: Name): void {
+        const reg = this.requireReg()
+        const p = this.protocol(reg, owner, protocol)
+        const payer = this.requireRegistrar(reg, p)
         check(isAccount(dispatcher), "dispatcher account does not exist")
-        const table = new TableStore<Dispatcher>(this.receiver, dispatcher)
-        check(!table.exists(researcher.N), "dispatcher already registered")
-        table.store(new Dispatcher(researcher, 0, 0), payer)
+        const table = new TableStore<Dispatcher>(this.receiver, new Name(p.id))
+        check(!table.exists(dispatcher.N), "dispatcher already registered")
+        table.store(new Dispatcher(dispatcher, 0), payer)
     }
 
     @action("deldisptch")
-    deldisptch(dispatcher: Name, researcher: Name): void {
-        this.requireResearcherOrOperator(researcher)
-        const table = new TableStore<Dispatcher>(this.receiver, dispatcher)
-        const row = table.requireGet(researcher.N, "dispatcher not registered")
-        check(row.unpaid_time == 0, "dispatcher has unpaid time")
+    deldisptch(dispatcher: Name, owner: Name, protocol: Name): void {
+        const reg = this.requireReg()
+        const p = this.protocol(reg, owner, protocol)
+        this.requireRegistrar(reg, p)
+        const table = new TableStore<Dispatcher>(this.receiver, new Name(p.id))
+        const row = table.requireGet(dispatcher.N, "dispatcher not registered")
+        check(!this.owes(reg, p, dispatcher), "dispatcher is owed pay")
         table.remove(row)
     }
 
-    @action("newjob")
-    newjob(researcher: Name, worker: Name, id: u64, time: u64): void {
-        const operator = this.requireOperator()
-        const workers = new TableStore<Worker>(this.receiver, worker)
-        const w = workers.requireGet(researcher.N, "worker not registered")
-        const jobs = new TableStore<Job>(this.receiver, researcher)
-        check(!jobs.exists(id), "unit already recorded")
-        w.total_time = addTime(w.total_time, time)
-        w.unpaid_time = addTime(w.unpaid_time, time)
-        workers.update(w, SAME_PAYER)
-        jobs.store(new Job(id, worker, time), operator)
-    }
-
-    @action("removejob")
-    removejob(researcher: Name, worker: Name, id: u64): void {
-        this.requireOperator()
-        const jobs = new TableStore<Job>(this.receiver, researcher)
-        const job = jobs.requireGet(id, "unit not recorded")
-        check(job.worker == worker, "unit was recorded for another worker")
-        const workers = new TableStore<Worker>(this.receiver, worker)
-        const w = workers.requireGet(researcher.N, "worker not registered")
-        check(w.unpaid_time >= job.time, "job time already paid out")
-        w.total_time -= job.time   // total_time >= unpaid_time >= job.time
-        w.unpaid_time -= job.time
-        workers.update(w, SAME_PAYER)
-        jobs.remove(job)
-    }
-
-    @action("updatedptch")
-    updatedptch(researcher: Name, dispatcher: Name, id: u64, time: u64): void {
-        const operator = this.requireOperator()
-        const dispatchers = new TableStore<Dispatcher>(this.receiver, dispatcher)
-        const d = dispatchers.requireGet(researcher.N, "dispatcher not registered")
-        const log = new TableStore<DptchLog>(this.receiver, researcher)
-        check(!log.exists(id), "unit already recorded")
-        d.total_time = addTime(d.total_time, time)
-        d.unpaid_time = addTime(d.unpaid_time, time)
-        dispatchers.update(d, SAME_PAYER)
-        log.store(new DptchLog(id, dispatcher, time), operator)
-    }
-
-    @action("payout")
-    payout(owner: Name, funder: Name, researcher: Name, contributor: Name, type: string): void {
-        requireAuth(funder)
-        check(type == TYPE_WORKER || type == TYPE_DISPATCHER, "type must be \"worker\" or \"dispatcher\"")
+    /**
+     * Record batch `seq` (= the protocol's last + 1) of `type` ("worker" or "dispatcher") units: every
+     * contributor must be registered in that role, unit ids strictly increase; each contributor's time is
+     * added to its total and credited (inline clusterreg::credit) at the rate in force now.
+     */
+    @action("recordbatch")
+    recordbatch(owner: Name, protocol: Name, seq: u64, type: string, units: Unit[]): void {
         const reg = this.requireReg()
-        const protocols = new TableStore<RegistryProtocol>(reg.registry_contract, owner)
-        const p = protocols.requireGet(researcher.N, "unknown protocol")
-        check(funder == p.fundaccount, "funder is not the protocol's fund account")
+        check(hasAuth(reg.operator), `missing authority of ${reg.operator.toString()} (operator)`)
+        check(type == TYPE_WORKER || type == TYPE_DISPATCHER, "type must be \"worker\" or \"dispatcher\"")
+        check(units.length > 0, "empty batch")
+        const p = this.protocol(reg, owner, protocol)
+        check(p.accepted, "the researcher has not accepted the protocol")
 
-        let unpaid: u64 = 0
-        let rate: i64 = 0
-        if (type == TYPE_WORKER) {
-            const workers = new TableStore<Worker>(this.receiver, contributor)
-            const w = workers.requireGet(researcher.N, "worker not registered")
-            unpaid = w.unpaid_time
-            rate = p.worker_pay_rate.amount
-        } else {
-            const dispatchers = new TableStore<Dispatcher>(this.receiver, contributor)
-            const d = dispatchers.requireGet(researcher.N, "dispatcher not registered")
-            unpaid = d.unpaid_time
-            rate = p.dispatcher_pay_rate.amount
-        }
-        check(rate >= 0, "negative pay rate")
-        const pay = computePayment(unpaid, <u64>rate)
-        check(pay.amount > 0, "nothing to pay")
+        let s = this.seqTable.get(p.id)
+        const isNew = s == null
+        if (isNew) s = new BatchSeq(p.id, owner, protocol, 0, 0, 0, 0)
+        check(seq == s!.seq + 1, `batch out of sequence: expected ${(s!.seq + 1).toString()}`)
 
-        // Lower unpaid time by exactly the time the amount pays for; the sub-unit remainder stays.
-        if (type == TYPE_WORKER) {
-            const workers = new TableStore<Worker>(this.receiver, contributor)
-            const w = workers.requireGet(researcher.N, "worker not registered")
-            w.unpaid_time -= pay.timePaid
-            workers.update(w, SAME_PAYER)
-        } else {
-            const dispatchers = new TableStore<Dispatcher>(this.receiver, contributor)
-            const d = dispatchers.requireGet(researcher.N, "dispatcher not registered")
-            d.unpaid_time -= pay.timePaid
-            dispatchers.update(d, SAME_PAYER)
+        // sum time per contributor (few per batch: a linear search is cheapest)
+        const who = new Array<Name>()
+        const time = new Array<u64>()
+        let total: u64 = 0
+        let lastId: u64 = 0
+        for (let i = 0; i < units.length; i++) {
+            const u = units[i]
+            check(i == 0 || u.id > lastId, "unit ids must strictly increase in a batch")
+            lastId = u.id
+            total = addTime(total, u.time)
+            let k = 0
+            while (k < who.length && who[k] != u.contributor) k++
+            if (k == who.length) {
+                who.push(u.contributor)
+                time.push(u.time)
+            } else {
+                time[k] = addTime(time[k], u.time)
+            }
         }
 
-        // clusterreg recomputes the same amount from the same time and rate, checks and lowers the
-        // fund and transfers; if it fails, this whole transaction (and the change above) reverts.
-        new InlineAction<RegistryPayout>("payout")
-            .act(reg.registry_contract, new PermissionLevel(this.receiver))
-            .send(new RegistryPayout(owner, researcher, contributor, pay.timePaid, type))
+        const scope = new Name(p.id)
+        const credits = new Array<TimeCredit>()
+        for (let k = 0; k < who.length; k++) {
+            if (type == TYPE_WORKER) {
+                const workers = new TableStore<Worker>(this.receiver, scope)
+                const w = workers.requireGet(who[k].N, `worker not registered: ${who[k].toString()}`)
+                w.total_time = addTime(w.total_time, time[k])
+                workers.update(w, SAME_PAYER)
+            } else {
+                const dispatchers = new TableStore<Dispatcher>(this.receiver, scope)
+                const d = dispatchers.requireGet(who[k].N, `dispatcher not registered: ${who[k].toString()}`)
+                d.total_time = addTime(d.total_time, time[k])
+                dispatchers.update(d, SAME_PAYER)
+            }
+            credits.push(new TimeCredit(who[k], time[k]))
+        }
+
+        s!.seq = seq
+        s!.units = addTime(s!.units, <u64>units.length)
+        if (type == TYPE_WORKER) s!.worker_time = addTime(s!.worker_time, total)
+        else s!.dispatcher_time = addTime(s!.dispatcher_time, total)
+        if (isNew) this.seqTable.store(s!, reg.operator)
+        else this.seqTable.update(s!, SAME_PAYER)
+
+        sendCredit(reg.registry_contract, this.receiver, new RegistryCredit(owner, protocol, type, credits))
     }
 }

@@ -1,12 +1,14 @@
 /**
- * Pay arithmetic shared by clusterjobs and clusterreg.
+ * Pay arithmetic of the registry (clusterreg::credit): time turns into an owed amount when it is recorded.
  *
  * Why it is shaped so: money is integer asset units, never floats. A pay rate is an asset per hour of
- * contributed time and time is in microseconds, so the amount owed is floor(time * rate / H) with
- * H = 3_600_000_000. time (u64) * rate (< 2^62) needs up to 126 bits, so the product is formed as a
- * 128-bit value from 32-bit limbs and divided by H (< 2^32) by schoolbook long division on 32-bit limbs:
- * every step stays inside u64 and is exact. Both contracts call the same function, so the jobs contract
- * knows exactly how much time the registry will pay for.
+ * contributed time and time is in microseconds, so time t at rate r is worth t * r / H token units with
+ * H = 3_600_000_000. Each contributor carries the fraction of a unit not yet owed as a numerator `carry`
+ * (0 <= carry < H, in units * µs / h): recording owes floor((t * r + carry) / H) and keeps the rest, so over
+ * any number of batches a contributor is owed exactly floor(sum of t_i * r_i / H) and nothing is lost to
+ * rounding, even across rate changes (the carry is value, not time). t (u64) * r (< 2^62) needs up to 126
+ * bits: the product is formed from 32-bit limbs and divided by H (< 2^32) by long division on 32-bit limbs,
+ * so every step stays inside u64 and is exact.
  */
 import { check } from "proton-tsc"
 
@@ -18,39 +20,39 @@ export const MAX_ASSET_AMOUNT: u64 = (<u64>1 << 62) - 1
 
 const LO32: u64 = 0xFFFFFFFF
 
-export class Payment {
+export class Credit {
     constructor(
-        /** floor(time * rate / H), in the smallest token unit. */
+        /** floor((time * rate + carry) / H), in the smallest token unit. */
         public amount: u64 = 0,
-        /**
-         * The time this amount pays for: the least whole number of microseconds whose value is at
-         * least `amount`. Always <= the time offered. What is left over is worth less than one
-         * smallest token unit and stays unpaid, so it is never lost.
-         */
-        public timePaid: u64 = 0
+        /** (time * rate + carry) mod H: the value not yet owed, carried to the contributor's next record. */
+        public carry: u64 = 0
     ) {}
 }
 
 /**
- * Amount owed for `time` microseconds at `rate` smallest units per hour, and the time it pays for.
- * Asserts "payout amount overflow" if the amount would not fit in an asset.
+ * What `time` µs at `rate` smallest units per hour add to a contributor who carries `carry` (< H).
+ * Asserts "amount overflow" if the amount would not fit in an asset.
  */
-export function computePayment(time: u64, rate: u64): Payment {
+export function computeCredit(time: u64, rate: u64, carry: u64): Credit {
     check(rate <= MAX_ASSET_AMOUNT, "pay rate out of range")
-    if (time == 0 || rate == 0) return new Payment(0, 0)
+    check(carry < MICROS_PER_HOUR, "carry out of range")
 
     // 64 x 64 -> 128-bit product (hi, lo) from 32-bit limbs.
     const a0 = time & LO32, a1 = time >> 32
     const b0 = rate & LO32, b1 = rate >> 32
     const p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1
     const mid = (p00 >> 32) + (p01 & LO32) + (p10 & LO32)   // < 3 * 2^32, no overflow
-    const lo = (mid << 32) | (p00 & LO32)
-    const hi = p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32) // < 2^64 since the product < 2^128
+    let lo = (mid << 32) | (p00 & LO32)
+    let hi = p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32) // < 2^126 / 2^64, room for the carry
+    // + carry (< 2^32)
+    const sum = lo + carry
+    if (sum < lo) hi += 1
+    lo = sum
 
     // (hi, lo) / H by long division on 32-bit limbs; the running remainder stays < H < 2^32.
     const d = MICROS_PER_HOUR
     let r: u64 = 0
-    let cur: u64 = r << 32 | (hi >> 32)
+    let cur: u64 = hi >> 32
     const q3 = cur / d; r = cur % d
     cur = r << 32 | (hi & LO32)
     const q2 = cur / d; r = cur % d
@@ -58,13 +60,14 @@ export function computePayment(time: u64, rate: u64): Payment {
     const q1 = cur / d; r = cur % d
     cur = r << 32 | (lo & LO32)
     const q0 = cur / d; r = cur % d
-    // q3 and q2 are each < 2^32 here; the quotient is q3:q2:q1:q0 in 32-bit limbs.
-    check(q3 == 0 && q2 == 0 && q1 <= LO32, "payout amount overflow")
+    check(q3 == 0 && q2 == 0 && q1 <= LO32, "amount overflow")
     const amount = (q1 << 32) | q0
-    check(amount <= MAX_ASSET_AMOUNT, "payout amount overflow")
+    check(amount <= MAX_ASSET_AMOUNT, "amount overflow")
+    return new Credit(amount, r)
+}
 
-    // time * rate = amount * H + r with 0 <= r < H. The least t' with t' * rate >= amount * H is
-    // time - floor(r / rate): pay for exactly that much time, keep the rest unpaid.
-    const timePaid = time - r / rate
-    return new Payment(amount, timePaid)
+/** a + b for asset amounts; asserts `what` + " overflow" beyond the largest asset amount. */
+export function addAmount(a: u64, b: u64, what: string): u64 {
+    check(a <= MAX_ASSET_AMOUNT && b <= MAX_ASSET_AMOUNT - a, what + " overflow")
+    return a + b
 }

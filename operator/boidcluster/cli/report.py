@@ -1,9 +1,11 @@
 """`boidctl report PROTOCOL`: does the chain agree with what the cluster recorded?
 
 Contributed time is recorded twice: as accepted work-unit records in ZooKeeper (the dispatcher's
-truth) and as clusterjobs rows on chain (what is paid from). Money leaves the registry fund only
-through payouts. This report puts them side by side per contributor, and exits 1 listing every
-difference, so an operator can audit payments without trusting either side alone.
+truth) and as clusterjobs rows on chain (keyed by protocol). Money is an escrow on clusterreg: the
+report checks its books exactly in integer units (deposited = paid + owed + withdrawn + free
+escrow; owed and paid equal the sums of the contributors' rows; the registry's token balance equals
+the sum of its protocols' escrows), lists every account with accepted time not yet on chain, and
+exits 1 listing every difference, so payments can be audited without trusting either side alone.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from boidcluster.adapters.store import NotFound
 from boidcluster.model.resources import Contributor, Job, Protocol
 from boidcluster.model.types import Asset
 from boidcluster.reconcilers.jobs.records import JobRecords
+from boidcluster.reconcilers.ledger import read_journal
 
 from .context import Ctx, Failure, friendly, read_cluster
 
@@ -51,7 +54,7 @@ def zookeeper_time(store, jobs: list[Job]) -> tuple[dict[str, int], dict[str, in
 @click.pass_obj
 @friendly
 def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
-    """Compare contributed time in ZooKeeper with the chain's tables, and payouts with the fund."""
+    """Compare contributed time in ZooKeeper with the chain, and check the escrow's books exactly."""
     try:
         p = ctx.store.get(Protocol, protocol)
     except NotFound:
@@ -60,63 +63,91 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
     if not url:
         raise Failure("no chain to compare with: pass --chain-url (or start the embedded cluster with `boidctl up`)")
     spec = p.spec
-    # clusterjobs rows are per researcher: gather every protocol (and job) of this researcher
-    protos = [q for q in ctx.store.list(Protocol) if q.spec.researcher == spec.researcher]
-    names = {q.name for q in protos}
-    jobs = [j for j in ctx.store.list(Job) if j.spec.protocol in names]
+    jobs = [j for j in ctx.store.list(Job) if j.spec.protocol == p.name]
     recorded, pending, dispatch_us = zookeeper_time(ctx.store, jobs)
     contributors = sorted({(c.spec.account, c.spec.role) for c in ctx.store.list(Contributor)
                            if spec.researcher in c.spec.researchers} | {(a, "worker") for a in recorded})
     chain = BlockingChain.open(url, KeyRing())
     problems: list[str] = []
-    rows = [["CONTRIBUTOR", "ROLE", "ZOOKEEPER s", "CHAIN TOTAL s", "CHAIN UNPAID s", "NOT YET ON CHAIN s",
-             "TOKEN BALANCE", "AGREE"]]
+    rows = [["CONTRIBUTOR", "ROLE", "ZOOKEEPER s", "CHAIN TOTAL s", "NOT YET ON CHAIN s", "OWED", "PAID", "AGREE"]]
     try:
-        chain_dispatch = 0
-        for acct, role in contributors:
-            row = (chain.worker_row if role == "worker" else chain.dispatcher_row)(acct, spec.researcher)
-            total = row.total_time if row else 0
-            unpaid = row.unpaid_time if row else 0
-            if role == "worker":
-                zk = recorded.get(acct, 0)
-                agree = zk == total
-                if not agree:
-                    problems.append(f"{acct}: ZooKeeper has {_secs(zk)} s recorded, the chain {_secs(total)} s")
-            else:
-                zk, agree = None, True
-                chain_dispatch += total
-            balance = chain.fund_balance(acct, spec.fund.token_contract, spec.fund.quantity.symbol)
-            rows.append([acct, role, "-" if zk is None else _secs(zk), _secs(total), _secs(unpaid),
-                         _secs(pending.get(acct, 0)), str(balance), "yes" if agree else "NO"])
-        if chain_dispatch != dispatch_us:
-            problems.append(f"dispatchers: ZooKeeper has {_secs(dispatch_us)} s of recorded dispatch time, "
-                            f"the chain {_secs(chain_dispatch)} s")
-        reg = chain.protocol_row(spec.owner, spec.researcher)
+        reg = chain.protocol_row(spec.owner, p.chain_name)
+        if reg is None:
+            raise Failure(f"{spec.owner}/{p.chain_name} is not on the registry: nothing to compare "
+                          f"(`boidctl fund {p.name} AMOUNT` registers and funds it)")
+        times = {(r.account, role): r.total_time for role in ("worker", "dispatcher")
+                 for r in chain.contributor_rows(role, reg.id)}
+        accts = {a.account: a for a in chain.acct_rows(reg.id)}
+        seq = chain.batch_seq(reg.id)
+        held = chain.fund_balance(chain.reg, reg.tokencontract, reg.symbol)
+        same_token = Asset(0, reg.symbol)
+        for q in chain.all_protocols():
+            if q.tokencontract == reg.tokencontract and q.symbol == reg.symbol:
+                same_token = same_token + q.balance
     except ChainError as e:
         raise Failure(f"reading the chain at {url}: {e}") from None
     finally:
         chain.close()
+    zero = Asset(0, reg.symbol)
+    chain_dispatch = 0
+    for acct, role in sorted(set(contributors) | set(times)):
+        total = times.get((acct, role), 0)
+        a = accts.get(acct)
+        if role == "worker":
+            zk = recorded.get(acct, 0)
+            agree = zk == total
+            if not agree:
+                problems.append(f"{acct}: ZooKeeper has {_secs(zk)} s recorded, the chain {_secs(total)} s")
+        else:
+            zk, agree = None, True
+            chain_dispatch += total
+        rows.append([acct, role, "-" if zk is None else _secs(zk), _secs(total), _secs(pending.get(acct, 0)),
+                     str(a.owed if a else zero), str(a.paid if a else zero), "yes" if agree else "NO"])
+    if chain_dispatch != dispatch_us:
+        problems.append(f"dispatchers: ZooKeeper has {_secs(dispatch_us)} s of recorded dispatch time, "
+                        f"the chain {_secs(chain_dispatch)} s")
+    for acct, us in sorted(pending.items()):
+        if us:
+            problems.append(f"{acct}: {_secs(us)} s of accepted work is not on chain yet")
+    # the ledger's journal: what was sent under which batch number, against the chain's totals
+    journal = read_journal(ctx.store, spec.owner, p.chain_name)
+    on_chain = seq.seq if seq else 0
+    for acct, us in sorted(journal.above(on_chain).items()):
+        problems.append(f"{acct}: {_secs(us)} s journaled in batches above the chain's {on_chain} (re-sent on the "
+                        "protocol's next pass)")
+    if journal.batches and set(range(1, on_chain + 1)) <= set(journal.batches):
+        units, worker_us, dispatcher_us = journal.totals(on_chain)
+        have = (seq.units, seq.worker_time, seq.dispatcher_time) if seq else (0, 0, 0)
+        if (units, worker_us, dispatcher_us) != have:
+            problems.append(f"batches 1..{on_chain}: the journal has {units} units, {_secs(worker_us)} s of workers and "
+                            f"{_secs(dispatcher_us)} s of dispatchers, the chain {have[0]}, {_secs(have[1])} s and "
+                            f"{_secs(have[2])} s")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    click.echo(f"Protocol {p.name}: owner {spec.owner}, researcher {spec.researcher}, "
-               f"{len(jobs)} job(s) of {len(names)} protocol(s) of this researcher")
+    click.echo(f"Protocol {p.name}: {spec.owner}/{p.chain_name} (id {reg.id}) on clusterreg, researcher "
+               f"{spec.researcher}, {len(jobs)} job(s); {seq.seq if seq else 0} batch(es) of "
+               f"{seq.units if seq else 0} unit(s) recorded")
     click.echo("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
-    symbol = spec.fund.quantity.symbol
-    paid = sum(((p.status.paid if p.status else {}) or {}).values(), Asset(0, symbol))
-    if reg is None:
-        click.echo("registry: no clusterreg row (protocol not registered)")
-        problems.append("the protocol has no registry row on chain")
+    # the escrow's books, exactly, in integer units
+    click.echo(f"escrow: deposited {reg.deposited} = paid {reg.paid} + owed {reg.owed} + withdrawn {reg.withdrawn} "
+               f"+ free {reg.free}")
+    if not reg.invariant_holds():
+        problems.append(f"deposited {reg.deposited} != paid {reg.paid} + withdrawn {reg.withdrawn} + "
+                        f"balance {reg.balance}")
+    owed = sum((a.owed for a in accts.values()), zero)
+    paid = sum((a.paid for a in accts.values()), zero)
+    if owed != reg.owed:
+        problems.append(f"the protocol owes {reg.owed} but its contributors' rows add up to {owed}")
+    if paid != reg.paid:
+        problems.append(f"the protocol paid {reg.paid} but its contributors' rows add up to {paid}")
+    if held != same_token:
+        problems.append(f"{chain.reg} holds {held} of {reg.tokencontract} but its protocols' escrows add up to "
+                        f"{same_token}")
     else:
-        committed = reg.funded if reg.funded is not None else spec.fund.quantity  # total ever put in
-        spent = committed - reg.fund
-        click.echo(f"fund: {committed} committed, {reg.fund} left in the registry: {spent} paid out; "
-                   f"payouts the operator made: {paid}")
-        if spent != paid:
-            problems.append(f"the registry fund went down by {spent} but the operator recorded payouts of {paid}")
-    if sum(pending.values()):
-        click.echo(f"note: {_secs(sum(pending.values()))} s of accepted work is not on chain yet (recorded on the next pass)")
+        click.echo(f"{chain.reg} holds {held} of {reg.tokencontract}: the escrows of all its protocols in this token")
     if problems:
         click.echo(f"{len(problems)} difference(s):")
         for line in problems:
             click.echo(f"  - {line}")
         sys.exit(1)
     click.echo("ZooKeeper records and the chain agree.")
+    click.echo("The escrow's books balance exactly.")

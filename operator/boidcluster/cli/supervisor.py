@@ -140,6 +140,7 @@ class ChainChild:
         self.url = self.chain.start()
         self.chain.bootstrap()  # idempotent; restores what a replay lost (reversible blocks)
         self.chain.operator_keys().write(self.state / "operator-keys.json")
+        self.chain.write_user_keys(self.state / "user-keys.json")  # the demo users' own key (boidctl fund/withdraw)
 
     def died(self) -> str | None:
         code = self.chain.exit_code()

@@ -7,6 +7,7 @@ units ran, who contributed, and what they were paid.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
     try:
         for r in store.apply_in_batches(objs, retries=2)[0]:
             click.echo(f"{r.kind.lower()}/{r.name} {r.action}")
+        fund_demo(store, [o.name for o in objs if isinstance(o, Protocol)], info)
         jobs = [o.name for o in objs if isinstance(o, Job)]
         if not wait or not jobs:
             return
@@ -66,6 +68,19 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
         if stop:
             stop_cluster()
             click.echo(f"\nstopped the embedded cluster (its data stays in {info['state']})")
+
+
+def fund_demo(store: Store, names: list[str], info: dict) -> None:
+    """The demo's sponsor funds each protocol as a user would (`boidctl fund`, the demo users' own
+    key file): up to spec.fund.quantity deposited in all, so running `up` again adds nothing."""
+    from .funds import fund_protocol, user_keys
+
+    ring, source = user_keys(str(Path(info["state"]) / "user-keys.json"))
+    for name in names:
+        p = store.get(Protocol, name)
+        sender = p.spec.fund.account or p.spec.owner
+        done, row = asyncio.run(fund_protocol(p, None, ring, source, info["chain"], sender, up_to=p.spec.fund.quantity))
+        click.echo(f"protocol/{name} funded: escrow {row.balance}" + (f" ({'; '.join(done)})" if done else ""))
 
 
 def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
@@ -157,7 +172,7 @@ def summary(store: Store, jobs: list[Job], info: dict) -> str:
             lines.append(f"    contributor {c.get('account')}: {c.get('microseconds', 0) / 1e6:.3f} s contributed")
     for p in store.list(Protocol):
         d = p.to_dict().get("status", {})
-        lines.append(f"  protocol {p.name}: fund balance {d.get('fundBalance', '<unknown>')}")
+        lines.append(f"  protocol {p.name}: escrow {d.get('fundBalance', '<unknown>')}, owed {d.get('owed', '<unknown>')}")
         for k, v in (d.get("paid") or {}).items():
             lines.append(f"    paid to {k}: {v}")
     return "\n".join(lines)

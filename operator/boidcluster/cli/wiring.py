@@ -73,7 +73,7 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
     if world.chain is not None:
         from boidcluster.reconcilers.ledger import ChainLedger
 
-        world.ledger = ChainLedger(world.chain, opts.dispatcher_account)
+        world.ledger = ChainLedger(world.chain, opts.dispatcher_account, store=store)
     if opts.marathon:
         from boidcluster.adapters.marathon import MarathonClient
 

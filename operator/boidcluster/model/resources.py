@@ -145,17 +145,34 @@ MiB = Annotated[
 
 # --- Protocol ----------------------------------------------------------------------------------
 
+_CHAIN_NAME = re.compile(r"^[a-z1-5.]{0,11}[a-z1-5]$")
+
+
+def chain_name_for(name: str) -> str:
+    """metadata.name -> the protocol's default name on chain (see ProtocolSpec.chain_name)."""
+    candidate = name.replace("-", ".")
+    if _CHAIN_NAME.match(candidate) and ".." not in candidate:
+        return candidate
+    import hashlib
+
+    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    alphabet = "abcdefghijklmnopqrstuvwxyz12345"
+    return "p" + "".join(alphabet[(digest >> (5 * i)) % 31] for i in range(11))
+
 
 class Fund(Strict):
-    """The token account that pays contributors of this protocol."""
+    """The protocol's token and budget. The money itself is an escrow on the registry contract:
+    users deposit into it with `boidctl fund` (signed with their own key) and contributors are paid
+    from it; the operator holds no key of any fund, owner or researcher account."""
 
-    account: EosName
-    """EOS account holding the fund; payouts are transferred from it."""
+    account: EosName | None = None
+    """Account `boidctl fund` deposits from (default: the owner). Payouts never come from it."""
     quantity: Asset
-    """Amount pledged to the protocol, e.g. '1000.0000 BOID'. Its symbol and precision fix the
-    token for every other amount in the protocol."""
+    """Budget pledged to the protocol, e.g. '1000.0000 BOID'. Its symbol and precision fix the
+    token for every other amount in the protocol (fixed on chain when the protocol is registered)."""
     token_contract: EosName = "eosio.token"
-    """Account of the eosio.token-standard contract that issues the token."""
+    """Account of the eosio.token-standard contract that issues the token (fixed on chain when
+    the protocol is registered)."""
 
 
 class PayRates(Strict):
@@ -207,6 +224,11 @@ class ProtocolSpec(Strict):
     """When and how contributors are paid."""
     quota: Quota | None = None
     """Optional limits on cluster usage."""
+    chain_name: EosName | None = None
+    """The protocol's name on chain, unique per owner (the registry keys protocols by owner and
+    name). Defaults to metadata.name with '-' as '.' when that is a valid account-style name of at
+    most 12 characters, else 'p' + 11 characters of a hash of metadata.name."""
+
     submitters: list[SubmitterName] | None = None
     """Users (cluster identities, as in $BOID_HOME/config) who may submit Jobs under this protocol,
     besides the protocol's own creator and the cluster admins; '*' means any registered user.
@@ -244,7 +266,17 @@ class ProtocolStatus(Status):
     """Observed state of a Protocol. Conditions: Registered, StorageReady, Funded, Ready."""
 
     fund_balance: Asset | None = None
-    """Balance of the fund account as last read from the token contract."""
+    """Escrow the registry holds for the protocol (its `balance` on chain), as last read."""
+    escrow: Asset | None = None
+    """Escrow nobody is owed yet (balance - owed; negative: a shortfall), as last read."""
+    owed: Asset | None = None
+    """Recorded work not yet paid, fixed at the rates in force when it was recorded."""
+    paid_total: Asset | None = None
+    """Everything the registry has paid contributors of this protocol."""
+    deposited: Asset | None = None
+    """Everything ever deposited into the protocol's escrow."""
+    withdrawn: Asset | None = None
+    """Everything the owner took back from the escrow."""
     dispatcher: str | None = None
     """Where this protocol's dispatcher runs: a Marathon app id or 'local'."""
     registered_at: datetime | None = None
@@ -252,7 +284,7 @@ class ProtocolStatus(Status):
     last_payout_time: datetime | None = None
     """When contributors were last paid (payouts run at most once per spec.payout.interval)."""
     paid: dict[str, Asset] = Field(default_factory=dict)
-    """Tokens this operator has paid out per contributor account (the chain is the record)."""
+    """Tokens paid per contributor account, read from the registry's rows (the chain is the record)."""
 
 
 class Protocol(Resource):
@@ -269,6 +301,11 @@ class Protocol(Resource):
     """What the protocol is and how it pays."""
     status: ProtocolStatus | None = None
     """Observed state, written by the operator."""
+
+    @property
+    def chain_name(self) -> str:
+        """The protocol's name on chain (with spec.owner, its identity in the registry)."""
+        return self.spec.chain_name or chain_name_for(self.name)
 
 
 # --- Job ---------------------------------------------------------------------------------------
@@ -648,8 +685,8 @@ class ContributorSpec(Strict):
 class ContributorStatus(Status):
     """Observed state of a Contributor, read from the clusterjobs contract."""
 
-    registrations: list[EosName] = Field(default_factory=list)
-    """Researchers this contributor is registered with on chain."""
+    registrations: list[str] = Field(default_factory=list)
+    """Protocols (owner/name on chain) this contributor is registered with."""
     total_time: int = 0
     """All contributed time, in seconds."""
     unpaid_time: int = 0

@@ -1,9 +1,12 @@
-"""Contributor: be registered (regworker/regdisptch) with exactly the researchers the spec lists.
+"""Contributor: be registered (regworker/regdisptch) with exactly the protocols of the researchers the spec lists.
 
-Observed is the chain (the contributor's rows) intersected with what this object registered
-(status.registrations), so the operator never removes a registration it did not make. Removal
-refuses while time is unpaid (the contract asserts it): the condition says so and the engine
-retries after the payout reconciler has paid, so contributed time is never lost.
+Registrations are per protocol (contracts v2: time and pay are keyed by protocol, never by the
+researcher alone): a contributor listing researcher R is registered with every Protocol whose
+researcher is R and which is on the registry. Observed is the chain (the contributor's rows)
+intersected with what this object registered (status.registrations), so the operator never
+removes a registration it did not make. Removal refuses while the protocol owes the contributor
+(the contract asserts it): the condition says so and the engine retries after the payout, so
+contributed time is never lost.
 """
 
 from __future__ import annotations
@@ -11,18 +14,11 @@ from __future__ import annotations
 from boidcluster.adapters.chain import ChainAssertion, ChainError
 from boidcluster.engine.reconciler import Result, Retry, condition
 from boidcluster.engine.world import World
-from boidcluster.model.resources import Contributor
+from boidcluster.model.resources import Contributor, Protocol
 
 from . import registry
 
 RESYNC = 60.0
-
-
-def _calls(c: Contributor, world: World):
-    chain = world.chain
-    if c.spec.role == "worker":
-        return chain.register_worker, chain.unregister_worker
-    return chain.register_dispatcher, chain.unregister_dispatcher
 
 
 @registry.reconciler(Contributor, cleanup=True, resync=RESYNC)
@@ -31,41 +27,53 @@ def reconcile_contributor(c: Contributor, world: World) -> Result:
         if c.metadata.deletion_timestamp:
             return Result.released()
         return Result(conditions=[condition("Registered", None, "NoChain", "no chain configured")])
+    chain = world.chain
     account, role = c.spec.account, c.spec.role
     ours = set(c.status.registrations if c.status else [])
-    desired = set() if c.metadata.deletion_timestamp else set(c.spec.researchers)
-    register, unregister = _calls(c, world)
+    wanted = {f"{p.spec.owner}/{p.chain_name}" for p in world.store.list(Protocol)
+              if p.spec.researcher in c.spec.researchers and not p.metadata.deletion_timestamp}
+    desired = set() if c.metadata.deletion_timestamp else wanted
     try:
-        rows = {r.researcher: r for r in world.chain.contributor_rows(account, role)}
-        for researcher in sorted(desired - rows.keys()):
-            register(account, researcher)
+        ids, rows, missing_on_chain = {}, {}, []
+        for key in sorted(desired | ours):
+            owner, name = key.split("/", 1)
+            reg = chain.protocol_row(owner, name)
+            if reg is None:
+                if key in desired:
+                    missing_on_chain.append(key)
+                continue
+            ids[key] = reg.id
+            have = chain.contributor_row(role, reg.id, account)
+            if have is not None:
+                rows[key] = have.total_time
+        for key in sorted((desired & ids.keys()) - rows.keys()):
+            chain.register(role, account, *key.split("/", 1))
+            rows[key] = 0
         blocked = []
-        for researcher in sorted((ours & rows.keys()) - desired):
+        for key in sorted((ours & rows.keys()) - desired):
             try:
-                unregister(account, researcher)
+                chain.unregister(role, account, *key.split("/", 1))
+                del rows[key]
             except ChainAssertion as e:
-                if "unpaid time" not in e.message:
+                if "owed pay" not in e.message:
                     raise
-                blocked.append(researcher)
-        rows = {r.researcher: r for r in world.chain.contributor_rows(account, role)}
+                blocked.append(key)
     except ChainError as e:
         raise Retry(f"{role} {account}: {e}", reason="ChainUnavailable" if not isinstance(e, ChainAssertion)
                     else "ChainRejected", conditions=[condition("Registered", None if not isinstance(
                         e, ChainAssertion) else False, "ChainError", str(e))]) from e
     registered = sorted((ours | desired) & rows.keys())
-    status = {"registrations": registered,
-              "total_time": sum(rows[r].total_time for r in registered),
-              "unpaid_time": sum(rows[r].unpaid_time for r in registered)}
+    status = {"registrations": registered, "total_time": sum(rows[k] for k in registered)}
     if blocked:
-        msg = (f"{account} still has unpaid time with {', '.join(blocked)}; "
-               "it is deregistered after the next payout")
-        raise Retry(msg, reason="UnpaidTime", conditions=[condition("Registered", True, "UnpaidTime", msg)],
-                    status=status)
+        msg = f"{account} is still owed pay by {', '.join(blocked)}; it is deregistered after the next payout"
+        raise Retry(msg, reason="Owed", conditions=[condition("Registered", True, "Owed", msg)], status=status)
     if c.metadata.deletion_timestamp:
         return Result.released()
-    missing = sorted(desired - rows.keys())
-    ok = not missing
+    if missing_on_chain:
+        return Result(conditions=[condition("Registered", False, "ProtocolNotOnChain",
+                                            f"not yet on the registry (the owner funds it first): {missing_on_chain}")],
+                      status=status, requeue_after=5.0)
     return Result(
-        conditions=[condition("Registered", ok, "OnChain" if ok else "Missing",
-                              f"{role} of {', '.join(sorted(desired))}" if ok else f"not registered with {missing}")],
+        conditions=[condition("Registered", True, "OnChain",
+                              f"{role} of {', '.join(registered) or 'no protocol yet'}")],
         status=status, requeue_after=RESYNC)

@@ -1,35 +1,224 @@
-"""Contributed time onto the chain: accepted work units become clusterjobs `newjob` rows.
+"""Contributed time onto the chain, exactly once: accepted units become numbered batches.
 
-The ledger is the jobs reconciler's only way to the chain. Each credit's row id is derived from
-(job uid, unit, contributor), so recording is idempotent: a crash between "unit accepted" and
-"recorded" is retried on restart and the contract rejects the duplicate, which counts as done.
+Why it is shaped so: clusterjobs::recordbatch takes a per-protocol batch number that must be the
+chain's last + 1, so the chain itself refuses a replay; but a batch re-sent under a NEW number
+would count twice. So every batch is first written once to a journal in ZooKeeper
+(runs/ledger/<owner>.<protocol>/<seq>: its units and times), then sent. The chain's sequence is the
+truth: journal batches numbered above it are missing on chain and are re-sent as journaled, in
+order, before anything new (after a crash of the operator or a lost block of the node); a unit
+found in the journal is never put in another batch. A call returns once the chain's own batch
+number, read back, covers what it journaled; and since a node killed before its block became
+irreversible may lose a batch it had accepted, `sync()` re-sends what the chain lacks even when
+no new work arrives (the Protocol reconciler calls it every pass). One lock per protocol: one process records a protocol (the
+leader, or that protocol's dispatcher).
 """
 
 from __future__ import annotations
 
+import json
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from boidcluster.adapters.chain import RecordResult, UnitTime, unit_id
+from boidcluster.adapters.chain import BatchOutOfSequence, ChainAssertion, RecordResult, UnitTime, unit_id
+
+JOURNAL = "ledger"
+BATCH_UNITS = 400  # units per recordbatch: ~60 ms of the 150 ms a transaction may use on the local node
+
+
+@dataclass
+class _Journal:
+    """One protocol's journal, loaded once per process and kept current by our own writes."""
+
+    owner: str
+    name: str
+    protocol_id: int
+    batches: dict[int, dict[str, Any]] = field(default_factory=dict)  # seq -> {"type", "units": [...]}
+    units: set[tuple[str, str, str]] = field(default_factory=set)  # (job uid, unit key, contributor)
+    confirmed: int = 0  # highest seq read back from the chain
+    on_chain: int = 0  # the chain's batch number when last read
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def path(self) -> str:
+        return f"{JOURNAL}/{self.owner}.{self.name}"
+
+    @property
+    def last(self) -> int:
+        return max(self.batches, default=0)
 
 
 class ChainLedger:
-    def __init__(self, chain: Any, dispatcher_account: str | None = None) -> None:
+    def __init__(self, chain: Any, dispatcher_account: str | None = None, store: Any = None,
+                 batch_units: int = BATCH_UNITS) -> None:
         self.chain = chain
         self.dispatcher_account = dispatcher_account
+        self.store = store
+        self.batch_units = batch_units
+        self._journals: dict[tuple[str, str], _Journal] = {}
+        self._lock = threading.Lock()
 
+    # -- the journal -------------------------------------------------------------------------
+    def _journal(self, protocol: Any) -> _Journal:
+        key = (protocol.spec.owner, protocol.chain_name)
+        with self._lock:
+            j = self._journals.get(key)
+            if j is None:
+                row = self.chain.require_protocol(*key)
+                j = _Journal(key[0], key[1], row.id)
+                if self.store is not None:
+                    for seq in self.store.list_runs(j.path):
+                        self._load(j, int(seq))
+                self._journals[key] = j
+            return j
+
+    def _load(self, j: _Journal, seq: int) -> None:
+        raw = self.store.get_run(f"{j.path}/{seq:012d}")
+        data = json.loads(raw)
+        j.batches[seq] = data
+        j.units.update((u[0], u[1], u[2]) for u in data["units"])
+
+    def _write(self, j: _Journal, seq: int, data: dict[str, Any]) -> None:
+        if self.store is not None and not self.store.create_once(
+                f"{j.path}/{seq:012d}", json.dumps(data, separators=(",", ":"))):
+            # another writer journaled this number: take its batch, ours gets the next number
+            self._load(j, seq)
+            raise _Taken()
+        j.batches[seq] = data
+        j.units.update((u[0], u[1], u[2]) for u in data["units"])
+
+    # -- sending -----------------------------------------------------------------------------
+    def _send_missing(self, j: _Journal) -> tuple[int, list[str]]:
+        """Re-send journaled batches the chain lacks, in order; returns (units sent, trx ids)."""
+        have = self.chain.batch_seq(j.protocol_id)
+        on_chain = have.seq if have else 0
+        j.on_chain = max(j.on_chain, on_chain)
+        sent, trx = 0, []
+        for seq in sorted(s for s in j.batches if s > on_chain):
+            data = j.batches[seq]
+            units = [UnitTime(u[2], u[3], u[4]) for u in data["units"]]
+            try:
+                trx.append(self.chain.record_batch(j.owner, j.name, seq, data["type"], units))
+            except BatchOutOfSequence as e:
+                if e.expected <= seq:  # a gap below: cannot happen with one writer; say so loudly
+                    raise
+                continue  # it landed after all (the answer was lost)
+            sent += len(units)
+        return sent, trx
+
+    def _confirm(self, j: _Journal, trx: list[str]) -> None:
+        """Read the chain's batch number back: it must cover the journal."""
+        if not j.batches or j.confirmed >= j.last:
+            return
+        have = self.chain.batch_seq(j.protocol_id)
+        if have is None or have.seq < j.last:
+            raise ChainAssertion(f"batch {j.last} of {j.owner}/{j.name} is not on chain after sending it "
+                                 f"(chain has {have.seq if have else 0}): re-sent on the next pass",
+                                 action="clusterjobs::recordbatch")
+        j.confirmed = j.last
+
+    def _record(self, protocol: Any, type_: str, entries: list[tuple[str, str, str, int]]) -> RecordResult:
+        """entries: (job uid, unit key, contributor, µs). Journal, send, confirm."""
+        j = self._journal(protocol)
+        result = RecordResult()
+        with j.lock:
+            sent, trx = self._send_missing(j)
+            new = [e for e in entries if (e[0], e[1], e[2]) not in j.units]
+            result.already = len(entries) - len(new)
+            for start in range(0, len(new), self.batch_units):
+                chunk = new[start:start + self.batch_units]
+                units = sorted(([uid, key, acct, unit_id(uid, key, acct), int(us)] for uid, key, acct, us in chunk),
+                               key=lambda u: u[3])
+                while True:
+                    # above anything on chain too: a journal behind the chain (a fresh ZooKeeper on an
+                    # old chain) must never reuse a number the chain already holds
+                    seq = max(j.last, j.on_chain) + 1
+                    try:
+                        self._write(j, seq, {"type": type_, "units": units})
+                        break
+                    except _Taken:
+                        continue
+                more, ids = self._send_missing(j)
+                sent += more
+                trx += ids
+                result.recorded += len(chunk)
+            self._confirm(j, trx)
+        result.transactions = len(trx)
+        result.trx_ids = trx
+        return result
+
+    # -- the ledger's interface (the jobs reconciler, the Protocol reconciler) -------------------
     def record_units(self, protocol: Any, job: Any, credits: Iterable[tuple[str, str, int]]) -> RecordResult:
-        """credits: (unit key, contributor account, contributed microseconds), in one or a few transactions."""
-        units = [UnitTime(worker=acct, id=unit_id(job.metadata.uid, key, acct), time=int(micros))  # type: ignore[arg-type]
-                 for key, acct, micros in credits]
-        if not units:
+        """credits: (unit key, contributor account, contributed µs). Returns once they are on chain
+        (irreversible) exactly once; units recorded before count as `already`."""
+        entries = [(job.metadata.uid, str(key), acct, int(us)) for key, acct, us in credits]
+        if not entries:
             return RecordResult()
-        return self.chain.record_units(protocol.spec.researcher, units)
+        return self._record(protocol, "worker", entries)
 
     def record_dispatch(self, protocol: Any, job: Any, micros: int) -> bool:
-        """The dispatcher's time for running a job, once per job (keyed like a unit)."""
+        """The dispatcher's time for running a job, once per job."""
         if not self.dispatcher_account or micros <= 0:
             return False
-        acct = self.dispatcher_account
-        return self.chain.record_dispatcher_time(protocol.spec.researcher, acct,
-                                                 unit_id(job.metadata.uid, "dispatch", acct),  # type: ignore[arg-type]
-                                                 int(micros))
+        res = self._record(protocol, "dispatcher",
+                           [(job.metadata.uid, "dispatch", self.dispatcher_account, int(micros))])
+        return res.recorded == 1
+
+    def sync(self, protocol: Any) -> int:
+        """Re-send journaled batches the chain lacks (after a node or operator crash); units sent.
+        Reads batches journaled by another process (a protocol's dispatcher) first."""
+        j = self._journal(protocol)
+        with j.lock:
+            if self.store is not None:
+                for seq in self.store.list_runs(j.path):
+                    if int(seq) not in j.batches:
+                        self._load(j, int(seq))
+            sent, trx = self._send_missing(j)
+            self._confirm(j, trx)
+        return sent
+
+    def pending(self, protocol: Any) -> int:
+        """Journaled units whose batch the chain does not have (0 when the chain has everything)."""
+        j = self._journal(protocol)
+        have = self.chain.batch_seq(j.protocol_id)
+        on_chain = have.seq if have else 0
+        return sum(len(b["units"]) for s, b in j.batches.items() if s > on_chain)
+
+
+@dataclass(frozen=True)
+class JournalSummary:
+    """What the journal says was sent for a protocol: per batch number, its units and time by type."""
+
+    batches: dict[int, dict[str, Any]]
+
+    def totals(self, upto: int) -> tuple[int, int, int]:
+        """(units, worker µs, dispatcher µs) of batches 1..upto."""
+        units = worker = dispatcher = 0
+        for seq, b in self.batches.items():
+            if seq <= upto:
+                units += len(b["units"])
+                t = sum(u[4] for u in b["units"])
+                if b["type"] == "worker":
+                    worker += t
+                else:
+                    dispatcher += t
+        return units, worker, dispatcher
+
+    def above(self, seq: int) -> dict[str, int]:
+        """µs per contributor in journaled batches numbered above `seq` (not on chain yet)."""
+        out: dict[str, int] = {}
+        for s, b in self.batches.items():
+            if s > seq:
+                for u in b["units"]:
+                    out[u[2]] = out.get(u[2], 0) + u[4]
+        return out
+
+
+def read_journal(store: Any, owner: str, name: str) -> JournalSummary:
+    """The protocol's batch journal as ZooKeeper holds it (for `boidctl report`)."""
+    path = f"{JOURNAL}/{owner}.{name}"
+    return JournalSummary({int(seq): json.loads(store.get_run(f"{path}/{seq}")) for seq in store.list_runs(path)})
+
+
+class _Taken(Exception):
+    """The journal already has a batch with this number."""

@@ -1,60 +1,119 @@
-"""Protocol: make the chain registry row, the storage datadir and the dispatcher app match the spec.
+"""Protocol: observe the registry row and escrow, pay contributors, converge datadir and dispatcher app.
 
-Observe (registry row, fund balance, app), compare with the spec, act once, report conditions.
-Deletion (behind the cleanup finalizer) removes the dispatcher app and the registry row; both
-are idempotent, so a crash anywhere converges on the next pass. Chain and storage failures raise
-Retry with the condition that explains them: the engine backs off per protocol and shows when it
-will try again, so a protocol with a missing fund account does not hammer the chain.
+Observe (registry row, escrow, contributors' owed/paid rows, app), compare with the spec, act once
+(pay what is owed, re-send batches the chain lost), report: status shows escrow, owed and paid as
+the chain has them, and Funded compares the free escrow with what running jobs can still owe.
+The operator holds no key of any owner, researcher or fund account (contracts v2), so it never
+registers, funds or deletes a protocol on chain: it says what the owner should run (`boidctl
+fund`, `boidctl withdraw`). Deletion pays every owed amount first. Chain and storage failures
+raise Retry with the condition that explains them: the engine backs off per protocol.
 """
 
 from __future__ import annotations
 
-from boidcluster.adapters.chain import ChainAssertion, ChainError, MissingAuthority, ProtocolRow
+from boidcluster.adapters.chain import ChainAssertion, ChainError, MissingAuthority, ProtocolTerms
+from boidcluster.adapters.chain.boid import H
 from boidcluster.adapters.marathon import MarathonError, dispatcher_app
 from boidcluster.adapters.storage import StorageError
 from boidcluster.engine.reconciler import Result, Retry, condition
 from boidcluster.engine.world import World
-from boidcluster.model.meta import utcnow
 from boidcluster.model.resources import Job, Protocol
+from boidcluster.model.types import Asset
 
 from . import registry
 from .payouts import settle
 
+
 RESYNC = 30.0  # chain balances and Marathon apps do not notify us
 ACTIVE_RESYNC = 5.0  # while a job of the protocol runs, look (and pay) more often
+TERMINAL = ("Succeeded", "Failed")
 
 
 def app_id(p: Protocol) -> str:
     return f"/boid/{p.name}/dispatcher"
 
 
-def _chain_failure(e: ChainError, what: str, done: list) -> Retry:
+def _chain_failure(e: ChainError, what: str, done: list, *, reading: bool = False) -> Retry:
     if isinstance(e, (ChainAssertion, MissingAuthority)):
         reason, msg = "ChainRejected", f"{what}: the chain rejected it: {e}"
     else:
         reason, msg = "ChainUnavailable", f"{what}: {e}"
-    return Retry(msg, reason=reason, conditions=[*done, condition("Registered", False if reason == "ChainRejected"
-                                                                   else None, reason, msg),
-                                                  condition("Ready", False, reason, msg)])
+    unknown = [condition("Registered", None, reason, msg)] if reading else []
+    return Retry(msg, reason=reason, conditions=[*done, *unknown, condition("Ready", False, reason, msg)])
+
+
+def can_still_owe(p: Protocol, jobs: list[Job]) -> Asset | None:
+    """The most the protocol's unfinished jobs can still add to what it owes workers: units not yet
+    accepted x replicas x unitTimeout x the worker rate (None: a job has no unitTimeout or no unit
+    count yet, so there is no bound)."""
+    rate = p.spec.pay_rates.worker
+    total = 0
+    for j in jobs:
+        if j.spec.protocol != p.name or (j.status and j.status.phase in TERMINAL):
+            continue
+        units = j.status.units if j.status else None
+        if j.spec.unit_timeout is None or units is None or units.total <= 0:
+            return None
+        remaining = max(0, units.total - units.validated)
+        micros = remaining * j.spec.replication.replicas * int(j.spec.unit_timeout * 1_000_000)
+        total += -(-micros * rate.amount // H)  # rounded up: a bound
+    return Asset(total, rate.symbol)
+
+
+def _registered(p: Protocol, row) -> tuple[bool, str, str]:
+    spec = p.spec
+    fund_hint = f"`boidctl fund {p.name} AMOUNT` with the owner's key"
+    if row is None:
+        return False, "NotRegistered", (f"{spec.owner}/{p.chain_name} is not on the registry: {fund_hint} "
+                                        "registers and funds it")
+    diff = ProtocolTerms.from_spec(p.chain_name, spec).differs(row)
+    if diff:
+        return False, "TermsDiffer", (f"the registry has other {', '.join(diff)} than the spec: {fund_hint} updates "
+                                      "them (token contract and researcher are fixed at creation); work is paid "
+                                      "at the registry's rates in force when it is recorded")
+    if not row.accepted:
+        return False, "NotAccepted", (f"researcher {spec.researcher} has not accepted {spec.owner}/{p.chain_name}: "
+                                      "no work is recorded until they sign (clusterreg::acceptprot, or "
+                                      "`boidctl fund` with their key in the key file)")
+    return True, "OnChain", f"clusterreg {spec.owner}/{p.chain_name} (id {row.id}) matches the spec"
+
+
+def _funded(row, bound: Asset | None):
+    """Funded: the escrow nobody is owed yet covers what running jobs can still owe."""
+    if bound is None:
+        return condition("Funded", None if row.free.amount >= 0 else False, "Unbounded" if row.free.amount >= 0 else "Shortfall",
+                         f"escrow {row.balance}, owed {row.owed}, free {row.free}; a running job has no unitTimeout "
+                         "(or no unit count yet), so what it can still owe has no bound")
+    if row.free.amount < bound.amount:
+        short = Asset(bound.amount - row.free.amount, bound.symbol)
+        return condition("Funded", False, "Shortfall",
+                         f"free escrow {row.free} (holds {row.balance}, owed {row.owed}) is short by {short} of what "
+                         f"running jobs can still owe ({bound})")
+    return condition("Funded", True, "Escrow",
+                     f"free escrow {row.free} (holds {row.balance}, owed {row.owed}) covers what running jobs can "
+                     f"still owe ({bound})")
 
 
 @registry.reconciler(Protocol, cleanup=True, resync=RESYNC)
 def reconcile_protocol(p: Protocol, world: World) -> Result:
-    """Registry row == spec; datadir exists; fund covers the commitment; dispatcher app converged."""
+    """Observe the registry row and escrow; pay what is owed; report; dispatcher app converged.
+    The operator never registers or funds a protocol: that needs the owner's key (`boidctl fund`)."""
     spec = p.spec
     if p.metadata.deletion_timestamp:
         if world.marathon is not None:
             world.marathon.remove_app(app_id(p))
         if world.chain is not None:
             try:
-                # pay every positive balance first: a deleted registry row would strand unpaid time
-                shortfall, _ = settle(p, world, final=True)
-                if shortfall:
-                    raise Retry(f"final payout before removal failed: {shortfall[0].message}",
-                                reason="CleanupFailed", conditions=shortfall)
-                world.chain.delete_protocol(spec.owner, spec.researcher)
+                row = world.chain.protocol_row(spec.owner, p.chain_name)
+                if row is not None:
+                    # pay every positive amount first; the row and escrow stay for the owner to
+                    # withdraw and delete (`boidctl withdraw --all --delete`), which needs their key
+                    shortfall, _ = settle(p, world, row, final=True)
+                    if shortfall:
+                        raise Retry(f"final payout before removal failed: {shortfall[0].message}",
+                                    reason="CleanupFailed", conditions=shortfall)
             except ChainError as e:
-                raise Retry(f"removing the registry row failed: {e}", reason="CleanupFailed") from e
+                raise Retry(f"final payout failed: {e}", reason="CleanupFailed") from e
         return Result.released()
 
     conditions, status = [], {}
@@ -71,54 +130,31 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
                                     condition("Ready", False, "StorageUnavailable", str(e))]) from e
         conditions.append(condition("StorageReady", True, "DirectoryExists", f"{spec.datadir} exists"))
 
+    jobs = world.store.list(Job)
     if world.chain is None:
         conditions += [condition("Registered", None, "NoChain", "no chain configured"),
                        condition("Funded", None, "NoChain", "no chain configured")]
     else:
-        desired = ProtocolRow.from_spec(spec)
         try:
-            row = world.chain.protocol_row(spec.owner, spec.researcher)
-            if row is not None and (row.worker_pay_rate, row.dispatcher_pay_rate) != (
-                    desired.worker_pay_rate, desired.dispatcher_pay_rate):
-                # the contract pays unpaid time at the rate current at payout: settle what is owed
-                # at the old rates first, so a rate change never reprices time already given
-                shortfall, paid = settle(p, world, final=True)
-                if shortfall:
-                    raise Retry(f"cannot change pay rates before paying at the old ones: {shortfall[0].message}",
-                                reason="Shortfall", conditions=shortfall)
+            row = world.chain.protocol_row(spec.owner, p.chain_name)
+        except ChainError as e:
+            raise _chain_failure(e, f"reading {spec.owner}/{p.chain_name} on clusterreg", conditions, reading=True) from e
+        ok, reason, msg = _registered(p, row)
+        conditions.append(condition("Registered", ok, reason, msg))
+        if row is None:
+            conditions.append(condition("Funded", False, "NotRegistered", msg))
+        else:
+            try:
+                if world.ledger is not None and hasattr(world.ledger, "sync") and row.accepted:
+                    world.ledger.sync(p)  # re-send batches the chain lost (node or operator crash)
+                shortfall, paid = settle(p, world, row)
                 status.update(paid)
-            if row is None or not row.matches(desired):
-                world.chain.put_protocol(desired)
-                status["registered_at"] = utcnow()
-                row = world.chain.protocol_row(spec.owner, spec.researcher) or desired
-            # a raised spec.fund.quantity commits the difference to `funded` (the total ever
-            # committed, on chain: a repeat after a crash compares again and adds nothing twice)
-            topup = world.chain.ensure_fund(spec.owner, spec.researcher, spec.fund.quantity)
-            if topup.action == "added":
-                status["registered_at"] = utcnow()
-                row = world.chain.protocol_row(spec.owner, spec.researcher) or row
-        except ChainError as e:
-            raise _chain_failure(e, f"registering {spec.owner}/{spec.researcher} on clusterreg", conditions) from e
-        registered = f"clusterreg row {spec.owner}/{spec.researcher} matches the spec"
-        if topup.action == "added":
-            registered += f"; added {topup.added} to its fund (committed {topup.funded} in all)"
-        conditions.append(condition("Registered", True, "OnChain", registered))
-        try:
-            shortfall, paid = settle(p, world)  # before reading the balance, so status shows it after payouts
-        except ChainError as e:
-            raise _chain_failure(e, "paying contributors", conditions) from e
-        status.update(paid)
-        try:
-            balance = world.chain.fund_balance(spec.fund.account, spec.fund.token_contract,
-                                               spec.fund.quantity.symbol)
-            if "last_payout_time" in paid:  # payouts just lowered the registry fund
-                row = world.chain.protocol_row(spec.owner, spec.researcher) or row
-        except (ChainError, ValueError) as e:
-            raise Retry(f"reading the fund balance of {spec.fund.account}: {e}", reason="FundUnreadable",
-                        conditions=[*conditions, condition("Funded", None, "FundUnreadable", str(e))]) from e
-        status["fund_balance"] = balance
-        funded = _funded(balance, row.fund, spec.payout.minimum, spec.fund.account)
-        conditions.append(_commitment(shortfall[0] if shortfall else funded, topup, spec.fund.quantity))
+                row = world.chain.protocol_row(spec.owner, p.chain_name) or row
+            except ChainError as e:
+                raise _chain_failure(e, "paying contributors", conditions) from e
+            status.update(fund_balance=row.balance, escrow=row.free, owed=row.owed, paid_total=row.paid,
+                          deposited=row.deposited, withdrawn=row.withdrawn)
+            conditions.append(shortfall[0] if shortfall else _funded(row, can_still_owe(p, jobs)))
 
     if world.marathon is not None:
         app = dispatcher_app(p.name, world.settings.dispatcher_image,
@@ -130,7 +166,7 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
         except MarathonError as e:
             raise Retry(f"dispatcher app {app['id']}: {e}", reason="MarathonUnavailable",
                         conditions=[*conditions, condition("DispatcherReady", False, "MarathonUnavailable",
-                                                           str(e))]) from e
+                                                           str(e))], status=status) from e
         status["dispatcher"] = app["id"]
         conditions.append(condition("DispatcherReady", True, res.action.capitalize(), f"app {app['id']} {res.action}"))
     else:
@@ -139,36 +175,7 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
     ready = all(c.status != "False" for c in conditions)
     conditions.append(condition("Ready", ready, "Converged" if ready else "NotReady",
                                 "" if ready else "; ".join(c.message for c in conditions if c.status == "False")))
-    active = any(j.spec.protocol == p.name and not (j.status and j.status.phase in ("Succeeded", "Failed"))
-                 for j in world.store.list(Job))
+    active = any(j.spec.protocol == p.name and not (j.status and j.status.phase in TERMINAL) for j in jobs)
     return Result(conditions=conditions, status=status, requeue_after=ACTIVE_RESYNC if active else RESYNC)
 
 
-def _commitment(funded, topup, wanted):
-    """Say on the Funded condition when the spec's fund cannot be followed on chain (not an error:
-    the protocol keeps paying from what the registry holds, and nothing is retried)."""
-    if topup.action == "reduction_ignored":
-        note = (f"spec.fund.quantity {wanted} is below the {topup.funded} already committed on clusterreg: "
-                f"ignored, a commitment is never taken back (contributors were promised the remaining {topup.fund}; "
-                "delete the protocol to end it)")
-        reason = "FundReductionIgnored"
-    elif topup.action == "unknown":
-        note = (f"the clusterreg row predates `funded` (the total committed), so a raised spec.fund.quantity is not "
-                f"added automatically; one clusterreg::addfund by the owner records it (remaining fund {topup.fund})")
-        reason = "FundedUnknown"
-    else:
-        return funded
-    if funded.status == "True":
-        return condition("Funded", True, reason, f"{note}; {funded.message}")
-    return condition("Funded", False if funded.status == "False" else None, funded.reason, f"{funded.message}; {note}")
-
-
-def _funded(balance, commitment, minimum, account: str):
-    """Funded: the fund account holds what the registry still commits to pay (and at least one payout)."""
-    need = commitment if minimum is None or commitment.amount > minimum.amount else minimum
-    if balance.symbol != need.symbol:
-        return condition("Funded", False, "SymbolMismatch", f"{account} holds {balance}, the protocol pays {need.symbol.code}")
-    if balance.amount < need.amount:
-        short = type(need)(need.amount - balance.amount, need.symbol)
-        return condition("Funded", False, "Shortfall", f"{account} holds {balance}; needs {need}: short by {short}")
-    return condition("Funded", True, "Balance", f"{account} holds {balance} (commitment {commitment})")

@@ -5,13 +5,19 @@ Re-exports the public API so callers need one import: `from boidcluster.adapters
 
 from .abi import Abi, AbiError, abi_to_bin, int_to_name, name_to_int
 from .boid import (
+    AcctRow,
+    BatchOutOfSequence,
+    BatchSeqRow,
     BoidChain,
     ChainAuth,
+    EscrowTooLow,
     ContributorRow,
     PayoutResult,
     ProtocolRow,
+    ProtocolTerms,
     RecordResult,
     UnitTime,
+    credit,
     payment,
     unit_id,
 )
@@ -31,8 +37,8 @@ from .rpc import (
 
 __all__ = [
     "Abi", "AbiError", "abi_to_bin", "int_to_name", "name_to_int",
-    "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult", "ProtocolRow", "RecordResult", "UnitTime",
-    "payment", "unit_id",
+    "AcctRow", "BatchOutOfSequence", "BatchSeqRow", "EscrowTooLow", "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult",
+    "ProtocolRow", "ProtocolTerms", "RecordResult", "UnitTime", "credit", "payment", "unit_id",
     "KeyFormatError", "KeyRing", "PrivateKey",
     "ChainAssertion", "ChainError", "ChainUnavailable", "DuplicateTransaction", "MissingAuthority", "NotFound",
     "ResourceExhausted", "RpcClient", "TransactionExpired", "action",

@@ -1,107 +1,160 @@
-"""Typed, idempotent calls on the clusterjobs/clusterreg contracts (contracts/INTERFACE.md).
+"""Typed calls on the clusterjobs/clusterreg contracts, v2 (contracts/INTERFACE.md).
 
 Why it is shaped so: reconcilers converge state and may repeat any step after a crash, so every
-write here is safe to repeat: registering a registered contributor is "done", a unit already
-recorded counts as recorded (never twice: job rows are keyed by a unit id derived from the job,
-the unit and the contributor), deleting what is gone is "done". Units are recorded many `newjob`
-actions per transaction; a batch that hits one duplicate falls back to one action per unit.
-The operator signs with least privilege: its own `operate` permission for clusterjobs, and the
-`boidop` permissions that owners and fund accounts delegate to it (INTERFACE.md, last section).
+operator write here is safe to repeat: registering a registered contributor is "done", deleting
+what is gone is "done", and a recorded batch carries its per-protocol number (`seq`), so sending
+it again is refused by the contract ("batch out of sequence") and read back as already recorded.
+Money never moves with the operator's key: deposits and withdrawals are signed by the user
+(`deposit`, `withdraw` take the signer's permission), payouts only pay what the chain says is owed.
+The operator signs with least privilege: its own `operate` permission.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Sequence
+import re
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterable, Sequence
 
 from boidcluster.model.types import Asset, Symbol
 
 from .abi import name_to_int
 from .rpc import ChainAssertion, ChainError, RpcClient, action
 
-ALREADY_RECORDED = "unit already recorded"
 H = 3_600_000_000  # µs per hour: pay rates are per hour, times are µs
+TYPES = ("worker", "dispatcher")
+_OUT_OF_SEQUENCE = re.compile(r"^batch out of sequence: expected (\d+)$")
 
 
-def unit_id(job_uid: str, unit_index: int, contributor: str) -> int:
-    """The u64 key of one unit's time record: first 8 bytes (big-endian) of sha256."""
+def unit_id(job_uid: str, unit_index: int | str, contributor: str) -> int:
+    """The u64 id of one unit's time in a batch: first 8 bytes (big-endian) of sha256."""
     digest = hashlib.sha256(f"{job_uid}\0{unit_index}\0{contributor}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 
+def credit(time_us: int, rate: Asset, carry: int = 0) -> tuple[Asset, int]:
+    """What `time_us` µs add at `rate` per hour to a contributor carrying `carry` (< H), as
+    clusterreg::credit computes it: (floor((t·r + carry) / H), (t·r + carry) mod H)."""
+    amount, rest = divmod(time_us * rate.amount + carry, H)
+    return Asset(amount, rate.symbol), rest
+
+
 def payment(time_us: int, rate: Asset) -> Asset:
-    """What `time_us` µs pay at `rate` per hour: floor(time × rate / H), as the contracts compute."""
-    return Asset(time_us * rate.amount // H, rate.symbol)
+    """What `time_us` µs are worth at `rate` per hour with nothing carried: floor(t × r / H)."""
+    return credit(time_us, rate)[0]
+
+
+class BatchOutOfSequence(ChainAssertion):
+    """The protocol's next batch number on chain is not the one sent (`expected`)."""
+
+    def __init__(self, expected: int, original: ChainAssertion) -> None:
+        super().__init__(original.message, action=original.action)
+        self.expected = expected
+
+
+class EscrowTooLow(ChainAssertion):
+    """A payout refused because the protocol's escrow holds less than the contributor is owed."""
 
 
 @dataclass(frozen=True)
 class ProtocolRow:
-    """A clusterreg `protocol` row. `fund` is the remaining budget; `funded` the total ever committed
-    (addprotocol's fund plus every addfund; None for a row written before the field existed)."""
+    """A clusterreg `protocol` row (scope owner, key name). Money in the protocol's symbol."""
 
-    title: str
+    name: str
     owner: str
     researcher: str
+    id: int
+    accepted: bool
+    title: str
     datadir: str
-    fundaccount: str
-    fund: Asset
     tokencontract: str
     worker_pay_rate: Asset
     dispatcher_pay_rate: Asset
-    funded: Asset | None = None
-
-    UPDATABLE = ("title", "datadir", "fundaccount", "tokencontract", "worker_pay_rate", "dispatcher_pay_rate")
-
-    @classmethod
-    def from_spec(cls, spec: Any) -> "ProtocolRow":
-        """From a model ProtocolSpec (title, owner, researcher, datadir, fund, pay_rates); the spec's
-        quantity is both the fund a new row starts with and the total commitment wanted (`funded`)."""
-        return cls(
-            title=spec.title, owner=spec.owner, researcher=spec.researcher, datadir=str(spec.datadir),
-            fundaccount=spec.fund.account, fund=spec.fund.quantity, tokencontract=spec.fund.token_contract,
-            worker_pay_rate=spec.pay_rates.worker, dispatcher_pay_rate=spec.pay_rates.dispatcher,
-            funded=spec.fund.quantity,
-        )
+    deposited: Asset
+    balance: Asset
+    owed: Asset
+    paid: Asset
+    withdrawn: Asset
 
     @classmethod
     def from_chain(cls, row: dict[str, Any]) -> "ProtocolRow":
-        # `funded` is a binary extension (`asset$`): absent from rows older than the field
-        return cls(**{f.name: row.get(f.name) if f.name == "funded" else row[f.name] for f in fields(cls)})
+        return cls(**{k: (int(v) if k == "id" else v) for k, v in row.items() if k in cls.__dataclass_fields__})
 
-    def matches(self, other: "ProtocolRow") -> bool:
-        """Same registration. Neither `fund` (payouts lower it) nor `funded` (only `addfund` raises
-        it: BoidChain.ensure_fund) is compared: updprotocol cannot change them."""
-        return all(getattr(self, f) == getattr(other, f) for f in ("owner", "researcher", *self.UPDATABLE))
+    @property
+    def symbol(self) -> Symbol:
+        return self.balance.symbol
+
+    @property
+    def free(self) -> Asset:
+        """Escrow nobody is owed (negative: the balance is short of what is owed)."""
+        return self.balance - self.owed
+
+    def invariant_holds(self) -> bool:
+        """deposited = paid + withdrawn + balance (= paid + owed + withdrawn + free), exactly."""
+        return self.deposited == self.paid + self.withdrawn + self.balance
 
 
 @dataclass(frozen=True)
-class FundResult:
-    """What BoidChain.ensure_fund did.
+class ProtocolTerms:
+    """What a protocol's owner registers: identity, researcher, token, rates."""
 
-    action: 'added' (`added` was committed on top), 'unchanged' (funded == the wanted total),
-    'reduction_ignored' (the wanted total is below `funded`: a commitment is never taken back),
-    'unknown' (the row predates `funded`, so the operator cannot tell what was committed and adds
-    nothing; one `addfund` by hand makes it known). `funded`/`fund` are the row's values afterwards."""
+    owner: str
+    name: str
+    researcher: str
+    title: str
+    datadir: str
+    tokencontract: str
+    worker_pay_rate: Asset
+    dispatcher_pay_rate: Asset
 
-    action: str
-    added: Asset
-    funded: Asset | None
-    fund: Asset
+    @classmethod
+    def from_spec(cls, name: str, spec: Any) -> "ProtocolTerms":
+        return cls(owner=spec.owner, name=name, researcher=spec.researcher, title=spec.title,
+                   datadir=str(spec.datadir), tokencontract=spec.fund.token_contract,
+                   worker_pay_rate=spec.pay_rates.worker, dispatcher_pay_rate=spec.pay_rates.dispatcher)
+
+    def differs(self, row: ProtocolRow) -> list[str]:
+        """Fields of the row that differ from these terms (token contract and symbol cannot change)."""
+        return [f for f in ("researcher", "title", "datadir", "tokencontract", "worker_pay_rate", "dispatcher_pay_rate")
+                if getattr(self, f) != getattr(row, f)]
 
 
 @dataclass(frozen=True)
 class ContributorRow:
-    researcher: str
+    """clusterjobs `worker`/`dispatcher` row (scope protocol id): registered, time contributed."""
+
+    account: str
     total_time: int
-    unpaid_time: int
+
+
+@dataclass(frozen=True)
+class AcctRow:
+    """clusterreg `acct` row (scope protocol id): owed (fixed at recording), paid, carried fraction."""
+
+    account: str
+    owed: Asset
+    paid: Asset
+    carry: int
+
+
+@dataclass(frozen=True)
+class BatchSeqRow:
+    """clusterjobs `batchseq` row: the protocol's last recorded batch and its totals."""
+
+    id: int
+    owner: str
+    name: str
+    seq: int
+    units: int
+    worker_time: int
+    dispatcher_time: int
 
 
 @dataclass(frozen=True)
 class UnitTime:
-    """Time (µs) a worker contributed to one unit of a researcher's job."""
+    """Time (µs) a contributor gave one unit; `id` is unique per unit (unit_id)."""
 
-    worker: str
+    contributor: str
     id: int
     time: int
 
@@ -117,31 +170,22 @@ class RecordResult:
 @dataclass(frozen=True)
 class PayoutResult:
     amount: Asset
-    time_paid: int
     transaction_id: str
 
 
 @dataclass(frozen=True)
 class ChainAuth:
-    """Which permissions the adapter signs with (defaults: INTERFACE.md's least privilege)."""
+    """Which permission the operator signs with (INTERFACE.md's least privilege)."""
 
     operator: str = "boidoperator"
     operator_permission: str = "operate"
-    delegated_permission: str = "boidop"  # owners' and fund accounts' permission for the operator
 
 
 class BoidChain:
-    """The operator's view of the Boid contracts on one chain."""
+    """The contracts on one chain, as the operator and the CLI see them."""
 
-    def __init__(
-        self,
-        rpc: RpcClient,
-        *,
-        jobs: str = "clusterjobs",
-        reg: str = "clusterreg",
-        auth: ChainAuth | None = None,
-        batch_size: int = 50,
-    ) -> None:
+    def __init__(self, rpc: RpcClient, *, jobs: str = "clusterjobs", reg: str = "clusterreg",
+                 auth: ChainAuth | None = None, batch_size: int = 1000) -> None:
         self.rpc = rpc
         self.jobs = jobs
         self.reg = reg
@@ -152,215 +196,181 @@ class BoidChain:
     def _op(self) -> str:
         return f"{self.auth.operator}@{self.auth.operator_permission}"
 
-    def _delegated(self, account: str) -> str:
-        return f"{account}@{self.auth.delegated_permission}"
-
     # --- protocols (clusterreg) ---
-    async def protocol_row(self, owner: str, researcher: str) -> ProtocolRow | None:
-        row = await self.rpc.get_row(self.reg, owner, "protocol", name_to_int(researcher))
+    async def protocol_row(self, owner: str, name: str) -> ProtocolRow | None:
+        row = await self.rpc.get_row(self.reg, owner, "protocol", name_to_int(name))
         return ProtocolRow.from_chain(row) if row else None
 
-    async def put_protocol(self, row: ProtocolRow) -> str:
-        """Create or update the registration; returns 'created', 'updated' or 'unchanged'."""
-        have = await self.protocol_row(row.owner, row.researcher)
-        if have is not None and have.matches(row):
-            return "unchanged"
-        data = {
-            "title": row.title, "owner": row.owner, "researcher": row.researcher, "datadir": row.datadir,
-            "fundaccount": row.fundaccount, "fund": row.fund, "tokencontract": row.tokencontract,
-            "dispatcher_pay_rate": row.dispatcher_pay_rate, "worker_pay_rate": row.worker_pay_rate,
-        }
-        if have is None:
-            await self.rpc.push_action(self.reg, "addprotocol", data, self._delegated(row.owner))
-            return "created"
-        del data["fund"]
-        await self.rpc.push_action(self.reg, "updprotocol", data, self._delegated(row.owner))
-        return "updated"
+    async def require_protocol(self, owner: str, name: str) -> ProtocolRow:
+        row = await self.protocol_row(owner, name)
+        if row is None:
+            raise ChainAssertion(f"unknown protocol {owner}/{name}", action=f"{self.reg}::protocol")
+        return row
 
-    async def add_fund(self, owner: str, researcher: str, quantity: Asset) -> None:
-        """`clusterreg::addfund`: fund and funded both grow by `quantity` (NOT idempotent: use ensure_fund)."""
-        data = {"owner": owner, "researcher": researcher, "quantity": quantity}
-        await self.rpc.push_action(self.reg, "addfund", data, self._delegated(owner))
+    async def protocols(self) -> AsyncIterator[ProtocolRow]:
+        """Every protocol row on the registry (all owners)."""
+        lower = ""
+        while True:
+            page = await self.rpc.call("/v1/chain/get_table_by_scope", {
+                "code": self.reg, "table": "protocol", "lower_bound": lower, "limit": 100})
+            for s in page.get("rows", []):
+                async for row in self.rpc.table_rows(self.reg, s["scope"], "protocol"):
+                    yield ProtocolRow.from_chain(row)
+            lower = page.get("more") or ""
+            if not lower:
+                return
 
-    async def ensure_fund(self, owner: str, researcher: str, total: Asset) -> FundResult:
-        """Make the registry's total commitment (`funded`) at least `total` by adding the difference.
+    async def all_protocols(self) -> list[ProtocolRow]:
+        return [p async for p in self.protocols()]
 
-        Safe to repeat (after a crash, a timeout, a second reconcile): the difference is computed
-        from `funded` on chain each time, and `funded` moves in the same transaction as the fund,
-        so a top-up that landed is seen and never added twice. A lower `total` is ignored: lowering
-        the remaining fund would take back what contributors were promised (there is no action for it).
-        """
-        have = await self.protocol_row(owner, researcher)
-        if have is None:
-            raise ChainAssertion("unknown protocol", action=f"{self.reg}::addfund")
-        if have.funded is None:
-            return FundResult("unknown", Asset(0, have.fund.symbol), None, have.fund)
-        if total.symbol != have.funded.symbol:
-            raise ChainAssertion("quantity symbol must match the fund symbol", action=f"{self.reg}::addfund")
-        if total.amount <= have.funded.amount:
-            action_ = "unchanged" if total.amount == have.funded.amount else "reduction_ignored"
-            return FundResult(action_, Asset(0, total.symbol), have.funded, have.fund)
-        add = total - have.funded
+    async def add_protocol(self, terms: ProtocolTerms, *signers: str) -> dict[str, Any]:
+        """`addprotocol`, signed by the owner (and the researcher too, if given: accepted at once)."""
+        data = {"owner": terms.owner, "name": terms.name, "researcher": terms.researcher, "title": terms.title,
+                "datadir": terms.datadir, "tokencontract": terms.tokencontract,
+                "worker_pay_rate": terms.worker_pay_rate, "dispatcher_pay_rate": terms.dispatcher_pay_rate}
+        return await self.rpc.push_action(self.reg, "addprotocol", data, *(signers or (f"{terms.owner}@active",)))
+
+    async def update_protocol(self, terms: ProtocolTerms, signer: str | None = None) -> dict[str, Any]:
+        data = {"owner": terms.owner, "name": terms.name, "title": terms.title, "datadir": terms.datadir,
+                "worker_pay_rate": terms.worker_pay_rate, "dispatcher_pay_rate": terms.dispatcher_pay_rate}
+        return await self.rpc.push_action(self.reg, "updprotocol", data, signer or f"{terms.owner}@active")
+
+    async def register_protocol(self, terms: ProtocolTerms, *, researcher_signs: bool = False,
+                                owner_signer: str | None = None, researcher_signer: str | None = None) -> list[str]:
+        """Make the registry row match `terms`, signed by the owner (and the researcher, whose
+        signature accepts it); returns what was done: 'created', 'updated', 'accepted' (nothing: [])."""
+        owner_signer = owner_signer or f"{terms.owner}@active"
+        researcher_signer = researcher_signer or f"{terms.researcher}@active"
+        row = await self.protocol_row(terms.owner, terms.name)
+        if row is None:
+            await self.add_protocol(terms, owner_signer, *([researcher_signer] if researcher_signs else []))
+            return ["created", *(["accepted"] if researcher_signs else [])]
+        fixed = [f for f in ("researcher", "tokencontract") if getattr(terms, f) != getattr(row, f)]
+        if fixed or terms.worker_pay_rate.symbol != row.symbol:
+            raise ChainAssertion(
+                f"{terms.owner}/{terms.name} is registered with researcher {row.researcher}, token "
+                f"{row.tokencontract} {row.symbol.code} ({row.symbol.precision} decimals): these are fixed at creation",
+                action=f"{self.reg}::updprotocol")
+        done = []
+        if terms.differs(row):
+            await self.update_protocol(terms, owner_signer)
+            done.append("updated")
+        if not row.accepted and researcher_signs:
+            await self.accept_protocol(terms.owner, terms.name, terms.researcher, researcher_signer)
+            done.append("accepted")
+        return done
+
+    async def accept_protocol(self, owner: str, name: str, researcher: str, signer: str | None = None) -> dict[str, Any]:
+        return await self.rpc.push_action(self.reg, "acceptprot", {"owner": owner, "name": name},
+                                          signer or f"{researcher}@active")
+
+    async def deposit(self, sender: str, owner: str, name: str, quantity: Asset, *, token: str = "eosio.token",
+                      signer: str | None = None) -> dict[str, Any]:
+        """A token transfer into the registry naming the protocol: its escrow grows by `quantity`."""
+        data = {"from": sender, "to": self.reg, "quantity": quantity, "memo": f"{owner}/{name}"}
+        return await self.rpc.push_action(token, "transfer", data, signer or f"{sender}@active")
+
+    async def withdraw(self, owner: str, name: str, quantity: Asset, signer: str | None = None) -> dict[str, Any]:
+        """The owner takes back escrow nobody is owed (the contract refuses more)."""
+        return await self.rpc.push_action(self.reg, "withdraw", {"owner": owner, "name": name, "quantity": quantity},
+                                          signer or f"{owner}@active")
+
+    async def delete_protocol(self, owner: str, name: str, signer: str | None = None) -> bool:
+        """Remove the registration (owner; nothing owed, escrow empty); False when already gone."""
         try:
-            await self.add_fund(owner, researcher, add)
-        except ChainError:
-            # the answer may have been lost after the top-up landed: the row tells
-            after = await self.protocol_row(owner, researcher)
-            if after is None or after.funded is None or after.funded.amount < total.amount:
-                raise
-        after = await self.protocol_row(owner, researcher) or have
-        return FundResult("added", add, after.funded, after.fund)
-
-    async def delete_protocol(self, owner: str, researcher: str) -> bool:
-        """Remove the registration; False when it was already gone."""
-        if await self.protocol_row(owner, researcher) is None:
-            return False
-        try:
-            await self.rpc.push_action(self.reg, "delprotocol", {"owner": owner, "researcher": researcher}, self._delegated(owner))
+            await self.rpc.push_action(self.reg, "delprotocol", {"owner": owner, "name": name},
+                                       signer or f"{owner}@active")
         except ChainAssertion as e:
             if e.message == "unknown protocol":
                 return False
             raise
         return True
 
+    async def acct_row(self, protocol_id: int, account: str) -> AcctRow | None:
+        row = await self.rpc.get_row(self.reg, str(protocol_id), "acct", name_to_int(account))
+        return AcctRow(**row) if row else None
+
+    async def acct_rows(self, protocol_id: int) -> list[AcctRow]:
+        return [AcctRow(**r) async for r in self.rpc.table_rows(self.reg, str(protocol_id), "acct")]
+
     # --- contributors (clusterjobs) ---
-    async def _register(self, act: str, field_name: str, who: str, researcher: str, already: str) -> bool:
+    async def _register(self, act: str, role: str, who: str, owner: str, name: str, tolerated: str) -> bool:
         try:
-            await self.rpc.push_action(self.jobs, act, {field_name: who, "researcher": researcher}, self._op)
+            await self.rpc.push_action(self.jobs, act, {role: who, "owner": owner, "protocol": name}, self._op)
         except ChainAssertion as e:
-            if e.message == already:
+            if e.message == tolerated:
                 return False
             raise
         return True
 
-    async def register_worker(self, worker: str, researcher: str) -> bool:
-        """True if newly registered, False if it already was."""
-        return await self._register("regworker", "worker", worker, researcher, "worker already registered")
+    async def register(self, role: str, account: str, owner: str, name: str) -> bool:
+        """True if newly registered with the protocol, False if it already was."""
+        act = "regworker" if role == "worker" else "regdisptch"
+        return await self._register(act, role, account, owner, name, f"{role} already registered")
 
-    async def unregister_worker(self, worker: str, researcher: str) -> bool:
-        """True if removed, False if it was not registered. Asserts 'worker has unpaid time'."""
-        return await self._register("delworker", "worker", worker, researcher, "worker not registered")
+    async def unregister(self, role: str, account: str, owner: str, name: str) -> bool:
+        """True if removed, False if not registered. Refused while the protocol owes the account."""
+        act = "delworker" if role == "worker" else "deldisptch"
+        return await self._register(act, role, account, owner, name, f"{role} not registered")
 
-    async def register_dispatcher(self, dispatcher: str, researcher: str) -> bool:
-        return await self._register("regdisptch", "dispatcher", dispatcher, researcher, "dispatcher already registered")
-
-    async def unregister_dispatcher(self, dispatcher: str, researcher: str) -> bool:
-        return await self._register("deldisptch", "dispatcher", dispatcher, researcher, "dispatcher not registered")
-
-    async def worker_row(self, worker: str, researcher: str) -> ContributorRow | None:
-        row = await self.rpc.get_row(self.jobs, worker, "worker", name_to_int(researcher))
+    async def contributor_row(self, role: str, protocol_id: int, account: str) -> ContributorRow | None:
+        row = await self.rpc.get_row(self.jobs, str(protocol_id), role, name_to_int(account))
         return ContributorRow(**row) if row else None
 
-    async def dispatcher_row(self, dispatcher: str, researcher: str) -> ContributorRow | None:
-        row = await self.rpc.get_row(self.jobs, dispatcher, "dispatcher", name_to_int(researcher))
-        return ContributorRow(**row) if row else None
+    async def contributor_rows(self, role: str, protocol_id: int) -> list[ContributorRow]:
+        return [ContributorRow(**r) async for r in self.rpc.table_rows(self.jobs, str(protocol_id), role)]
 
-    async def contributor_rows(self, account: str, role: str = "worker") -> list[ContributorRow]:
-        """Every researcher this worker/dispatcher is registered with, and its times."""
-        table = "worker" if role == "worker" else "dispatcher"
-        return [ContributorRow(**r) async for r in self.rpc.table_rows(self.jobs, account, table)]
-
-    async def unit_row(self, researcher: str, id: int, dispatcher: bool = False) -> dict[str, Any] | None:
-        return await self.rpc.get_row(self.jobs, researcher, "dptchlog" if dispatcher else "job", id)
+    async def batch_seq(self, protocol_id: int) -> BatchSeqRow | None:
+        row = await self.rpc.get_row(self.jobs, self.jobs, "batchseq", protocol_id)
+        return BatchSeqRow(**row) if row else None
 
     # --- time records ---
-    async def record_units(self, researcher: str, units: Iterable[UnitTime], *, batch_size: int | None = None) -> RecordResult:
-        """Record completed units' time, many per transaction; duplicates count as `already`."""
-        acts = [
-            action(self.jobs, "newjob", {"researcher": researcher, "worker": u.worker, "id": u.id, "time": u.time}, self._op)
-            for u in units
-        ]
-        return await self._record_batches(acts, batch_size or self.batch_size)
+    def batch_action(self, owner: str, name: str, seq: int, type: str, units: Sequence[UnitTime]) -> dict[str, Any]:
+        if type not in TYPES:
+            raise ValueError(f"type must be one of {TYPES}")
+        ordered = sorted(units, key=lambda u: u.id)
+        return action(self.jobs, "recordbatch", {
+            "owner": owner, "protocol": name, "seq": seq, "type": type,
+            "units": [{"contributor": u.contributor, "id": u.id, "time": u.time} for u in ordered]}, self._op)
 
-    async def record_dispatcher_time(self, researcher: str, dispatcher: str, id: int, time: int) -> bool:
-        """Record one dispatcher time slice; False if that id was already recorded."""
-        result = await self.record_dispatcher_times(researcher, [UnitTime(dispatcher, id, time)])
-        return result.recorded == 1
-
-    async def record_dispatcher_times(self, researcher: str, slices: Iterable[UnitTime], *, batch_size: int | None = None) -> RecordResult:
-        acts = [
-            action(self.jobs, "updatedptch", {"researcher": researcher, "dispatcher": s.worker, "id": s.id, "time": s.time}, self._op)
-            for s in slices
-        ]
-        return await self._record_batches(acts, batch_size or self.batch_size)
-
-    async def _record_batches(self, acts: Sequence[dict[str, Any]], batch_size: int) -> RecordResult:
-        result = RecordResult()
-        for start in range(0, len(acts), batch_size):
-            batch = acts[start : start + batch_size]
-            try:
-                out = await self.rpc.push_transaction(batch)
-                result.recorded += len(batch)
-                result.transactions += 1
-                result.trx_ids.append(out["transaction_id"])
-                continue
-            except ChainAssertion as e:
-                if e.message != ALREADY_RECORDED:
-                    raise
-            for one in batch:  # some were recorded before: settle them one by one
-                try:
-                    out = await self.rpc.push_transaction([one])
-                except ChainAssertion as e:
-                    if e.message != ALREADY_RECORDED:
-                        raise
-                    result.already += 1
-                    continue
-                result.recorded += 1
-                result.transactions += 1
-                result.trx_ids.append(out["transaction_id"])
-        return result
-
-    async def remove_unit(self, researcher: str, worker: str, id: int) -> bool:
-        """Retract a recorded unit (e.g. rejected by the quorum); False if it was not recorded."""
+    async def record_batch(self, owner: str, name: str, seq: int, type: str, units: Sequence[UnitTime]) -> str:
+        """Record batch `seq` (must be the chain's last + 1); returns the transaction id.
+        Raises BatchOutOfSequence (with the number the chain expects) if it is not."""
         try:
-            await self.rpc.push_action(self.jobs, "removejob", {"researcher": researcher, "worker": worker, "id": id}, self._op)
+            out = await self.rpc.push_transaction([self.batch_action(owner, name, seq, type, units)])
         except ChainAssertion as e:
-            if e.message == "unit not recorded":
-                return False
+            m = _OUT_OF_SEQUENCE.match(e.message)
+            if m:
+                raise BatchOutOfSequence(int(m.group(1)), e) from None
             raise
-        return True
+        return out.get("transaction_id", "")
 
     # --- money ---
-    async def payout(self, owner: str, researcher: str, contributor: str, type: str = "worker", *, funder: str | None = None) -> PayoutResult | None:
-        """Pay the contributor's unpaid time from the protocol's fund; None if nothing is owed."""
-        if funder is None:
-            row = await self.protocol_row(owner, researcher)
-            if row is None:
-                raise ChainAssertion("unknown protocol", action=f"{self.jobs}::payout")
-            funder = row.fundaccount
-        data = {"owner": owner, "funder": funder, "researcher": researcher, "contributor": contributor, "type": type}
+    async def payout(self, owner: str, name: str, contributor: str, signer: str | None = None) -> PayoutResult | None:
+        """Pay everything the protocol owes `contributor`; None if nothing is owed."""
         try:
-            out = await self.rpc.push_action(self.jobs, "payout", data, self._delegated(funder))
+            out = await self.rpc.push_action(self.reg, "payout", {"owner": owner, "name": name, "contributor": contributor},
+                                             signer or self._op)
         except ChainAssertion as e:
             if e.message == "nothing to pay":
                 return None
+            if e.message.startswith("escrow too low"):
+                raise EscrowTooLow(e.message, action=e.action) from None
             raise
-        return await self._payout_result(out)
-
-    async def _payout_result(self, out: dict[str, Any]) -> PayoutResult:
-        if out.get("duplicate"):
-            # a retry found the first attempt applied, but its trace was lost with the answer
-            raise ChainError(
-                f"payout {out.get('transaction_id')} was applied but its trace was lost: read the balances",
-                action=f"{self.jobs}::payout",
-            )
-        amount: Asset | None = None
-        time_paid = 0
+        amount = None
         for t in _walk_traces((out.get("processed") or {}).get("action_traces", [])):
             act = t["act"]
-            if t.get("receiver") != act["account"]:
-                continue  # notifications repeat the action
-            if act["account"] == self.reg and act["name"] == "payout":
-                data = (await self.rpc.get_abi(self.reg)).decode_action("payout", bytes.fromhex(act["hex_data"]))
-                time_paid = data["unpaid_time"]
-            elif act["name"] == "transfer":
+            if t.get("receiver") == act["account"] and act["name"] == "transfer":
                 data = (await self.rpc.get_abi(act["account"])).decode_action("transfer", bytes.fromhex(act["hex_data"]))
                 amount = data["quantity"]
         if amount is None:
-            raise ChainAssertion("payout made no transfer", action=f"{self.jobs}::payout")
-        return PayoutResult(amount=amount, time_paid=time_paid, transaction_id=out.get("transaction_id", ""))
+            # a retry found the first attempt applied and its trace lost: the chain rows are the record
+            raise ChainError(f"payout {out.get('transaction_id')} applied, its trace lost: read the acct row",
+                             action=f"{self.reg}::payout")
+        return PayoutResult(amount=amount, transaction_id=out.get("transaction_id", ""))
 
-    async def fund_balance(self, account: str, token_contract: str = "eosio.token", symbol: Symbol | str = Symbol("BOID", 4)) -> Asset:
+    async def fund_balance(self, account: str, token_contract: str = "eosio.token",
+                           symbol: Symbol | str = Symbol("BOID", 4)) -> Asset:
         """The account's balance of `symbol` from the token contract's `accounts` table (0 if none)."""
         if isinstance(symbol, str):
             precision, _, code = symbol.partition(",")
@@ -383,6 +393,6 @@ def _walk_traces(traces: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
 
 
 __all__ = [
-    "BoidChain", "ChainAuth", "ContributorRow", "FundResult", "PayoutResult", "ProtocolRow", "RecordResult",
-    "UnitTime", "payment", "unit_id",
+    "AcctRow", "BatchOutOfSequence", "EscrowTooLow", "BatchSeqRow", "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult",
+    "ProtocolRow", "ProtocolTerms", "RecordResult", "UnitTime", "credit", "payment", "unit_id",
 ]

@@ -43,8 +43,9 @@ PREACTIVATE = "0ec7e080177b2c02b278d5088611686b49d739925a92d9bfcacd7fc6b74053bd"
 TOKEN_SYMBOL = "4,BOID"
 MAX_SUPPLY = "1000000000.0000 BOID"
 
-OPERATOR_ACTIONS = ("regworker", "delworker", "regdisptch", "deldisptch", "newjob", "removejob", "updatedptch")
-OWNER_ACTIONS = ("addprotocol", "updprotocol", "addfund", "delprotocol")
+OPERATOR_ACTIONS = ("regworker", "delworker", "regdisptch", "deldisptch", "recordbatch")  # on clusterjobs
+OPERATOR_REG_ACTIONS = ("payout",)  # on clusterreg: pays only what the chain says is owed
+V2_ACTION = "acceptprot"  # an ABI of clusterreg without it is v1 (rows of another layout)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class DemoAccounts:
     operator: str = "boidoperator"
     owner: str = "boidteam"
     researcher: str = "researcher1"
-    fund: str = "boidfund"
+    fund: str = "boidfund"  # a demo account holding tokens (v1's fund account; v2 funds into escrow)
     workers: tuple[str, ...] = ("alice", "bob", "carol")  # the example Contributors
     dispatchers: tuple[str, ...] = ("dispatcher1",)
     fund_amount: str = "1000000.0000 BOID"
@@ -203,14 +204,23 @@ class LocalChain:
         return ring
 
     def operator_keys(self) -> KeyRing:
-        """Only the operator's least-privilege key (boidoperator@operate; owner/fund @boidop)."""
+        """Only the operator's least-privilege key (boidoperator@operate). No owner, researcher or
+        fund permission is delegated to it: users sign their own deposits and withdrawals."""
         km = self._key_material()
-        a = self.accounts
         ring = KeyRing()
-        ring.add(km["operator"], f"{a.operator}@operate")
-        ring.labels[f"{a.owner}@boidop"] = km["operator"].public_key
-        ring.labels[f"{a.fund}@boidop"] = km["operator"].public_key
+        ring.add(km["operator"], f"{self.accounts.operator}@operate")
         return ring
+
+    def write_user_keys(self, path: str | os.PathLike[str]) -> None:
+        """The demo users' key file (mode 0600), one 'account@active KEY' line per account, the
+        format a user's own key file has (KeyRing.write would drop the labels of a shared key)."""
+        key = self._key_material()["demo"]
+        a = self.accounts
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# the demo users' own key: boidctl fund / boidctl withdraw sign with it\n")
+            for acct in (a.owner, a.researcher, a.fund):
+                f.write(f"{acct}@active {key.reveal()}\n")
 
     def demo_public_key(self) -> str:
         return self._key_material()["demo"].public_key
@@ -489,8 +499,10 @@ class Bootstrapper:
         await self.deploy(self.a.token, contracts / "eosio.token" / "eosio.token.wasm", contracts / "eosio.token" / "eosio.token.abi")
         await self.ensure_token()
         await self.ensure_balance(self.a.fund, self.a.fund_amount)
+        await self.ensure_balance(self.a.owner, self.a.fund_amount)  # the demo sponsor funds its protocol
         if self.chain.contracts_built():
             build = self.chain.contracts_dir
+            await self.refuse_v1_state()
             for c in (self.a.jobs, self.a.reg):
                 await self.deploy(c, build / f"{c}.wasm", build / f"{c}.abi")
             await self.connect_contracts()
@@ -595,24 +607,36 @@ class Bootstrapper:
             await self.rpc.push_action(self.a.jobs, "conntoreg", {"registry_contract": self.a.reg, "operator": self.a.operator}, f"{self.a.jobs}@active")
             self.done.append("conntoreg")
         cfg = await self.rpc.get_row(self.a.reg, self.a.reg, "config", 0)
-        if cfg is None or cfg.get("jobs_contract") != self.a.jobs:
-            await self.rpc.push_action(self.a.reg, "conntojobs", {"jobs_contract": self.a.jobs}, f"{self.a.reg}@active")
+        if cfg is None or cfg.get("jobs_contract") != self.a.jobs or cfg.get("operator") != self.a.operator:
+            await self.rpc.push_action(self.a.reg, "conntojobs", {"jobs_contract": self.a.jobs, "operator": self.a.operator},
+                                       f"{self.a.reg}@active")
             self.done.append("conntojobs")
+
+    async def refuse_v1_state(self) -> None:
+        """Contracts v2 read rows of another layout than v1 wrote: deploying v2 over a chain that
+        holds v1 protocols would misread them, so say what to do instead."""
+        if await self.rpc.get_code_hash(self.a.reg) == "0" * 64:
+            return
+        abi = await self.rpc.get_abi(self.a.reg, refresh=True)
+        if V2_ACTION in abi.actions:
+            return
+        page = await self.rpc.call("/v1/chain/get_table_by_scope", {"code": self.a.reg, "table": "protocol", "limit": 1})
+        if page.get("rows"):
+            raise RuntimeError(
+                f"the chain in {self.chain.state_dir} holds protocols of contracts v1 (funds in fund accounts), "
+                "which contracts v2 (escrow) cannot read: pay and remove them with the old version, or start a "
+                f"fresh chain (stop the cluster and delete {self.chain.state_dir / 'data'})")
 
     async def ensure_permissions(self) -> None:
         a = self.a
         op_pub = self.chain.operator_keys().public_key_for(f"{a.operator}@operate")
         assert op_pub is not None
-        await self.ensure_code_permission(a.jobs, a.jobs)
-        await self.ensure_code_permission(a.fund, a.reg)
+        await self.ensure_code_permission(a.jobs, a.jobs)  # inline clusterreg::credit
+        await self.ensure_code_permission(a.reg, a.reg)  # inline transfers from the registry's own balance
         await self.ensure_permission(a.operator, "operate", {"keys": [{"key": op_pub, "weight": 1}], "accounts": []})
-        delegate = {"keys": [], "accounts": [{"permission": {"actor": a.operator, "permission": "operate"}, "weight": 1}]}
-        await self.ensure_permission(a.owner, "boidop", delegate)
-        await self.ensure_permission(a.fund, "boidop", delegate)
         if self.chain.contracts_built():
             await self.ensure_links(a.operator, "operate", a.jobs, OPERATOR_ACTIONS)
-            await self.ensure_links(a.owner, "boidop", a.reg, OWNER_ACTIONS)
-            await self.ensure_links(a.fund, "boidop", a.jobs, ("payout",))
+            await self.ensure_links(a.operator, "operate", a.reg, OPERATOR_REG_ACTIONS)
 
     async def _permissions(self, account: str) -> dict[str, dict[str, Any]]:
         acct = await self.rpc.get_account(account)
