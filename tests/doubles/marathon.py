@@ -40,8 +40,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import jsonschema
 
 from .http import HttpDouble
+from .specs import specs_dir
 
-SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs" / "marathon"
+SPECS = specs_dir() / "marathon"
 SCHEMA_PATH = SPECS / "jsonschema-v1.7.236" / "AppDefinition.json"
 
 

@@ -55,7 +55,9 @@ from typing import Any, Callable
 
 from kazoo.client import KazooClient
 
-SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs" / "mesos"
+from .specs import specs_dir
+
+SPECS = specs_dir() / "mesos"
 PROTO_FILES = (SPECS / "proto" / "v1" / "mesos.proto", SPECS / "proto" / "v1" / "scheduler" / "scheduler.proto")
 
 
