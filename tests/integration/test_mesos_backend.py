@@ -15,7 +15,7 @@ from kazoo.client import KazooClient
 
 from boidcluster.adapters.backend import Backend, TaskResources, TaskSpec, TaskUpdate
 from boidcluster.adapters.mesos import MesosBackend, check_constraints, constraints_ok
-from doubles.mesos_master import MesosCluster, MesosMasterDouble, register_master
+from doubles.mesos_master import MesosCluster, MesosMasterDouble, effective_argv, register_master
 
 ROLE = "proto-a"
 
@@ -135,7 +135,10 @@ def test_docker_containerizer_option(master: MesosMasterDouble, backends: Callab
     b = backends(master.url, container="DOCKER")
     b.submit(spec("t1", image="busybox"))
     Collector(b).wait_state("t1", "FINISHED")
-    assert launched_infos(master.cluster)["t1"]["container"] == {"type": "DOCKER", "docker": {"image": "busybox"}}
+    info = launched_infos(master.cluster)["t1"]
+    assert info["container"] == {"type": "DOCKER", "docker": {"image": "busybox"}}
+    # docker run IMAGE value arguments... (docker.cpp:1054-1060): argv[0] once, not twice
+    assert effective_argv(info, master.cluster.agent_by_account("alice")) == ["sh", "-c", "echo hi"]
 
 
 def test_declines_offers_nothing_fits_and_agents_without_account(master: MesosMasterDouble,
@@ -270,9 +273,12 @@ def test_agent_lost_gives_lost_updates(master: MesosMasterDouble, backends: Call
     b.submit(spec("b", resources=TaskResources(cpus=1, mem=64)))
     col.wait(lambda s: sum(u.state == "RUNNING" for u in s) == 2)
     on_alice = next(u.task_id for u in col.seen if u.state == "RUNNING" and u.contributor == "alice")
-    c.lose_agent(alice.id, state="TASK_UNREACHABLE")
+    c.lose_agent(alice.id)
     lost = col.wait_state(on_alice, "LOST")
     assert lost.contributor == "alice"
+    # PARTITION_AWARE: the master says TASK_UNREACHABLE; reported LOST with the machine's reason
+    assert c.tasks[on_alice].state == "TASK_UNREACHABLE"
+    assert lost.reason == "REASON_AGENT_REMOVED" and lost.cause is None
     assert b.contributors() == ["bob"]
     time.sleep(0.3)
     assert [u.state for u in col.seen if u.task_id == on_alice].count("LOST") == 1   # reported once
@@ -587,7 +593,7 @@ def test_close_kills_running_tasks(master: MesosMasterDouble, backends: Callable
     col = Collector(b)
     b.submit(spec("t1"))
     col.wait_state("t1", "RUNNING")
-    b.close()
+    b.close(kill_running=True)
     assert c.tasks["t1"].state == "TASK_KILLED"
 
 
@@ -601,7 +607,7 @@ def test_double_rejects_invalid_calls_like_the_master(master: MesosMasterDouble)
         assert r.status_code == 400 and "unknown field 'rolez'" in r.text
         r = client.post(url, json={"type": "DECLINE", "framework_id": {"value": "f"}, "decline": {}},
                         headers={"Mesos-Stream-Id": "nope"})
-        assert r.status_code == 403
+        assert r.status_code == 400 and r.text == "Framework cannot be found"   # master/http.cpp:616-619
         r = client.post(url, json={"type": "KILL", "framework_id": {"value": "f"}})
         assert r.status_code == 400 and "Expecting 'kill' to be present" in r.text
         r = client.post(url, json={"type": "REVIVE", "framework_id": {"value": "f"},
@@ -609,5 +615,5 @@ def test_double_rejects_invalid_calls_like_the_master(master: MesosMasterDouble)
         assert r.status_code == 400 and "unknown field 'role'" in r.text   # the proto has `roles`
         r = client.post(url, content=b"{}", headers={"Content-Type": "text/plain"})
         assert r.status_code == 415
-    assert len(master.validation_errors) == 5
+    assert len(master.validation_errors) == 6
     master.validation_errors.clear()
