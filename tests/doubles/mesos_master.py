@@ -401,6 +401,11 @@ class MesosCluster:
         # leader knows nothing of them or their tasks until they do (high-availability-framework-
         # guide.md "Agent Reregistration"; master.cpp:9024-9033 case (2): no reconcile answer).
         self.recovering: dict[str, float] = {}    # agent id -> when it re-registers (monotonic)
+        # --authenticate_http_frameworks with --credentials: principal -> secret. Every scheduler
+        # call then needs HTTP Basic credentials (libprocess authenticator.cpp:80-92: 401 with
+        # WWW-Authenticate: Basic realm="mesos-master-scheduler", master/constants.hpp:168), and
+        # FrameworkInfo.principal, when set, must be the authenticated one (validation.cpp:748-760).
+        self.credentials: dict[str, str] | None = None
         self.offer_timeout = offer_timeout
         # When set, a launched task is "run" by calling executor(task_info, agent) on a thread; it
         # returns the terminal state and message (the test plays the agent's command executor).
@@ -1075,6 +1080,17 @@ class MesosMasterDouble:
         if not isinstance(call, dict):
             self.cluster.validation_errors.append("call is not a JSON object")
             return h._plain(400, "Failed to convert JSON into Call protobuf: not an object")
+        principal = None
+        if self.cluster.credentials is not None:
+            principal = self._authenticate(h.headers.get("Authorization") or "")
+            if principal is None:
+                return h._plain(401, "", {"WWW-Authenticate": 'Basic realm="mesos-master-scheduler"'})
+            info = ((call.get("subscribe") or {}).get("framework_info") or {})
+            if "principal" in info and info["principal"] != principal:
+                msg = (f"Authenticated principal '{principal}' does not match principal "
+                       f"'{info['principal']}' set in `FrameworkInfo`")
+                self.cluster.validation_errors.append(msg)
+                return h._plain(400, "Failed to validate scheduler::Call: " + msg)
         code, msg, stream = self.cluster.handle_call(call, h.headers.get("Mesos-Stream-Id"))
         if stream is None:
             if code == 202:
@@ -1084,6 +1100,17 @@ class MesosMasterDouble:
                 return
             return h._plain(code, msg)
         self._serve_stream(h, stream)
+
+    def _authenticate(self, header: str) -> str | None:
+        scheme, _, token = header.partition(" ")
+        if scheme != "Basic":
+            return None
+        try:
+            user, _, password = base64.b64decode(token).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        creds = self.cluster.credentials or {}
+        return user if user in creds and creds[user] == password else None
 
     def _serve_stream(self, h: Any, stream: _Stream) -> None:
         stream.sock = h.connection
@@ -1119,7 +1146,12 @@ class MesosMasterDouble:
                     h.wfile.write(b"0\r\n\r\n")
                     h.wfile.flush()
                     return
-        except OSError:
+        except OSError:   # the scheduler closed the connection: the framework is disconnected
+            with self.cluster.lock:   # and its failover timeout starts (master.cpp exited())
+                for fw in self.cluster.frameworks.values():
+                    if fw.stream is stream:
+                        fw.stream = None
+                        fw.disconnected_at = time.monotonic()
             return
 
 

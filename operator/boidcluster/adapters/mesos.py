@@ -390,6 +390,7 @@ class MesosBackend:
         self._acks: queue.Queue[dict | None] = queue.Queue()   # order-free: several senders
 
         self.framework_id: str | None = self._load_framework_id()
+        self._fid_saved = self.framework_id is not None
         self._agent_accounts: dict[str, str] = self._load_agent_accounts()
         self.master_url: str | None = None
         self.stream_id: str | None = None
@@ -881,9 +882,12 @@ class MesosBackend:
         if kind == "SUBSCRIBED":
             sub = ev["subscribed"]
             fid = sub["framework_id"]["value"]
-            if fid != self.framework_id:
+            if fid != self.framework_id or not self._fid_saved:
+                # durable before anything is launched under it: if ZooKeeper fails here the
+                # subscription ends and is retried (a restart must find the id)
                 self.framework_id = fid
                 self._save_framework_id(fid)
+                self._fid_saved = True
             self.heartbeat_interval = float(sub.get("heartbeat_interval_seconds") or 15.0)
             with self._lock:
                 self.subscriptions += 1
@@ -938,6 +942,7 @@ class MesosBackend:
         log.warning("mesos: framework %s was removed by the master; subscribing as a new framework", dead)
         with self._lock:
             self.framework_id = None
+            self._fid_saved = False
             self._tasks_parent = False
             for t in list(self._tasks.values()):
                 if t.state in ("STAGING", "RUNNING", "UNKNOWN"):
