@@ -16,7 +16,22 @@ app_list.json, deployments.json, deployments_result.json) and docs/deployments.m
   one or more deployments..." with ``deployments: [{"id"}]``, unless ``?force=true`` (which cancels).
 * GET /v2/apps/{id} answers ``{"app": {...}}`` as real Marathon does (the RAML example shows an app
   list there); apps are shown with Marathon's defaults filled in and service ports assigned.
-* ``?id=`` on GET /v2/apps filters ids that *contain* the value (RAML: "is or contains").
+* ``?id=`` on GET /v2/apps filters ids that *contain* the value, ignoring case (RAML: "is or
+  contains"; api/v2/AppsResource.scala:501-505 containCaseInsensitive).
+* Semantic validation after the schema, as Marathon's validators do (each a 422 with details):
+  PathId rules (state/PathId.scala:212-223), constraints (api/v2/validation/
+  SchedulingValidation.scala:82-187, e.g. ``["hostname", "UNIQUE", ""]``: "UNIQUE does not accept
+  a value"), ``uris`` and ``fetch`` together (api/v2/AppNormalization.scala:37-41).
+* Stored in Marathon's canonical form (AppNormalization.scala:20-95): ``uris`` -> ``fetch``,
+  ``ports`` -> ``portDefinitions``, ``container.docker.network``/``ipAddress`` -> ``networks``,
+  ``container.docker.portMappings`` -> ``container.portMappings``, a health check without port
+  gets ``portIndex: 0``; so a GET never shows those deprecated fields.
+* A deployment finishes only while every app it affects is healthy: ``healthy(app) -> bool`` (the
+  test's stand-in for the app's tasks passing their health checks; docs/deployments.md, a
+  deployment step completes once the new tasks are healthy).
+* 403 when ``max_running_deployments`` deployments already run (GroupManagerImpl.scala:194-202,
+  MarathonExceptionMapper.scala:113); 409 with ``deployments`` for a locked app (:77-78) and 409
+  ConflictingChange "An app with id [..] already exists." (AppsResource.scala:124, mapper :110).
 
 Strictness beyond Marathon: a body ``id`` that differs from the URL id is rejected (422).
 """
@@ -27,6 +42,7 @@ import copy
 import datetime as dt
 import functools
 import json
+import re
 import socket
 import threading
 import time
@@ -34,7 +50,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import jsonschema
@@ -105,8 +121,12 @@ class MarathonDouble(HttpDouble):
 
     thread_name = "marathon-double"
 
-    def __init__(self, *, deployment_polls: int | None = 1, deployment_seconds: float | None = None) -> None:
+    def __init__(self, *, deployment_polls: int | None = 1, deployment_seconds: float | None = None,
+                 max_running_deployments: int = 100,
+                 healthy: "Callable[[dict], bool] | None" = None) -> None:
         super().__init__()
+        self.max_running_deployments = max_running_deployments   # --max_running_deployments, default 100
+        self.healthy = healthy or (lambda app: True)
         self.deployment_polls = deployment_polls
         self.deployment_seconds = deployment_seconds
         self.requests: list[RecordedRequest] = []
@@ -146,7 +166,7 @@ class MarathonDouble(HttpDouble):
         for dep in list(self._deployments.values()):
             by_polls = self.deployment_polls is not None and dep.polls >= self.deployment_polls
             by_time = self.deployment_seconds is not None and now - dep.started >= self.deployment_seconds
-            if by_polls or by_time:
+            if (by_polls or by_time) and all(self.healthy(self._show(a)) for a in dep.apps if a in self._apps):
                 self._finish(dep.id)
 
     def _finish(self, dep_id: str) -> None:
@@ -168,6 +188,14 @@ class MarathonDouble(HttpDouble):
         for d in locks:  # force: cancel without rollback
             self._deployments.pop(d.id, None)
 
+    def _check_deployments(self, force: bool) -> None:
+        if not force and len(self._deployments) >= self.max_running_deployments:
+            raise _Answer(403, {"message": f"Max number ({self.max_running_deployments}) of running deployments is "
+                                           "achieved. Wait for existing deployments to complete or cancel one"
+                                           "using force=true parameter. You can increase max deployment number by "
+                                           "using --max_running_deployments parameter but be advised that this can "
+                                           "have negative effects on the performance."})
+
     def _deploy(self, action: str, app_id: str, before: dict | None) -> _Deployment:
         dep = _Deployment(str(uuid.uuid4()), _now(), action, [app_id], {app_id: copy.deepcopy(before)})
         self._deployments[dep.id] = dep
@@ -180,13 +208,15 @@ class MarathonDouble(HttpDouble):
         details = [{"path": "/" + "/".join(str(p) for p in e.absolute_path), "errors": [e.message]} for e in errors]
         if not errors and url_id is not None and "id" in body and _norm(body["id"]) != url_id:
             details = [{"path": "/id", "errors": [f"id {body['id']!r} does not match the URL id {url_id!r}"]}]
+        if not details:
+            details = semantic_errors(body, url_id)
         if details:
             self.validation_failures.append({"method": method, "path": path, "body": body, "details": details})
             raise _Answer(422, {"message": "Object is not valid", "details": details})
         return body
 
     def _store(self, app_id: str, definition: dict) -> None:
-        app = copy.deepcopy(definition)
+        app = canonical(copy.deepcopy(definition))
         app["id"] = app_id
         for pd in app.get("portDefinitions", []):
             if pd.get("port", 0) == 0:
@@ -224,6 +254,7 @@ class MarathonDouble(HttpDouble):
                 if app_id in self._apps:
                     raise _Answer(409, {"message": f"An app with id [{app_id}] already exists."})
                 self._check_lock(app_id, force)
+                self._check_deployments(force)
                 self._store(app_id, app)
                 dep = self._deploy("StartApplication", app_id, None)
                 return 201, self._show(app_id), {"Marathon-Deployment-Id": dep.id}
@@ -237,11 +268,13 @@ class MarathonDouble(HttpDouble):
                 app = self._validate(method, path, body, app_id)
                 before = copy.deepcopy(self._apps.get(app_id))
                 self._check_lock(app_id, force)
+                self._check_deployments(force)
                 if before is None:
                     self._store(app_id, app)
                     dep = self._deploy("StartApplication", app_id, None)
                     return 201, {"deploymentId": dep.id, "version": self._meta[app_id]["version"]}, {"Marathon-Deployment-Id": dep.id}
-                merged = {**before, **app} if params.get("partialUpdate", "true") != "false" else dict(app)
+                merged = {**before, **canonical(copy.deepcopy(app))} if params.get("partialUpdate", "true") != "false" \
+                    else dict(app)
                 scale_only = {k: v for k, v in merged.items() if k != "instances"} == {k: v for k, v in before.items() if k != "instances"}
                 self._store(app_id, merged if not scale_only else {**before, "instances": merged.get("instances", 1)})
                 dep = self._deploy("ScaleApplication" if scale_only else "RestartApplication", app_id, before)
@@ -279,9 +312,9 @@ class MarathonDouble(HttpDouble):
 
     def _matches(self, app_id: str, params: dict[str, str]) -> bool:
         app = self._apps[app_id]
-        if "id" in params and params["id"] not in app_id:
+        if "id" in params and params["id"].lower() not in app_id.lower():
             return False
-        if "cmd" in params and params["cmd"] not in (app.get("cmd") or ""):
+        if "cmd" in params and params["cmd"].lower() not in (app.get("cmd") or "").lower():
             return False
         for selector in filter(None, (s.strip() for s in params.get("label", "").split(","))):
             labels = app.get("labels", {})
@@ -296,6 +329,94 @@ class MarathonDouble(HttpDouble):
             if not ok:
                 return False
         return True
+
+
+_PATH_LABEL = r"([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])"
+_PATH_SEGMENT = re.compile(rf"^({_PATH_LABEL}\.)*{_PATH_LABEL}|(\.|\.\.)$")   # PathId.scala:212-213
+_RESERVED = ("restart", "tasks", "versions", ".", "..")                           # PathId.scala:219
+_OPERATORS = ("UNIQUE", "CLUSTER", "GROUP_BY", "LIKE", "MAX_PER", "UNLIKE", "IS")
+_IS_VALUE = re.compile(r"^[a-zA-Z0-9_/.-]*$")                                       # SchedulingValidation.scala:174
+
+
+def _constraint_error(c: list) -> str | None:
+    """complyWithAppConstraintRules (SchedulingValidation.scala:143-166, rules :82-127)."""
+    if len(c) < 2 or len(c) > 3:
+        return "Each constraint must have either 2 or 3 fields"
+    field_name, op, value = c[0], c[1], (c[2] if len(c) > 2 else None)
+    if not field_name:
+        return "illegal constraint specification"
+    op = str(op).upper()
+    if op not in _OPERATORS:
+        return "operator must be one of the following UNIQUE, CLUSTER, GROUP_BY, LIKE, MAX_PER, UNLIKE or IS"
+    if op == "UNIQUE" and value is not None:
+        return "UNIQUE does not accept a value"
+    if op == "GROUP_BY" and value is not None and not re.fullmatch(r"[+-]?\d+", value):
+        return "GROUP BY must define an integer value or else no value at all"
+    if op == "MAX_PER" and (value is None or not re.fullmatch(r"[+-]?\d+", value)):
+        return "MAX_PER requires an integer value"
+    if op in ("LIKE", "UNLIKE"):
+        if value is None:
+            return "LIKE and UNLIKE require a non-empty, regular expression value"
+        try:
+            re.compile(value)
+        except re.error:
+            return "is not a valid regular expression"
+    if op == "IS" and not _IS_VALUE.match(value or ""):
+        return ("IS only supports Mesos text and float values "
+                "(see http://mesos.apache.org/documentation/latest/attributes-resources/)")
+    return None
+
+
+def semantic_errors(body: dict, url_id: str | None) -> list[dict]:
+    """What Marathon's validators reject after the JSON schema (module docstring)."""
+    details: list[dict] = []
+    app_id = body.get("id", url_id)
+    if app_id is not None:
+        path = [p for p in str(app_id).strip("/").split("/") if p != ""]
+        if not path:
+            details.append({"path": "/id", "errors": ["Path must contain at least one path element"]})
+        elif not all(_PATH_SEGMENT.fullmatch(p) for p in path):
+            details.append({"path": "/id", "errors": [
+                f"must fully match regular expression '{_PATH_SEGMENT.pattern}'"]})
+        elif path[-1] in _RESERVED:
+            details.append({"path": "/id", "errors": [
+                "must not end with any of the following reserved keywords: " + ", ".join(_RESERVED)]})
+    for n, c in enumerate(body.get("constraints") or []):
+        error = _constraint_error(list(c))
+        if error:
+            details.append({"path": f"/constraints({n})", "errors": [error]})
+    if body.get("uris") and body.get("fetch"):
+        details.append({"path": "/", "errors": ["cannot specify both uris and fetch fields"]})
+    return details
+
+
+def canonical(app: dict) -> dict:
+    """Translate deprecated fields as Marathon's AppNormalization.forDeprecated does (:20-95)."""
+    uris = app.pop("uris", None)
+    if uris:
+        app["fetch"] = [{"uri": u, "extract": u.endswith((".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz",
+                                                             ".tar.xz", ".zip")),
+                         "executable": False, "cache": False} for u in uris]
+    ports = app.pop("ports", None)
+    if ports is not None and "portDefinitions" not in app:
+        app["portDefinitions"] = [{"port": p, "protocol": "tcp"} for p in ports]
+    ip_address = app.pop("ipAddress", None)
+    container = app.get("container")
+    docker = (container or {}).get("docker") or {}
+    network = docker.pop("network", None)
+    if "portMappings" in docker:
+        container["portMappings"] = docker.pop("portMappings")
+    if "networks" not in app:
+        if network == "BRIDGE":
+            app["networks"] = [{"mode": "container/bridge"}]
+        elif network == "USER" or ip_address is not None:
+            app["networks"] = [{"mode": "container", **({"name": ip_address["networkName"]}
+                                                       if ip_address and ip_address.get("networkName") else {})}]
+    has_ports = bool(app.get("portDefinitions")) or bool((container or {}).get("portMappings"))
+    if has_ports:   # normalizeHealthChecks (:20-31): portIndex 0 when neither port nor portIndex
+        app["healthChecks"] = [hc if hc.get("protocol") == "COMMAND" or "port" in hc or "portIndex" in hc
+                               else {**hc, "portIndex": 0} for hc in app.get("healthChecks", [])]
+    return app
 
 
 def _norm(app_id: str) -> str:

@@ -91,10 +91,16 @@ def test_marathon_app_validates_against_app_definition_schema(path):
 def test_dispatcher_json_is_what_dispatcher_app_builds():
     app = json.loads((DEPLOY / "marathon" / "dispatcher.json").read_text())
     protocol = app["env"]["BOID_PROTOCOL"]
+    own = {"BOID_PROTOCOL", "BOID_CHAIN_KEYS_FILE", "BOID_MESOS_SECRET_FILE"}
     built = dispatcher_app(protocol, app["container"]["docker"]["image"],
-                           env={k: v for k, v in app["env"].items() if k != "BOID_PROTOCOL"},
+                           env={k: v for k, v in app["env"].items() if k not in own},
                            args=["dispatcher", "run", "--protocol", protocol])
     assert app == built
+    # credentials come as files from the dispatcher machines, named, never inlined
+    assert app["container"]["volumes"] == [{"containerPath": "/etc/boid/secrets", "hostPath": "/etc/boid/secrets",
+                                            "mode": "RO"}]
+    assert app["env"]["BOID_CHAIN_KEYS_FILE"].startswith("/etc/boid/secrets/")
+    assert not any("KEY" in k and not k.endswith("_FILE") for k in app["env"])
 
 
 def test_operator_app_runs_the_operator_with_health_on_its_port():

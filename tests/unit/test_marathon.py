@@ -47,7 +47,9 @@ def test_dispatcher_app_validates_against_the_official_schema():
     assert app["id"] == "/boid/alpha/dispatcher"
     assert app["labels"] == {"team": "lab", "boid.protocol": "alpha", "boid.component": "dispatcher",
                              "boid.managed-by": "boid-operator"}
-    assert app["env"] == {"BOID_LOG": "info", "BOID_PROTOCOL": "alpha"}
+    assert app["env"] == {"BOID_LOG": "info", "BOID_PROTOCOL": "alpha",
+                          "BOID_CHAIN_KEYS_FILE": "/etc/boid/secrets/chain-keys.json",
+                          "BOID_MESOS_SECRET_FILE": "/etc/boid/secrets/mesos-secret"}
     assert app["healthChecks"][0]["protocol"] == "MESOS_HTTP"
     assert app["upgradeStrategy"] == {"minimumHealthCapacity": 0, "maximumOverCapacity": 0}
     assert app["container"]["docker"]["image"] == "boid/dispatcher:1.0"
