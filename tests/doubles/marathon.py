@@ -62,10 +62,33 @@ SPECS = specs_dir() / "marathon"
 SCHEMA_PATH = SPECS / "jsonschema-v1.7.236" / "AppDefinition.json"
 
 
+def _add_is_operator(node: Any) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get("enum"), list) and "MAX_PER" in node["enum"] and "IS" not in node["enum"]:
+            node["enum"].append("IS")
+        for v in node.values():
+            _add_is_operator(v)
+    elif isinstance(node, list):
+        for v in node:
+            _add_is_operator(v)
+
+
 @functools.lru_cache(maxsize=1)
 def app_schema_validator() -> jsonschema.Draft4Validator:
-    """A validator for Marathon 1.7's AppDefinition.json (draft 4; its $refs are local)."""
+    """A validator for Marathon's AppDefinition: 1.7's AppDefinition.json (draft 4; its $refs are
+    local; the last JSON schema Marathon published) plus what 1.8-1.11 added to the App type
+    (public/api/v2/types/app.raml: `check` :202, `resourceLimits` :281, `tty` :331, `role` :335;
+    constraint.raml:9 the IS operator), since the cluster runs Marathon 1.11."""
     schema = json.loads(SCHEMA_PATH.read_text())
+    limit = {"oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "enum": ["unlimited"]}]}
+    schema["properties"].update({
+        "tty": {"type": "boolean"},
+        "role": {"type": "string", "minLength": 1},
+        "check": {"type": "object"},
+        "resourceLimits": {"type": "object", "additionalProperties": False,
+                           "properties": {"cpus": limit, "mem": limit}},
+    })
+    _add_is_operator(schema)
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema)
 
@@ -76,7 +99,7 @@ def _now() -> str:
 
 _APP_DEFAULTS: dict[str, Any] = {
     "instances": 1, "cpus": 1, "mem": 128, "disk": 0, "gpus": 0, "executor": "", "constraints": [],
-    "uris": [], "fetch": [], "backoffSeconds": 1, "backoffFactor": 1.15, "maxLaunchDelaySeconds": 3600,
+    "fetch": [], "backoffSeconds": 1, "backoffFactor": 1.15, "maxLaunchDelaySeconds": 3600,
     "healthChecks": [], "readinessChecks": [], "dependencies": [], "labels": {}, "env": {},
     "upgradeStrategy": {"minimumHealthCapacity": 1, "maximumOverCapacity": 1}, "requirePorts": False,
     "killSelection": "YOUNGEST_FIRST", "unreachableStrategy": {"inactiveAfterSeconds": 0, "expungeAfterSeconds": 0},
@@ -215,6 +238,11 @@ class MarathonDouble(HttpDouble):
             raise _Answer(422, {"message": "Object is not valid", "details": details})
         return body
 
+    def _reject(self, method: str, path: str, body: Any, details: list[dict]) -> None:
+        if details:
+            self.validation_failures.append({"method": method, "path": path, "body": body, "details": details})
+            raise _Answer(422, {"message": "Object is not valid", "details": details})
+
     def _store(self, app_id: str, definition: dict) -> None:
         app = canonical(copy.deepcopy(definition))
         app["id"] = app_id
@@ -250,6 +278,7 @@ class MarathonDouble(HttpDouble):
                 return 200, {"apps": [self._show(a) for a in sorted(self._apps) if self._matches(a, params)]}, {}
             if method == "POST":
                 app = self._validate(method, path, body, None)
+                self._reject(method, path, body, runnable_error(app))
                 app_id = _norm(app["id"])
                 if app_id in self._apps:
                     raise _Answer(409, {"message": f"An app with id [{app_id}] already exists."})
@@ -270,11 +299,13 @@ class MarathonDouble(HttpDouble):
                 self._check_lock(app_id, force)
                 self._check_deployments(force)
                 if before is None:
+                    self._reject(method, path, body, runnable_error(app))
                     self._store(app_id, app)
                     dep = self._deploy("StartApplication", app_id, None)
                     return 201, {"deploymentId": dep.id, "version": self._meta[app_id]["version"]}, {"Marathon-Deployment-Id": dep.id}
                 merged = {**before, **canonical(copy.deepcopy(app))} if params.get("partialUpdate", "true") != "false" \
                     else dict(app)
+                self._reject(method, path, body, runnable_error(merged))
                 scale_only = {k: v for k, v in merged.items() if k != "instances"} == {k: v for k, v in before.items() if k != "instances"}
                 self._store(app_id, merged if not scale_only else {**before, "instances": merged.get("instances", 1)})
                 dep = self._deploy("ScaleApplication" if scale_only else "RestartApplication", app_id, before)
@@ -388,6 +419,17 @@ def semantic_errors(body: dict, url_id: str | None) -> list[dict]:
     if body.get("uris") and body.get("fetch"):
         details.append({"path": "/", "errors": ["cannot specify both uris and fetch fields"]})
     return details
+
+
+def runnable_error(app: dict) -> list[dict]:
+    """AppValidation.scala:512-523 containsCmdArgsOrContainer, on the whole app (after a partial
+    update is merged)."""
+    cmd, args = bool(app.get("cmd")), bool(app.get("args"))
+    ct = app.get("container")
+    container = ct is not None and (ct.get("docker") is not None or ct.get("type", "DOCKER") == "MESOS")
+    if (cmd != args) or (not (cmd and args) and container):
+        return []
+    return [{"path": "/", "errors": ["AppDefinition must either contain one of 'cmd' or 'args', and/or a 'container'."]}]
 
 
 def canonical(app: dict) -> dict:
