@@ -6,6 +6,7 @@ made was a valid scheduler.proto `Call` (and each event the double sent a valid 
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable, Iterator
 
@@ -15,6 +16,7 @@ from kazoo.client import KazooClient
 
 from boidcluster.adapters.backend import Backend, TaskResources, TaskSpec, TaskUpdate
 from boidcluster.adapters.mesos import MesosBackend, check_constraints, constraints_ok
+from boidcluster.engine.metrics import Metrics
 from doubles.mesos_master import MesosCluster, MesosMasterDouble, effective_argv, register_master
 
 ROLE = "proto-a"
@@ -676,6 +678,11 @@ def test_stream_thread_survives_a_zookeeper_failure_and_says_so(
         h = b.health()["threads"]["stream"]
         assert "subscription" in h["last_error"] and h["backoff"] > 0
         assert all(t.is_alive() for t in b._threads)
+        metrics = Metrics()
+        metrics.watch_backend(b.health)         # what an operator's /metrics shows
+        text = metrics.exposition().decode()
+        assert "boid_backend_subscribed 0.0" in text
+        assert re.search(r'boid_backend_thread_errors_total\{thread="stream"\} [1-9]', text)
         zk.start(timeout=10)                    # ZooKeeper is back
         wait_for(lambda: b.health()["subscribed"], timeout=20, what="subscribed after ZooKeeper came back")
         assert zk.get("/boid/v1/mesos/zkfail/framework")[0].decode() == b.framework_id
