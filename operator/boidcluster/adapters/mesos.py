@@ -45,8 +45,21 @@ How it is shaped (docs/scheduler-http-api.md, docs/reconciliation.md):
 * State mapping: TASK_STAGING->STAGING, TASK_STARTING/RUNNING/KILLING->RUNNING,
   TASK_FINISHED->FINISHED, TASK_FAILED/ERROR->FAILED, TASK_KILLED->KILLED, TASK_LOST/UNREACHABLE/
   GONE/GONE_BY_OPERATOR/DROPPED/UNKNOWN and agent FAILURE -> LOST. started_at/finished_at come
-  from the updates' timestamps. A launch answered TASK_LOST/DROPPED with REASON_INVALID_OFFERS
-  (a rescinded offer) is re-queued silently: the task never ran.
+  from the updates' timestamps; `TaskUpdate.reason` is Mesos' TaskStatus.Reason, so a caller can
+  tell a task the agents cannot start (same reason and message every time, `TaskUpdate.cause`)
+  from a lost machine. A launch answered TASK_LOST/DROPPED with REASON_INVALID_OFFERS (a
+  rescinded offer) is re-queued silently: the task never ran. A task reported LOST (its agent was
+  cut off) that an agent later says is running was re-queued meanwhile: it is KILLed, never run
+  twice; a task of this framework nobody claims (`reconcile()`) within `orphan_grace` is KILLed.
+* Framework: user `nobody` by default (must exist on every agent: --switch_user chowns the
+  sandbox to it), capabilities MULTI_ROLE, GPU_RESOURCES, PARTITION_AWARE; optional HTTP basic
+  authentication as `principal` with the secret read from `secret_file`. A master ERROR "Framework
+  has been removed" makes it report its tasks LOST, drop the stored id and subscribe anew.
+* Resilience: every background thread survives any error and retries with backoff, counted in
+  `health()` (exported on /metrics); the subscribe backoff resets only after a connection that
+  stayed up; an implicit reconciliation plus an explicit one of every live task runs every
+  `reconcile_interval`; queued work with no launch for `revive_interval` REVIVEs again.
+* `close()` leaves running tasks to a successor (failover); `close(remove=True)` tears down.
 """
 
 from __future__ import annotations
@@ -976,7 +989,7 @@ class MesosBackend:
             return
         t.last_update = time.monotonic()
         if t.state in TERMINAL:
-            if st["state"] in _LIVE_MESOS and t.spec is not None:
+            if st["state"] in _LIVE_MESOS:
                 # reported ended (LOST: its agent was cut off, or the framework failed over) and
                 # yet it runs: it was re-queued, so this copy must not run on and be paid twice
                 # (high-availability-framework-guide.md:393-400)
