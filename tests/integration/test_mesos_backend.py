@@ -937,3 +937,18 @@ def test_status_update_retries_back_off_like_the_agent(master: MesosMasterDouble
         assert first == c.update_retry_seconds
         assert task.retry_interval == c.update_retry_max_seconds
         del c.tasks["t"], c.frameworks["fw"]
+
+
+def test_subscribe_backoff_grows_and_resets_only_after_a_healthy_connection(
+        master: MesosMasterDouble, backends: Callable[..., MesosBackend]) -> None:
+    c = master.cluster
+    c.credentials = {"someone-else": "x"}            # every SUBSCRIBE refused (401)
+    b = backends(master.url, max_backoff=0.4)
+    wait_for(lambda: b.health()["threads"]["stream"]["backoff"] == 0.4, what="backoff at its maximum")
+    c.credentials = None
+    wait_for(lambda: b.health()["subscribed"], what="subscribed")
+    assert b.health()["threads"]["stream"]["backoff"] == 0.4   # not reset by merely connecting
+    time.sleep(0.5)                                  # a connection that stayed up longer than max_backoff
+    master.drop_stream()
+    wait_for(lambda: b.subscriptions >= 2, what="re-subscribed")
+    assert b.health()["threads"]["stream"]["backoff"] == 0.1

@@ -124,7 +124,7 @@ class ThreadHealth:
     failures: int = 0          # errors it survived (each followed by a retry after `backoff`)
     last_error: str = ""
     last_error_at: float | None = None   # wall clock
-    backoff: float = 0.0       # seconds it waits before its next attempt (0: healthy)
+    backoff: float = 0.0       # the delay before its latest retry (0: it never failed)
 
 
 class MesosError(RuntimeError):
