@@ -81,6 +81,10 @@ def test_a_dispatcher_stop_is_a_failover_until_its_protocol_is_deleted(zk_hosts,
             while master.cluster.tasks.get("g1") is None or master.cluster.tasks["g1"].state != "TASK_RUNNING":
                 assert time.monotonic() < deadline, "g1 not running"
                 time.sleep(0.05)
+            deadline = time.monotonic() + 10
+            while not world.backend.health()["subscribed"]:
+                assert time.monotonic() < deadline, "not subscribed"
+                time.sleep(0.05)
             if attempt == 0:
                 close_world(world)                    # a graceful stop: the task runs on
                 assert master.cluster.tasks["g1"].state == "TASK_RUNNING"

@@ -322,7 +322,7 @@ class MesosBackend:
         task_limits: bool = False,
         reconcile_interval: float = 600.0,
         revive_interval: float = 300.0,
-        orphan_grace: float = 60.0,
+        orphan_grace: float = 300.0,
         start: bool = True,
     ) -> None:
         self.roles = list(roles) or ["*"]
@@ -549,17 +549,26 @@ class MesosBackend:
             # calls already on the wire finish first: none may follow a TEARDOWN (the master
             # answers 400 "Framework cannot be found" then, master/http.cpp:616-619)
             self._cond.wait_for(lambda: self._in_flight == 0, timeout=self._request_timeout)
+        if (remove or kill_running) and not self._subscribed.is_set():
+            self._subscribed.wait(self._request_timeout)   # a teardown is worth a short wait
+        torn_down = False
         if self._subscribed.is_set():
             try:
                 if remove:
                     self._post({"type": "TEARDOWN"}, closing=True)
+                    torn_down = True
                 elif kill_running:
                     for t in live:
                         self._post({"type": "KILL", "kill": {"task_id": {"value": t.id},
                                                              "agent_id": {"value": t.agent_id}}}, closing=True)
             except (MesosError, httpx.HTTPError) as exc:
                 log.warning("mesos: close: %s", exc)
-        if remove and self.framework_id_path and self._zk is not None:
+        if remove and not torn_down:
+            # keep the stored id: the next dispatcher of this protocol (if any) can still fail
+            # over and tear the framework down; otherwise the master removes it after its failover timeout
+            log.error("mesos: could not tear down framework %s (not subscribed); its tasks run until the "
+                      "master's failover timeout", self.framework_id)
+        if remove and torn_down and self.framework_id_path and self._zk is not None:
             for path in (self.framework_id_path, self.framework_id_path + "-agents"):
                 try:
                     self._zk.delete(path, recursive=True)   # with the tasks' start znodes

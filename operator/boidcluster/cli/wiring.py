@@ -38,6 +38,9 @@ class OperatorOptions:
     mesos_user: str = field(default_factory=lambda: os.environ.get("BOID_MESOS_USER") or "nobody")
     mesos_principal: str | None = field(default_factory=lambda: os.environ.get("BOID_MESOS_PRINCIPAL") or None)
     mesos_secret_file: str | None = field(default_factory=lambda: os.environ.get("BOID_MESOS_SECRET_FILE") or None)
+    # TaskInfo.limits (hard cpu/mem caps equal to the requests) need Mesos >= 1.11 masters and
+    # agents; on older ones the agents' cgroups isolation with CFS enforces the requests instead
+    mesos_task_limits: bool = field(default_factory=lambda: os.environ.get("BOID_MESOS_TASK_LIMITS") == "true")
     protocol: str | None = None         # a protocol's dispatcher: its framework is torn down with the protocol
 
 
@@ -53,7 +56,8 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
     env = {"BOID_ZK": opts.zk, "BOID_STORAGE": opts.storage, "BOID_CHAIN_URL": opts.chain_url,
            "BOID_MESOS_MASTER": opts.mesos_master, "BOID_DISPATCHER_ACCOUNT": opts.dispatcher_account,
            "BOID_MESOS_USER": opts.mesos_user if opts.mesos_user != "nobody" else None,
-           "BOID_MESOS_PRINCIPAL": opts.mesos_principal}
+           "BOID_MESOS_PRINCIPAL": opts.mesos_principal,
+           "BOID_MESOS_TASK_LIMITS": "true" if opts.mesos_task_limits else None}
     world = World(store=store, settings=Settings(dispatcher_env={k: v for k, v in env.items() if v}))
     closers: list[Any] = []
     if opts.storage:
@@ -82,7 +86,7 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
                                      framework_name="boid-" + ("-".join(opts.mesos_roles)
                                                                if opts.mesos_roles != ["*"] else "operator"),
                                      user=opts.mesos_user, principal=opts.mesos_principal,
-                                     secret_file=secret_file)
+                                     secret_file=secret_file, task_limits=opts.mesos_task_limits)
         closers.append(world.backend)
     if world.chain is not None:
         from boidcluster.reconcilers.ledger import ChainLedger
