@@ -952,3 +952,70 @@ def test_subscribe_backoff_grows_and_resets_only_after_a_healthy_connection(
     master.drop_stream()
     wait_for(lambda: b.subscriptions >= 2, what="re-subscribed")
     assert b.health()["threads"]["stream"]["backoff"] == 0.1
+
+
+# ------------------------------------------------------------------------------------------------
+# Invariant under random faults: every task is reported ended exactly once, and once reported
+# ended no copy of it runs on (it would be re-queued and its time paid twice).
+# ------------------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_OPS = ["submit", "submit", "finish", "fail", "lose", "partition", "reconnect", "drop"]
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(st.sampled_from(_OPS), st.integers(0, 2)), min_size=4, max_size=12))
+def test_random_faults_never_report_a_task_twice_nor_leave_it_running(ops) -> None:
+    master = MesosMasterDouble(heartbeat_interval=0.2, task_seconds=None, update_retry_seconds=0.3)
+    c = master.cluster
+    agents = [c.add_agent(name, cpus=2) for name in ("alice", "bob", "carol")]
+    b = MesosBackend(master.url, roles=[ROLE], refuse_seconds=0.05)
+    col = Collector(b)
+    submitted: list[str] = []
+    try:
+        for op, n in ops:
+            agent = agents[n]
+            with c.lock:
+                running = [t for t in c.tasks.values() if t.state == "TASK_RUNNING" and not t.partitioned]
+            if op == "submit":
+                tid = f"t{len(submitted)}"
+                submitted.append(tid)
+                b.submit(spec(tid))
+            elif op in ("finish", "fail") and running:
+                task = running[n % len(running)]
+                (c.finish_task if op == "finish" else c.fail_task)(task.id)
+            elif op in ("lose", "partition"):   # the machine of a running task, if any
+                target = c.agents[running[n % len(running)].agent_id] if running else agent
+                if target.active:
+                    c.lose_agent(target.id, partitioned=op == "partition")
+            elif op == "reconnect" and not agent.active:
+                c.reconnect_agent(agent.id)
+            elif op == "drop":
+                master.drop_stream()
+            col.seen += b.updates(timeout=0.05)
+        for agent in agents:               # the partitions heal; ghosts come back
+            if not agent.active:
+                c.reconnect_agent(agent.id)
+
+        def settled() -> bool:
+            ended = {u.task_id for u in col.seen if u.terminal}
+            with c.lock:
+                for task in c.tasks.values():
+                    if task.state == "TASK_RUNNING" and task.id not in ended:
+                        c.finish_task(task.id)   # let the live ones end
+                ghosts = [t.id for t in c.tasks.values() if t.state == "TASK_RUNNING" and t.id in ended]
+            return not ghosts and ended >= set(submitted)
+
+        col.wait(lambda _s: settled(), timeout=20)
+        col.seen += b.updates(timeout=0.3)
+        for tid in submitted:
+            ends = [u.state for u in col.seen if u.task_id == tid and u.terminal]
+            assert len(ends) == 1, (tid, [u.state for u in col.seen if u.task_id == tid])
+        with c.lock:
+            assert not [t.id for t in c.tasks.values() if t.state == "TASK_RUNNING"]
+        assert master.validation_errors == [] and c.event_errors == []
+    finally:
+        b.close()
+        master.stop()
