@@ -268,7 +268,6 @@ def test_concurrent_ensure_converges_to_one_app(marathon):
 # ------------------------------------------------------------------------------------------------
 
 import json as _json  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
 
