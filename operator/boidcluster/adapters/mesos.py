@@ -1276,7 +1276,8 @@ class MesosBackend:
                 try:
                     self._post(call)
                 except (MesosError, httpx.HTTPError) as exc:
-                    log.warning("mesos: %s", exc)
+                    if not self._closing:   # calls refused while closing are expected
+                        log.warning("mesos: %s", exc)
             if time.monotonic() >= next_tick:
                 self._on_tick()
                 next_tick = time.monotonic() + self.tick
@@ -1296,7 +1297,8 @@ class MesosBackend:
             try:
                 self._post(call)
             except (MesosError, httpx.HTTPError) as exc:
-                log.warning("mesos: %s", exc)   # the agent re-sends an update until acknowledged
+                if not self._closing:   # the agent re-sends an update until acknowledged
+                    log.warning("mesos: %s", exc)
             except Exception as exc:   # noqa: BLE001 - this thread must survive anything
                 self._thread_failed(health, "acknowledge", exc)
 
