@@ -16,7 +16,22 @@ app_list.json, deployments.json, deployments_result.json) and docs/deployments.m
   one or more deployments..." with ``deployments: [{"id"}]``, unless ``?force=true`` (which cancels).
 * GET /v2/apps/{id} answers ``{"app": {...}}`` as real Marathon does (the RAML example shows an app
   list there); apps are shown with Marathon's defaults filled in and service ports assigned.
-* ``?id=`` on GET /v2/apps filters ids that *contain* the value (RAML: "is or contains").
+* ``?id=`` on GET /v2/apps filters ids that *contain* the value, ignoring case (RAML: "is or
+  contains"; api/v2/AppsResource.scala:501-505 containCaseInsensitive).
+* Semantic validation after the schema, as Marathon's validators do (each a 422 with details):
+  PathId rules (state/PathId.scala:212-223), constraints (api/v2/validation/
+  SchedulingValidation.scala:82-187, e.g. ``["hostname", "UNIQUE", ""]``: "UNIQUE does not accept
+  a value"), ``uris`` and ``fetch`` together (api/v2/AppNormalization.scala:37-41).
+* Stored in Marathon's canonical form (AppNormalization.scala:20-95): ``uris`` -> ``fetch``,
+  ``ports`` -> ``portDefinitions``, ``container.docker.network``/``ipAddress`` -> ``networks``,
+  ``container.docker.portMappings`` -> ``container.portMappings``, a health check without port
+  gets ``portIndex: 0``; so a GET never shows those deprecated fields.
+* A deployment finishes only while every app it affects is healthy: ``healthy(app) -> bool`` (the
+  test's stand-in for the app's tasks passing their health checks; docs/deployments.md, a
+  deployment step completes once the new tasks are healthy).
+* 403 when ``max_running_deployments`` deployments already run (GroupManagerImpl.scala:194-202,
+  MarathonExceptionMapper.scala:113); 409 with ``deployments`` for a locked app (:77-78) and 409
+  ConflictingChange "An app with id [..] already exists." (AppsResource.scala:124, mapper :110).
 
 Strictness beyond Marathon: a body ``id`` that differs from the URL id is rejected (422).
 """
@@ -27,28 +42,52 @@ import copy
 import datetime as dt
 import functools
 import json
+import re
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import jsonschema
 
 from .http import HttpDouble
+from .specs import specs_dir
 
-SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs" / "marathon"
+SPECS = specs_dir() / "marathon"
 SCHEMA_PATH = SPECS / "jsonschema-v1.7.236" / "AppDefinition.json"
+
+
+def _add_is_operator(node: Any) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get("enum"), list) and "MAX_PER" in node["enum"] and "IS" not in node["enum"]:
+            node["enum"].append("IS")
+        for v in node.values():
+            _add_is_operator(v)
+    elif isinstance(node, list):
+        for v in node:
+            _add_is_operator(v)
 
 
 @functools.lru_cache(maxsize=1)
 def app_schema_validator() -> jsonschema.Draft4Validator:
-    """A validator for Marathon 1.7's AppDefinition.json (draft 4; its $refs are local)."""
+    """A validator for Marathon's AppDefinition: 1.7's AppDefinition.json (draft 4; its $refs are
+    local; the last JSON schema Marathon published) plus what 1.8-1.11 added to the App type
+    (public/api/v2/types/app.raml: `check` :202, `resourceLimits` :281, `tty` :331, `role` :335;
+    constraint.raml:9 the IS operator), since the cluster runs Marathon 1.11."""
     schema = json.loads(SCHEMA_PATH.read_text())
+    limit = {"oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "enum": ["unlimited"]}]}
+    schema["properties"].update({
+        "tty": {"type": "boolean"},
+        "role": {"type": "string", "minLength": 1},
+        "check": {"type": "object"},
+        "resourceLimits": {"type": "object", "additionalProperties": False,
+                           "properties": {"cpus": limit, "mem": limit}},
+    })
+    _add_is_operator(schema)
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema)
 
@@ -59,7 +98,7 @@ def _now() -> str:
 
 _APP_DEFAULTS: dict[str, Any] = {
     "instances": 1, "cpus": 1, "mem": 128, "disk": 0, "gpus": 0, "executor": "", "constraints": [],
-    "uris": [], "fetch": [], "backoffSeconds": 1, "backoffFactor": 1.15, "maxLaunchDelaySeconds": 3600,
+    "fetch": [], "backoffSeconds": 1, "backoffFactor": 1.15, "maxLaunchDelaySeconds": 3600,
     "healthChecks": [], "readinessChecks": [], "dependencies": [], "labels": {}, "env": {},
     "upgradeStrategy": {"minimumHealthCapacity": 1, "maximumOverCapacity": 1}, "requirePorts": False,
     "killSelection": "YOUNGEST_FIRST", "unreachableStrategy": {"inactiveAfterSeconds": 0, "expungeAfterSeconds": 0},
@@ -104,8 +143,12 @@ class MarathonDouble(HttpDouble):
 
     thread_name = "marathon-double"
 
-    def __init__(self, *, deployment_polls: int | None = 1, deployment_seconds: float | None = None) -> None:
+    def __init__(self, *, deployment_polls: int | None = 1, deployment_seconds: float | None = None,
+                 max_running_deployments: int = 100,
+                 healthy: "Callable[[dict], bool] | None" = None) -> None:
         super().__init__()
+        self.max_running_deployments = max_running_deployments   # --max_running_deployments, default 100
+        self.healthy = healthy or (lambda app: True)
         self.deployment_polls = deployment_polls
         self.deployment_seconds = deployment_seconds
         self.requests: list[RecordedRequest] = []
@@ -145,7 +188,7 @@ class MarathonDouble(HttpDouble):
         for dep in list(self._deployments.values()):
             by_polls = self.deployment_polls is not None and dep.polls >= self.deployment_polls
             by_time = self.deployment_seconds is not None and now - dep.started >= self.deployment_seconds
-            if by_polls or by_time:
+            if (by_polls or by_time) and all(self.healthy(self._show(a)) for a in dep.apps if a in self._apps):
                 self._finish(dep.id)
 
     def _finish(self, dep_id: str) -> None:
@@ -167,6 +210,14 @@ class MarathonDouble(HttpDouble):
         for d in locks:  # force: cancel without rollback
             self._deployments.pop(d.id, None)
 
+    def _check_deployments(self, force: bool) -> None:
+        if not force and len(self._deployments) >= self.max_running_deployments:
+            raise _Answer(403, {"message": f"Max number ({self.max_running_deployments}) of running deployments is "
+                                           "achieved. Wait for existing deployments to complete or cancel one"
+                                           "using force=true parameter. You can increase max deployment number by "
+                                           "using --max_running_deployments parameter but be advised that this can "
+                                           "have negative effects on the performance."})
+
     def _deploy(self, action: str, app_id: str, before: dict | None) -> _Deployment:
         dep = _Deployment(str(uuid.uuid4()), _now(), action, [app_id], {app_id: copy.deepcopy(before)})
         self._deployments[dep.id] = dep
@@ -179,13 +230,20 @@ class MarathonDouble(HttpDouble):
         details = [{"path": "/" + "/".join(str(p) for p in e.absolute_path), "errors": [e.message]} for e in errors]
         if not errors and url_id is not None and "id" in body and _norm(body["id"]) != url_id:
             details = [{"path": "/id", "errors": [f"id {body['id']!r} does not match the URL id {url_id!r}"]}]
+        if not details:
+            details = semantic_errors(body, url_id)
         if details:
             self.validation_failures.append({"method": method, "path": path, "body": body, "details": details})
             raise _Answer(422, {"message": "Object is not valid", "details": details})
         return body
 
+    def _reject(self, method: str, path: str, body: Any, details: list[dict]) -> None:
+        if details:
+            self.validation_failures.append({"method": method, "path": path, "body": body, "details": details})
+            raise _Answer(422, {"message": "Object is not valid", "details": details})
+
     def _store(self, app_id: str, definition: dict) -> None:
-        app = copy.deepcopy(definition)
+        app = canonical(copy.deepcopy(definition))
         app["id"] = app_id
         for pd in app.get("portDefinitions", []):
             if pd.get("port", 0) == 0:
@@ -219,10 +277,12 @@ class MarathonDouble(HttpDouble):
                 return 200, {"apps": [self._show(a) for a in sorted(self._apps) if self._matches(a, params)]}, {}
             if method == "POST":
                 app = self._validate(method, path, body, None)
+                self._reject(method, path, body, runnable_error(app))
                 app_id = _norm(app["id"])
                 if app_id in self._apps:
                     raise _Answer(409, {"message": f"An app with id [{app_id}] already exists."})
                 self._check_lock(app_id, force)
+                self._check_deployments(force)
                 self._store(app_id, app)
                 dep = self._deploy("StartApplication", app_id, None)
                 return 201, self._show(app_id), {"Marathon-Deployment-Id": dep.id}
@@ -236,11 +296,15 @@ class MarathonDouble(HttpDouble):
                 app = self._validate(method, path, body, app_id)
                 before = copy.deepcopy(self._apps.get(app_id))
                 self._check_lock(app_id, force)
+                self._check_deployments(force)
                 if before is None:
+                    self._reject(method, path, body, runnable_error(app))
                     self._store(app_id, app)
                     dep = self._deploy("StartApplication", app_id, None)
                     return 201, {"deploymentId": dep.id, "version": self._meta[app_id]["version"]}, {"Marathon-Deployment-Id": dep.id}
-                merged = {**before, **app} if params.get("partialUpdate", "true") != "false" else dict(app)
+                merged = {**before, **canonical(copy.deepcopy(app))} if params.get("partialUpdate", "true") != "false" \
+                    else dict(app)
+                self._reject(method, path, body, runnable_error(merged))
                 scale_only = {k: v for k, v in merged.items() if k != "instances"} == {k: v for k, v in before.items() if k != "instances"}
                 self._store(app_id, merged if not scale_only else {**before, "instances": merged.get("instances", 1)})
                 dep = self._deploy("ScaleApplication" if scale_only else "RestartApplication", app_id, before)
@@ -278,9 +342,9 @@ class MarathonDouble(HttpDouble):
 
     def _matches(self, app_id: str, params: dict[str, str]) -> bool:
         app = self._apps[app_id]
-        if "id" in params and params["id"] not in app_id:
+        if "id" in params and params["id"].lower() not in app_id.lower():
             return False
-        if "cmd" in params and params["cmd"] not in (app.get("cmd") or ""):
+        if "cmd" in params and params["cmd"].lower() not in (app.get("cmd") or "").lower():
             return False
         for selector in filter(None, (s.strip() for s in params.get("label", "").split(","))):
             labels = app.get("labels", {})
@@ -295,6 +359,105 @@ class MarathonDouble(HttpDouble):
             if not ok:
                 return False
         return True
+
+
+_PATH_LABEL = r"([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])"
+_PATH_SEGMENT = re.compile(rf"^({_PATH_LABEL}\.)*{_PATH_LABEL}|(\.|\.\.)$")   # PathId.scala:212-213
+_RESERVED = ("restart", "tasks", "versions", ".", "..")                           # PathId.scala:219
+_OPERATORS = ("UNIQUE", "CLUSTER", "GROUP_BY", "LIKE", "MAX_PER", "UNLIKE", "IS")
+_IS_VALUE = re.compile(r"^[a-zA-Z0-9_/.-]*$")                                       # SchedulingValidation.scala:174
+
+
+def _constraint_error(c: list) -> str | None:
+    """complyWithAppConstraintRules (SchedulingValidation.scala:143-166, rules :82-127)."""
+    if len(c) < 2 or len(c) > 3:
+        return "Each constraint must have either 2 or 3 fields"
+    field_name, op, value = c[0], c[1], (c[2] if len(c) > 2 else None)
+    if not field_name:
+        return "illegal constraint specification"
+    op = str(op).upper()
+    if op not in _OPERATORS:
+        return "operator must be one of the following UNIQUE, CLUSTER, GROUP_BY, LIKE, MAX_PER, UNLIKE or IS"
+    if op == "UNIQUE" and value is not None:
+        return "UNIQUE does not accept a value"
+    if op == "GROUP_BY" and value is not None and not re.fullmatch(r"[+-]?\d+", value):
+        return "GROUP BY must define an integer value or else no value at all"
+    if op == "MAX_PER" and (value is None or not re.fullmatch(r"[+-]?\d+", value)):
+        return "MAX_PER requires an integer value"
+    if op in ("LIKE", "UNLIKE"):
+        if value is None:
+            return "LIKE and UNLIKE require a non-empty, regular expression value"
+        try:
+            re.compile(value)
+        except re.error:
+            return "is not a valid regular expression"
+    if op == "IS" and not _IS_VALUE.match(value or ""):
+        return ("IS only supports Mesos text and float values "
+                "(see http://mesos.apache.org/documentation/latest/attributes-resources/)")
+    return None
+
+
+def semantic_errors(body: dict, url_id: str | None) -> list[dict]:
+    """What Marathon's validators reject after the JSON schema (module docstring)."""
+    details: list[dict] = []
+    app_id = body.get("id", url_id)
+    if app_id is not None:
+        path = [p for p in str(app_id).strip("/").split("/") if p != ""]
+        if not path:
+            details.append({"path": "/id", "errors": ["Path must contain at least one path element"]})
+        elif not all(_PATH_SEGMENT.fullmatch(p) for p in path):
+            details.append({"path": "/id", "errors": [
+                f"must fully match regular expression '{_PATH_SEGMENT.pattern}'"]})
+        elif path[-1] in _RESERVED:
+            details.append({"path": "/id", "errors": [
+                "must not end with any of the following reserved keywords: " + ", ".join(_RESERVED)]})
+    for n, c in enumerate(body.get("constraints") or []):
+        error = _constraint_error(list(c))
+        if error:
+            details.append({"path": f"/constraints({n})", "errors": [error]})
+    if body.get("uris") and body.get("fetch"):
+        details.append({"path": "/", "errors": ["cannot specify both uris and fetch fields"]})
+    return details
+
+
+def runnable_error(app: dict) -> list[dict]:
+    """AppValidation.scala:512-523 containsCmdArgsOrContainer, on the whole app (after a partial
+    update is merged)."""
+    cmd, args = bool(app.get("cmd")), bool(app.get("args"))
+    ct = app.get("container")
+    container = ct is not None and (ct.get("docker") is not None or ct.get("type", "DOCKER") == "MESOS")
+    if (cmd != args) or (not (cmd and args) and container):
+        return []
+    return [{"path": "/", "errors": ["AppDefinition must either contain one of 'cmd' or 'args', and/or a 'container'."]}]
+
+
+def canonical(app: dict) -> dict:
+    """Translate deprecated fields as Marathon's AppNormalization.forDeprecated does (:20-95)."""
+    uris = app.pop("uris", None)
+    if uris:
+        app["fetch"] = [{"uri": u, "extract": u.endswith((".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz",
+                                                             ".tar.xz", ".zip")),
+                         "executable": False, "cache": False} for u in uris]
+    ports = app.pop("ports", None)
+    if ports is not None and "portDefinitions" not in app:
+        app["portDefinitions"] = [{"port": p, "protocol": "tcp"} for p in ports]
+    ip_address = app.pop("ipAddress", None)
+    container = app.get("container")
+    docker = (container or {}).get("docker") or {}
+    network = docker.pop("network", None)
+    if "portMappings" in docker:
+        container["portMappings"] = docker.pop("portMappings")
+    if "networks" not in app:
+        if network == "BRIDGE":
+            app["networks"] = [{"mode": "container/bridge"}]
+        elif network == "USER" or ip_address is not None:
+            app["networks"] = [{"mode": "container", **({"name": ip_address["networkName"]}
+                                                       if ip_address and ip_address.get("networkName") else {})}]
+    has_ports = bool(app.get("portDefinitions")) or bool((container or {}).get("portMappings"))
+    if has_ports:   # normalizeHealthChecks (:20-31): portIndex 0 when neither port nor portIndex
+        app["healthChecks"] = [hc if hc.get("protocol") == "COMMAND" or "port" in hc or "portIndex" in hc
+                               else {**hc, "portIndex": 0} for hc in app.get("healthChecks", [])]
+    return app
 
 
 def _norm(app_id: str) -> str:

@@ -55,7 +55,9 @@ from typing import Any, Callable
 
 from kazoo.client import KazooClient
 
-SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs" / "mesos"
+from .specs import specs_dir
+
+SPECS = specs_dir() / "mesos"
 PROTO_FILES = (SPECS / "proto" / "v1" / "mesos.proto", SPECS / "proto" / "v1" / "scheduler" / "scheduler.proto")
 
 
@@ -274,6 +276,11 @@ _TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR", "TASK_
 # Cluster state (what real masters rebuild from agents) and the allocator
 # --------------------------------------------------------------------------------------------
 
+WORKER_CONTAINERIZERS = ("mesos", "docker")
+WORKER_IMAGE_PROVIDERS = ("docker",)
+WORKER_ISOLATION = ("filesystem/linux", "docker/runtime", "cgroups/cpu", "cgroups/mem")
+
+
 @dataclass
 class Agent:
     id: str
@@ -282,6 +289,23 @@ class Agent:
     attributes: dict[str, str]
     active: bool = True
     corrupt_output: bool = False   # FAULT INJECTION for the executor hook (module docstring); not an attribute
+    # Agent flags (src/slave/flags.cpp). --switch_user defaults to true: a task runs as its
+    # CommandInfo.user or else FrameworkInfo.user, whose sandbox is chowned to that user
+    # (src/slave/slave.cpp:10342-10367, src/slave/paths.cpp:893-903); `users` are the accounts
+    # that exist on the machine.
+    switch_user: bool = True
+    users: frozenset[str] = frozenset({"root", "nobody"})
+    # --containerizers (default "mesos"), --image_providers (default none) and --isolation: the
+    # MESOS containerizer runs a ContainerInfo.mesos.image only with --image_providers=docker and
+    # the filesystem/linux isolator (src/slave/containerizer/mesos/containerizer.cpp:310-321,
+    # provisioner.cpp:532-534 "Unsupported container image type"); the docker/runtime isolator
+    # applies the image's entrypoint/env. A DOCKER ContainerInfo needs "docker" in --containerizers.
+    # Defaults here are a boid worker as manifests/deploy/worker configures its agent (checked by
+    # tests/unit/test_deploy_manifests.py); Mesos' own defaults are containerizers=("mesos",),
+    # image_providers=() and isolation=("posix/cpu", "posix/mem").
+    containerizers: tuple[str, ...] = WORKER_CONTAINERIZERS
+    image_providers: tuple[str, ...] = WORKER_IMAGE_PROVIDERS
+    isolation: tuple[str, ...] = WORKER_ISOLATION
 
     def attributes_json(self) -> list[dict]:
         out = []
@@ -306,6 +330,8 @@ class Task:
     sent_at: float = 0.0
     acked_terminal: bool = False
     finish_at: float | None = None
+    retry_interval: float = 10.0     # the agent's status update retry backoff (see _send_update)
+    partitioned: bool = False        # its agent is unreachable but the command still runs there
 
 
 @dataclass
@@ -320,6 +346,10 @@ class Framework:
     # withheld only while the agent's free resources are within what was refused.
     filters: dict[tuple[str, str], tuple[float, dict[str, float]]] = field(default_factory=dict)
     removed: bool = False
+
+    def capable(self, capability: str) -> bool:
+        """FrameworkInfo.Capability.Type (mesos.proto) the framework declared."""
+        return any(c.get("type") == capability for c in self.info.get("capabilities", []))
 
 
 class _Stream:
@@ -353,13 +383,29 @@ class MesosCluster:
 
     def __init__(self, *, heartbeat_interval: float = 0.5, task_seconds: float | None = 0.05,
                  allocation_interval: float = 0.02, update_retry_seconds: float = 10.0,
+                 update_retry_max_seconds: float = 600.0, filter_gpu_resources: bool = True,
                  offer_timeout: float | None = None,
                  executor: "Callable[[dict, Agent], tuple[str, str]] | None" = None,
                  on_kill: "Callable[[str], None] | None" = None) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.task_seconds = task_seconds
         self.allocation_interval = allocation_interval
+        # The agent's status update manager re-sends an unacknowledged update after 10 s, doubling
+        # up to 10 min (src/slave/constants.hpp:58-59, status_update_manager_process.hpp:565).
         self.update_retry_seconds = update_retry_seconds
+        self.update_retry_max_seconds = update_retry_max_seconds
+        # master --filter_gpu_resources (default true, src/master/flags.cpp:487): agents with GPUs
+        # are offered only to GPU_RESOURCES frameworks (hierarchical.cpp:3095-3105, MESOS-5634).
+        self.filter_gpu_resources = filter_gpu_resources
+        # Agents that have not re-registered with the current leader (after `elect`): the new
+        # leader knows nothing of them or their tasks until they do (high-availability-framework-
+        # guide.md "Agent Reregistration"; master.cpp:9024-9033 case (2): no reconcile answer).
+        self.recovering: dict[str, float] = {}    # agent id -> when it re-registers (monotonic)
+        # --authenticate_http_frameworks with --credentials: principal -> secret. Every scheduler
+        # call then needs HTTP Basic credentials (libprocess authenticator.cpp:80-92: 401 with
+        # WWW-Authenticate: Basic realm="mesos-master-scheduler", master/constants.hpp:168), and
+        # FrameworkInfo.principal, when set, must be the authenticated one (validation.cpp:748-760).
+        self.credentials: dict[str, str] | None = None
         self.offer_timeout = offer_timeout
         # When set, a launched task is "run" by calling executor(task_info, agent) on a thread; it
         # returns the terminal state and message (the test plays the agent's command executor).
@@ -378,6 +424,7 @@ class MesosCluster:
         self.validation_errors: list[str] = []
         self.event_errors: list[str] = []
         self.acks: list[tuple[str, str]] = []       # (task_id, state acknowledged)
+        self.agent_refusals: list[str] = []         # tasks an agent could not start (user, container)
         self.offers_sent = 0
         self.hold_offers = False                    # stop making new offers (tests)
         self._stop = threading.Event()
@@ -387,8 +434,15 @@ class MesosCluster:
     # -- agents -----------------------------------------------------------------------------
     def add_agent(self, account: str | None, *, cpus: float = 4, mem: float = 4096, disk: float = 10000,
                   gpus: float = 0, hostname: str | None = None, corrupt_output: bool = False,
+                  switch_user: bool = True, users: frozenset[str] | set[str] = frozenset({"root", "nobody"}),
+                  containerizers: tuple[str, ...] = WORKER_CONTAINERIZERS,
+                  image_providers: tuple[str, ...] = WORKER_IMAGE_PROVIDERS,
+                  isolation: tuple[str, ...] = WORKER_ISOLATION,
                   **attributes: str | float) -> Agent:
         """`corrupt_output`: FAULT INJECTION, a cheating agent (see the module docstring)."""
+        if image_providers and "filesystem/linux" not in isolation:
+            # the agent refuses to start (src/slave/containerizer/mesos/containerizer.cpp:310-316)
+            raise ValueError("The 'filesystem/linux' isolator must be enabled for container image support")
         with self.lock:
             n = len(self.agents)
             agent_id = f"{uuid.uuid4()}-S{n}"
@@ -398,15 +452,22 @@ class MesosCluster:
             res = {"cpus": float(cpus), "mem": float(mem), "disk": float(disk)}
             if gpus:
                 res["gpus"] = float(gpus)
-            agent = Agent(agent_id, hostname or f"agent{n}.example", res, attrs, corrupt_output=corrupt_output)
+            agent = Agent(agent_id, hostname or f"agent{n}.example", res, attrs, corrupt_output=corrupt_output,
+                          switch_user=switch_user, users=frozenset(users), containerizers=tuple(containerizers),
+                          image_providers=tuple(image_providers), isolation=tuple(isolation))
             self.agents[agent_id] = agent
             return agent
 
     def agent_by_account(self, account: str) -> Agent:
         return next(a for a in self.agents.values() if a.attributes.get("boid_account") == account)
 
-    def lose_agent(self, agent_id: str, state: str = "TASK_LOST") -> None:
-        """The agent is removed: FAILURE, a terminal update per active task, RESCIND of its offers."""
+    def lose_agent(self, agent_id: str, *, partitioned: bool = False) -> None:
+        """The agent is marked unreachable and removed: FAILURE, RESCIND of its offers, and per
+        active task TASK_UNREACHABLE for PARTITION_AWARE frameworks, TASK_LOST for the others
+        (master.cpp:10992-11025, reason REASON_SLAVE_REMOVED = v1 REASON_AGENT_REMOVED).
+        `partitioned`: the machine is only cut off, its commands keep running, and
+        `reconnect_agent` brings them back (a framework may see TASK_LOST then TASK_RUNNING:
+        high-availability-framework-guide.md:393-400). Otherwise its processes vanish with it."""
         with self.lock:
             agent = self.agents[agent_id]
             agent.active = False
@@ -416,11 +477,27 @@ class MesosCluster:
                 if a == agent_id:
                     self._rescind(oid)
             for task in self.tasks.values():
-                if task.agent_id == agent_id and task.state not in _TERMINAL:
-                    reason = "REASON_AGENT_REMOVED" if state == "TASK_LOST" else "REASON_AGENT_DISCONNECTED"
-                    self._transition(task, state, source="SOURCE_MASTER", reason=reason,
-                                     message="Agent removed")
-                    self._stop_command(task.id)
+                if task.agent_id == agent_id and task.state not in _TERMINAL and task.state != "TASK_UNREACHABLE":
+                    fw = self.frameworks.get(task.framework_id)
+                    aware = fw is not None and fw.capable("PARTITION_AWARE")
+                    task.pending.clear()   # the master speaks for the agent now
+                    self._transition(task, "TASK_UNREACHABLE" if aware else "TASK_LOST", source="SOURCE_MASTER",
+                                     reason="REASON_AGENT_REMOVED", message="Agent removed")
+                    task.partitioned = partitioned
+                    if not partitioned:
+                        self._stop_command(task.id)
+
+    def reconnect_agent(self, agent_id: str) -> None:
+        """A partitioned agent reconnects: its still-running tasks are reported TASK_RUNNING again
+        (the agent re-sends their state), even after TASK_LOST/TASK_UNREACHABLE."""
+        with self.lock:
+            self.agents[agent_id].active = True
+            for task in self.tasks.values():
+                if task.agent_id == agent_id and task.partitioned:
+                    task.partitioned = False
+                    task.state = "TASK_STARTING"   # not terminal for the agent: it never stopped
+                    task.acked_terminal = False
+                    self._transition(task, "TASK_RUNNING", message="agent reconnected")
 
     # -- tasks ------------------------------------------------------------------------------
     def finish_task(self, task_id: str) -> None:
@@ -443,9 +520,14 @@ class MesosCluster:
                 self._rescind(oid)
             return len(ids)
 
-    def elect(self, master: "MesosMasterDouble") -> None:
-        """Leader change: streams to the old leader break; it redirects to the new one."""
+    def elect(self, master: "MesosMasterDouble", *, agents_reregister_after: float = 0.0) -> None:
+        """Leader change: streams to the old leader break; it redirects to the new one. The new
+        leader knows no agent (nor its tasks, nor their updates) until the agent re-registers,
+        `agents_reregister_after` seconds later (see `recovering`)."""
         with self.lock:
+            if master is not self.leader:
+                until = time.monotonic() + agents_reregister_after
+                self.recovering = {a.id: until for a in self.agents.values() if a.active}
             self.leader = master
             for fw in self.frameworks.values():
                 if fw.stream is not None:
@@ -494,11 +576,17 @@ class MesosCluster:
         if self.on_kill is not None:
             self.on_kill(task_id)
 
-    def _send_update(self, task: Task) -> None:
+    def _send_update(self, task: Task, retry: bool = False) -> None:
         fw = self.frameworks.get(task.framework_id)
         if fw is None or not task.pending:
             return
         task.sent_at = time.monotonic()
+        # first retry after update_retry_seconds, then doubling up to the maximum
+        # (status_update_manager_process.hpp:233, 565)
+        task.retry_interval = (min(task.retry_interval * 2, self.update_retry_max_seconds) if retry
+                               else self.update_retry_seconds)
+        if task.agent_id in self.recovering and task.pending[0].get("source") != "SOURCE_MASTER":
+            return   # the leader does not know this agent yet: its updates reach no one
         self._emit(fw, {"type": "UPDATE", "update": {"status": task.pending[0]}})
 
     def _used(self, agent_id: str) -> dict[str, float]:
@@ -527,8 +615,14 @@ class MesosCluster:
             if task.finish_at is not None and now >= task.finish_at and task.state == "TASK_RUNNING":
                 task.finish_at = None
                 self._transition(task, "TASK_FINISHED")
-            if task.pending and now - task.sent_at >= self.update_retry_seconds:
-                self._send_update(task)   # the agent retries unacknowledged updates
+            if task.pending and now - task.sent_at >= task.retry_interval:
+                self._send_update(task, retry=True)   # the agent retries unacknowledged updates
+        for agent_id, until in list(self.recovering.items()):
+            if now >= until:   # re-registered: the master learns its tasks, the agent re-sends
+                del self.recovering[agent_id]
+                for task in self.tasks.values():
+                    if task.agent_id == agent_id and task.pending:
+                        self._send_update(task)
         for fw in self.frameworks.values():
             if fw.removed or fw.stream is not None:
                 continue
@@ -549,7 +643,10 @@ class MesosCluster:
                 if role in fw.suppressed:
                     continue
                 for agent in self.agents.values():
-                    if not agent.active:
+                    if not agent.active or agent.id in self.recovering:
+                        continue
+                    if self.filter_gpu_resources and agent.resources.get("gpus") \
+                            and not fw.capable("GPU_RESOURCES"):
                         continue
                     if any(a == agent.id and f == fw.id for f, a, _r, _res, _t in self.offers.values()):
                         continue
@@ -619,8 +716,11 @@ class MesosCluster:
             if ctype == "SUBSCRIBE":
                 return self._subscribe(call)
             fw = self.frameworks.get(call["framework_id"]["value"])
-            if fw is None or fw.removed or fw.stream is None:
-                return 403, "Framework cannot be found or is not subscribed", None
+            if fw is None or fw.removed:   # src/master/http.cpp:616-619
+                self.validation_errors.append(f"{ctype}: Framework cannot be found")
+                return 400, "Framework cannot be found", None
+            if fw.stream is None:          # http.cpp:633-634
+                return 403, "Framework is not subscribed", None
             if fw.stream.id != stream_id:
                 msg = f"The stream ID '{stream_id}' included in this request didn't match the stream ID currently associated with framework ID {fw.id}"
                 self.validation_errors.append(f"{ctype}: {msg}")
@@ -638,8 +738,13 @@ class MesosCluster:
             return 400, msg, None
         fw_id = (call.get("framework_id") or info.get("id") or {}).get("value")
         if fw_id is not None and fw_id in self.frameworks and self.frameworks[fw_id].removed:
+            # master.cpp:2591-2598 validateFramework -> refuseSubscription (master.cpp:2693-2707):
+            # a FrameworkErrorMessage, evolved into Event{type: ERROR, error: {message}}
+            # (src/internal/evolve.cpp:320-329), then the connection is closed.
             stream = _Stream(str(uuid.uuid4()))
-            stream.put({"type": "ERROR", "message": "Framework has been removed"})
+            event = {"type": "ERROR", "error": {"message": "Framework has been removed"}}
+            self.event_errors.extend(proto_checker().check(event, "mesos.v1.scheduler.Event"))
+            stream.put(event)
             stream.put(None)
             return 200, "", stream
         if fw_id is None:
@@ -704,7 +809,8 @@ class MesosCluster:
         if not offers:
             # Master: "Task launched with invalid offers" -> TASK_LOST (TASK_DROPPED if PARTITION_AWARE).
             self._emit(fw, {"type": "UPDATE", "update": {"status": dict(
-                status, state="TASK_LOST", reason="REASON_INVALID_OFFERS",
+                status, state="TASK_DROPPED" if fw.capable("PARTITION_AWARE") else "TASK_LOST",
+                reason="REASON_INVALID_OFFERS",
                 message="Task launched with invalid offers")}})
             return
         if ("command" in info) == ("executor" in info):
@@ -721,16 +827,57 @@ class MesosCluster:
             need[r["name"]] = need.get(r["name"], 0.0) + r.get("scalar", {}).get("value", 0.0)
         if any(v > avail.get(k, 0.0) + 1e-9 for k, v in need.items()):
             return reject("TASK_ERROR", "REASON_TASK_INVALID", f"Task uses more resources {need} than available {avail}")
+        limits = info.get("limits") or {}   # master-side validation (src/master/validation.cpp:1608-1652)
+        if set(limits) - {"cpus", "mem"}:
+            return reject("TASK_ERROR", "REASON_TASK_INVALID", "Only cpus and mem may be included in a task's resource limits")
+        for name in ("cpus", "mem"):
+            if name in limits and float(limits[name]["value"]) < need.get(name, 0.0):
+                return reject("TASK_ERROR", "REASON_TASK_INVALID",
+                              f"The task's {name} limit must be greater than or equal to its {name} request")
         for k, v in need.items():
             avail[k] -= v
         task = Task(tid, fw.id, agent_id, role, need, info)
         self.tasks[tid] = task
+        refusal = self._agent_refusal(fw, info, self.agents[agent_id])
+        if refusal is not None:
+            state, reason, message = refusal
+            self.agent_refusals.append(f"{tid}: {message}")
+            return self._transition(task, state, source="SOURCE_AGENT", reason=reason, message=message)
         self._transition(task, "TASK_STARTING")
         self._transition(task, "TASK_RUNNING")
         if self.executor is not None:
             task.finish_at = None
             agent = self.agents[agent_id]
             threading.Thread(target=self._execute, args=(task, agent), daemon=True).start()
+
+    @staticmethod
+    def _agent_refusal(fw: Framework, info: dict, agent: Agent) -> tuple[str, str, str] | None:
+        """What the agent answers a task it cannot start, or None."""
+        command = info.get("command") or {}
+        if agent.switch_user:
+            # CommandInfo.user precedes FrameworkInfo.user (slave.cpp:10342-10356); the sandbox is
+            # chowned to it and a failure drops the task: TASK_DROPPED for PARTITION_AWARE
+            # frameworks, else TASK_LOST, REASON_EXECUTOR_TERMINATED (slave.cpp:2860-2883,
+            # 3281-3290; paths.cpp:893-903).
+            user = command.get("user", fw.info.get("user", ""))
+            if user not in agent.users:
+                state = "TASK_DROPPED" if fw.capable("PARTITION_AWARE") else "TASK_LOST"
+                return state, "REASON_EXECUTOR_TERMINATED", (
+                    f"Failed to chown directory to '{user}': Failed to get user information for '{user}'")
+        container = info.get("container")
+        if container is not None:
+            kind = container.get("type", "MESOS")
+            if kind == "DOCKER" and "docker" not in agent.containerizers:
+                return "TASK_FAILED", "REASON_CONTAINER_LAUNCH_FAILED", (
+                    "Failed to launch container: No containerizer can launch a DOCKER container "
+                    f"(--containerizers={','.join(agent.containerizers)})")
+            image = (container.get("mesos") or {}).get("image")
+            if kind == "MESOS" and image is not None and image.get("type") not in {
+                    p.upper() for p in agent.image_providers}:
+                # provisioner.cpp:532-534
+                return "TASK_FAILED", "REASON_CONTAINER_LAUNCH_FAILED", (
+                    f"Failed to launch container: Unsupported container image type: {image.get('type')}")
+        return None
 
     def _execute(self, task: Task, agent: Agent) -> None:
         assert self.executor is not None
@@ -773,12 +920,30 @@ class MesosCluster:
             ids = [t["task_id"]["value"] for t in asked]
         else:   # implicit: every non-terminal task the master knows
             ids = [t.id for t in self.tasks.values() if t.framework_id == fw.id and t.state not in _TERMINAL]
+        aware = fw.capable("PARTITION_AWARE")
+        asked_agents = {t["task_id"]["value"]: (t.get("agent_id") or {}).get("value") for t in asked}
         for tid in ids:
             task = self.tasks.get(tid)
             status: dict[str, Any] = {"task_id": {"value": tid}, "source": "SOURCE_MASTER",
                                       "reason": "REASON_RECONCILIATION", "timestamp": time.time()}
+            agent_id = task.agent_id if task is not None else asked_agents.get(tid)
+            if agent_id in self.recovering or (agent_id is None and self.recovering):
+                continue   # case (2), master.cpp:9024-9033: no answer while the agent may still re-register
             if task is None or task.framework_id != fw.id or task.acked_terminal:
-                status.update(state="TASK_LOST", message="Reconciliation: Task is unknown")
+                # master.cpp:9024-9140: the cases for an unknown task; TASK_LOST for frameworks
+                # that are not PARTITION_AWARE
+                agent = self.agents.get(agent_id or "")
+                if not aware:
+                    state = "TASK_LOST"
+                elif agent is None:
+                    state = "TASK_UNKNOWN"
+                elif agent.active:
+                    state = "TASK_GONE"
+                else:
+                    state = "TASK_UNREACHABLE"
+                status.update(state=state, message="Reconciliation: Task is unknown")
+                if agent is not None:
+                    status["agent_id"] = {"value": agent.id}
             else:
                 status.update(state=task.state, agent_id={"value": task.agent_id})
             self._emit(fw, {"type": "UPDATE", "update": {"status": status}})
@@ -790,6 +955,19 @@ class MesosCluster:
 
     def _call_suppress(self, fw: Framework, call: dict) -> None:
         fw.suppressed |= set((call.get("suppress") or {}).get("roles", [])) or set(fw.roles)
+
+
+def effective_argv(info: dict, agent: Agent) -> list[str]:
+    """The argv an agent runs for a TaskInfo's CommandInfo: the command executor execs `value`
+    with `arguments` as the whole argv (argv[0] included; src/launcher/executor.cpp), a shell
+    command is `sh -c value`; the Docker containerizer runs `docker run IMAGE value arguments...`
+    (src/docker/docker.cpp:1038-1060, 1234-1238) with the image's entrypoint in front unless shell."""
+    cmd = info.get("command") or {}
+    if cmd.get("shell", True):
+        return ["/bin/sh", "-c", cmd.get("value", "")]
+    if (info.get("container") or {}).get("type") == "DOCKER" and "docker" in agent.containerizers:
+        return ([cmd["value"]] if "value" in cmd else []) + list(cmd.get("arguments", []))
+    return list(cmd.get("arguments") or [cmd["value"]])
 
 
 # --------------------------------------------------------------------------------------------
@@ -902,6 +1080,17 @@ class MesosMasterDouble:
         if not isinstance(call, dict):
             self.cluster.validation_errors.append("call is not a JSON object")
             return h._plain(400, "Failed to convert JSON into Call protobuf: not an object")
+        principal = None
+        if self.cluster.credentials is not None:
+            principal = self._authenticate(h.headers.get("Authorization") or "")
+            if principal is None:
+                return h._plain(401, "", {"WWW-Authenticate": 'Basic realm="mesos-master-scheduler"'})
+            info = ((call.get("subscribe") or {}).get("framework_info") or {})
+            if "principal" in info and info["principal"] != principal:
+                msg = (f"Authenticated principal '{principal}' does not match principal "
+                       f"'{info['principal']}' set in `FrameworkInfo`")
+                self.cluster.validation_errors.append(msg)
+                return h._plain(400, "Failed to validate scheduler::Call: " + msg)
         code, msg, stream = self.cluster.handle_call(call, h.headers.get("Mesos-Stream-Id"))
         if stream is None:
             if code == 202:
@@ -911,6 +1100,17 @@ class MesosMasterDouble:
                 return
             return h._plain(code, msg)
         self._serve_stream(h, stream)
+
+    def _authenticate(self, header: str) -> str | None:
+        scheme, _, token = header.partition(" ")
+        if scheme != "Basic":
+            return None
+        try:
+            user, _, password = base64.b64decode(token).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        creds = self.cluster.credentials or {}
+        return user if user in creds and creds[user] == password else None
 
     def _serve_stream(self, h: Any, stream: _Stream) -> None:
         stream.sock = h.connection
@@ -946,7 +1146,12 @@ class MesosMasterDouble:
                     h.wfile.write(b"0\r\n\r\n")
                     h.wfile.flush()
                     return
-        except OSError:
+        except OSError:   # the scheduler closed the connection: the framework is disconnected
+            with self.cluster.lock:   # and its failover timeout starts (master.cpp exited())
+                for fw in self.cluster.frameworks.values():
+                    if fw.stream is stream:
+                        fw.stream = None
+                        fw.disconnected_at = time.monotonic()
             return
 
 

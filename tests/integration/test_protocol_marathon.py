@@ -61,3 +61,36 @@ def test_dispatcher_app_follows_the_protocol(zk_hosts, marathon, tmp_path):
         op.stop()
         client.close()
         store.close()
+
+
+def test_a_stuck_dispatcher_deployment_is_replaced_by_the_fixed_app(zk_hosts, tmp_path):
+    """An older operator left a dispatcher app without its credentials: it never gets healthy, so
+    its deployment never ends. The operator's app (credentials mounted) replaces it (`force`)
+    instead of waiting on DeploymentLocked forever."""
+    def healthy(app):   # the dispatcher's /healthz: up only once it can read its key file
+        return "BOID_CHAIN_KEYS_FILE" in app["env"] and any(
+            v.get("containerPath") == "/etc/boid/secrets" for v in app["container"].get("volumes", []))
+
+    with MarathonDouble(deployment_polls=1, healthy=healthy) as marathon:
+        client = MarathonClient(marathon.url, locked_timeout=0.3, locked_backoff=(0.02, 0.05))
+        client.create_app({"id": APP, "args": ["dispatcher", "run", "--protocol", "survey"], "cpus": 0.5, "mem": 256,
+                           "container": {"type": "DOCKER", "docker": {"image": "boid/dispatcher:0.9"}},
+                           "env": {"BOID_PROTOCOL": "survey"}})
+        for _ in range(3):
+            assert client.list_deployments() != []          # stuck
+        store = Store(zk_hosts)
+        world = World(store=store, storage=Storage(f"file://{tmp_path}"), marathon=client)
+        op = Operator(store, world, registry, workers=2).start()
+        try:
+            store.create(protocol("researcher1"))
+            p = eventually(lambda: (o := store.get(Protocol, "survey")) and cond(o, "DispatcherReady") == "True" and o)
+            assert p.status.dispatcher == APP
+            app = client.get_app(APP)
+            assert app["env"]["BOID_CHAIN_KEYS_FILE"] == "/etc/boid/secrets/chain-keys.json"
+            assert any(r.method == "PUT" and r.params.get("force") == "true" for r in marathon.requests)
+            eventually(lambda: client.list_deployments() == [])   # the fixed app gets healthy
+            assert marathon.validation_failures == []
+        finally:
+            op.stop()
+            client.close()
+            store.close()

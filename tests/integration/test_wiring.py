@@ -38,3 +38,61 @@ def test_each_protocols_dispatcher_is_its_own_framework(zk_hosts, tmp_path):
             close_world(w)
         store.close()
         master.stop()
+
+
+def _protocol(name: str):
+    from boidcluster.model.kinds import parse_resource
+    return parse_resource({
+        "apiVersion": "cluster.boid.com/v1alpha1", "kind": "Protocol", "metadata": {"name": name},
+        "spec": {"title": "T", "owner": "boidteam", "researcher": "researcher1", "datadir": name,
+                 "fund": {"account": "boidfund", "quantity": "10.0000 BOID"},
+                 "payRates": {"worker": "1.0000 BOID", "dispatcher": "1.0000 BOID"}}})
+
+
+def test_a_dispatcher_stop_is_a_failover_until_its_protocol_is_deleted(zk_hosts, tmp_path, monkeypatch):
+    """SIGTERM (Marathon restarts or moves the dispatcher) leaves tasks running; only a deleted
+    protocol tears its framework down. Credentials: principal from the environment, the secret
+    from a mounted file, never an argument or an environment value."""
+    from boidcluster.adapters.backend import TaskResources, TaskSpec
+    from boidcluster.model.resources import Protocol
+
+    master = MesosMasterDouble(heartbeat_interval=0.2, task_seconds=None)
+    master.cluster.credentials = {"boid-dispatcher": "s3cret"}
+    master.cluster.add_agent("alice")
+    secret = tmp_path / "mesos-secret"
+    secret.write_text("s3cret")
+    monkeypatch.setenv("BOID_MESOS_PRINCIPAL", "boid-dispatcher")
+    monkeypatch.setenv("BOID_MESOS_SECRET_FILE", str(secret))
+    store = Store(zk_hosts)
+    store.create(_protocol("gamma"))
+    opts = OperatorOptions(zk=zk_hosts, storage=f"file://{tmp_path}", backend="mesos", mesos_master=master.url,
+                           mesos_roles=["gamma"], mesos_state="/boid/v1/dispatchers/gamma/mesos", protocol="gamma")
+    task = TaskSpec(task_id="g1", job="j", unit="u", command=["sleep", "60"], env={}, output_dir="/o",
+                    resources=TaskResources(cpus=0.5, mem=64), role="gamma")
+    try:
+        for attempt in range(2):
+            world = build_world(opts, store)
+            assert world.backend.user == "nobody" and world.backend.principal == "boid-dispatcher"
+            if attempt == 0:
+                world.backend.submit(task)
+            else:
+                world.backend.reconcile(["g1"])
+            deadline = time.monotonic() + 10
+            while master.cluster.tasks.get("g1") is None or master.cluster.tasks["g1"].state != "TASK_RUNNING":
+                assert time.monotonic() < deadline, "g1 not running"
+                time.sleep(0.05)
+            deadline = time.monotonic() + 10
+            while not world.backend.health()["subscribed"]:
+                assert time.monotonic() < deadline, "not subscribed"
+                time.sleep(0.05)
+            if attempt == 0:
+                close_world(world)                    # a graceful stop: the task runs on
+                assert master.cluster.tasks["g1"].state == "TASK_RUNNING"
+        fid = world.backend.framework_id
+        store.delete(Protocol, "gamma")
+        close_world(world)                            # the protocol is gone: teardown
+        assert master.cluster.frameworks[fid].removed and master.cluster.tasks["g1"].state == "TASK_KILLED"
+        assert master.validation_errors == []
+    finally:
+        store.close()
+        master.stop()

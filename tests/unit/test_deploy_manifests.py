@@ -14,6 +14,7 @@ import yaml
 
 from boidcluster.adapters.marathon import dispatcher_app
 from doubles.marathon import app_schema_validator
+from doubles.mesos_master import WORKER_CONTAINERIZERS, WORKER_IMAGE_PROVIDERS, WORKER_ISOLATION
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "manifests" / "deploy"
@@ -58,7 +59,16 @@ def test_dispatcher_actor_runs_zookeeper_mesos_marathon_and_the_operator():
     op = svc["operator"]
     assert op["build"]["dockerfile"] == "manifests/deploy/Dockerfile"
     assert (DEPLOY / "dispatcher" / op["build"]["context"]).resolve() == ROOT
-    assert op["command"][:2] == ["operator", "run"] and op["environment"]["BOID_ZK"] == "zookeeper:2181"
+    assert op["command"][:2] == ["operator", "run"]
+    # what the operator passes on to dispatcher apps must be reachable from the agents they run on
+    assert op["environment"]["BOID_ZK"] == "${BOID_DISPATCHER_IP}:2181"
+    assert op["command"][op["command"].index("--mesos-master") + 1] == "zk://${BOID_DISPATCHER_IP}:2181/mesos"
+    # jobs run in the dispatcher apps only, never also in the operator (two frameworks, double work)
+    assert op["command"][op["command"].index("--backend") + 1] == "none"
+    # keys are files from /etc/boid/secrets, never environment values
+    assert "--keys" in op["command"] and not any("KEYS" in k and not k.endswith("_FILE") for k in op["environment"])
+    master = svc["mesos-master"]["environment"]
+    assert master["MESOS_AUTHENTICATE_HTTP_FRAMEWORKS"] == "true" and master["MESOS_CREDENTIALS"].startswith("/etc/boid/secrets/")
 
 
 def test_worker_agent_uses_docker_and_carries_the_account_attribute():
@@ -66,6 +76,13 @@ def test_worker_agent_uses_docker_and_carries_the_account_attribute():
     env = agent["environment"]
     assert agent["image"] == "mesosphere/mesos-slave:1.7.1"
     assert "docker" in env["MESOS_CONTAINERIZERS"].split(",")
+    # the agent flags the Mesos master double's agents default to (tests/doubles/mesos_master.py),
+    # so what the backend is tested against is what this file runs
+    assert tuple(env["MESOS_CONTAINERIZERS"].split(",")) == WORKER_CONTAINERIZERS
+    assert tuple(env["MESOS_IMAGE_PROVIDERS"].split(",")) == WORKER_IMAGE_PROVIDERS
+    assert tuple(env["MESOS_ISOLATION"].split(",")) == WORKER_ISOLATION
+    assert env["MESOS_LAUNCHER"] == "linux"   # image support needs it (containerizer.cpp:318-321)
+    assert env["MESOS_SWITCH_USER"] == "true"
     assert re.search(r"(^|;)boid_account:\$\{BOID_ACCOUNT[:?}]", env["MESOS_ATTRIBUTES"])
     assert "/var/run/docker.sock:/var/run/docker.sock" in agent["volumes"]
 
@@ -91,10 +108,16 @@ def test_marathon_app_validates_against_app_definition_schema(path):
 def test_dispatcher_json_is_what_dispatcher_app_builds():
     app = json.loads((DEPLOY / "marathon" / "dispatcher.json").read_text())
     protocol = app["env"]["BOID_PROTOCOL"]
+    own = {"BOID_PROTOCOL", "BOID_CHAIN_KEYS_FILE", "BOID_MESOS_SECRET_FILE"}
     built = dispatcher_app(protocol, app["container"]["docker"]["image"],
-                           env={k: v for k, v in app["env"].items() if k != "BOID_PROTOCOL"},
+                           env={k: v for k, v in app["env"].items() if k not in own},
                            args=["dispatcher", "run", "--protocol", protocol])
     assert app == built
+    # credentials come as files from the dispatcher machines, named, never inlined
+    assert app["container"]["volumes"] == [{"containerPath": "/etc/boid/secrets", "hostPath": "/etc/boid/secrets",
+                                            "mode": "RO"}]
+    assert app["env"]["BOID_CHAIN_KEYS_FILE"].startswith("/etc/boid/secrets/")
+    assert not any("KEY" in k and not k.endswith("_FILE") for k in app["env"])
 
 
 def test_operator_app_runs_the_operator_with_health_on_its_port():
@@ -104,6 +127,10 @@ def test_operator_app_runs_the_operator_with_health_on_its_port():
     assert app["portDefinitions"][0]["port"] == port and app["requirePorts"] is True
     assert app["healthChecks"][0]["path"] == "/healthz"
     assert "BOID_CHAIN_KEYS" not in app.get("env", {}), "keys never go into an app definition"
+    assert app["args"][app["args"].index("--backend") + 1] == "none"   # the dispatcher apps run the jobs
+    assert app["args"][app["args"].index("--keys") + 1].startswith("/etc/boid/secrets/")
+    assert {"containerPath": "/etc/boid/secrets", "hostPath": "/etc/boid/secrets", "mode": "RO"} \
+        in app["container"]["volumes"]
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:

@@ -47,7 +47,9 @@ def test_dispatcher_app_validates_against_the_official_schema():
     assert app["id"] == "/boid/alpha/dispatcher"
     assert app["labels"] == {"team": "lab", "boid.protocol": "alpha", "boid.component": "dispatcher",
                              "boid.managed-by": "boid-operator"}
-    assert app["env"] == {"BOID_LOG": "info", "BOID_PROTOCOL": "alpha"}
+    assert app["env"] == {"BOID_LOG": "info", "BOID_PROTOCOL": "alpha",
+                          "BOID_CHAIN_KEYS_FILE": "/etc/boid/secrets/chain-keys.json",
+                          "BOID_MESOS_SECRET_FILE": "/etc/boid/secrets/mesos-secret"}
     assert app["healthChecks"][0]["protocol"] == "MESOS_HTTP"
     assert app["upgradeStrategy"] == {"minimumHealthCapacity": 0, "maximumOverCapacity": 0}
     assert app["container"]["docker"]["image"] == "boid/dispatcher:1.0"
@@ -259,3 +261,155 @@ def test_concurrent_ensure_converges_to_one_app(marathon):
         t.join()
     assert results.count("created") == 1
     assert len([r for r in marathon.requests if r.method == "POST" and r.status == 201]) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 13: Marathon as it really answers (each failed with the old client or the old double)
+# ------------------------------------------------------------------------------------------------
+
+import json as _json  # noqa: E402
+
+import httpx  # noqa: E402
+
+from boidcluster.adapters.marathon import (  # noqa: E402
+    DEFINITION_LABEL,
+    ConflictingChange,
+    MarathonAuthError,
+    TooManyDeployments,
+)
+from doubles.specs import specs_dir  # noqa: E402
+
+EXAMPLES = specs_dir() / "marathon" / "public" / "api" / "v2" / "examples"
+
+
+def test_403_is_too_many_deployments_not_an_auth_error():
+    with MarathonDouble(deployment_polls=None, max_running_deployments=1) as m, \
+            MarathonClient(m.url, locked_timeout=0.1) as c:
+        c.create_app(dispatcher_app("one", "img"))
+        with pytest.raises(TooManyDeployments) as e:
+            c.create_app(dispatcher_app("two", "img"))
+        assert e.value.status == 403 and not isinstance(e.value, MarathonAuthError)
+        c.create_app(dispatcher_app("two", "img"), force=True)   # force=true is not counted
+
+
+def test_409_is_typed_by_the_body_not_its_text(client, marathon):
+    client.create_app(DISPATCHER)
+    with pytest.raises(AppAlreadyExists) as exists:
+        client.create_app(DISPATCHER)
+    assert isinstance(exists.value, ConflictingChange) and not isinstance(exists.value, DeploymentLocked)
+    with MarathonDouble(deployment_polls=None) as m, MarathonClient(m.url, locked_timeout=0.05) as c:
+        c.create_app(DISPATCHER)
+        with pytest.raises(DeploymentLocked) as locked:
+            c.update_app({"id": DISPATCHER["id"], "instances": 2})
+        assert locked.value.deployments and locked.value.status == 409
+
+
+def test_relative_segments_are_refused_by_the_client():
+    for relative in ("/x/../y", "/x/./y"):   # Marathon resolves them (PathId.canonicalPath); we never send them
+        with pytest.raises(ValueError):
+            normalize_app_id(relative)
+
+
+@pytest.mark.parametrize("bad", ["/a.-b/x", "/a-/x", "/-a", "/x/restart", "/x/tasks", "/x/versions", "/A/b"])
+def test_path_id_rules_are_marathons(bad, marathon):
+    with pytest.raises(ValueError):
+        normalize_app_id(bad)
+    r = httpx.post(marathon.url + "/v2/apps", json={"id": bad, "cmd": "sleep 1"})
+    assert r.status_code == 422, r.text   # PathId.scala:212-223
+    marathon.validation_failures.clear()
+
+
+def test_path_id_accepts_dotted_labels(marathon, client):
+    assert normalize_app_id("boid/a.b-c/dispatcher") == "/boid/a.b-c/dispatcher"
+    client.create_app({"id": "/boid/a.b-c/d1", "cmd": "sleep 1"})
+
+
+@pytest.mark.parametrize("constraint,error", [
+    (["hostname", "UNIQUE", ""], "UNIQUE does not accept a value"),
+    (["hostname", "MAX_PER", "x"], "MAX_PER requires an integer value"),
+    (["hostname", "LIKE"], "LIKE and UNLIKE require a non-empty, regular expression value"),
+    (["hostname", "LIKE", "("], "is not a valid regular expression"),
+    (["", "UNIQUE"], "illegal constraint specification"),
+])
+def test_semantic_validation_is_422_with_details(constraint, error, client, marathon):
+    app = {"id": "/c/app", "cmd": "sleep 1", "constraints": [constraint]}
+    assert list(app_schema_validator().iter_errors(app)) == []    # the schema alone lets it through
+    with pytest.raises(InvalidAppDefinition) as e:
+        client.create_app(app)
+    assert e.value.status == 422 and e.value.details[0]["errors"] == [error]
+    marathon.validation_failures.clear()
+
+
+def test_ensure_app_compares_with_the_canonical_form(client, marathon):
+    """Deprecated fields come back translated (uris -> fetch, ports -> portDefinitions, docker
+    network -> networks, health checks get portIndex): the old client PUT this app on every resync."""
+    app = {"id": "/legacy/app", "cmd": "python3 -m http.server $PORT0", "cpus": 0.1, "mem": 64,
+           "uris": ["https://example.com/data.tar.gz"], "ports": [0],
+           "container": {"type": "DOCKER", "docker": {"image": "python:3.11", "network": "HOST"}},
+           "healthChecks": [{"protocol": "HTTP", "path": "/"}], "labels": {"team": "lab"}}
+    assert client.ensure_app(app).action == "created"
+    shown = client.get_app("/legacy/app")
+    assert "uris" not in shown and shown["fetch"][0]["uri"] == "https://example.com/data.tar.gz"
+    assert "network" not in shown["container"]["docker"] and shown["healthChecks"][0]["portIndex"] == 0
+    assert shown["labels"][DEFINITION_LABEL] and shown["labels"]["team"] == "lab"
+    marathon.finish_all_deployments()
+    marathon.requests.clear()
+    for _ in range(3):
+        assert client.ensure_app(app).action == "unchanged"
+    assert [r.method for r in marathon.requests] == ["GET"] * 3
+    # a change made in Marathon behind our back is still put right
+    client.update_app({"id": "/legacy/app", "mem": 128})
+    marathon.finish_all_deployments()
+    assert client.ensure_app(app).changed_fields == ("mem",)
+
+
+def test_a_deployment_stuck_on_an_old_definition_is_forced():
+    """A dispatcher without its credentials never gets healthy, so its deployment never ends;
+    the fixed definition must replace it (the old client got DeploymentLocked forever)."""
+    def healthy(app):   # stands for the dispatcher's /healthz: up only with its key file mounted
+        return "BOID_CHAIN_KEYS_FILE" in app["env"] and bool(app["container"].get("volumes"))
+
+    fixed = dispatcher_app("alpha", "boid/dispatcher:1.0")
+    broken = {**fixed, "env": {"BOID_PROTOCOL": "alpha"}, "container": {
+        "type": "DOCKER", "docker": {"image": "boid/dispatcher:1.0", "forcePullImage": False}}}
+    with MarathonDouble(deployment_polls=1, healthy=healthy) as m, \
+            MarathonClient(m.url, locked_timeout=0.2, locked_backoff=(0.02, 0.05)) as c:
+        c.ensure_app(broken)
+        for _ in range(3):
+            c.list_deployments()
+        assert len(c.list_deployments()) == 1                    # stuck: unhealthy
+        assert c.ensure_app(broken).action == "unchanged"          # the same definition: left deploying
+        res = c.ensure_app(fixed)
+        assert res.action == "updated" and set(res.changed_fields) >= {"env", "container"}
+        assert [r.params.get("force") for r in m.requests if r.method == "PUT"][-1] == "true"
+        c.wait_for_deployment(res.deployment, timeout=5, interval=0.01)
+        assert c.list_deployments() == []
+        assert m.validation_failures == []
+
+
+def test_id_filter_is_case_insensitive(client, marathon):
+    client.create_app(DISPATCHER)
+    apps = httpx.get(marathon.url + "/v2/apps", params={"id": "BOID/ALPHA"}).json()["apps"]
+    assert [a["id"] for a in apps] == ["/boid/alpha/dispatcher"]   # AppsResource.scala:501-505
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("apps_create.json", [201, 201]),
+    ("app.json", [422]),                      # cmd and args both: AppValidation.scala:512-523
+    ("app-check-http-example.json", [201]),   # `check` is an App field since 1.8 (app.raml:202)
+    ("app_patch.json", [422]),                # an update body: as a new app it runs nothing
+])
+def test_marathons_own_examples_are_answered_as_marathon_would(name, expected, marathon):
+    body = _json.loads((EXAMPLES / name).read_text())
+    bodies = body if isinstance(body, list) else [body]
+    got = [httpx.post(marathon.url + "/v2/apps", json=b).status_code for b in bodies]
+    assert got == expected
+    marathon.validation_failures.clear()
+
+
+def test_app_patch_example_updates_an_existing_app(marathon, client):
+    patch = _json.loads((EXAMPLES / "app_patch.json").read_text())
+    client.create_app({"id": patch["id"], "cmd": "sleep 100"})
+    marathon.finish_all_deployments()
+    r = httpx.put(marathon.url + "/v2/apps" + normalize_app_id(patch["id"]), json=patch)
+    assert r.status_code == 200 and client.get_app(patch["id"])["instances"] == patch["instances"]

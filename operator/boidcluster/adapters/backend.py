@@ -14,6 +14,12 @@ from typing import Literal, Protocol, runtime_checkable
 
 TaskState = Literal["STAGING", "RUNNING", "FINISHED", "FAILED", "KILLED", "LOST"]
 TERMINAL: frozenset[str] = frozenset({"FINISHED", "FAILED", "KILLED", "LOST"})
+# LOST reasons that blame the machine or the network, not the task (mesos.proto TaskStatus.Reason).
+MACHINE_LOSS_REASONS: frozenset[str] = frozenset({
+    "REASON_AGENT_REMOVED", "REASON_AGENT_DISCONNECTED", "REASON_AGENT_REMOVED_BY_OPERATOR",
+    "REASON_AGENT_RESTARTED", "REASON_AGENT_UNKNOWN", "REASON_AGENT_DRAINING", "REASON_INVALID_OFFERS",
+    "REASON_RECONCILIATION", "REASON_MASTER_DISCONNECTED", "REASON_FRAMEWORK_REMOVED",
+})
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,18 @@ class TaskUpdate:
     message: str = ""
     started_at: float | None = None  # wall-clock seconds when it started running
     finished_at: float | None = None
+    # Why it ended, as a stable name (Mesos: TaskStatus.Reason, e.g. REASON_EXECUTOR_TERMINATED);
+    # "" when the backend has none. With `message` it tells one cause from another: a task LOST
+    # again and again with the same (reason, message) will not run anywhere (see `cause`).
+    reason: str = ""
+
+    @property
+    def cause(self) -> tuple[str, str] | None:
+        """(reason, message) of a LOST update that says something about the task itself, None
+        when the machine was lost under it (re-running elsewhere is the right answer then)."""
+        if self.state != "LOST" or not self.reason or self.reason in MACHINE_LOSS_REASONS:
+            return None
+        return (self.reason, self.message)
 
     @property
     def terminal(self) -> bool:
@@ -85,4 +103,6 @@ class Backend(Protocol):
         """The contributor identities that can currently run work (for status and fairness)."""
 
     def close(self) -> None:
-        """Stop: queued tasks are dropped, running ones killed."""
+        """Stop: queued tasks are dropped. Running ones are killed where they cannot outlive this
+        process (local); a cluster backend leaves them running for its successor to reconcile
+        (a failover), and kills them only on an explicit teardown (`close(remove=True)`)."""

@@ -9,22 +9,35 @@ dicts in, plain dicts out keeps every request checkable against AppDefinition.js
 
 Behaviour worth knowing:
 
-* App ids are absolute (``/boid/<protocol>/dispatcher``); URLs never get ``//``.
-* ``ensure_app`` is idempotent: create if missing, update (PUT, partial) if a field *we own* (a key
-  of the desired definition) differs, else nothing. Nested objects compare as "desired is a subset
-  of what Marathon shows", because Marathon fills defaults (health check intervals, upgrade
-  strategy, service ports for ``port: 0``); ``env`` and ``labels`` compare exactly, as we own the
-  whole map.
-* 409 "App is locked by one or more deployments" is retried with exponential backoff (tenacity)
-  for at most ``locked_timeout`` seconds, then raised as ``DeploymentLocked``. ``force=True`` uses
-  Marathon's ``?force=true`` instead (cancels the running deployment: only for failed deployments).
-* Errors are typed: ``AppNotFound``, ``AppAlreadyExists``, ``DeploymentLocked``,
-  ``InvalidAppDefinition`` (400/422 with Marathon's details), ``MarathonAuthError``,
-  ``MarathonUnavailable`` (transport errors, 5xx: retry later), ``DeploymentTimeout``.
+* App ids are absolute (``/boid/<protocol>/dispatcher``) and follow Marathon's PathId rules
+  (state/PathId.scala:212-223: each segment dot-separated DNS labels, the last not ``restart``,
+  ``tasks`` or ``versions``); URLs never get ``//``.
+* ``ensure_app`` is idempotent: create if missing, update (PUT, partial) if the definition we own
+  changed, else nothing. Marathon answers a GET with its *canonical* form, not what was sent:
+  defaults filled in, deprecated fields translated (``uris`` -> ``fetch``, ``ports`` ->
+  ``portDefinitions``, ``container.docker.network`` -> ``networks``: api/v2/AppNormalization.scala),
+  service ports assigned. So what we sent is fingerprinted into the label ``boid.definition`` (a
+  hash of the canonical JSON of the desired definition; Marathon keeps labels verbatim) and the
+  app is unchanged when that label matches and every field we own still compares as "desired is
+  a subset of what Marathon shows" (catching edits made in Marathon). ``changed_fields`` names
+  the fields that differ.
+* 409 "App is locked by one or more deployments" (body with ``deployments``) is retried with
+  exponential backoff (tenacity) for at most ``locked_timeout`` seconds, then raised as
+  ``DeploymentLocked``. ``ensure_app`` then forces (``?force=true``, which cancels the running
+  deployment) when the definition changed: a deployment stuck on an old definition (a dispatcher
+  that never gets healthy) must not lock out its fix. ``force=True`` forces from the start.
+* Errors are typed by status and body shape (api/MarathonExceptionMapper.scala:72-116):
+  ``AppNotFound`` (404), ``DeploymentLocked`` (409 AppLockedException), ``ConflictingChange``
+  (other 409s) and its subclass ``AppAlreadyExists`` (409 on create), ``TooManyDeployments``
+  (403: --max_running_deployments reached; retry later), ``InvalidAppDefinition`` (400/422 with
+  Marathon's details), ``MarathonAuthError`` (401), ``MarathonUnavailable`` (transport errors,
+  5xx: retry later), ``DeploymentTimeout``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -36,6 +49,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 __all__ = [
     "AppAlreadyExists",
     "AppNotFound",
+    "ConflictingChange",
+    "DEFINITION_LABEL",
     "DeploymentLocked",
     "DeploymentNotFound",
     "DeploymentRef",
@@ -46,14 +61,24 @@ __all__ = [
     "MarathonClient",
     "MarathonError",
     "MarathonUnavailable",
+    "TooManyDeployments",
     "app_differences",
+    "definition_hash",
     "dispatcher_app",
     "normalize_app_id",
 ]
 
 AppDef = dict[str, Any]
 
-_SEGMENT = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+DISPATCHER_SECRETS_DIR = "/etc/boid/secrets"        # in the dispatcher's container
+DISPATCHER_SECRETS_HOST_PATH = "/etc/boid/secrets"  # on the dispatcher machines
+
+# state/PathId.scala:212-213 (ID_PATH_SEGMENT_PATTERN, without its "." / ".." alternative: we
+# never send relative ids) and :219-223 (reserved last segments)
+_LABEL = r"([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])"
+_SEGMENT = re.compile(rf"^({_LABEL}\.)*{_LABEL}$")
+_RESERVED_LAST = frozenset({"restart", "tasks", "versions"})
+DEFINITION_LABEL = "boid.definition"
 _EXACT_FIELDS = frozenset({"env", "labels"})
 _DYNAMIC_PORT_KEYS = frozenset({"port", "servicePort", "hostPort"})
 
@@ -72,14 +97,24 @@ class MarathonUnavailable(MarathonError):
 
 
 class MarathonAuthError(MarathonError):
-    """401/403."""
+    """401: Marathon wants credentials (403 means too many deployments, see TooManyDeployments)."""
+
+
+class TooManyDeployments(MarathonError):
+    """403: --max_running_deployments (default 100) deployments are running
+    (GroupManagerImpl.scala:194-202); retry later."""
 
 
 class AppNotFound(MarathonError):
     """404 for an app."""
 
 
-class AppAlreadyExists(MarathonError):
+class ConflictingChange(MarathonError):
+    """409 ConflictingChangeException: the change conflicts with what exists (an app or group
+    with that id, e.g. an app id that is a group's)."""
+
+
+class AppAlreadyExists(ConflictingChange):
     """409 on create: an app with that id exists."""
 
 
@@ -123,14 +158,27 @@ class EnsureResult:
 
 
 def normalize_app_id(app_id: str) -> str:
-    """``boid/x/dispatcher`` or ``/boid/x/dispatcher/`` -> ``/boid/x/dispatcher``; rejects bad ids."""
+    """``boid/x/dispatcher`` or ``/boid/x/dispatcher/`` -> ``/boid/x/dispatcher``; rejects ids
+    Marathon rejects (422)."""
     segments = app_id.strip().strip("/").split("/")
     if not app_id.strip("/ ") or not all(_SEGMENT.match(s) for s in segments):
         raise ValueError(
-            f"invalid Marathon app id {app_id!r}: slash-separated names of lowercase letters, digits, "
-            "'-' and '.', not starting or ending with '-' or '.'"
+            f"invalid Marathon app id {app_id!r}: each '/'-separated segment is one or more '.'-separated "
+            "labels of lowercase letters, digits and '-', a label neither starting nor ending with '-'"
         )
+    if segments[-1] in _RESERVED_LAST:
+        raise ValueError(f"invalid Marathon app id {app_id!r}: it must not end with "
+                         f"{', '.join(sorted(_RESERVED_LAST))} (Marathon reserves them)")
     return "/" + "/".join(segments)
+
+
+def definition_hash(app_def: Mapping[str, Any]) -> str:
+    """A fingerprint of an app definition as we send it (without its own label)."""
+    body = dict(app_def)
+    labels = {k: v for k, v in (body.get("labels") or {}).items() if k != DEFINITION_LABEL}
+    body["labels"] = labels
+    body["id"] = normalize_app_id(body["id"])
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
 def _subset(desired: Any, current: Any, key: str | None = None) -> bool:
@@ -146,13 +194,28 @@ def _subset(desired: Any, current: Any, key: str | None = None) -> bool:
     return desired == current
 
 
+# Deprecated fields Marathon translates into canonical ones, so a GET never shows them as sent
+# (api/v2/AppNormalization.scala:20-95: uris -> fetch, ports -> portDefinitions, ipAddress and
+# container.docker.network -> networks, container.docker.portMappings -> container.portMappings).
+_TRANSLATED = frozenset({"uris", "ports", "ipAddress"})
+
+
+def _canonical_container(container: Any) -> Any:
+    if not isinstance(container, Mapping) or not isinstance(container.get("docker"), Mapping):
+        return container
+    docker = {k: v for k, v in container["docker"].items() if k not in ("network", "portMappings")}
+    return {**container, "docker": docker}
+
+
 def app_differences(desired: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
     """Top-level fields of ``desired`` (the ones we own) whose value ``current`` does not match."""
-    skip = {"id", *ignore}
+    skip = {"id", *ignore, *_TRANSLATED}
     out = []
     for key, want in desired.items():
         if key in skip:
             continue
+        if key == "container":
+            want = _canonical_container(want)
         have = current.get(key)
         same = (want == (have or {})) if key in _EXACT_FIELDS else _subset(want, have, key)
         if not same:
@@ -187,7 +250,7 @@ class MarathonClient:
         return "/v2/apps/" + normalize_app_id(app_id).lstrip("/")
 
     def _request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
-                 what: str = "") -> httpx.Response:
+                 what: str = "", creating: bool = False) -> httpx.Response:
         try:
             resp = self._http.request(method, path, json=json, params=params)
         except httpx.TransportError as e:
@@ -203,18 +266,20 @@ class MarathonClient:
         status = resp.status_code
         if status >= 500:
             raise MarathonUnavailable(text, status=status, body=body)
-        if status in (401, 403):
+        if status == 401:
             raise MarathonAuthError(text, status=status, body=body)
+        if status == 403:
+            raise TooManyDeployments(text, status=status, body=body)
         if status in (400, 422):
             details = body.get("details") if isinstance(body, dict) else None
             raise InvalidAppDefinition(f"{text} {details or ''}".strip(), status=status, body=body)
         if status == 404:
             cls = DeploymentNotFound if what == "deployment" else AppNotFound
             raise cls(text, status=status, body=body)
-        if status == 409:
-            if isinstance(body, dict) and "deployments" in body or "locked" in message.lower():
+        if status == 409:   # AppLockedException carries its deployments (MarathonExceptionMapper.scala:77-78)
+            if isinstance(body, dict) and isinstance(body.get("deployments"), list):
                 raise DeploymentLocked(text, status=status, body=body)
-            raise AppAlreadyExists(text, status=status, body=body)
+            raise (AppAlreadyExists if creating else ConflictingChange)(text, status=status, body=body)
         raise MarathonError(text, status=status, body=body)
 
     def _with_lock_retry(self, call: Callable[[], httpx.Response]) -> httpx.Response:
@@ -260,7 +325,8 @@ class MarathonClient:
 
     def create_app(self, app_def: Mapping[str, Any], *, force: bool = False) -> DeploymentRef:
         body = {**app_def, "id": normalize_app_id(app_def["id"])}
-        resp = self._with_lock_retry(lambda: self._request("POST", "/v2/apps", json=body, params=self._force(force)))
+        resp = self._with_lock_retry(lambda: self._request("POST", "/v2/apps", json=body, params=self._force(force),
+                                                           creating=True))
         return self._ref(resp)
 
     def update_app(self, app_def: Mapping[str, Any], *, force: bool = False, partial: bool = True) -> DeploymentRef:
@@ -284,20 +350,35 @@ class MarathonClient:
         return self._ref(self._with_lock_retry(lambda: self._request("DELETE", path, params=self._force(force))))
 
     def ensure_app(self, app_def: Mapping[str, Any], *, force: bool = False, ignore: Iterable[str] = ()) -> EnsureResult:
-        """Create if missing, update if a field we own differs, nothing otherwise. Idempotent."""
+        """Create if missing, update if the definition we own changed, nothing otherwise (see the
+        module docstring). Idempotent; a deployment stuck on an older definition is forced."""
         app_id = normalize_app_id(app_def["id"])
-        desired = {**app_def, "id": app_id}
+        ignore = set(ignore)
+        owned = {k: v for k, v in app_def.items() if k not in ignore}
+        fingerprint = definition_hash({**app_def, "id": app_id})   # what we want, whatever we leave alone
+        desired = {**owned, "id": app_id,
+                   "labels": {**(owned.get("labels") or {}), DEFINITION_LABEL: fingerprint}}
         current = self.get_app(app_id)
         if current is None:
             try:
                 return EnsureResult("created", app_id, self.create_app(desired, force=force), tuple(sorted(desired)))
             except AppAlreadyExists:  # created concurrently: fall through to compare and update
                 current = self.get_app(app_id) or {}
-        changed = app_differences(desired, current, ignore)
-        if not changed:
+        shown_labels = dict(current.get("labels") or {})
+        same_definition = shown_labels.pop(DEFINITION_LABEL, None) == fingerprint
+        changed = app_differences({**owned, "id": app_id}, {**current, "labels": shown_labels}, ignore)
+        if same_definition and not changed:
             return EnsureResult("unchanged", app_id)
-        body = {k: v for k, v in desired.items() if k not in set(ignore)}
-        return EnsureResult("updated", app_id, self.update_app(body, force=force), tuple(changed))
+        changed = changed or ["labels"]   # only what Marathon shows canonically differs
+        try:
+            ref = self.update_app(desired, force=force)
+        except DeploymentLocked:
+            if same_definition:
+                raise   # our definition is deploying: wait for it, never cancel it
+            # the running deployment rolls out a definition we no longer want (and may never
+            # finish, e.g. a dispatcher that cannot get healthy): replace it
+            ref = self.update_app(desired, force=True)
+        return EnsureResult("updated", app_id, ref, tuple(changed))
 
     def remove_app(self, app_id: str, *, force: bool = False) -> DeploymentRef | None:
         """Delete the app; None if it was already gone (404)."""
@@ -368,12 +449,19 @@ def dispatcher_app(
     *,
     args: list[str] | None = None,
     health_path: str = "/healthz",
+    secrets_host_path: str = DISPATCHER_SECRETS_HOST_PATH,
 ) -> AppDef:
     """The Marathon AppDefinition of a protocol's dispatcher, ``/boid/<protocol>/dispatcher``.
 
     A dispatcher is a Mesos framework scheduler: two of them for one protocol must not overlap, so
     the upgrade strategy stops the old one before starting the new (0 / 0). It serves its health
-    endpoint on ``$PORT0`` (host networking, one dynamic port), checked by Mesos (MESOS_HTTP)."""
+    endpoint on ``$PORT0`` (host networking, one dynamic port), checked by Mesos (MESOS_HTTP).
+
+    Credentials: the chain key ring and the Mesos framework secret are files in the host directory
+    ``secrets_host_path`` of the dispatcher machines (agents with ``boid_role:dispatcher``, which
+    the app is constrained to), mounted read-only at ``/etc/boid/secrets``; the app only names the
+    files (``BOID_CHAIN_KEYS_FILE``, ``BOID_MESOS_SECRET_FILE``), never their contents, so no key
+    is in the app definition, the environment or the arguments (see manifests/deploy/README.md)."""
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", protocol_name or "") or len(protocol_name) > 63:
         raise ValueError(f"protocol name {protocol_name!r} is not a DNS-1123 label")
     if not image:
@@ -391,10 +479,15 @@ def dispatcher_app(
         "cpus": cpus,
         "mem": mem,
         "disk": 0,
-        "container": {"type": "DOCKER", "docker": {"image": image, "forcePullImage": False}},
+        "container": {"type": "DOCKER", "docker": {"image": image, "forcePullImage": False},
+                      "volumes": [{"containerPath": DISPATCHER_SECRETS_DIR, "hostPath": secrets_host_path,
+                                   "mode": "RO"}]},
+        "constraints": [["boid_role", "CLUSTER", "dispatcher"]],
         "networks": [{"mode": "host"}],
         "portDefinitions": [{"port": 0, "protocol": "tcp", "name": "health"}],
-        "env": {**(env or {}), "BOID_PROTOCOL": protocol_name},
+        "env": {**(env or {}), "BOID_PROTOCOL": protocol_name,
+                "BOID_CHAIN_KEYS_FILE": f"{DISPATCHER_SECRETS_DIR}/chain-keys.json",
+                "BOID_MESOS_SECRET_FILE": f"{DISPATCHER_SECRETS_DIR}/mesos-secret"},
         "labels": {
             **(labels or {}),
             "boid.protocol": protocol_name,

@@ -45,13 +45,27 @@ How it is shaped (docs/scheduler-http-api.md, docs/reconciliation.md):
 * State mapping: TASK_STAGING->STAGING, TASK_STARTING/RUNNING/KILLING->RUNNING,
   TASK_FINISHED->FINISHED, TASK_FAILED/ERROR->FAILED, TASK_KILLED->KILLED, TASK_LOST/UNREACHABLE/
   GONE/GONE_BY_OPERATOR/DROPPED/UNKNOWN and agent FAILURE -> LOST. started_at/finished_at come
-  from the updates' timestamps. A launch answered TASK_LOST/DROPPED with REASON_INVALID_OFFERS
-  (a rescinded offer) is re-queued silently: the task never ran.
+  from the updates' timestamps; `TaskUpdate.reason` is Mesos' TaskStatus.Reason, so a caller can
+  tell a task the agents cannot start (same reason and message every time, `TaskUpdate.cause`)
+  from a lost machine. A launch answered TASK_LOST/DROPPED with REASON_INVALID_OFFERS (a
+  rescinded offer) is re-queued silently: the task never ran. A task reported LOST (its agent was
+  cut off) that an agent later says is running was re-queued meanwhile: it is KILLed, never run
+  twice; a task of this framework nobody claims (`reconcile()`) within `orphan_grace` is KILLed.
+* Framework: user `nobody` by default (must exist on every agent: --switch_user chowns the
+  sandbox to it), capabilities MULTI_ROLE, GPU_RESOURCES, PARTITION_AWARE; optional HTTP basic
+  authentication as `principal` with the secret read from `secret_file`. A master ERROR "Framework
+  has been removed" makes it report its tasks LOST, drop the stored id and subscribe anew.
+* Resilience: every background thread survives any error and retries with backoff, counted in
+  `health()` (exported on /metrics); the subscribe backoff resets only after a connection that
+  stayed up; an implicit reconciliation plus an explicit one of every live task runs every
+  `reconcile_interval`; queued work with no launch for `revive_interval` REVIVEs again.
+* `close()` leaves running tasks to a successor (failover); `close(remove=True)` tears down.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import logging
 import queue
@@ -83,6 +97,34 @@ _STATE_MAP = {
 }
 _EXIT = re.compile(r"exited with status (\d+)")
 _ZK_ERRORS = (KazooException, KazooTimeoutError, OSError, ValueError)   # a start znode's I/O
+_LIVE_MESOS = frozenset({"TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING"})
+# The one master answer that means "this FrameworkID is dead, subscribe as a new framework":
+# validateFramework refuses a completed framework with exactly this text (master.cpp:2591-2598).
+# The ERROR event carries nothing but a message (scheduler.proto Event.Error), so this is the
+# only way to tell it from other refusals (roles, user, authentication), after which a new
+# framework would not help and the id must be kept.
+FRAMEWORK_REMOVED = "Framework has been removed"
+# FrameworkInfo.user: the HTTP API needs it set explicitly (mesos.proto FrameworkInfo.user), and
+# with the agents' default --switch_user=true each sandbox is chowned to it, so it must exist on
+# every agent (src/slave/paths.cpp:893-903): "nobody" does on every Linux machine.
+DEFAULT_USER = "nobody"
+# Capabilities (mesos.proto FrameworkInfo.Capability): MULTI_ROLE (one role per protocol),
+# GPU_RESOURCES (else agents with GPUs are never offered: master --filter_gpu_resources, default
+# true, hierarchical.cpp:3095-3105) and PARTITION_AWARE (TASK_UNREACHABLE/GONE/DROPPED/UNKNOWN
+# instead of a catch-all TASK_LOST, master.cpp:10992-11025, slave.cpp:2860-2866).
+CAPABILITIES = ("MULTI_ROLE", "GPU_RESOURCES", "PARTITION_AWARE")
+MAX_ERRORS = 50   # errors kept for status (oldest dropped first)
+
+
+@dataclass
+class ThreadHealth:
+    """How one background thread is doing: shown in `MesosBackend.health()` (status, metrics)."""
+
+    name: str
+    failures: int = 0          # errors it survived (each followed by a retry after `backoff`)
+    last_error: str = ""
+    last_error_at: float | None = None   # wall clock
+    backoff: float = 0.0       # the delay before its latest retry (0: it never failed)
 
 
 class MesosError(RuntimeError):
@@ -263,8 +305,9 @@ class MesosBackend:
         *,
         roles: Iterable[str] = ("*",),
         framework_name: str = "boid-dispatcher",
-        user: str = "boid",
+        user: str = DEFAULT_USER,
         principal: str | None = None,
+        secret_file: str | None = None,
         failover_timeout: float = 7 * 24 * 3600.0,
         zk: KazooClient | str | None = None,
         framework_id_path: str | None = None,
@@ -276,10 +319,32 @@ class MesosBackend:
         container: str = "MESOS",
         tick: float = 0.1,
         ack_senders: int = 4,
+        task_limits: bool = False,
+        reconcile_interval: float = 600.0,
+        revive_interval: float = 300.0,
+        orphan_grace: float = 300.0,
         start: bool = True,
     ) -> None:
         self.roles = list(roles) or ["*"]
+        if not user:
+            raise ValueError("FrameworkInfo.user must be set (the HTTP API does not default it): an account "
+                             "that exists on every agent, e.g. 'nobody'")
         self.framework_name, self.user, self.principal = framework_name, user, principal
+        # Framework authentication: HTTP basic auth with principal + secret (docs/authentication:
+        # the master's --authenticate_frameworks with the basic HTTP authenticator). The secret is
+        # read from a file (a mounted secret), never an argument or an environment value.
+        self._auth: httpx.BasicAuth | None = None
+        if secret_file is not None:
+            if not principal:
+                raise ValueError("a framework secret needs its principal")
+            with open(secret_file, encoding="utf-8") as f:
+                secret = f.read().strip()
+            if not secret:
+                raise ValueError(f"{secret_file}: the framework secret file is empty")
+            self._auth = httpx.BasicAuth(principal, secret)
+        self.task_limits = task_limits
+        self.reconcile_interval, self.revive_interval = reconcile_interval, revive_interval
+        self.orphan_grace = orphan_grace
         self.failover_timeout = failover_timeout
         self.refuse_seconds, self.unusable_refuse_seconds = refuse_seconds, unusable_refuse_seconds
         self.heartbeat_misses, self.max_backoff, self.tick = heartbeat_misses, max_backoff, tick
@@ -318,9 +383,9 @@ class MesosBackend:
             raise ValueError("framework_id_path needs a ZooKeeper client (zk=)")
 
         timeout = httpx.Timeout(request_timeout)
-        self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+        self._client = httpx.Client(timeout=timeout, follow_redirects=False, auth=self._auth)
         self._stream_client = httpx.Client(timeout=httpx.Timeout(request_timeout, read=None),
-                                           follow_redirects=False)
+                                           follow_redirects=False, auth=self._auth)
 
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -338,6 +403,7 @@ class MesosBackend:
         self._acks: queue.Queue[dict | None] = queue.Queue()   # order-free: several senders
 
         self.framework_id: str | None = self._load_framework_id()
+        self._fid_saved = self.framework_id is not None
         self._agent_accounts: dict[str, str] = self._load_agent_accounts()
         self.master_url: str | None = None
         self.stream_id: str | None = None
@@ -356,7 +422,15 @@ class MesosBackend:
         self.subscriptions = 0           # SUBSCRIBED events seen (tests, status)
         self.offers_seen = 0
         self.tasks_launched = 0
-        self.errors: list[str] = []      # master ERROR events and refused calls
+        self.orphans_killed = 0
+        self._in_flight = 0              # calls being posted (close() waits for them)
+        self.revived_at = time.monotonic()
+        self._implicit_next = time.monotonic() + reconcile_interval
+        self._orphan_seen: dict[str, float] = {}   # unknown task id -> when first seen (monotonic)
+        self._ghosts: set[str] = set()   # tasks reported terminal that an agent says are live: killed
+        # master ERROR events and refused calls, the newest MAX_ERRORS
+        self.errors: collections.deque[str] = collections.deque(maxlen=MAX_ERRORS)
+        self._health = {n: ThreadHealth(n) for n in ("stream", "calls", "acks")}
 
         self._threads = [threading.Thread(target=self._run_stream, name="mesos-stream", daemon=True),
                          threading.Thread(target=self._run_calls, name="mesos-calls", daemon=True)]
@@ -393,6 +467,7 @@ class MesosBackend:
             if role in self._suppressed or role in self._declined:
                 self._suppressed.discard(role)
                 self._declined.discard(role)
+                self.revived_at = time.monotonic()
                 self._outbox.put({"type": "REVIVE", "revive": {"roles": [role]}})
 
     def updates(self, timeout: float = 0.0) -> list[TaskUpdate]:
@@ -444,6 +519,7 @@ class MesosBackend:
                     continue
                 t.report = True
                 orphan = self._orphans.pop(tid, None)
+                self._orphan_seen.pop(tid, None)
                 if orphan is not None:
                     self._on_status(orphan)
                 if t.state not in TERMINAL:
@@ -457,10 +533,12 @@ class MesosBackend:
             return sorted({a["boid_account"] for aid, (_h, a) in self._agents.items()
                            if aid not in self._lost_agents and a.get("boid_account")})
 
-    def close(self, remove: bool = False, kill_running: bool = True) -> None:
-        """Stop. Queued tasks are dropped; running ones are killed (`kill_running`), or the whole
-        framework is torn down (`remove`: TEARDOWN, and the stored FrameworkID is deleted).
-        `kill_running=False` leaves tasks running for a successor to reconcile (failover)."""
+    def close(self, remove: bool = False, kill_running: bool = False) -> None:
+        """Stop. Queued tasks are dropped. Running tasks keep running (the default: a SIGTERM
+        because Marathon restarts or moves the dispatcher is a failover; the successor subscribes
+        with the stored FrameworkID within `failover_timeout` and reconciles them), or are killed
+        (`kill_running`), or the whole framework is torn down (`remove`: TEARDOWN, which kills
+        every task, and the stored FrameworkID is deleted: the protocol is gone)."""
         with self._lock:
             if self._closing:
                 return
@@ -468,17 +546,29 @@ class MesosBackend:
             for q in self._queued.values():
                 q.clear()
             live = [t for t in self._tasks.values() if t.state in ("STAGING", "RUNNING") and t.agent_id]
+            # calls already on the wire finish first: none may follow a TEARDOWN (the master
+            # answers 400 "Framework cannot be found" then, master/http.cpp:616-619)
+            self._cond.wait_for(lambda: self._in_flight == 0, timeout=self._request_timeout)
+        if (remove or kill_running) and not self._subscribed.is_set():
+            self._subscribed.wait(self._request_timeout)   # a teardown is worth a short wait
+        torn_down = False
         if self._subscribed.is_set():
             try:
                 if remove:
-                    self._post({"type": "TEARDOWN"})
+                    self._post({"type": "TEARDOWN"}, closing=True)
+                    torn_down = True
                 elif kill_running:
                     for t in live:
                         self._post({"type": "KILL", "kill": {"task_id": {"value": t.id},
-                                                             "agent_id": {"value": t.agent_id}}})
+                                                             "agent_id": {"value": t.agent_id}}}, closing=True)
             except (MesosError, httpx.HTTPError) as exc:
                 log.warning("mesos: close: %s", exc)
-        if remove and self.framework_id_path and self._zk is not None:
+        if remove and not torn_down:
+            # keep the stored id: the next dispatcher of this protocol (if any) can still fail
+            # over and tear the framework down; otherwise the master removes it after its failover timeout
+            log.error("mesos: could not tear down framework %s (not subscribed); its tasks run until the "
+                      "master's failover timeout", self.framework_id)
+        if remove and torn_down and self.framework_id_path and self._zk is not None:
             for path in (self.framework_id_path, self.framework_id_path + "-agents"):
                 try:
                     self._zk.delete(path, recursive=True)   # with the tasks' start znodes
@@ -652,10 +742,15 @@ class MesosBackend:
         data, _ = self._zk_master.get(f"{self._zk_master_path}/{leader}")
         info = json.loads(data)
         addr = info.get("address") or {}
-        host = addr.get("hostname") or addr.get("ip") or info.get("hostname")
-        port = addr.get("port") or info.get("port") or 5050
-        if not host:   # `ip` is packed in network order (mesos.proto MasterInfo.ip)
+        # by ip first: MasterInfo.hostname is often a name only the master's own network resolves
+        # (a container's hostname); address.ip is what it advertises (--advertise_ip)
+        host = addr.get("ip")
+        if not host and "ip" in info:   # `ip` is packed in network order (mesos.proto MasterInfo.ip)
             host = socket.inet_ntoa(int(info["ip"]).to_bytes(4, "little"))
+        host = host or addr.get("hostname") or info.get("hostname")
+        port = addr.get("port") or info.get("port") or 5050
+        if not host:
+            raise MesosError(f"{leader} under {self._master} names no address")
         with self._lock:
             self._leader_node = leader
         return f"http://{host}:{port}"
@@ -686,7 +781,7 @@ class MesosBackend:
     # -- the subscription stream ------------------------------------------------------------
     def _framework_info(self) -> dict:
         info: dict[str, Any] = {"user": self.user, "name": self.framework_name, "roles": self.roles,
-                                "capabilities": [{"type": "MULTI_ROLE"}],
+                                "capabilities": [{"type": c} for c in CAPABILITIES],
                                 "failover_timeout": float(self.failover_timeout), "checkpoint": True}
         if self.principal:
             info["principal"] = self.principal
@@ -695,22 +790,51 @@ class MesosBackend:
         return info
 
     def _run_stream(self) -> None:
+        """Subscribe, read, and on any end or error (HTTP, ZooKeeper, a bad event, a bug) subscribe
+        again after a backoff that doubles up to `max_backoff`, reset only after a subscription
+        that stayed healthy for `max_backoff` seconds (so a master that accepts and drops at once
+        is not hammered). Never dies while the backend is open."""
         backoff = 0.1
+        health = self._health["stream"]
         while not self._stop.is_set():
+            began = time.monotonic()
+            subscribed_before = self.subscriptions
             try:
                 self._subscribe_once()
-                backoff = 0.1 if self.subscriptions else backoff
-            except (MesosError, httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+            except Exception as exc:   # noqa: BLE001 - this thread must survive anything
                 if not self._stop.is_set():
-                    log.warning("mesos: subscription ended: %s", exc)
+                    self._thread_failed(health, "subscription", exc)
             finally:
                 self._subscribed.clear()
                 with self._lock:
                     self.stream_id = None
                     self._stream_sock = None
+            if self.subscriptions > subscribed_before and time.monotonic() - began >= self.max_backoff:
+                backoff = 0.1   # it was a healthy connection
+            health.backoff = backoff
             if self._stop.wait(backoff):
                 return
             backoff = min(backoff * 2, self.max_backoff)
+
+    def _thread_failed(self, health: ThreadHealth, what: str, exc: BaseException) -> None:
+        health.failures += 1
+        health.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        health.last_error_at = time.time()
+        level = logging.WARNING if isinstance(exc, (MesosError, httpx.HTTPError, KazooException,
+                                                    KazooTimeoutError, OSError)) else logging.ERROR
+        log.log(level, "mesos: %s (retrying)", health.last_error, exc_info=level == logging.ERROR)
+
+    def health(self) -> dict[str, Any]:
+        """What status and metrics show about this framework: subscribed or not, its id, and per
+        background thread the errors it survived and its current backoff."""
+        with self._lock:
+            return {
+                "subscribed": self._subscribed.is_set(), "framework_id": self.framework_id,
+                "master": self.master_url, "subscriptions": self.subscriptions,
+                "offers_seen": self.offers_seen, "tasks_launched": self.tasks_launched,
+                "orphans_killed": self.orphans_killed, "errors": list(self.errors)[-5:],
+                "threads": {n: dict(vars(h)) for n, h in self._health.items()},
+            }
 
     def _subscribe_once(self) -> None:
         url = self._detect()
@@ -780,9 +904,12 @@ class MesosBackend:
         if kind == "SUBSCRIBED":
             sub = ev["subscribed"]
             fid = sub["framework_id"]["value"]
-            if fid != self.framework_id:
+            if fid != self.framework_id or not self._fid_saved:
+                # durable before anything is launched under it: if ZooKeeper fails here the
+                # subscription ends and is retried (a restart must find the id)
                 self.framework_id = fid
                 self._save_framework_id(fid)
+                self._fid_saved = True
             self.heartbeat_interval = float(sub.get("heartbeat_interval_seconds") or 15.0)
             with self._lock:
                 self.subscriptions += 1
@@ -820,30 +947,70 @@ class MesosBackend:
             if "agent_id" in fail and "executor_id" not in fail:
                 self._on_agent_lost(fail["agent_id"]["value"])
         elif kind == "ERROR":
-            message = ev.get("message", "")
-            self.errors.append(message)
+            # Event.Error {message} (scheduler.proto; src/internal/evolve.cpp:320-329)
+            message = str((ev.get("error") or {}).get("message", ""))
+            self.errors.append(f"master ERROR event: {message}")
             log.error("mesos: master error: %s", message)
-            if "removed" in message.lower() or "completed" in message.lower():
-                self.framework_id = None
+            if message == FRAMEWORK_REMOVED:
+                self._forget_framework()
             raise MesosError(f"master ERROR event: {message}")
         # HEARTBEAT, RESCIND (we hold no offers), MESSAGE and others need nothing.
+
+    def _forget_framework(self) -> None:
+        """The master removed our framework (failover timeout passed, or torn down): its tasks were
+        killed with it, so report them LOST and subscribe as a new framework. The stored id and
+        the tasks' start znodes go too, so no restart re-subscribes with the dead id."""
+        dead = self.framework_id
+        log.warning("mesos: framework %s was removed by the master; subscribing as a new framework", dead)
+        with self._lock:
+            self.framework_id = None
+            self._fid_saved = False
+            self._tasks_parent = False
+            for t in list(self._tasks.values()):
+                if t.state in ("STAGING", "RUNNING", "UNKNOWN"):
+                    self._finish(t, "LOST", message=f"framework {dead} was removed by the master",
+                                 ts=time.time(), reason="REASON_FRAMEWORK_REMOVED")
+        if self.framework_id_path and self._zk is not None:
+            try:
+                data, _ = self._zk.get(self.framework_id_path)
+                if data.decode() == dead:
+                    self._zk.delete(self.framework_id_path, recursive=True)
+            except NoNodeError:
+                pass
 
     def _on_agent_lost(self, agent_id: str) -> None:
         with self._lock:
             self._lost_agents.add(agent_id)
             for t in list(self._tasks.values()):
                 if t.agent_id == agent_id and t.state in ("STAGING", "RUNNING"):
-                    self._finish(t, "LOST", message="agent lost (FAILURE)", ts=time.time())
+                    self._finish(t, "LOST", message="agent lost (FAILURE)", ts=time.time(),
+                                 reason="REASON_AGENT_REMOVED")
 
     def _on_status(self, st: dict) -> None:
         """Fold one TaskStatus into our view (lock held)."""
         tid = st["task_id"]["value"]
         t = self._tasks.get(tid)
         if t is None:
+            # Unknown to us: kept for a reconcile() after a failover; dropped if nobody claims it
+            # within `orphan_grace`, and then killed if it is live (see _on_tick)
             self._orphans[tid] = st
+            self._orphan_seen.setdefault(tid, time.monotonic())
             return
         t.last_update = time.monotonic()
         if t.state in TERMINAL:
+            if st["state"] in _LIVE_MESOS:
+                # reported ended (LOST: its agent was cut off, or the framework failed over) and
+                # yet it runs: it was re-queued, so this copy must not run on and be paid twice
+                # (high-availability-framework-guide.md:393-400)
+                agent = (st.get("agent_id") or {}).get("value")
+                if tid not in self._ghosts:
+                    log.warning("mesos: task %s came back (%s) after it was reported %s: killing it",
+                                tid, st["state"], t.state)
+                self._ghosts.add(tid)
+                kill: dict[str, Any] = {"task_id": {"value": tid}}
+                if agent:
+                    kill["agent_id"] = {"value": agent}
+                self._outbox.put({"type": "KILL", "kill": kill})
             return
         mstate, reason = st["state"], st.get("reason", "")
         ts = float(st.get("timestamp") or time.time())
@@ -875,26 +1042,28 @@ class MesosBackend:
                 message = t.kill_reason
             m = _EXIT.search(message)
             code = 0 if state == "FINISHED" else (int(m.group(1)) if m else None)
-            self._finish(t, state, message=message, ts=ts, exit_code=code)
+            self._finish(t, state, message=message, ts=ts, exit_code=code, reason=reason)
             return
         if state != t.state or t.report:
             t.report = False
             t.state = state
             self._emit(t, state, message=message)
 
-    def _emit(self, t: _Task, state: str, *, message: str = "", exit_code: int | None = None) -> None:
+    def _emit(self, t: _Task, state: str, *, message: str = "", exit_code: int | None = None,
+              reason: str = "") -> None:
         self._updates.append(TaskUpdate(task_id=t.id, state=state, contributor=t.contributor,  # type: ignore[arg-type]
                                         exit_code=exit_code, message=message, started_at=t.started_at,
-                                        finished_at=t.finished_at))
+                                        finished_at=t.finished_at, reason=reason))
         self._cond.notify_all()
 
-    def _finish(self, t: _Task, state: str, *, message: str, ts: float, exit_code: int | None = None) -> None:
+    def _finish(self, t: _Task, state: str, *, message: str, ts: float, exit_code: int | None = None,
+                reason: str = "") -> None:
         self._release(t)
         t.state = state
         t.finished_at = ts
         t.report = False
         self._recon_remaining.discard(t.id)
-        self._emit(t, state, message=message, exit_code=exit_code)
+        self._emit(t, state, message=message, exit_code=exit_code, reason=reason)
 
     def _release(self, t: _Task) -> None:
         if t.spec is None or t.state not in ("STAGING", "RUNNING"):
@@ -937,6 +1106,7 @@ class MesosBackend:
             with self._lock:
                 if ok:
                     self.tasks_launched += len(plan)
+                    self.revived_at = time.monotonic()
                     if queued_left:
                         self._declined.add(offer.role)
                 else:   # not launched: back to the queue, in order
@@ -997,17 +1167,28 @@ class MesosBackend:
     def task_info(self, spec: TaskSpec, agent_id: str, resources: list[dict]) -> dict:
         """mesos.proto TaskInfo for one task (command, container, env, labels)."""
         env = {"variables": [{"name": k, "type": "VALUE", "value": v} for k, v in sorted(spec.env.items())]}
+        docker = bool(spec.image) and self.container == "DOCKER"
+        # argv: the command executor execs `value` with `arguments` as the whole argv (argv[0]
+        # included, src/launcher/executor.cpp), while the Docker containerizer runs
+        # `docker run IMAGE value arguments...` (src/docker/docker.cpp:1054-1060, 1234-1238), so
+        # there `arguments` must not repeat argv[0].
+        arguments = list(spec.command[1:]) if docker else list(spec.command)
         info: dict[str, Any] = {
             "name": f"boid:{spec.job}:{spec.unit}",
             "task_id": {"value": spec.task_id},
             "agent_id": {"value": agent_id},
             "resources": resources,
-            "command": {"shell": False, "value": spec.command[0], "arguments": list(spec.command),
+            "command": {"shell": False, "value": spec.command[0], "arguments": arguments,
                         "environment": env},
             "labels": {"labels": [{"key": "boid_job", "value": spec.job},
                                   {"key": "boid_unit", "value": spec.unit},
                                   {"key": "boid_output_dir", "value": spec.output_dir}]},
         }
+        if self.task_limits:
+            # hard caps equal to what the task asked for (TaskInfo.limits, Mesos >= 1.11 masters
+            # and agents; validated in src/master/validation.cpp:1608-1652)
+            info["limits"] = {"cpus": {"value": float(spec.resources.cpus)},
+                              "mem": {"value": float(spec.resources.mem)}}
         if spec.image:
             if self.container == "DOCKER":
                 info["container"] = {"type": "DOCKER", "docker": {"image": spec.image}}
@@ -1017,9 +1198,20 @@ class MesosBackend:
         return info
 
     # -- calls ------------------------------------------------------------------------------
-    def _post(self, call: dict) -> httpx.Response:
+    def _post(self, call: dict, *, closing: bool = False) -> httpx.Response:
         with self._lock:
             url, stream_id, fid = self.master_url, self.stream_id, self.framework_id
+            if self._closing and not closing:   # close() sends the last calls itself
+                raise MesosError(f"{call['type']}: the backend is closing")
+            self._in_flight += 1
+        try:
+            return self._post_now(call, url, stream_id, fid)
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
+
+    def _post_now(self, call: dict, url: str | None, stream_id: str | None, fid: str | None) -> httpx.Response:
         if url is None or stream_id is None or fid is None:
             raise MesosError("not subscribed")
         body = dict(call, framework_id={"value": fid})
@@ -1052,6 +1244,21 @@ class MesosBackend:
         self._outbox.put({"type": "KILL", "kill": kill})
 
     def _run_calls(self) -> None:
+        """The calls thread: survives any error (counted in health(), retried after a backoff)."""
+        health = self._health["calls"]
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._calls_loop()
+                return
+            except Exception as exc:   # noqa: BLE001 - this thread must survive anything
+                self._thread_failed(health, "calls thread", exc)
+                health.backoff = backoff
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self.max_backoff)
+
+    def _calls_loop(self) -> None:
         next_tick = 0.0
         while not self._stop.is_set():
             try:
@@ -1069,14 +1276,17 @@ class MesosBackend:
                 try:
                     self._post(call)
                 except (MesosError, httpx.HTTPError) as exc:
-                    log.warning("mesos: %s", exc)
+                    if not self._closing:   # calls refused while closing are expected
+                        log.warning("mesos: %s", exc)
             if time.monotonic() >= next_tick:
                 self._on_tick()
                 next_tick = time.monotonic() + self.tick
 
     def _run_acks(self) -> None:
         """ACKNOWLEDGEs need no order, and a slow one stalls that task's next update (the agent
-        sends one update at a time), so several threads send them."""
+        sends one update at a time), so several threads send them. An ACKNOWLEDGE that fails is
+        dropped: the agent re-sends the update until one gets through."""
+        health = self._health["acks"]
         while not self._stop.is_set():
             call = self._acks.get()
             if call is None or self._stop.is_set():
@@ -1087,7 +1297,10 @@ class MesosBackend:
             try:
                 self._post(call)
             except (MesosError, httpx.HTTPError) as exc:
-                log.warning("mesos: %s", exc)   # the agent re-sends an update until acknowledged
+                if not self._closing:   # the agent re-sends an update until acknowledged
+                    log.warning("mesos: %s", exc)
+            except Exception as exc:   # noqa: BLE001 - this thread must survive anything
+                self._thread_failed(health, "acknowledge", exc)
 
     def _on_tick(self) -> None:
         now = time.monotonic()
@@ -1101,6 +1314,35 @@ class MesosBackend:
         if not self._subscribed.is_set():
             return
         with self._lock:
+            # orphans: tasks of this framework nobody claimed by reconcile() (a task launched by a
+            # crashed process whose record was lost, or a job deleted meanwhile): kill them
+            for tid, seen in list(self._orphan_seen.items()):
+                if now - seen >= self.orphan_grace:
+                    st = self._orphans.pop(tid, None)
+                    del self._orphan_seen[tid]
+                    if st is not None and st.get("state") in _LIVE_MESOS:
+                        log.warning("mesos: killing task %s: unknown to this dispatcher", tid)
+                        kill: dict[str, Any] = {"task_id": {"value": tid}}
+                        if st.get("agent_id"):
+                            kill["agent_id"] = st["agent_id"]
+                        self._outbox.put({"type": "KILL", "kill": kill})
+                        self.orphans_killed += 1
+            # implicit reconciliation, periodically (reconciliation.md: "periodically" after the
+            # explicit one): the master answers every task it knows, so orphans surface too
+            if now >= self._implicit_next:
+                self._implicit_next = now + self.reconcile_interval
+                self._outbox.put({"type": "RECONCILE", "reconcile": {"tasks": []}})
+                # and explicit for every live task, to catch updates lost on the way
+                self._recon_remaining |= {t.id for t in self._tasks.values() if t.state in ("STAGING", "RUNNING")}
+                self._recon_start, self._recon_next, self._recon_backoff = now, 0.0, 0.5
+            # REVIVE safety net: work queued and no launch for `revive_interval`: a lost REVIVE or
+            # a filter the master kept would otherwise starve the queue
+            waiting = [r for r in self.roles if self._queued[r]]
+            if waiting and now - self.revived_at >= self.revive_interval:
+                self.revived_at = now
+                self._suppressed -= set(waiting)
+                self._declined -= set(waiting)
+                self._outbox.put({"type": "REVIVE", "revive": {"roles": waiting}})
             for t in self._tasks.values():   # TaskSpec.timeout
                 if t.state in ("STAGING", "RUNNING") and t.kill_reason is None and t.spec is not None \
                         and t.spec.timeout is not None and t.launched_at is not None \

@@ -152,7 +152,7 @@ def dispatcher_run(ctx: Ctx, protocol, mesos_master, storage, chain_url, keys_fi
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file, backend=backend,
                            slots=list(slots), mesos_master=mesos_master, mesos_roles=[protocol],
                            mesos_state=f"/boid/v1/dispatchers/{protocol}/mesos",  # its own framework
-                           dispatcher_account=dispatcher_account)
+                           dispatcher_account=dispatcher_account, protocol=protocol)
     registry = load_reconcilers().subset([Job], select=lambda job: job.spec.protocol == protocol)
     op, world = start_operator(opts, ctx.store, health_port, health_address, registry=registry,
                                leader_path=f"/boid/v1/dispatchers/{protocol}/leader")

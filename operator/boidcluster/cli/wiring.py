@@ -32,6 +32,16 @@ class OperatorOptions:
     mesos_state: str = "/boid/v1/mesos"  # ZooKeeper path of the framework id, agent map, task starts
     dispatcher_account: str | None = None  # credited (updatedptch) for running jobs
     workers: int = 4
+    # Mesos framework identity: FrameworkInfo.user (must exist on every agent), and the principal
+    # whose secret is read from a file (a mounted secret) when the master authenticates frameworks.
+    # From the environment, as a dispatcher app gets them (never the secret itself).
+    mesos_user: str = field(default_factory=lambda: os.environ.get("BOID_MESOS_USER") or "nobody")
+    mesos_principal: str | None = field(default_factory=lambda: os.environ.get("BOID_MESOS_PRINCIPAL") or None)
+    mesos_secret_file: str | None = field(default_factory=lambda: os.environ.get("BOID_MESOS_SECRET_FILE") or None)
+    # TaskInfo.limits (hard cpu/mem caps equal to the requests) need Mesos >= 1.11 masters and
+    # agents; on older ones the agents' cgroups isolation with CFS enforces the requests instead
+    mesos_task_limits: bool = field(default_factory=lambda: os.environ.get("BOID_MESOS_TASK_LIMITS") == "true")
+    protocol: str | None = None         # a protocol's dispatcher: its framework is torn down with the protocol
 
 
 def load_keys(keys_file: str | None) -> KeyRing:
@@ -44,7 +54,10 @@ def load_keys(keys_file: str | None) -> KeyRing:
 
 def build_world(opts: OperatorOptions, store: Store) -> World:
     env = {"BOID_ZK": opts.zk, "BOID_STORAGE": opts.storage, "BOID_CHAIN_URL": opts.chain_url,
-           "BOID_MESOS_MASTER": opts.mesos_master, "BOID_DISPATCHER_ACCOUNT": opts.dispatcher_account}
+           "BOID_MESOS_MASTER": opts.mesos_master, "BOID_DISPATCHER_ACCOUNT": opts.dispatcher_account,
+           "BOID_MESOS_USER": opts.mesos_user if opts.mesos_user != "nobody" else None,
+           "BOID_MESOS_PRINCIPAL": opts.mesos_principal,
+           "BOID_MESOS_TASK_LIMITS": "true" if opts.mesos_task_limits else None}
     world = World(store=store, settings=Settings(dispatcher_env={k: v for k, v in env.items() if v}))
     closers: list[Any] = []
     if opts.storage:
@@ -65,10 +78,15 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
             raise ValueError("the mesos backend needs --mesos-master (http://host:5050 or zk://host:2181/mesos)")
         from boidcluster.adapters.mesos import MesosBackend
 
+        secret_file = opts.mesos_secret_file if opts.mesos_principal else None   # no principal: no auth
+        if secret_file and not os.path.isfile(secret_file):
+            raise ValueError(f"the Mesos framework secret file {secret_file} (BOID_MESOS_SECRET_FILE) does not exist")
         world.backend = MesosBackend(opts.mesos_master, roles=tuple(opts.mesos_roles), zk=store.client,
                                      framework_id_path=f"{opts.mesos_state}/framework",
                                      framework_name="boid-" + ("-".join(opts.mesos_roles)
-                                                               if opts.mesos_roles != ["*"] else "operator"))
+                                                               if opts.mesos_roles != ["*"] else "operator"),
+                                     user=opts.mesos_user, principal=opts.mesos_principal,
+                                     secret_file=secret_file, task_limits=opts.mesos_task_limits)
         closers.append(world.backend)
     if world.chain is not None:
         from boidcluster.reconcilers.ledger import ChainLedger
@@ -80,13 +98,35 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
         world.marathon = MarathonClient(opts.marathon, locked_timeout=5.0)  # a worker thread never waits long
         closers.append(world.marathon)
     world.settings.extra["closers"] = closers
+    world.settings.extra["protocol"] = opts.protocol
     return world
 
 
+def protocol_deleted(store: Store, name: str) -> bool:
+    """The protocol is gone or being deleted (False when that cannot be read: never tear down on doubt)."""
+    from boidcluster.adapters.store import NotFound, StoreError
+    from boidcluster.model.resources import Protocol
+
+    try:
+        return store.get(Protocol, name).metadata.deletion_timestamp is not None
+    except NotFound:
+        return True
+    except StoreError:
+        return False
+
+
 def close_world(world: World) -> None:
+    """Close every adapter. A protocol's Mesos framework is torn down (its tasks killed) only when
+    the protocol was deleted; any other stop (SIGTERM when Marathon restarts or moves the
+    dispatcher) leaves the tasks running for the successor, which fails over into the framework."""
+    protocol = world.settings.extra.get("protocol")
     for c in reversed(world.settings.extra.get("closers", [])):
         try:
-            c.close()
+            if c is world.backend and protocol and getattr(c, "name", "") == "mesos" \
+                    and protocol_deleted(world.store, protocol):
+                c.close(remove=True)
+            else:
+                c.close()
         except Exception:
             pass
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
@@ -25,8 +26,33 @@ class Metrics:
         self.queue_depth = Gauge("boid_workqueue_depth", "Keys waiting in the work queue", registry=r)
         self.leader = Gauge("boid_leader", "1 while this replica leads and reconciles", registry=r)
 
+    def watch_backend(self, health: Callable[[], dict[str, Any]]) -> None:
+        """Export a cluster backend's `health()` (Mesos: subscribed, and per background thread the
+        errors it survived and its current retry backoff)."""
+        self.registry.register(_BackendCollector(health))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _BackendCollector:
+    def __init__(self, health: Callable[[], dict[str, Any]]) -> None:
+        self.health = health
+
+    def collect(self):  # noqa: ANN201 (prometheus_client collector protocol)
+        h = self.health()
+        up = GaugeMetricFamily("boid_backend_subscribed", "1 while the backend's framework is subscribed")
+        up.add_metric([], 1.0 if h.get("subscribed") else 0.0)
+        yield up
+        fails = CounterMetricFamily("boid_backend_thread_errors", "Errors a backend thread survived (then retried)",
+                                    labels=["thread"])
+        backoff = GaugeMetricFamily("boid_backend_thread_backoff_seconds", "A backend thread's current retry backoff",
+                                    labels=["thread"])
+        for name, t in sorted((h.get("threads") or {}).items()):
+            fails.add_metric([name], float(t.get("failures", 0)))
+            backoff.add_metric([name], float(t.get("backoff", 0.0)))
+        yield fails
+        yield backoff
 
 
 class HealthServer:

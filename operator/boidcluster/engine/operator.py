@@ -29,6 +29,9 @@ class Operator:
         self.store, self.world, self.registry, self.workers = store, world, registry, workers
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.metrics = Metrics()
+        health = getattr(getattr(world, "backend", None), "health", None)
+        if callable(health):   # a cluster backend's subscription and threads, on /metrics
+            self.metrics.watch_backend(health)
         self.controller: Controller | None = None
         self._mu = threading.Lock()
         self.election = LeaderElection(store, self.identity, on_start=self._begin_term,
