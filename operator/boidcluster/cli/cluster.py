@@ -26,7 +26,12 @@ from boidcluster.engine.operator import Operator
 from boidcluster.model.resources import Job
 
 from .context import Ctx, Failure, boid_home, cluster_file, friendly, read_cluster
-from .wiring import OperatorOptions, build_world, close_world, storage_root
+from .wiring import OperatorOptions, build_world, close_world, runtime_report, storage_root
+
+RUNTIME_OPTION = click.option(
+    "--runtime", type=click.Choice(["podman", "host"]), default="podman", show_default=True,
+    help="Local backend: run each unit in a sandboxed podman container, or 'host' = DEVELOPMENT ONLY: "
+         "units run unsandboxed as this user.")
 
 RECONCILERS = ("protocol", "contributor", "jobs", "gitsource")
 
@@ -65,6 +70,7 @@ def operator_group() -> None:
 @click.option("--marathon", metavar="URL", help="Marathon, to converge each protocol's dispatcher app.")
 @click.option("--backend", type=click.Choice(["local", "mesos", "none"]), default="local", show_default=True)
 @click.option("--slot", "slots", multiple=True, metavar="ACCOUNT", help="Local backend: a worker slot credited to ACCOUNT; repeatable.")
+@RUNTIME_OPTION
 @click.option("--mesos-master", metavar="URL", help="Mesos backend: http://master:5050 or zk://host:2181/mesos.")
 @click.option("--mesos-role", "mesos_roles", multiple=True,
               help="Mesos roles of the operator's framework; repeatable. Default: '*', which runs every "
@@ -79,14 +85,16 @@ def operator_group() -> None:
               help="Address for the health port (0.0.0.0 inside a container).")
 @click.pass_obj
 @friendly
-def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, mesos_master, mesos_roles,
+def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, runtime, mesos_master, mesos_roles,
                  dispatcher_account, workers, health_port, health_address) -> None:
     """Reconcile until stopped (SIGTERM or Ctrl-C). Several replicas elect one leader."""
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file,
-                           marathon=marathon, backend=backend, slots=list(slots), mesos_master=mesos_master,
-                           mesos_roles=list(mesos_roles) or ["*"], dispatcher_account=dispatcher_account,
-                           workers=workers)
+                           marathon=marathon, backend=backend, slots=list(slots), runtime=runtime,
+                           mesos_master=mesos_master, mesos_roles=list(mesos_roles) or ["*"],
+                           dispatcher_account=dispatcher_account, workers=workers)
     op, world = start_operator(opts, ctx.store, health_port, health_address)
+    for line in runtime_report(world):
+        click.echo(line, err=True)
     click.echo(f"operator {op.identity} running against {ctx.zk}"
                + (f"; metrics on http://127.0.0.1:{op.health.port}/metrics" if op.health else ""), err=True)
     try:
@@ -221,7 +229,8 @@ def cluster_group() -> None:
 @cluster_group.command("serve")
 @click.option("--state", type=click.Path(file_okay=False), required=True)
 @click.option("--slot", "slots", multiple=True)
-def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
+@RUNTIME_OPTION
+def cluster_serve(state: str, slots: tuple[str, ...], runtime: str) -> None:
     """Supervisor: ZooKeeper + chain node + operator, until SIGTERM."""
     from boidcluster.adapters.local.chainnode import LocalChain
     from boidcluster.adapters.local.zookeeper import LocalZooKeeper
@@ -249,12 +258,13 @@ def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
         store = Store(zk.hosts, timeout=10)
         stack.append(store.close)
         opts = OperatorOptions(zk=zk.hosts, storage=storage_root(st), chain_url=info["chain"],
-                               keys_file=str(keys), backend="local", slots=list(slots or DEMO_SLOTS),
+                               keys_file=str(keys), backend="local", slots=list(slots or DEMO_SLOTS), runtime=runtime,
                                dispatcher_account=chain.accounts.dispatchers[0])
         op, world = start_operator(opts, store, health_port=0)
         stack.append(lambda: close_world(world))
         stack.append(op.stop)
-        info.update(phase="running", ready=True, storage=opts.storage, slots=opts.slots,
+        info.update(phase="running", ready=True, storage=opts.storage, slots=opts.slots, runtime=runtime,
+                    workers=runtime_report(world),
                     health=f"http://127.0.0.1:{op.health.port}")
         _write_cluster(st, info)
         _wait_for_signal()
@@ -284,7 +294,7 @@ def read_zk_port(state: Path) -> int | None:
         return port
 
 
-def ensure_cluster(timeout: float = 240.0) -> dict:
+def ensure_cluster(timeout: float = 240.0, runtime: str = "podman") -> dict:
     """Start the supervisor unless it is running; wait until it reports ready."""
     state = boid_home()
     state.mkdir(parents=True, exist_ok=True)
@@ -293,7 +303,8 @@ def ensure_cluster(timeout: float = 240.0) -> dict:
         click.echo(f"embedded cluster already running (state {state})", err=True)
         return info
     log = open(state / "cluster.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "boidcluster.cli.main", "cluster", "serve", "--state", str(state)],
+    proc = subprocess.Popen([sys.executable, "-m", "boidcluster.cli.main", "cluster", "serve", "--state", str(state),
+                             "--runtime", runtime],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline, shown = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
@@ -337,3 +348,17 @@ def stop_cluster(timeout: float = 60.0) -> bool:
 def down() -> None:
     """Stop the embedded cluster that `boidctl up` started (its data stays in $BOID_HOME)."""
     click.echo("embedded cluster stopped" if stop_cluster() else "no embedded cluster is running")
+    left = remove_containers(boid_home())
+    if left:
+        click.echo(f"removed {left} leftover unit containers")
+
+
+def remove_containers(state: Path) -> int:
+    """Remove every unit container of the cluster in `state` (e.g. after its supervisor was killed)."""
+    import shutil
+
+    from boidcluster.adapters.local.runtime import PodmanRuntime, scope_of
+
+    if shutil.which("podman") is None:
+        return 0
+    return len(PodmanRuntime().sweep(scope_of(storage_root(state)[len("file://"):])))

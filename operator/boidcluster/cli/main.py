@@ -344,11 +344,13 @@ def crds(out: str, check: bool) -> None:
 
 
 from .cluster import chain_group, cluster_group, dispatcher_group, down, operator_group  # noqa: E402
+from .image import image_group  # noqa: E402
 from .report import report  # noqa: E402
 from .sync import sync_command  # noqa: E402
 from .up import up  # noqa: E402
 
-for _command in (operator_group, dispatcher_group, chain_group, cluster_group, up, down, sync_command, report):
+for _command in (operator_group, dispatcher_group, chain_group, cluster_group, up, down, sync_command, report,
+                 image_group):
     cli.add_command(_command)
 
 

@@ -29,18 +29,27 @@ TERMINAL = {"Succeeded", "Failed"}
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the jobs to the end.")
 @click.option("--timeout", default=900.0, show_default=True, metavar="SECONDS", help="Give up following after this long.")
 @click.option("--stop", is_flag=True, help="Stop the cluster after the summary (its data stays).")
+@click.option("--runtime", type=click.Choice(["podman", "host"]), default="podman", show_default=True,
+              help="Run units in sandboxed podman containers, or 'host' = DEVELOPMENT ONLY: unsandboxed, as this user.")
 @click.pass_obj
 @friendly
-def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool) -> None:
+def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool, runtime: str) -> None:
     """Start the embedded cluster (ZooKeeper, chain node, operator, local workers) and run the demo."""
     missing = [f for f in files if f != "-" and not Path(f).exists()]
     if missing:
         raise Failure(f"{', '.join(missing)} not found: run from the repository root or pass -f DIR")
     objs = load_paths(list(files))  # validate before starting anything
+    if runtime == "podman":
+        ensure_images(objs)
+    else:
+        click.echo("WARNING: --runtime host: units run UNSANDBOXED on this machine as your user "
+                   "(development only)", err=True)
     click.echo("starting the embedded cluster", err=True)
-    info = ensure_cluster()
+    info = ensure_cluster(runtime=runtime)
     click.echo(f"cluster ready: ZooKeeper {info['zk']}, chain {info['chain']}, storage {info['storage']}, "
-               f"workers {', '.join(info.get('slots', []))}", err=True)
+               f"workers {', '.join(info.get('slots', []))} ({info.get('runtime', 'host')} runtime)", err=True)
+    for line in info.get("workers", []):
+        click.echo(f"  {line}", err=True)
     store = Store(info["zk"], timeout=10)
     try:
         for r in store.apply(objs):
@@ -62,6 +71,17 @@ def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool)
         if stop:
             stop_cluster()
             click.echo(f"\nstopped the embedded cluster (its data stays in {info['state']})")
+
+
+def ensure_images(objs: list) -> None:
+    """Build the demo's python image when a Job uses it and podman does not have it yet."""
+    from boidcluster.adapters.local.images import DEMO_IMAGE, ImageError, ensure_demo_image
+
+    if any(isinstance(o, Job) and o.spec.image == DEMO_IMAGE for o in objs):
+        try:
+            ensure_demo_image(progress=lambda m: click.echo(m + "...", err=True))
+        except (ImageError, OSError) as e:
+            raise Failure(str(e)) from None
 
 
 def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
