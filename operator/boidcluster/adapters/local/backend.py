@@ -367,16 +367,15 @@ class LocalBackend:
                            finished_at=time.time())
                 self._schedule()
             return
-        t.prepared = prepared
+        with self._mu:
+            t.prepared, t.proc = prepared, proc
+            if t.end_state is None:
+                self._emit(t, "RUNNING")
         for stream, name in ((proc.stdout, ".stdout"), (proc.stderr, ".stderr")):
             th = threading.Thread(target=self._pump, args=(t, stream, out / name), daemon=True,
                                   name=f"boid-log-{spec.task_id}{name}")
             th.start()
             t.readers.append(th)
-        with self._mu:
-            t.proc = proc
-            if t.end_state is None:
-                self._emit(t, "RUNNING")
         if t.end_state is not None:  # killed or lost before it started
             self._signal(t, signal.SIGKILL)
         threading.Thread(target=self._wait, args=(t, out), name=f"boid-local-{spec.task_id}",
@@ -390,11 +389,10 @@ class LocalBackend:
         try:
             with open(path, "wb") as f:
                 while chunk := os.read(fd, 1 << 16):
-                    if kept >= limit:
-                        continue
                     room = limit - kept
-                    f.write(chunk[:room])
-                    kept += min(room, len(chunk))
+                    if room > 0:
+                        f.write(chunk[:room])
+                        kept += min(room, len(chunk))
                     if len(chunk) > room:
                         self._over_limit(t, f"{path.name[1:]} exceeded the log limit of {limit} bytes")
         except OSError as e:
