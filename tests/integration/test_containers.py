@@ -456,3 +456,87 @@ def test_operator_run_refuses_to_start_when_no_worker_can_run_containers(zk_host
                         "--slot", "alice"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert r.returncode != 0
     assert "error: no worker slot can run units: podman runtime unusable: " in r.stderr, r.stderr
+
+
+# -- jobs through the operator ------------------------------------------------------------------------
+@pytest.fixture
+def operator_on(zk_hosts, storage):
+    from boidcluster.adapters.storage import Storage
+    from boidcluster.adapters.store import Store
+    from boidcluster.engine.operator import Operator
+    from boidcluster.engine.world import World
+    from boidcluster.reconcilers import registry
+    from boidcluster.reconcilers.jobs import Dispatcher
+
+    made = []
+
+    def start(backend: LocalBackend):
+        store = Store(zk_hosts, timeout=10)
+        world = World(store=store, storage=Storage(f"file://{storage}"), backend=backend,
+                      dispatcher=Dispatcher(backend, poll=0.05, retry_backoff=0.05))
+        op = Operator(store, world, registry, workers=2).start()
+        made.append((op, store))
+        return store
+
+    yield start
+    for op, store in made:
+        op.stop()
+        store.close()
+
+
+def _protocol():
+    from boidcluster.model.resources import Protocol
+
+    return Protocol.model_validate({"metadata": {"name": "mc"}, "spec": {
+        "title": "t", "owner": "boidteam", "researcher": "researcher1", "datadir": "protocols/mc",
+        "fund": {"account": "boidfund", "quantity": "1000.0000 BOID"},
+        "payRates": {"worker": "1.0000 BOID", "dispatcher": "0.5000 BOID"}}})
+
+
+def _job(name: str, image: str):
+    from boidcluster.model.resources import Job
+
+    return Job.model_validate({"metadata": {"name": name}, "spec": {
+        "protocol": "mc", "image": image, "resources": {"mem": "32Mi", "cpus": 0.5},
+        "command": ["sh", "-c", "cat /etc/os-release > \"$BOID_OUTPUT_DIR/os\""],
+        "workUnits": {"count": 3}, "replication": {"replicas": 2, "quorum": 2},
+        "output": {"path": f"results/{name}", "reduce": "none"}}})
+
+
+def _wait_job(store, name: str, until, timeout: float = 120.0):
+    from boidcluster.model.resources import Job
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        j = store.get(Job, name)
+        if j.status is not None and until(j):
+            return j
+        time.sleep(0.2)
+    raise AssertionError(f"job {name}: {store.get(Job, name).status}")
+
+
+def test_a_job_runs_every_replica_on_the_digest_its_image_resolved_to(make_backend, operator_on, storage,
+                                                                      marker_image):
+    backend = make_backend()
+    digest = backend.resolve_image(marker_image)
+    store = operator_on(backend)
+    store.create(_protocol())
+    store.create(_job("marker", marker_image))
+    j = _wait_job(store, "marker", lambda j: j.status.phase in ("Succeeded", "Failed"))
+    assert j.status.phase == "Succeeded", j.status
+    assert j.status.image_digest == digest
+    manifest = json.loads((storage / "protocols/mc/results/marker/manifest.json").read_text())
+    assert manifest["image"] == marker_image and manifest["image_digest"] == digest
+    runs = list((storage / "protocols/mc/.runs").rglob("os"))
+    assert len(runs) >= 6  # 3 units x 2 replicas, each saw the image's os-release
+    assert all(p.read_text().startswith('PRETTY_NAME="Boid test image"') for p in runs)
+
+
+def test_a_job_whose_image_is_missing_stays_pending_saying_how_to_provide_it(make_backend, operator_on):
+    store = operator_on(make_backend())
+    store.create(_protocol())
+    store.create(_job("missing", "registry.invalid/team/absent:2"))
+    j = _wait_job(store, "missing", lambda j: j.status.condition("Ready") is not None)
+    c = j.status.condition("Ready")
+    assert j.status.phase == "Pending" and c.reason == "ImageUnavailable"
+    assert "'registry.invalid/team/absent:2'" in c.message and "boidctl image import" in c.message
