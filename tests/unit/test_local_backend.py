@@ -10,6 +10,7 @@ import pytest
 
 from boidcluster.adapters.backend import Backend, TaskSpec
 from boidcluster.adapters.local.backend import LocalBackend, Slot
+from boidcluster.adapters.local.runtime import Limits
 
 
 def collect(backend, until, timeout=10.0):
@@ -142,3 +143,68 @@ def test_close_kills_running_and_drops_queued(tmp_path):
     b.close()
     assert time.monotonic() - t0 < 3
     assert [u.state for u in b.updates(timeout=0.5) if u.terminal] == ["KILLED"]
+
+
+# -- the host runtime's bounds (the container runtime's are in tests/integration/test_containers.py) --
+def test_host_runtime_never_passes_the_operators_environment_to_a_unit(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOID_CHAIN_KEYS", "5Ksecret-key-material")
+    monkeypatch.setenv("BOID_ZK", "127.0.0.1:2181")
+    b = LocalBackend(tmp_path, ["alice"], runtime="host")
+    try:
+        b.submit(task("t1", ["sh", "-c", 'env > "$BOID_OUTPUT_DIR/env"']))
+        assert collect(b, lambda u: u.terminal)[-1].state == "FINISHED"
+    finally:
+        b.close()
+    seen = (tmp_path / "out/t1/env").read_text()
+    assert "BOID_CHAIN_KEYS" not in seen and "5Ksecret" not in seen and "BOID_ZK" not in seen
+    assert "BOID_UNIT_PARAMS=" in seen and "BOID_CONTRIBUTOR=alice" in seen
+
+
+def test_logs_are_capped_and_the_unit_fails_saying_so(tmp_path):
+    b = LocalBackend(tmp_path, ["alice"], runtime="host", limits=Limits(log_bytes=100_000))
+    try:
+        b.submit(task("t1", ["sh", "-c", "yes boid >&2"]))
+        done = collect(b, lambda u: u.terminal)[-1]
+    finally:
+        b.close()
+    assert done.state == "FAILED" and "stderr exceeded the log limit of 100000 bytes" in done.message
+    assert (tmp_path / "out/t1/.stderr").stat().st_size == 100_000
+
+
+def test_failure_message_reads_only_the_tail_of_stderr(tmp_path, monkeypatch):
+    """The operator never reads a whole log file: the message holds the last 300 bytes at most."""
+    reads: list[int] = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            reads.append(len(data))
+            return data
+
+    def counting_open(path, mode="r", *a, **kw):
+        f = real_open(path, mode, *a, **kw)
+        return Counting(f) if str(path).endswith(".stderr") and "r" in mode else f
+
+    b = LocalBackend(tmp_path, ["alice"], runtime="host")
+    try:
+        import boidcluster.adapters.local.backend as mod
+        monkeypatch.setattr(mod, "open", counting_open, raising=False)
+        b.submit(task("t1", ["sh", "-c", "head -c 2000000 /dev/zero | tr '\\0' a >&2; echo LAST >&2; exit 4"]))
+        done = collect(b, lambda u: u.terminal)[-1]
+    finally:
+        b.close()
+    assert done.state == "FAILED" and done.message.endswith("LAST")
+    assert reads and max(reads) <= 300
