@@ -217,6 +217,40 @@ def test_attack_unit_cannot_reach_the_network(make_backend, on_host, storage, de
         server.close()
 
 
+def test_a_protocol_that_allows_network_gets_it_but_never_the_hosts_loopback(make_backend, storage, demo_image):
+    public, local = socket.socket(), socket.socket()
+    public.bind(("0.0.0.0", 0))
+    local.bind(("127.0.0.1", 0))  # where ZooKeeper and the chain node listen
+    for s in (public, local):
+        s.listen(8)
+    try:
+        b = make_backend()
+        script = """
+        import json, os, socket
+        res = {}
+        for name, host, port in (("public", os.environ["HOST_IP"], os.environ["PUBLIC_PORT"]),
+                                 ("loopback", "10.0.2.2", os.environ["LOCAL_PORT"]),
+                                 ("own-loopback", "127.0.0.1", os.environ["LOCAL_PORT"])):
+            try:
+                socket.create_connection((host, int(port)), timeout=3).close()
+                res[name] = "connected"
+            except OSError as e:
+                res[name] = "ERR " + str(e)
+        open(os.path.join(os.environ["BOID_OUTPUT_DIR"], "r.json"), "w").write(json.dumps(res))
+        """
+        env = {"HOST_IP": _host_ip(), "PUBLIC_PORT": str(public.getsockname()[1]),
+               "LOCAL_PORT": str(local.getsockname()[1])}
+        task = spec("c1", script, demo_image, env=env)
+        u = run(b, TaskSpec(**{**task.__dict__, "network": True}))
+        assert u.state == "FINISHED", u
+        got = output(storage, "c1")
+        assert got["public"] == "connected", got
+        assert got["loopback"].startswith("ERR") and got["own-loopback"].startswith("ERR"), got
+    finally:
+        public.close()
+        local.close()
+
+
 WRITE = """
 import json, os
 res = {}
@@ -391,7 +425,8 @@ def marker_image(tmp_path_factory) -> str:
                        text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"image {name} imported (sha256:"), r.stdout
-    return name
+    yield name
+    subprocess.run(["podman", "rmi", "--force", name], capture_output=True)  # imported anew each session
 
 
 def test_the_image_is_honoured(make_backend, storage, marker_image):
@@ -406,6 +441,22 @@ def test_the_image_is_honoured(make_backend, storage, marker_image):
     seen = (storage / "out/c1/os-release").read_text()
     assert seen == 'PRETTY_NAME="Boid test image"\nID=boidtest\n'
     assert seen != Path("/etc/os-release").read_text()
+
+
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_image_import_loads_oci_and_docker_archives(marker_image, tmp_path, fmt):
+    rt = PodmanRuntime()
+    archive = tmp_path / "image.tar"
+    subprocess.run(rt._cmd("save", "--quiet", "--format", fmt, "--output", str(archive), marker_image), check=True)
+    name = f"localhost/boid-test-marker:{fmt}"
+    r = subprocess.run([*BOIDCTL, "image", "import", str(archive), "--name", name], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == f"image {name} loaded ({rt.image_id(marker_image)})"
+        assert rt.resolve_image(name) == rt.image_id(marker_image)
+    finally:
+        subprocess.run(rt._cmd("untag", rt.image_id(marker_image) or marker_image, name), capture_output=True)
 
 
 def test_a_missing_image_is_a_clear_error_naming_it_and_how_to_provide_it(make_backend):

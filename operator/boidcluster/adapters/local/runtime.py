@@ -5,7 +5,8 @@ read the operator's chain keys, reach ZooKeeper and the network, write anywhere,
 without limit. `PodmanRuntime` runs each attempt as one OCI container at least as tight as
 Kubernetes' "restricted" pod security level:
 
-- `--network none` (unless the Protocol allows network), `--read-only` root with a size-limited
+- `--network none` (unless the Protocol allows network: then slirp4netns without access to the
+  host's loopback), `--read-only` root with a size-limited
   tmpfs /tmp (podman's other writable tmpfs mounts switched off), a non-root user (65534 when
   podman runs as root; the operator's own uid mapped by `--userns keep-id` when rootless),
   `--cap-drop all`, `no-new-privileges`, a pids limit, `--memory` (= `--memory-swap`) and
@@ -273,8 +274,9 @@ class PodmanRuntime:
                 "--log-driver", "none", "--pull", "never", "--entrypoint", "", "--env", "HOME=/tmp"]
         if resources.cpus and resources.cpus > 0:
             args += ["--cpus", f"{resources.cpus:g}"]
-        if not network:
-            args += ["--network", "none"]
+        # Allowed network is user-mode NAT (slirp4netns) without the host's loopback: a unit with
+        # network still never reaches services bound to 127.0.0.1 here (ZooKeeper, the chain node).
+        args += ["--network", "slirp4netns:allow_host_loopback=false" if network else "none"]
         if timeout:  # conmon kills it even if the operator is gone
             args += ["--timeout", str(math.ceil(timeout) + 10)]
         return args
