@@ -367,15 +367,16 @@ def test_timeout_kills_the_container(make_backend, storage, demo_image):
     assert ours(b.scope) == []
 
 
-def test_orphans_are_removed_and_reported_lost_after_sigkill_of_the_operator(storage, demo_image, tmp_path):
+def _operator_killed_mid_unit(storage: Path, image: str, tmp_path: Path) -> str:
+    """A real operator process (a LocalBackend on `storage`) runs a long unit and is SIGKILLed;
+    returns the scope whose container it leaves running."""
     script = tmp_path / "op.py"
     script.write_text(textwrap.dedent(f"""
-        import json, sys, time
         from boidcluster.adapters.backend import TaskResources, TaskSpec
         from boidcluster.adapters.local.backend import LocalBackend
         b = LocalBackend({str(storage)!r}, ["alice"], runtime="podman")
         env = {{"BOID_OUTPUT_DIR": "out/t1", "BOID_INPUT_FILES": "[]"}}
-        b.submit(TaskSpec("t1", "j", "u", ["sleep", "600"], env, "out/t1", image={demo_image!r},
+        b.submit(TaskSpec("t1", "j", "u", ["sleep", "600"], env, "out/t1", image={image!r},
                           resources=TaskResources(mem=32)))
         while True:
             for u in b.updates(timeout=0.2):
@@ -395,6 +396,11 @@ def test_orphans_are_removed_and_reported_lost_after_sigkill_of_the_operator(sto
         proc.wait()
     time.sleep(1)
     assert len(ours(scope)) == 1  # the container outlived its operator
+    return scope
+
+
+def test_orphans_are_removed_and_reported_lost_after_sigkill_of_the_operator(storage, demo_image, tmp_path):
+    scope = _operator_killed_mid_unit(storage, demo_image, tmp_path)
     b = LocalBackend(storage, ["alice"], runtime="podman")
     try:
         assert ours(scope) == []
@@ -403,6 +409,16 @@ def test_orphans_are_removed_and_reported_lost_after_sigkill_of_the_operator(sto
         assert u.task_id == "t1" and u.state == "LOST" and "earlier operator process" in u.message
     finally:
         b.close()
+
+
+def test_boidctl_down_removes_what_a_killed_cluster_left(tmp_path, demo_image):
+    home = tmp_path / "home"
+    (home / "storage").mkdir(parents=True)
+    scope = _operator_killed_mid_unit(home / "storage", demo_image, tmp_path)
+    env = {**os.environ, "BOID_HOME": str(home)}
+    r = subprocess.run([*BOIDCTL, "down"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "removed 1 leftover unit containers" in r.stdout, r.stdout + r.stderr
+    assert ours(scope) == []
 
 
 # -- images ---------------------------------------------------------------------------------------
