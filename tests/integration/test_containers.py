@@ -285,6 +285,29 @@ def test_attack_writes_outside_the_output_dir_fail(make_backend, on_host, storag
     assert not outside.exists() and (storage / "in" / "data.txt").read_text() == "input"
 
 
+def test_attack_symlinks_in_the_output_never_make_the_operator_read_host_files(make_backend, storage, tmp_path,
+                                                                              demo_image):
+    """The output dir is a host directory the operator reads after the unit: a symlink planted there
+    (an output file, or the log the failure message is cut from) must not lead it to host files."""
+    secret = tmp_path / "operator-keys.json"
+    secret.write_text("5K-host-secret")
+    b = make_backend()
+    plant = f"""
+    import os, sys
+    out = os.environ["BOID_OUTPUT_DIR"]
+    os.symlink({str(secret)!r}, os.path.join(out, "result.json"))
+    os.unlink(os.path.join(out, ".stderr"))
+    os.symlink({str(secret)!r}, os.path.join(out, ".stderr"))
+    sys.exit(int(os.environ["CODE"]))
+    """
+    for tid, code in (("c1", "0"), ("c2", "3")):
+        u = run(b, spec(tid, plant, demo_image, env={"CODE": code}))
+        assert u.state == "FAILED", u
+        assert "5K-host-secret" not in u.message
+        assert "only regular files and directories" in u.message and "is a symlink" in u.message, u.message
+    assert secret.read_text() == "5K-host-secret"
+
+
 def test_attack_memory_hog_ends_oomkilled(make_backend, demo_image):
     hog = """
     chunks = []

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from boidcluster.adapters.backend import Backend, TaskSpec
-from boidcluster.adapters.local.backend import LocalBackend, Slot
+from boidcluster.adapters.local.backend import TAIL_BYTES, LocalBackend, Slot
 from boidcluster.adapters.local.runtime import Limits
 
 
@@ -171,40 +171,31 @@ def test_logs_are_capped_and_the_unit_fails_saying_so(tmp_path):
     assert (tmp_path / "out/t1/.stderr").stat().st_size == 100_000
 
 
-def test_failure_message_reads_only_the_tail_of_stderr(tmp_path, monkeypatch):
-    """The operator never reads a whole log file: the message holds the last 300 bytes at most."""
-    reads: list[int] = []
-    real_open = open
+def test_failure_message_quotes_the_stderr_tail_without_reading_the_log_back(tmp_path, monkeypatch):
+    """The operator never reads a log file back (it could be huge, or a link the unit planted): the
+    message quotes the last TAIL_BYTES the log pump kept in memory."""
+    import builtins
+    import io
 
-    class Counting:
-        def __init__(self, f):
-            self.f = f
+    opened: list[str] = []
+    real_open, real_io_open = builtins.open, io.open
 
-        def __getattr__(self, name):
-            return getattr(self.f, name)
+    def spy(real):
+        def wrapped(path, mode="r", *a, **kw):
+            if str(path).endswith(".stderr") and "r" in mode:
+                opened.append(str(path))
+            return real(path, mode, *a, **kw)
+        return wrapped
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.f.close()
-
-        def read(self, n=-1):
-            data = self.f.read(n)
-            reads.append(len(data))
-            return data
-
-    def counting_open(path, mode="r", *a, **kw):
-        f = real_open(path, mode, *a, **kw)
-        return Counting(f) if str(path).endswith(".stderr") and "r" in mode else f
-
+    monkeypatch.setattr(builtins, "open", spy(real_open))
+    monkeypatch.setattr(io, "open", spy(real_io_open))
     b = LocalBackend(tmp_path, ["alice"], runtime="host")
     try:
-        import boidcluster.adapters.local.backend as mod
-        monkeypatch.setattr(mod, "open", counting_open, raising=False)
         b.submit(task("t1", ["sh", "-c", "head -c 2000000 /dev/zero | tr '\\0' a >&2; echo LAST >&2; exit 4"]))
         done = collect(b, lambda u: u.terminal)[-1]
     finally:
         b.close()
-    assert done.state == "FAILED" and done.message.endswith("LAST")
-    assert reads and max(reads) <= 300
+    assert done.state == "FAILED" and done.message.endswith("aaaaLAST")
+    assert len(done.message) <= len("exited with code 4: ") + TAIL_BYTES
+    assert opened == []
+    assert (tmp_path / "out/t1/.stderr").stat().st_size == 2_000_005

@@ -140,6 +140,8 @@ def summary(store: Store, jobs: list[Job], info: dict) -> str:
         u = st.get("units", {})
         lines.append(f"  job {j.name}: {st.get('phase')} - {u.get('succeeded', 0)}/{u.get('total', 0)} units"
                      f" ({u.get('validated', 0)} validated by quorum)")
+        if st.get("imageDigest"):
+            lines.append(f"    image: {j.spec.image} ({st['imageDigest']})")
         if st.get("output"):
             lines.append(f"    results: {st['output']}  (storage {info.get('storage')})")
             lines += _preview(info, st["output"])

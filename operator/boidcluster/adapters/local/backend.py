@@ -43,6 +43,7 @@ import os
 import queue
 import re
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -60,6 +61,9 @@ LOG_FILES = frozenset({".stdout", ".stderr"})
 """Per-task log files the backend writes inside the output directory (not results)."""
 
 CORRUPTION = b"\n# corrupted by fault injection\n"
+
+TAIL_BYTES = 300
+"""How much of a failed unit's stderr its failure message quotes."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class _Task:
     prepared: Prepared | None = None
     readers: list[threading.Thread] = field(default_factory=list)
     limit_reason: str | None = None  # set when the attempt went over a limit (the unit fails with it)
+    stderr_tail: bytes = b""         # the last bytes of stderr, kept in memory (never read back from the dir)
     timed_out: bool = False
     started_at: float | None = None
     last: TaskUpdate | None = None
@@ -358,8 +363,16 @@ class LocalBackend:
                 task_id=spec.task_id, job=spec.job, unit=spec.unit, attempt=attempt, contributor=slot.contributor,
                 command=list(spec.command), env=env, image=spec.image, resources=spec.resources,
                 network=spec.network, output=out, inputs=inputs, timeout=spec.timeout, scope=self.scope))
-            proc = subprocess.Popen(prepared.argv, env=prepared.env, cwd=prepared.cwd, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            # The logs are opened before the unit runs, never through a link it could plant.
+            logs = [os.fdopen(os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb")
+                    for name in (".stdout", ".stderr")]
+            try:
+                proc = subprocess.Popen(prepared.argv, env=prepared.env, cwd=prepared.cwd, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            except OSError:
+                for f in logs:
+                    f.close()
+                raise
         except (OSError, ValueError) as e:
             with self._mu:
                 self._busy[t.slot] = None
@@ -371,9 +384,9 @@ class LocalBackend:
             t.prepared, t.proc = prepared, proc
             if t.end_state is None:
                 self._emit(t, "RUNNING")
-        for stream, name in ((proc.stdout, ".stdout"), (proc.stderr, ".stderr")):
-            th = threading.Thread(target=self._pump, args=(t, stream, out / name), daemon=True,
-                                  name=f"boid-log-{spec.task_id}{name}")
+        for stream, f, name in ((proc.stdout, logs[0], "stdout"), (proc.stderr, logs[1], "stderr")):
+            th = threading.Thread(target=self._pump, args=(t, stream, f, name), daemon=True,
+                                  name=f"boid-log-{spec.task_id}.{name}")
             th.start()
             t.readers.append(th)
         if t.end_state is not None:  # killed or lost before it started
@@ -381,20 +394,22 @@ class LocalBackend:
         threading.Thread(target=self._wait, args=(t, out), name=f"boid-local-{spec.task_id}",
                          daemon=True).start()
 
-    def _pump(self, t: _Task, stream, path: Path) -> None:
+    def _pump(self, t: _Task, stream, f, name: str) -> None:
         """Copy one log stream into its file, keeping at most `limits.log_bytes`; past that the unit
         fails (killed) and the rest is read and dropped so the writer never blocks."""
         limit, kept = self.limits.log_bytes, 0
         fd = stream.fileno()
         try:
-            with open(path, "wb") as f:
+            with f:
                 while chunk := os.read(fd, 1 << 16):
                     room = limit - kept
                     if room > 0:
                         f.write(chunk[:room])
                         kept += min(room, len(chunk))
+                        if name == "stderr":
+                            t.stderr_tail = (t.stderr_tail + chunk[:room])[-TAIL_BYTES:]
                     if len(chunk) > room:
-                        self._over_limit(t, f"{path.name[1:]} exceeded the log limit of {limit} bytes")
+                        self._over_limit(t, f"{name} exceeded the log limit of {limit} bytes")
         except OSError as e:
             log.error("local backend: log of %s: %s", t.spec.task_id, e)
         finally:
@@ -420,24 +435,32 @@ class LocalBackend:
                     if t.spec.timeout and t.started_at and now - t.started_at > t.spec.timeout and not t.timed_out:
                         t.timed_out = True
                         self._signal(t, signal.SIGKILL)
-                    elif t.limit_reason is None and self._output_size(t) > self.limits.output_bytes:
+                    elif t.limit_reason is None and self._scan_output(t)[0] > self.limits.output_bytes:
                         self._over_limit(t, f"its outputs exceeded the output limit of {self.limits.output_bytes} bytes")
             except Exception:  # never let the monitor die
                 log.exception("local backend monitor")
 
-    def _output_size(self, t: _Task) -> int:
+    def _scan_output(self, t: _Task) -> tuple[int, str | None]:
+        """(total bytes, why the outputs are unsafe to read or None). Nothing is followed: a symlink,
+        fifo or socket the unit left would make the operator read a host file or block on it."""
         try:
             out = self._local(t.spec.output_dir)
         except ValueError:
-            return 0
-        total = 0
-        for root, _dirs, files in os.walk(out):
-            for name in files:
+            return 0, None
+        total, bad = 0, None
+        for root, dirs, files in os.walk(out):
+            for name in [*files, *dirs]:
+                path = os.path.join(root, name)
                 try:
-                    total += os.lstat(os.path.join(root, name)).st_size
+                    st = os.lstat(path)
                 except OSError:
-                    pass
-        return total
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+                elif not stat.S_ISDIR(st.st_mode) and bad is None:
+                    kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                    bad = f"outputs may hold only regular files and directories: {os.path.relpath(path, out)} is {kind}"
+        return total, bad
 
     def _wait(self, t: _Task, out: Path) -> None:
         assert t.proc is not None and t.slot is not None
@@ -446,7 +469,8 @@ class LocalBackend:
             th.join(timeout=10)
         finished = time.time()
         runtime = self._runtime(self.slots[t.slot])
-        if t.limit_reason is None and t.end_state is None and self._output_size(t) > self.limits.output_bytes:
+        size, unsafe = self._scan_output(t)
+        if t.limit_reason is None and t.end_state is None and size > self.limits.output_bytes:
             t.limit_reason = f"its outputs exceeded the output limit of {self.limits.output_bytes} bytes"
         with self._mu:
             slot = self.slots[t.slot]
@@ -456,6 +480,8 @@ class LocalBackend:
                 state, msg = "FAILED", f"limit exceeded: {t.limit_reason}; killed"
             elif t.timed_out:
                 state, msg = "FAILED", f"timed out after {t.spec.timeout:g}s: killed"
+            elif unsafe is not None:
+                state, msg = "FAILED", unsafe
             elif code == 0:
                 state, msg = "FINISHED", ""
                 if slot.corrupt_output:
@@ -466,21 +492,16 @@ class LocalBackend:
                     msg = (f"OOMKilled: the unit went over its memory limit of {t.spec.resources.mem} MiB "
                            f"and the kernel killed it (exit code {code})")
                 else:
-                    msg = (f"{reason}: " if reason else "") + f"exited with code {code}" + self._tail(out)
+                    msg = (f"{reason}: " if reason else "") + f"exited with code {code}" + self._tail(t)
                 state = "FAILED"
             self._busy[t.slot] = None
             self._emit(t, state, exit_code=code, message=msg, finished_at=finished)
             self._schedule()
 
     @staticmethod
-    def _tail(out: Path, size: int = 300) -> str:
-        """The last `size` bytes of stderr (never the whole file)."""
-        try:
-            with open(out / ".stderr", "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - size))
-                data = f.read(size).decode(errors="replace").strip()
-        except OSError:
-            return ""
+    def _tail(t: _Task) -> str:
+        """The last TAIL_BYTES of stderr, as the log pump kept them (the file is never read back)."""
+        data = t.stderr_tail.decode(errors="replace").strip()
         return f": {data}" if data else ""
 
     @staticmethod
