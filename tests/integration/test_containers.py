@@ -380,6 +380,29 @@ def test_attack_log_flood_and_output_flood_fail_with_the_limit_named(make_backen
     assert sum(p.stat().st_size for p in (storage / "out/c2").iterdir()) < 1000 * 3 * 1024 * 1024
 
 
+def test_attack_a_flood_of_empty_files_fails_on_the_file_count(make_backend, storage, demo_image):
+    b = make_backend(limits=Limits(output_files=500))
+    u = run(b, spec("c1", """
+    import os
+    for i in range(100000):
+        open(os.path.join(os.environ["BOID_OUTPUT_DIR"], str(i)), "w").close()
+    """, demo_image))
+    assert u.state == "FAILED" and "limit of 500 files and directories" in u.message, u.message
+
+
+def test_paths_and_image_refs_that_podman_would_misparse_are_refused(make_backend, storage, demo_image):
+    b = make_backend()
+    (storage / "in").mkdir()
+    (storage / "in" / "x.txt:rw").write_text("x")
+    u = run(b, spec("c1", "pass", demo_image, inputs=["in/x.txt:rw"]))
+    assert u.state == "FAILED" and "cannot be mounted into a container" in u.message, u.message
+    for ref in ("--help", "alpine latest", "-v=/:/host"):
+        with pytest.raises(ImageUnavailable, match="is not an image reference"):
+            b.resolve_image(ref)
+    u = run(b, spec("c2", "pass", "--privileged"))
+    assert u.state == "FAILED" and "is not an image reference" in u.message
+
+
 def test_timeout_kills_the_container(make_backend, storage, demo_image):
     b = make_backend()
     task = spec("c1", "import time; time.sleep(300)", demo_image, timeout=2)

@@ -435,20 +435,25 @@ class LocalBackend:
                     if t.spec.timeout and t.started_at and now - t.started_at > t.spec.timeout and not t.timed_out:
                         t.timed_out = True
                         self._signal(t, signal.SIGKILL)
-                    elif t.limit_reason is None and self._scan_output(t)[0] > self.limits.output_bytes:
-                        self._over_limit(t, f"its outputs exceeded the output limit of {self.limits.output_bytes} bytes")
+                    elif t.limit_reason is None:
+                        size, count, _unsafe = self._scan_output(t)
+                        if self._output_over(size, count):
+                            self._over_limit(t, self._output_over(size, count))  # type: ignore[arg-type]
             except Exception:  # never let the monitor die
                 log.exception("local backend monitor")
 
-    def _scan_output(self, t: _Task) -> tuple[int, str | None]:
-        """(total bytes, why the outputs are unsafe to read or None). Nothing is followed: a symlink,
+    def _scan_output(self, t: _Task) -> tuple[int, int, str | None]:
+        """(total bytes, entries, why the outputs are unsafe to read or None). Nothing is followed: a symlink,
         fifo or socket the unit left would make the operator read a host file or block on it."""
         try:
             out = self._local(t.spec.output_dir)
         except ValueError:
-            return 0, None
-        total, bad = 0, None
+            return 0, 0, None
+        total, bad, count = 0, None, 0
         for root, dirs, files in os.walk(out):
+            count += len(files) + len(dirs)
+            if count > self.limits.output_files:  # stop early: the count alone fails the unit
+                return total, count, bad
             for name in [*files, *dirs]:
                 path = os.path.join(root, name)
                 try:
@@ -460,7 +465,14 @@ class LocalBackend:
                 elif not stat.S_ISDIR(st.st_mode) and bad is None:
                     kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
                     bad = f"outputs may hold only regular files and directories: {os.path.relpath(path, out)} is {kind}"
-        return total, bad
+        return total, count, bad
+
+    def _output_over(self, size: int, count: int) -> str | None:
+        if size > self.limits.output_bytes:
+            return f"its outputs exceeded the output limit of {self.limits.output_bytes} bytes"
+        if count > self.limits.output_files:
+            return f"its outputs exceeded the limit of {self.limits.output_files} files and directories"
+        return None
 
     def _wait(self, t: _Task, out: Path) -> None:
         assert t.proc is not None and t.slot is not None
@@ -469,9 +481,9 @@ class LocalBackend:
             th.join(timeout=10)
         finished = time.time()
         runtime = self._runtime(self.slots[t.slot])
-        size, unsafe = self._scan_output(t)
-        if t.limit_reason is None and t.end_state is None and size > self.limits.output_bytes:
-            t.limit_reason = f"its outputs exceeded the output limit of {self.limits.output_bytes} bytes"
+        size, count, unsafe = self._scan_output(t)
+        if t.limit_reason is None and t.end_state is None:
+            t.limit_reason = self._output_over(size, count)
         with self._mu:
             slot = self.slots[t.slot]
             if t.end_state is not None:

@@ -81,6 +81,7 @@ class Limits:
 
     log_bytes: int = 8 * 1024 * 1024        # kept per stream (stdout, stderr); more fails the unit
     output_bytes: int = 1024 * 1024 * 1024  # total of the output directory (and any one file)
+    output_files: int = 100_000             # files and directories in the output directory
     pids: int = 256                         # processes and threads in the container
     tmp_mib: int = 64                       # the tmpfs /tmp (charged to the memory limit)
     nofile: int = 1024
@@ -229,6 +230,23 @@ class HostSupport:
 
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_.-]")
+_IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
+
+
+def check_image_ref(ref: str) -> str:
+    """An image reference goes to podman as an argument: never an option, never two words."""
+    if not _IMAGE_REF.match(ref):
+        raise ImageUnavailable(f"image {ref!r} is not an image reference (e.g. localhost/name:tag, "
+                               "docker.io/library/python:3.11-slim or sha256:<digest>)")
+    return ref
+
+
+def _mountable(path: Path) -> str:
+    """podman's --volume splits on ':' and its options on ','; such paths are refused, not mis-mounted."""
+    s = str(path)
+    if ":" in s or "," in s:
+        raise ValueError(f"{s!r} cannot be mounted into a container: ':' and ',' are not allowed in its path")
+    return s
 
 
 class PodmanRuntime:
@@ -286,6 +304,10 @@ class PodmanRuntime:
             raise OSError(self.unsupported)
         if not launch.image:
             raise ValueError("the podman runtime needs the task's image")
+        try:
+            check_image_ref(launch.image)
+        except ImageUnavailable as e:
+            raise ValueError(str(e)) from None
         if not self.support.rootless:  # the container's user (nobody) writes the output directory
             os.chown(launch.output, NOBODY, NOBODY)
         name = "boid-" + _NAME_OK.sub("_", f"{launch.scope[:8]}-{launch.task_id}")[:200]
@@ -298,9 +320,9 @@ class PodmanRuntime:
         for k, v in labels.items():
             argv += ["--label", f"{k}={v}"]
         argv += self.sandbox_args(launch.resources, network=launch.network, timeout=launch.timeout)
-        argv += ["--workdir", OUTPUT_MOUNT, "--volume", f"{launch.output}:{OUTPUT_MOUNT}:rw"]
+        argv += ["--workdir", OUTPUT_MOUNT, "--volume", f"{_mountable(launch.output)}:{OUTPUT_MOUNT}:rw"]
         for host, inside in zip(launch.inputs, inputs):
-            argv += ["--volume", f"{host}:{inside}:ro"]
+            argv += ["--volume", f"{_mountable(host)}:{_mountable(Path(inside))}:ro"]
         for k, v in unit_env.items():
             if k in env:  # a name podman itself needs: the value goes on the command line (never a secret)
                 argv += ["--env", f"{k}={v}"]
@@ -346,6 +368,7 @@ class PodmanRuntime:
         from the local store, else pulled; else ImageUnavailable saying how to provide it."""
         if ref in self._resolved:
             return self._resolved[ref]
+        check_image_ref(ref)
         digest = self.image_id(ref)
         if digest is None:
             r = subprocess.run(self._cmd("pull", "--quiet", ref), env=self._base_env(), capture_output=True,
