@@ -199,3 +199,62 @@ def test_failure_message_quotes_the_stderr_tail_without_reading_the_log_back(tmp
     assert len(done.message) <= len("exited with code 4: ") + TAIL_BYTES
     assert opened == []
     assert (tmp_path / "out/t1/.stderr").stat().st_size == 2_000_005
+
+
+# -- invariants under random sequences (host runtime: real processes, fast) -------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("submit"), st.sampled_from(["true", "false", "sleep 0.1", "sleep 1"]),
+              st.integers(0, 3), st.sets(st.sampled_from(["alice", "bob"]), max_size=1)),
+    st.tuples(st.just("kill"), st.integers(0, 20)),
+    st.tuples(st.just("lose"), st.sampled_from(["alice", "bob"])),
+    st.tuples(st.just("wait"), st.sampled_from([0.0, 0.05])),
+), min_size=1, max_size=10)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_every_task_ends_exactly_once_and_a_slot_runs_one_task_at_a_time(tmp_path_factory, ops):
+    """Whatever the order of submits, kills and lost contributors: every submitted task gets exactly
+    one terminal update, nothing runs after it ended, and a contributor's slot never runs two tasks."""
+    root = tmp_path_factory.mktemp("inv")
+    b = LocalBackend(root, ["alice", "bob"], runtime="host", kill_grace=0.1, limits=Limits(log_bytes=4096))
+    submitted: list[str] = []
+    got = []
+    try:
+        for op in ops:
+            if op[0] == "submit":
+                tid = f"t{len(submitted)}"
+                _, cmd, unit, excl = op
+                b.submit(task(tid, ["sh", "-c", cmd], unit=f"u{unit}", exclude_contributors=frozenset(excl),
+                              timeout=0.3))
+                submitted.append(tid)
+            elif op[0] == "kill" and submitted:
+                b.kill(submitted[op[1] % len(submitted)])
+            elif op[0] == "lose":
+                b.lose_contributor(op[1])
+            elif op[1]:
+                time.sleep(op[1])
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            got += b.updates(timeout=0.1)
+            if {u.task_id for u in got if u.terminal} >= set(submitted):
+                break
+    finally:
+        b.close()
+    got += b.updates(timeout=0.2)
+    terminal = [u.task_id for u in got if u.terminal]
+    assert sorted(terminal) == sorted(submitted), got
+    ended: set[str] = set()
+    running: dict[str, str] = {}   # contributor -> task
+    for u in got:
+        assert u.task_id not in ended, f"update after the end: {u}"
+        if u.state == "RUNNING":
+            assert u.contributor not in running, f"{u.contributor} runs {running.get(u.contributor)} and {u.task_id}"
+            running[u.contributor] = u.task_id
+        if u.terminal:
+            ended.add(u.task_id)
+            if u.contributor and running.get(u.contributor) == u.task_id:
+                del running[u.contributor]

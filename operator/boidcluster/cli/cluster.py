@@ -134,18 +134,19 @@ def dispatcher_group() -> None:
 @click.option("--dispatcher-account", envvar="BOID_DISPATCHER_ACCOUNT", metavar="ACCOUNT")
 @click.option("--backend", type=click.Choice(["mesos", "local"]), default="mesos", show_default=True)
 @click.option("--slot", "slots", multiple=True, metavar="ACCOUNT", help="Local backend slots.")
+@RUNTIME_OPTION
 @click.option("--health-port", type=int, envvar="PORT0", default=None, help="Health port (Marathon's $PORT0).")
 @click.option("--health-address", default="127.0.0.1", show_default=True)
 @click.pass_obj
 @friendly
 def dispatcher_run(ctx: Ctx, protocol, mesos_master, storage, chain_url, keys_file, dispatcher_account, backend,
-                   slots, health_port, health_address) -> None:
+                   slots, runtime, health_port, health_address) -> None:
     """Dispatch one protocol's jobs (a Mesos framework in the protocol's role) until stopped.
 
     Replicas of one protocol's dispatcher elect a leader among themselves; different protocols'
     dispatchers run side by side, each owning only its own jobs."""
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file, backend=backend,
-                           slots=list(slots), mesos_master=mesos_master, mesos_roles=[protocol],
+                           slots=list(slots), runtime=runtime, mesos_master=mesos_master, mesos_roles=[protocol],
                            mesos_state=f"/boid/v1/dispatchers/{protocol}/mesos",  # its own framework
                            dispatcher_account=dispatcher_account)
     registry = load_reconcilers().subset([Job], select=lambda job: job.spec.protocol == protocol)
