@@ -457,6 +457,25 @@ def test_orphans_are_removed_and_reported_lost_after_sigkill_of_the_operator(sto
         b.close()
 
 
+def test_a_second_operator_on_the_same_storage_leaves_a_live_replicas_containers_alone(make_backend, storage,
+                                                                                      demo_image):
+    a = make_backend(slots=["alice"])
+    a.submit(spec("c1", "import time; time.sleep(600)", demo_image))
+    end = time.monotonic() + 30
+    while not ours(a.scope) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert len(ours(a.scope)) == 1
+    b = LocalBackend(storage, ["bob"], runtime="podman")  # e.g. a standby replica starting
+    b.close()
+    assert len(ours(a.scope)) == 1  # neither b's start nor its close touched a's unit
+    a.kill("c1")
+    states = []
+    end = time.monotonic() + 30
+    while "KILLED" not in states and time.monotonic() < end:
+        states += [u.state for u in a.updates(timeout=0.2)]
+    assert states[-1] == "KILLED"
+
+
 def test_boidctl_down_removes_what_a_killed_cluster_left(tmp_path, demo_image):
     home = tmp_path / "home"
     (home / "storage").mkdir(parents=True)

@@ -26,8 +26,9 @@ Why it is shaped so:
   dispatcher leaves them out of result hashes and amalgamation); a monitor thread enforces the
   timeout and the output directory's size limit. Over a limit, the unit fails saying which.
 - Host processes die with the operator (parent-death signal); containers carry the backend's
-  scope label, and a new backend on the same storage root removes whatever an operator killed with
-  SIGKILL left running, so the dispatcher's `reconcile` gets LOST for them and re-queues their units.
+  scope label and their operator process (owner), and a new backend on the same storage root
+  removes what a dead operator (e.g. killed with SIGKILL) left running — never a live replica's —
+  so the dispatcher's `reconcile` gets LOST for them and re-queues their units.
 
 Fault injection (for tests and demos; labelled, never on by default): `lose_contributor(name)`
 kills a contributor's running tasks and reports them LOST, as if its machine vanished;
@@ -243,7 +244,7 @@ class LocalBackend:
             if id(rt) not in swept and self._usable(i):
                 swept.add(id(rt))
                 try:
-                    rt.sweep(self.scope)
+                    rt.sweep(self.scope, mine=True)
                 except (OSError, subprocess.SubprocessError) as e:
                     log.error("local backend: removing leftover containers failed: %s", e)
 

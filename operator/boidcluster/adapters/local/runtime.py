@@ -48,10 +48,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -66,6 +68,7 @@ JOB_LABEL = "io.boid.job"
 UNIT_LABEL = "io.boid.unit"
 ATTEMPT_LABEL = "io.boid.attempt"
 CONTRIBUTOR_LABEL = "io.boid.contributor"
+OWNER_LABEL = "io.boid.owner"      # host/pid/start time of the operator process that ran it
 
 OUTPUT_MOUNT = "/boid/output"
 INPUTS_MOUNT = "/boid/inputs"
@@ -141,8 +144,9 @@ class Runtime(Protocol):
     def resolve_image(self, ref: str) -> str | None:
         """The digest every attempt of a job runs (None: this runtime ignores images)."""
 
-    def sweep(self, scope: str) -> list[str]:
-        """Remove every attempt of `scope` still running or left over; returns their task ids."""
+    def sweep(self, scope: str, *, mine: bool = False) -> list[str]:
+        """Remove the attempts of `scope` whose operator process is gone (or, with `mine`, this
+        process's own); returns their task ids. Another live operator's containers are left alone."""
 
 
 def scope_of(storage_root: str | os.PathLike[str]) -> str:
@@ -152,6 +156,29 @@ def scope_of(storage_root: str | os.PathLike[str]) -> str:
 
 _SETPRIV = shutil.which("setpriv")
 _PRLIMIT = shutil.which("prlimit")
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime (clock ticks since boot)
+
+
+def process_owner(pid: int | None = None) -> str:
+    """This process as a container owner: host, pid and start time (a reused pid is not the owner)."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}/{pid}/{_start_time(pid)}"
+
+
+def owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition("/")
+    pid, _, start = rest.partition("/")
+    start = start.split("/")[0]  # an instance suffix names one runtime within the process
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # not a process of this machine: no operator here runs it
+    return _start_time(int(pid)) == start
 
 
 def _pdeathsig(argv: list[str]) -> list[str]:
@@ -198,7 +225,7 @@ class HostRuntime:
     def resolve_image(self, ref: str) -> str | None:
         return None
 
-    def sweep(self, scope: str) -> list[str]:
+    def sweep(self, scope: str, *, mine: bool = False) -> list[str]:
         return []  # host processes die with the operator (parent-death signal)
 
 
@@ -261,6 +288,7 @@ class PodmanRuntime:
         self.limits = limits
         self.support = support or HostSupport.detect()
         self.global_args, self.unsupported = self.support.global_args()
+        self.owner = f"{process_owner()}/{uuid.uuid4().hex[:12]}"  # what this runtime's containers carry
         self._resolved: dict[str, str] = {}
 
     # the podman client's own environment: nothing of the operator's but what podman needs
@@ -312,7 +340,8 @@ class PodmanRuntime:
             os.chown(launch.output, NOBODY, NOBODY)
         name = "boid-" + _NAME_OK.sub("_", f"{launch.scope[:8]}-{launch.task_id}")[:200]
         labels = {SCOPE_LABEL: launch.scope, TASK_LABEL: launch.task_id, JOB_LABEL: launch.job,
-                  UNIT_LABEL: launch.unit, ATTEMPT_LABEL: launch.attempt, CONTRIBUTOR_LABEL: launch.contributor}
+                  UNIT_LABEL: launch.unit, ATTEMPT_LABEL: launch.attempt, CONTRIBUTOR_LABEL: launch.contributor,
+                  OWNER_LABEL: self.owner}
         inputs = [f"{INPUTS_MOUNT}/{i}/{p.name}" for i, p in enumerate(launch.inputs)]
         unit_env = {**launch.env, "BOID_OUTPUT_DIR": OUTPUT_MOUNT, "BOID_INPUT_FILES": json.dumps(inputs)}
         env = self._base_env()
@@ -443,20 +472,21 @@ class PodmanRuntime:
                                          f"{', rootless' if self.support.rootless else ''})")
 
     # -- orphans --------------------------------------------------------------------------------
-    def containers(self, scope: str) -> dict[str, str]:
-        """Container id -> task id of every container of `scope` (running or not)."""
-        r = subprocess.run(self._cmd("ps", "-a", "--filter", f"label={SCOPE_LABEL}={scope}",
-                                     "--format", "{{.ID}} {{.Labels}}", "--no-trunc"),
+    def containers(self, scope: str) -> dict[str, tuple[str, str]]:
+        """Container id -> (task id, owner) of every container of `scope` (running or not)."""
+        r = subprocess.run(self._cmd("ps", "-a", "--filter", f"label={SCOPE_LABEL}={scope}", "--format",
+                                     f'{{{{.ID}}}} {{{{index .Labels "{TASK_LABEL}"}}}} {{{{index .Labels "{OWNER_LABEL}"}}}}',
+                                     "--no-trunc"),
                            env=self._base_env(), capture_output=True, text=True, timeout=120)
         out = {}
         for line in r.stdout.splitlines():
-            cid, _, labels = line.partition(" ")
-            m = re.search(re.escape(TASK_LABEL) + r":([^ \]]+)", labels)
-            out[cid] = m.group(1) if m else ""
+            cid, task, owner = (line.split(" ") + ["", ""])[:3]
+            out[cid] = (task, owner)
         return out
 
-    def sweep(self, scope: str) -> list[str]:
-        found = self.containers(scope)
+    def sweep(self, scope: str, *, mine: bool = False) -> list[str]:
+        found = {cid: task for cid, (task, owner) in self.containers(scope).items()
+                 if (owner == self.owner if mine else not owner_alive(owner))}
         if found:
             subprocess.run(self._cmd("rm", "--force", "--time", "0", *found), env=self._base_env(),
                            capture_output=True, timeout=300)
