@@ -672,3 +672,12 @@ def test_a_job_whose_image_is_missing_stays_pending_saying_how_to_provide_it(mak
     c = j.status.condition("Ready")
     assert j.status.phase == "Pending" and c.reason == "ImageUnavailable"
     assert "'registry.invalid/team/absent:2'" in c.message and "boidctl image import" in c.message
+
+
+def test_resources_become_limits_and_more_cpus_than_the_machine_has_are_clamped():
+    rt = PodmanRuntime()
+    args = rt.sandbox_args(TaskResources(cpus=64.0, mem=300), network=False, timeout=None)
+    flags = dict(zip(args, args[1:]))
+    assert flags["--memory"] == flags["--memory-swap"] == "300m"
+    assert float(flags["--cpus"]) == os.cpu_count()
+    assert flags["--network"] == "none" and flags["--cap-drop"] == "all"

@@ -318,8 +318,8 @@ class PodmanRuntime:
                 "--ulimit", f"nproc={lim.pids * 16}:{lim.pids * 16}",
                 "--ulimit", f"fsize={lim.output_bytes}:{lim.output_bytes}",
                 "--log-driver", "none", "--pull", "never", "--entrypoint", "", "--env", "HOME=/tmp"]
-        if resources.cpus and resources.cpus > 0:
-            args += ["--cpus", f"{resources.cpus:g}"]
+        if resources.cpus and resources.cpus > 0:  # podman refuses more than the machine has
+            args += ["--cpus", f"{min(float(resources.cpus), float(os.cpu_count() or 1)):g}"]
         # Allowed network is user-mode NAT (slirp4netns) without the host's loopback: a unit with
         # network still never reaches services bound to 127.0.0.1 here (ZooKeeper, the chain node).
         args += ["--network", "slirp4netns:allow_host_loopback=false" if network else "none"]
