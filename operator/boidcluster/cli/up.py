@@ -78,6 +78,11 @@ def ensure_images(objs: list) -> None:
     from boidcluster.adapters.local.images import DEMO_IMAGE, ImageError, ensure_demo_image
 
     if any(isinstance(o, Job) and o.spec.image == DEMO_IMAGE for o in objs):
+        import shutil
+
+        if shutil.which("podman") is None:
+            raise Failure("podman is not installed: `make setup` (or apt-get install podman runc) installs it; "
+                          "`--runtime host` runs units unsandboxed instead (development only)")
         try:
             ensure_demo_image(progress=lambda m: click.echo(m + "...", err=True))
         except (ImageError, OSError) as e:
