@@ -314,9 +314,15 @@ def test_attack_memory_hog_ends_oomkilled(make_backend, demo_image):
     while True:
         chunks.append(bytearray(8 * 1024 * 1024))
     """
-    u = run(make_backend(), spec("c1", hog, demo_image, mem=64))
+    b = make_backend()
+    u = run(b, spec("c1", hog, demo_image, mem=64))
     assert u.state == "FAILED"
     assert u.message.startswith("OOMKilled") and "64 MiB" in u.message, u.message
+    # the hog a child of a shell that exits 1 when it dies: still OOMKilled (the kernel's event, not the code)
+    task = spec("c2", hog, demo_image, mem=64)
+    shell = TaskSpec(**{**task.__dict__, "command": ["sh", "-c", 'python3 -c "$0" || exit 1', task.command[2]]})
+    u = run(b, shell)
+    assert u.state == "FAILED" and u.exit_code == 1 and u.message.startswith("OOMKilled"), u
 
 
 def test_attack_fork_bomb_is_contained_by_the_pids_limit(make_backend, storage, demo_image):

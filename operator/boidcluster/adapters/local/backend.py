@@ -482,6 +482,7 @@ class LocalBackend:
             th.join(timeout=10)
         finished = time.time()
         runtime = self._runtime(self.slots[t.slot])
+        reason = runtime.exit_reason(t.prepared, code) if t.prepared is not None else None
         size, count, unsafe = self._scan_output(t)
         if t.limit_reason is None and t.end_state is None:
             t.limit_reason = self._output_over(size, count)
@@ -500,7 +501,6 @@ class LocalBackend:
                 if slot.corrupt_output:
                     self._corrupt(out)
             else:
-                reason = runtime.exit_reason(code, memory_limited=runtime.sandboxed)
                 if reason == "OOMKilled":
                     msg = (f"OOMKilled: the unit went over its memory limit of {t.spec.resources.mem} MiB "
                            f"and the kernel killed it (exit code {code})")

@@ -20,10 +20,13 @@ Kubernetes' "restricted" pod security level:
 - `--log-driver none`: podman keeps no copy of the logs; the backend reads the unit's stdout and
   stderr through pipes and keeps at most `Limits.log_bytes` of each.
 
-OOMKilled: the unit's command is PID 1 of its own PID namespace, and the kernel never delivers
-SIGKILL to a namespace's init from inside it; so an exit by SIGKILL (137) that neither the
-backend (kill, timeout, a limit) nor anyone on the host asked for is the memory cgroup's OOM
-killer. (podman 4.3's `State.OOMKilled` stays false on cgroup v1 with runc, measured here.)
+OOMKilled: conmon writes a file `oom` into its working directory when the container's memory
+cgroup kills a process; each attempt's podman (and so conmon) runs in a private directory of the
+operator's, and that file is the evidence. (podman 4.3's `State.OOMKilled` stays false on cgroup
+v1 with runc, measured here.) Failing that: the unit's command is PID 1 of its own PID namespace
+and the kernel never delivers SIGKILL to a namespace's init from inside it, so an exit by SIGKILL
+(137) that neither the backend (kill, timeout, a limit) nor anyone on the host asked for is the
+OOM killer too.
 
 Options follow what the host supports (`HostSupport.detect`), not this machine: on cgroup v1 or
 hybrid hierarchies crun fails ("cgroups in hybrid mode not supported"), so runc with the cgroupfs
@@ -51,6 +54,7 @@ import signal
 import socket
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import uuid
@@ -135,8 +139,9 @@ class Runtime(Protocol):
     def kill(self, prepared: Prepared, proc: subprocess.Popen, sig: int) -> None:
         """Signal the attempt's whole process tree."""
 
-    def exit_reason(self, code: int, memory_limited: bool) -> str | None:
-        """Why an attempt nobody killed ended with `code`, when the runtime knows (e.g. OOMKilled)."""
+    def exit_reason(self, prepared: Prepared, code: int) -> str | None:
+        """Why an attempt nobody killed ended with `code`, when the runtime knows (e.g. OOMKilled);
+        also releases what `prepare` made for the attempt."""
 
     def self_test(self) -> SelfTest:
         """Can this runtime run units here? Run once before any slot using it is offered work."""
@@ -215,7 +220,7 @@ class HostRuntime:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def exit_reason(self, code: int, memory_limited: bool) -> str | None:
+    def exit_reason(self, prepared: Prepared, code: int) -> str | None:
         return None
 
     def self_test(self) -> SelfTest:
@@ -289,6 +294,7 @@ class PodmanRuntime:
         self.support = support or HostSupport.detect()
         self.global_args, self.unsupported = self.support.global_args()
         self.owner = f"{process_owner()}/{uuid.uuid4().hex[:12]}"  # what this runtime's containers carry
+        self._workdirs: Path | None = None
         self._resolved: dict[str, str] = {}
 
     # the podman client's own environment: nothing of the operator's but what podman needs
@@ -359,7 +365,11 @@ class PodmanRuntime:
                 argv += ["--env", k]
         env.update({k: v for k, v in unit_env.items() if k not in env})
         argv += [launch.image, *launch.command]
-        return Prepared(_pdeathsig(argv), env, container=name)
+        # podman's (and conmon's) working directory: private to the operator, never the unit's output
+        if self._workdirs is None:
+            self._workdirs = Path(tempfile.mkdtemp(prefix="boid-podman-"))
+        cwd = Path(tempfile.mkdtemp(prefix=_NAME_OK.sub("_", launch.task_id)[:50] + ".", dir=self._workdirs))
+        return Prepared(_pdeathsig(argv), env, cwd=cwd, container=name)
 
     def kill(self, prepared: Prepared, proc: subprocess.Popen, sig: int) -> None:
         """`podman kill` (the client dying does not stop the container); retried until the container
@@ -374,8 +384,11 @@ class PodmanRuntime:
                 time.sleep(0.2)
         threading.Thread(target=run, name=f"boid-kill-{prepared.container}", daemon=True).start()
 
-    def exit_reason(self, code: int, memory_limited: bool) -> str | None:
-        if code == 137 and memory_limited:
+    def exit_reason(self, prepared: Prepared, code: int) -> str | None:
+        oom = prepared.cwd is not None and (prepared.cwd / "oom").exists()
+        if prepared.cwd is not None:
+            shutil.rmtree(prepared.cwd, ignore_errors=True)
+        if oom or code == 137:  # conmon's OOM evidence, or SIGKILL of the namespace's init (docstring)
             return "OOMKilled"
         if code == 125:
             return "podman could not create the container"
@@ -490,6 +503,9 @@ class PodmanRuntime:
         if found:
             subprocess.run(self._cmd("rm", "--force", "--time", "0", *found), env=self._base_env(),
                            capture_output=True, timeout=300)
+        if mine and self._workdirs is not None:
+            shutil.rmtree(self._workdirs, ignore_errors=True)
+            self._workdirs = None
         return [t for t in found.values() if t]
 
 
