@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 import threading
 import time
@@ -37,6 +38,7 @@ from boidcluster.adapters.local.runtime import (
     HostSupport,
     Limits,
     PodmanRuntime,
+    owner_alive,
     scope_of,
 )
 
@@ -456,6 +458,8 @@ def test_orphans_are_removed_and_reported_lost_after_sigkill_of_the_operator(sto
     b = LocalBackend(storage, ["alice"], runtime="podman")
     try:
         assert ours(scope) == []
+        for d in Path(tempfile.gettempdir()).glob("boid-podman-*"):  # nor the dead one's private directory
+            assert not (d / ".owner").exists() or owner_alive((d / ".owner").read_text()), d
         b.reconcile(["t1"])
         (u,) = b.updates(timeout=5)
         assert u.task_id == "t1" and u.state == "LOST" and "earlier operator process" in u.message

@@ -52,6 +52,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -74,6 +75,7 @@ ATTEMPT_LABEL = "io.boid.attempt"
 CONTRIBUTOR_LABEL = "io.boid.contributor"
 OWNER_LABEL = "io.boid.owner"      # host/pid/start time of the operator process that ran it
 
+WORKDIR_PREFIX = "boid-podman-"   # the private working directories of podman/conmon, under $TMPDIR
 OUTPUT_MOUNT = "/boid/output"
 INPUTS_MOUNT = "/boid/inputs"
 NOBODY = 65534
@@ -165,10 +167,10 @@ _PRLIMIT = shutil.which("prlimit")
 
 def _start_time(pid: int) -> str | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime (clock ticks since boot)
+    return line.rsplit(")", 1)[1].split()[19]  # field 22, starttime (clock ticks since boot)
 
 
 def process_owner(pid: int | None = None) -> str:
@@ -367,7 +369,8 @@ class PodmanRuntime:
         argv += [launch.image, *launch.command]
         # podman's (and conmon's) working directory: private to the operator, never the unit's output
         if self._workdirs is None:
-            self._workdirs = Path(tempfile.mkdtemp(prefix="boid-podman-"))
+            self._workdirs = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+            (self._workdirs / ".owner").write_text(self.owner)
         cwd = Path(tempfile.mkdtemp(prefix=_NAME_OK.sub("_", launch.task_id)[:50] + ".", dir=self._workdirs))
         return Prepared(_pdeathsig(argv), env, cwd=cwd, container=name)
 
@@ -506,7 +509,23 @@ class PodmanRuntime:
         if mine and self._workdirs is not None:
             shutil.rmtree(self._workdirs, ignore_errors=True)
             self._workdirs = None
+        elif not mine:
+            self._remove_dead_workdirs()
         return [t for t in found.values() if t]
+
+    @staticmethod
+    def _remove_dead_workdirs() -> None:
+        """The private directories of operator processes that died without cleaning up (ours only)."""
+        for d in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+            try:
+                st = d.lstat()
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                    continue
+                owner = (d / ".owner").read_text()
+            except OSError:
+                continue
+            if not owner_alive(owner):
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def make_runtime(name: str, limits: Limits = Limits()) -> Runtime:
