@@ -6,9 +6,16 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup test demo down crds contracts bench clean
+.PHONY: setup test demo down crds contracts bench clean container-tools
 
-setup: $(VENV)/.stamp /usr/share/java/zookeeper.jar contracts/node_modules/.stamp /usr/bin/chromedriver
+setup: $(VENV)/.stamp /usr/share/java/zookeeper.jar contracts/node_modules/.stamp /usr/bin/chromedriver container-tools
+
+# Units run in podman containers (runc: crun fails on cgroup v1/hybrid hosts); mmdebstrap builds the
+# demo's python image from Debian packages; busybox-static makes the runtime's self-test image.
+container-tools:
+	@for c in podman runc newuidmap slirp4netns fuse-overlayfs mmdebstrap busybox; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	  --no-install-recommends podman runc uidmap slirp4netns fuse-overlayfs mmdebstrap busybox-static; fi
 
 /usr/share/java/zookeeper.jar:
 	$(SUDO) apt-get update -qq

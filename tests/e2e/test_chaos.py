@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from boidcluster.adapters.chain import credit
 from boidcluster.adapters.chain.blocking import BlockingChain
+from boidcluster.adapters.local.images import DEMO_IMAGE, ensure_demo_image
 from boidcluster.adapters.store import Store
 from boidcluster.cli.main import cli
 from boidcluster.model.kinds import parse_resource
@@ -37,7 +38,7 @@ def specs(a, slots: list[str]) -> list[dict]:
                  "spec": {"account": w, "role": "worker", "researchers": [a.researcher]}}
                 for i, w in enumerate(slots)]
     job = {"apiVersion": "cluster.boid.com/v1alpha1", "kind": "Job", "metadata": meta("sweep"),
-           "spec": {"protocol": "chaos", "image": "python:3.11-slim",
+           "spec": {"protocol": "chaos", "image": DEMO_IMAGE,  # units run in podman containers
                     "command": ["sh", "-c", "sleep 0.3; echo $BOID_UNIT_INDEX > $BOID_OUTPUT_DIR/out.txt"],
                     "workUnits": {"count": 12}, "parallelism": 2, "retries": 3,
                     "replication": {"replicas": 2, "quorum": 2}, "output": {"path": "out", "reduce": "concat"}}}
@@ -47,6 +48,7 @@ def specs(a, slots: list[str]) -> list[dict]:
 def test_operator_killed_at_random_points_completes_once_and_pays_once(zk_hosts, chain_world, actors, tmp_path):
     a = actors
     slots = list(a.workers)
+    ensure_demo_image()
     keys = tmp_path / "keys.json"
     chain_world.operator_client().keys.write(keys)
     store = Store(zk_hosts)

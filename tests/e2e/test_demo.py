@@ -1,7 +1,8 @@
 """The main job as a newcomer runs it: `boidctl up` on the examples, `report`, `down`.
 
 Real everything: the supervisor process starts ZooKeeper, the chain node and the operator with
-local subprocess workers; the test only reads what the commands print and what stays running.
+local workers running each unit in a sandboxed podman container of the demo's python image (the
+default runtime); the test only reads what the commands print and what stays running.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from boidcluster.adapters.local.runtime import SCOPE_LABEL, scope_of
 
 ROOT = Path(__file__).resolve().parents[2]
 BOIDCTL = [sys.executable, "-m", "boidcluster.cli.main"]
@@ -39,6 +42,7 @@ def home(tmp_path):
 def test_up_runs_the_demo_job_pays_contributors_and_down_stops_everything(home):
     up = subprocess.run([*BOIDCTL, "up"], env=home, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert up.returncode == 0, up.stdout + up.stderr
+    assert "(podman runtime)" in up.stderr and "worker alice: ready - podman runtime ok" in up.stderr
     out = up.stdout
     assert "job pi: Succeeded - 8/8 units (8 validated by quorum)" in out
     results = next(line.split()[0] for line in out.splitlines() if "results.jsonl" in line)
@@ -69,3 +73,7 @@ def test_up_runs_the_demo_job_pays_contributors_and_down_stops_everything(home):
     assert not alive(info["pid"]) and not alive(node["pid"])
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert home["BOID_HOME"] not in ps  # no ZooKeeper, node or worker left behind
+    scope = scope_of(Path(home["BOID_HOME"]) / "storage")
+    left = subprocess.run(["podman", "ps", "-a", "-q", "--filter", f"label={SCOPE_LABEL}={scope}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert left == []  # no unit container either

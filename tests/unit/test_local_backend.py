@@ -9,7 +9,8 @@ import time
 import pytest
 
 from boidcluster.adapters.backend import Backend, TaskSpec
-from boidcluster.adapters.local.backend import LocalBackend, Slot
+from boidcluster.adapters.local.backend import TAIL_BYTES, LocalBackend, Slot
+from boidcluster.adapters.local.runtime import Limits
 
 
 def collect(backend, until, timeout=10.0):
@@ -142,3 +143,119 @@ def test_close_kills_running_and_drops_queued(tmp_path):
     b.close()
     assert time.monotonic() - t0 < 3
     assert [u.state for u in b.updates(timeout=0.5) if u.terminal] == ["KILLED"]
+
+
+# -- the host runtime's bounds (the container runtime's are in tests/integration/test_containers.py) --
+def test_host_runtime_never_passes_the_operators_environment_to_a_unit(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOID_CHAIN_KEYS", "5Ksecret-key-material")
+    monkeypatch.setenv("BOID_ZK", "127.0.0.1:2181")
+    b = LocalBackend(tmp_path, ["alice"], runtime="host")
+    try:
+        b.submit(task("t1", ["sh", "-c", 'env > "$BOID_OUTPUT_DIR/env"']))
+        assert collect(b, lambda u: u.terminal)[-1].state == "FINISHED"
+    finally:
+        b.close()
+    seen = (tmp_path / "out/t1/env").read_text()
+    assert "BOID_CHAIN_KEYS" not in seen and "5Ksecret" not in seen and "BOID_ZK" not in seen
+    assert "BOID_UNIT_PARAMS=" in seen and "BOID_CONTRIBUTOR=alice" in seen
+
+
+def test_logs_are_capped_and_the_unit_fails_saying_so(tmp_path):
+    b = LocalBackend(tmp_path, ["alice"], runtime="host", limits=Limits(log_bytes=100_000))
+    try:
+        b.submit(task("t1", ["sh", "-c", "yes boid >&2"]))
+        done = collect(b, lambda u: u.terminal)[-1]
+    finally:
+        b.close()
+    assert done.state == "FAILED" and "stderr exceeded the log limit of 100000 bytes" in done.message
+    assert (tmp_path / "out/t1/.stderr").stat().st_size == 100_000
+
+
+def test_failure_message_quotes_the_stderr_tail_without_reading_the_log_back(tmp_path, monkeypatch):
+    """The operator never reads a log file back (it could be huge, or a link the unit planted): the
+    message quotes the last TAIL_BYTES the log pump kept in memory."""
+    import builtins
+    import io
+
+    opened: list[str] = []
+    real_open, real_io_open = builtins.open, io.open
+
+    def spy(real):
+        def wrapped(path, mode="r", *a, **kw):
+            if str(path).endswith(".stderr") and "r" in mode:
+                opened.append(str(path))
+            return real(path, mode, *a, **kw)
+        return wrapped
+
+    monkeypatch.setattr(builtins, "open", spy(real_open))
+    monkeypatch.setattr(io, "open", spy(real_io_open))
+    b = LocalBackend(tmp_path, ["alice"], runtime="host")
+    try:
+        b.submit(task("t1", ["sh", "-c", "head -c 2000000 /dev/zero | tr '\\0' a >&2; echo LAST >&2; exit 4"]))
+        done = collect(b, lambda u: u.terminal)[-1]
+    finally:
+        b.close()
+    assert done.state == "FAILED" and done.message.endswith("aaaaLAST")
+    assert len(done.message) <= len("exited with code 4: ") + TAIL_BYTES
+    assert opened == []
+    assert (tmp_path / "out/t1/.stderr").stat().st_size == 2_000_005
+
+
+# -- invariants under random sequences (host runtime: real processes, fast) -------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("submit"), st.sampled_from(["true", "false", "sleep 0.1", "sleep 1"]),
+              st.integers(0, 3), st.sets(st.sampled_from(["alice", "bob"]), max_size=1)),
+    st.tuples(st.just("kill"), st.integers(0, 20)),
+    st.tuples(st.just("lose"), st.sampled_from(["alice", "bob"])),
+    st.tuples(st.just("wait"), st.sampled_from([0.0, 0.05])),
+), min_size=1, max_size=8)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_every_task_ends_exactly_once_and_a_slot_runs_one_task_at_a_time(tmp_path_factory, ops):
+    """Whatever the order of submits, kills and lost contributors: every submitted task gets exactly
+    one terminal update, nothing runs after it ended, and a contributor's slot never runs two tasks."""
+    root = tmp_path_factory.mktemp("inv")
+    b = LocalBackend(root, ["alice", "bob"], runtime="host", kill_grace=0.1, limits=Limits(log_bytes=4096))
+    submitted: list[str] = []
+    got = []
+    try:
+        for op in ops:
+            if op[0] == "submit":
+                tid = f"t{len(submitted)}"
+                _, cmd, unit, excl = op
+                b.submit(task(tid, ["sh", "-c", cmd], unit=f"u{unit}", exclude_contributors=frozenset(excl),
+                              timeout=0.3))
+                submitted.append(tid)
+            elif op[0] == "kill" and submitted:
+                b.kill(submitted[op[1] % len(submitted)])
+            elif op[0] == "lose":
+                b.lose_contributor(op[1])
+            elif op[1]:
+                time.sleep(op[1])
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            got += b.updates(timeout=0.1)
+            if {u.task_id for u in got if u.terminal} >= set(submitted):
+                break
+        assert {u.task_id for u in got if u.terminal} >= set(submitted), "a task never ended (before close)"
+    finally:
+        b.close()
+    got += b.updates(timeout=0.2)
+    terminal = [u.task_id for u in got if u.terminal]
+    assert sorted(terminal) == sorted(submitted), got
+    ended: set[str] = set()
+    running: dict[str, str] = {}   # contributor -> task
+    for u in got:
+        assert u.task_id not in ended, f"update after the end: {u}"
+        if u.state == "RUNNING":
+            assert u.contributor not in running, f"{u.contributor} runs {running.get(u.contributor)} and {u.task_id}"
+            running[u.contributor] = u.task_id
+        if u.terminal:
+            ended.add(u.task_id)
+            if u.contributor and running.get(u.contributor) == u.task_id:
+                del running[u.contributor]

@@ -40,12 +40,17 @@ class TaskSpec:
     command: list[str]
     env: dict[str, str]              # includes BOID_UNIT_INDEX, BOID_UNIT_PARAMS, BOID_OUTPUT_DIR, BOID_INPUT_FILES
     output_dir: str                  # storage path the task writes its outputs into
-    image: str | None = None         # container image (cluster backends; the local backend runs on the host)
+    image: str | None = None         # container image, resolved to a digest once per job when the backend can
+    network: bool = False            # the unit may reach the network (its Protocol allows it); else none
     resources: TaskResources = field(default_factory=TaskResources)
     constraints: tuple[tuple[str, ...], ...] = ()   # Marathon style [field, operator, value?]
     exclude_contributors: frozenset[str] = frozenset()  # replicas of a unit run on distinct contributors
     timeout: float | None = None     # seconds; the backend kills the task after it
     role: str | None = None          # Mesos role (one per protocol); ignored locally
+
+
+class ImageUnavailable(Exception):
+    """A job's image is neither on the machine nor pullable; the message says how to provide it."""
 
 
 @dataclass(frozen=True)

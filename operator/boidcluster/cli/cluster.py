@@ -11,6 +11,7 @@ $BOID_HOME/cluster.json, which every other boidctl command reads to find the clu
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -27,8 +28,13 @@ from boidcluster.model.resources import Job
 
 from .context import Ctx, Failure, boid_home, cluster_file, friendly, read_cluster
 from .supervisor import DEMO_SLOTS, serve, supervisor_alive
-from .wiring import OperatorOptions, build_world, close_world
+from .wiring import OperatorOptions, build_world, close_world, runtime_report, storage_root
 from .dashboard import start_dashboard
+
+RUNTIME_OPTION = click.option(
+    "--runtime", type=click.Choice(["podman", "host"]), default="podman", show_default=True,
+    help="Local backend: run each unit in a sandboxed podman container, or 'host' = DEVELOPMENT ONLY: "
+         "units run unsandboxed as this user.")
 
 RECONCILERS = ("protocol", "contributor", "jobs", "gitsource")
 
@@ -67,6 +73,7 @@ def operator_group() -> None:
 @click.option("--marathon", metavar="URL", help="Marathon, to converge each protocol's dispatcher app.")
 @click.option("--backend", type=click.Choice(["local", "mesos", "none"]), default="local", show_default=True)
 @click.option("--slot", "slots", multiple=True, metavar="ACCOUNT", help="Local backend: a worker slot credited to ACCOUNT; repeatable.")
+@RUNTIME_OPTION
 @click.option("--mesos-master", metavar="URL", help="Mesos backend: http://master:5050 or zk://host:2181/mesos.")
 @click.option("--mesos-role", "mesos_roles", multiple=True,
               help="Mesos roles of the operator's framework; repeatable. Default: '*', which runs every "
@@ -81,16 +88,23 @@ def operator_group() -> None:
               help="Address for the health port (0.0.0.0 inside a container).")
 @click.option("--dashboard-port", type=int, default=None,
               help="Also serve the read-only web dashboard on PORT (at --health-address).")
+@click.option("--slot-report", type=click.Path(dir_okay=False), hidden=True,
+              help="Write each local slot's self-test result to this file (JSON; the embedded cluster's supervisor).")
 @click.pass_obj
 @friendly
-def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, mesos_master, mesos_roles,
-                 dispatcher_account, workers, health_port, health_address, dashboard_port) -> None:
+def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, runtime, mesos_master, mesos_roles,
+                 dispatcher_account, workers, health_port, health_address, dashboard_port, slot_report) -> None:
     """Reconcile until stopped (SIGTERM or Ctrl-C). Several replicas elect one leader."""
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file,
-                           marathon=marathon, backend=backend, slots=list(slots), mesos_master=mesos_master,
-                           mesos_roles=list(mesos_roles) or ["*"], dispatcher_account=dispatcher_account,
-                           workers=workers)
+                           marathon=marathon, backend=backend, slots=list(slots), runtime=runtime,
+                           mesos_master=mesos_master, mesos_roles=list(mesos_roles) or ["*"],
+                           dispatcher_account=dispatcher_account, workers=workers)
     op, world = start_operator(opts, ctx.store, health_port, health_address)
+    slot_lines = runtime_report(world)
+    for line in slot_lines:
+        click.echo(line, err=True)
+    if slot_report:  # the embedded cluster's supervisor shows these in cluster.json
+        Path(slot_report).write_text(json.dumps(slot_lines))
     dash = None if dashboard_port is None else start_dashboard(
         ctx.zk, port=dashboard_port, address=health_address, store=ctx.store, chain_url=chain_url,
         metrics_registry=op.metrics.registry)
@@ -139,18 +153,19 @@ def dispatcher_group() -> None:
 @click.option("--dispatcher-account", envvar="BOID_DISPATCHER_ACCOUNT", metavar="ACCOUNT")
 @click.option("--backend", type=click.Choice(["mesos", "local"]), default="mesos", show_default=True)
 @click.option("--slot", "slots", multiple=True, metavar="ACCOUNT", help="Local backend slots.")
+@RUNTIME_OPTION
 @click.option("--health-port", type=int, envvar="PORT0", default=None, help="Health port (Marathon's $PORT0).")
 @click.option("--health-address", default="127.0.0.1", show_default=True)
 @click.pass_obj
 @friendly
 def dispatcher_run(ctx: Ctx, protocol, mesos_master, storage, chain_url, keys_file, dispatcher_account, backend,
-                   slots, health_port, health_address) -> None:
+                   slots, runtime, health_port, health_address) -> None:
     """Dispatch one protocol's jobs (a Mesos framework in the protocol's role) until stopped.
 
     Replicas of one protocol's dispatcher elect a leader among themselves; different protocols'
     dispatchers run side by side, each owning only its own jobs."""
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file, backend=backend,
-                           slots=list(slots), mesos_master=mesos_master, mesos_roles=[protocol],
+                           slots=list(slots), runtime=runtime, mesos_master=mesos_master, mesos_roles=[protocol],
                            mesos_state=f"/boid/v1/dispatchers/{protocol}/mesos",  # its own framework
                            dispatcher_account=dispatcher_account, protocol=protocol)
     registry = load_reconcilers().subset([Job], select=lambda job: job.spec.protocol == protocol)
@@ -218,9 +233,10 @@ def cluster_group() -> None:
 @cluster_group.command("serve")
 @click.option("--state", type=click.Path(file_okay=False), required=True)
 @click.option("--slot", "slots", multiple=True)
-def cluster_serve(state: str, slots: tuple[str, ...]) -> None:
+@RUNTIME_OPTION
+def cluster_serve(state: str, slots: tuple[str, ...], runtime: str) -> None:
     """Supervisor: ZooKeeper + chain node + operator, each restarted when it dies, until SIGTERM."""
-    serve(Path(state).resolve(), list(slots or DEMO_SLOTS))
+    serve(Path(state).resolve(), list(slots or DEMO_SLOTS), runtime)
 
 
 def _components_line(info: dict) -> str:
@@ -229,7 +245,7 @@ def _components_line(info: dict) -> str:
                      for n, c in comps.items() if c.get("state") != "running" or c.get("restarts"))
 
 
-def ensure_cluster(timeout: float = 240.0) -> dict:
+def ensure_cluster(timeout: float = 240.0, runtime: str = "podman") -> dict:
     """Start the supervisor unless it is running; wait until every component is up.
 
     A running supervisor that is repairing a component (restarting a dead ZooKeeper, node or
@@ -252,7 +268,8 @@ def ensure_cluster(timeout: float = 240.0) -> dict:
         click.echo(f"the previous supervisor (pid {info.get('pid')}) is gone: starting a new one on the same "
                    "ports and data", err=True)
     log = open(state / "cluster.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "boidcluster.cli.main", "cluster", "serve", "--state", str(state)],
+    proc = subprocess.Popen([sys.executable, "-m", "boidcluster.cli.main", "cluster", "serve", "--state", str(state),
+                             "--runtime", runtime],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return _wait_ready(state, proc.pid, proc, timeout)
 
@@ -310,3 +327,17 @@ def stop_cluster(timeout: float = 60.0) -> bool:
 def down() -> None:
     """Stop the embedded cluster that `boidctl up` started (its data stays in $BOID_HOME)."""
     click.echo("embedded cluster stopped" if stop_cluster() else "no embedded cluster is running")
+    left = remove_containers(boid_home())
+    if left:
+        click.echo(f"removed {left} leftover unit containers")
+
+
+def remove_containers(state: Path) -> int:
+    """Remove every unit container of the cluster in `state` (e.g. after its supervisor was killed)."""
+    import shutil
+
+    from boidcluster.adapters.local.runtime import PodmanRuntime, scope_of
+
+    if shutil.which("podman") is None:
+        return 0
+    return len(PodmanRuntime().sweep(scope_of(storage_root(state)[len("file://"):])))

@@ -378,13 +378,14 @@ from .auth import auth_group, check_submitters, config_group  # noqa: E402
 from .cluster import chain_group, cluster_group, dispatcher_group, down, operator_group  # noqa: E402
 from .dashboard import dashboard  # noqa: E402
 from .funds import fund, withdraw  # noqa: E402
+from .image import image_group  # noqa: E402
 from .report import report  # noqa: E402
 from .supervisor import status  # noqa: E402
 from .sync import sync_command  # noqa: E402
 from .up import up  # noqa: E402
 
 for _command in (operator_group, dispatcher_group, chain_group, cluster_group, up, down, status, sync_command,
-                 report, config_group, auth_group, dashboard, fund, withdraw):
+                 report, config_group, auth_group, dashboard, fund, withdraw, image_group):
     cli.add_command(_command)
 
 

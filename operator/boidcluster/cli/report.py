@@ -30,8 +30,9 @@ def _secs(us: int) -> str:
     return f"{us / 1e6:.6f}"
 
 
-def zookeeper_time(store, jobs: list[Job]) -> tuple[dict[str, int], dict[str, int], int]:
-    """(recorded µs per worker, accepted-but-not-yet-recorded µs per worker, dispatch µs recorded)."""
+def zookeeper_time(store, jobs: list[Job], dispatched: set[str] = frozenset()) -> tuple[dict[str, int], dict[str, int], int]:
+    """(recorded µs per worker, accepted-but-not-yet-recorded µs per worker, dispatch µs recorded);
+    `dispatched`: uids of jobs whose dispatcher time the ledger journaled."""
     recorded: dict[str, int] = defaultdict(int)
     pending: dict[str, int] = defaultdict(int)
     dispatch = 0
@@ -43,7 +44,9 @@ def zookeeper_time(store, jobs: list[Job]) -> tuple[dict[str, int], dict[str, in
             target = recorded if unit in recs.recorded else pending
             for c in acc.get("credited", []):
                 target[c["contributor"]] += int(c["us"])
-        if recs.dispatch and recs.final and recs.start:
+        # the dispatcher's time of a job, once the ledger journaled it (the job's own marker follows
+        # the chain's confirmation, so counting by the marker alone would race the chain)
+        if (recs.dispatch or j.metadata.uid in dispatched) and recs.final and recs.start:
             dispatch += max(0, recs.final["at_us"] - recs.start["at_us"])
     return recorded, pending, dispatch
 
@@ -64,7 +67,8 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
         raise Failure("no chain to compare with: pass --chain-url (or start the embedded cluster with `boidctl up`)")
     spec = p.spec
     jobs = [j for j in ctx.store.list(Job) if j.spec.protocol == p.name]
-    recorded, pending, dispatch_us = zookeeper_time(ctx.store, jobs)
+    journal = read_journal(ctx.store, spec.owner, p.chain_name)
+    recorded, pending, dispatch_us = zookeeper_time(ctx.store, jobs, journal.dispatched_jobs())
     contributors = sorted({(c.spec.account, c.spec.role) for c in ctx.store.list(Contributor)
                            if spec.researcher in c.spec.researchers} | {(a, "worker") for a in recorded})
     chain = BlockingChain.open(url, KeyRing())
@@ -110,7 +114,6 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
         if us:
             problems.append(f"{acct}: {_secs(us)} s of accepted work is not on chain yet")
     # the ledger's journal: what was sent under which batch number, against the chain's totals
-    journal = read_journal(ctx.store, spec.owner, p.chain_name)
     on_chain = seq.seq if seq else 0
     for acct, us in sorted(journal.above(on_chain).items()):
         problems.append(f"{acct}: {_secs(us)} s journaled in batches above the chain's {on_chain} (re-sent on the "

@@ -169,8 +169,8 @@ class OperatorChild:
 
     name = "operator"
 
-    def __init__(self, state: Path, zk: str, chain: ChainChild, slots: list[str]) -> None:
-        self.state, self.zk, self.chain, self.slots = state, zk, chain, slots
+    def __init__(self, state: Path, zk: str, chain: ChainChild, slots: list[str], runtime: str) -> None:
+        self.state, self.zk, self.chain, self.slots, self.runtime = state, zk, chain, slots, runtime
         self.port = kept_port(state, "operator-health")
         self.dashboard_port = dashboard_port(state)
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}/"
@@ -188,9 +188,22 @@ class OperatorChild:
                 "--keys", str(self.state / "operator-keys.json"), "--backend", "local",
                 *[x for s in self.slots for x in ("--slot", s)],
                 "--dispatcher-account", self.chain.chain.accounts.dispatchers[0],
-                "--health-port", str(self.port), "--dashboard-port", str(self.dashboard_port)]
+                "--health-port", str(self.port), "--dashboard-port", str(self.dashboard_port),
+                "--runtime", self.runtime, "--slot-report", str(self.slot_report)]
+
+    @property
+    def slot_report(self) -> Path:
+        return self.state / "slots.json"
+
+    def slot_lines(self) -> list[str]:
+        """Each local slot's self-test result, as the operator wrote it at its start."""
+        try:
+            return json.loads(self.slot_report.read_text())
+        except (OSError, ValueError):
+            return []
 
     def start(self, timeout: float = 60.0) -> None:
+        self.slot_report.unlink(missing_ok=True)  # written afresh by this start
         with open(self.state / "operator.log", "ab") as out:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True,
@@ -200,7 +213,7 @@ class OperatorChild:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the operator {signal_name(self.proc.returncode)} while starting; "
                                    f"see {self.state / 'operator.log'}")
-            if self.probe():
+            if self.probe() and self.slot_report.exists():  # the report follows the health server
                 return
             time.sleep(0.2)
         self.stop()
@@ -265,9 +278,10 @@ class ComponentHealth:
 class Supervisor:
     """Starts the components in order, then watches them and restarts any that dies."""
 
-    def __init__(self, state: Path, slots: list[str]) -> None:
+    def __init__(self, state: Path, slots: list[str], runtime: str = "podman") -> None:
         self.state = state
         self.slots = slots
+        self.runtime = runtime
         self.info: dict[str, Any] = {"pid": os.getpid(), "state": str(state), "phase": "starting ZooKeeper",
                                      "ready": False, "components": {}}
         self.children: list[Any] = []
@@ -319,9 +333,10 @@ class Supervisor:
         chain = ChainChild(self.state)
         self._first_start(chain, "starting the chain node and bootstrapping it (contracts, token, demo accounts)")
         self.info["chain"] = chain.url
-        op = OperatorChild(self.state, zk.address, chain, self.slots)
+        op = OperatorChild(self.state, zk.address, chain, self.slots, self.runtime)
         self._first_start(op, "starting the operator")
-        self.info.update(storage=op.storage, slots=self.slots, health=op.address, dashboard=op.dashboard)
+        self.info.update(storage=op.storage, slots=self.slots, health=op.address, dashboard=op.dashboard,
+                         runtime=self.runtime, workers=op.slot_lines())
 
     def _first_start(self, child: Any, phase: str) -> None:
         self.health[child.name] = ComponentHealth(address=child.address)
@@ -411,7 +426,7 @@ class Supervisor:
                     pass
 
 
-def serve(state: Path, slots: list[str]) -> None:
+def serve(state: Path, slots: list[str], runtime: str = "podman") -> None:
     """Run the supervisor until SIGTERM; refuses to run twice on one $BOID_HOME."""
     state.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -420,7 +435,7 @@ def serve(state: Path, slots: list[str]) -> None:
     except lock.DirectoryBusy as e:
         raise SystemExit(f"another supervisor (pid {e.holder.get('pid')}) already runs the cluster in {state}")
     lock.record(fd, {"pid": os.getpid()})  # not inherited: our children do not keep it alive
-    Supervisor(state, slots or list(DEMO_SLOTS)).run()
+    Supervisor(state, slots or list(DEMO_SLOTS), runtime).run()
 
 
 # -- boidctl status ----------------------------------------------------------------------------

@@ -31,18 +31,27 @@ TERMINAL = {"Succeeded", "Failed"}
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the jobs to the end.")
 @click.option("--timeout", default=900.0, show_default=True, metavar="SECONDS", help="Give up following after this long.")
 @click.option("--stop", is_flag=True, help="Stop the cluster after the summary (its data stays).")
+@click.option("--runtime", type=click.Choice(["podman", "host"]), default="podman", show_default=True,
+              help="Run units in sandboxed podman containers, or 'host' = DEVELOPMENT ONLY: unsandboxed, as this user.")
 @click.pass_obj
 @friendly
-def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool) -> None:
+def up(ctx: Ctx, files: tuple[str, ...], wait: bool, timeout: float, stop: bool, runtime: str) -> None:
     """Start the embedded cluster (ZooKeeper, chain node, operator, local workers) and run the demo."""
     missing = [f for f in files if f != "-" and not Path(f).exists()]
     if missing:
         raise Failure(f"{', '.join(missing)} not found: run from the repository root or pass -f DIR")
     objs = load_paths(list(files))  # validate before starting anything
+    if runtime == "podman":
+        ensure_images(objs)
+    else:
+        click.echo("WARNING: --runtime host: units run UNSANDBOXED on this machine as your user "
+                   "(development only)", err=True)
     click.echo("starting the embedded cluster", err=True)
-    info = ensure_cluster()
+    info = ensure_cluster(runtime=runtime)
     click.echo(f"cluster ready: ZooKeeper {info['zk']}, chain {info['chain']}, storage {info['storage']}, "
-               f"workers {', '.join(info.get('slots', []))}", err=True)
+               f"workers {', '.join(info.get('slots', []))} ({info.get('runtime', 'host')} runtime)", err=True)
+    for line in info.get("workers", []):
+        click.echo(f"  {line}", err=True)
     if info.get("dashboard"):
         click.echo(f"dashboard: {info['dashboard']}", err=True)
     store = Store(info["zk"], timeout=10, credentials=embedded_admin(Path(info["state"])))
@@ -81,6 +90,22 @@ def fund_demo(store: Store, names: list[str], info: dict) -> None:
         sender = p.spec.fund.account or p.spec.owner
         done, row = asyncio.run(fund_protocol(p, None, ring, source, info["chain"], sender, up_to=p.spec.fund.quantity))
         click.echo(f"protocol/{name} funded: escrow {row.balance}" + (f" ({'; '.join(done)})" if done else ""))
+
+
+def ensure_images(objs: list) -> None:
+    """Build the demo's python image when a Job uses it and podman does not have it yet."""
+    from boidcluster.adapters.local.images import DEMO_IMAGE, ImageError, ensure_demo_image
+
+    if any(isinstance(o, Job) and o.spec.image == DEMO_IMAGE for o in objs):
+        import shutil
+
+        if shutil.which("podman") is None:
+            raise Failure("podman is not installed: `make setup` (or apt-get install podman runc) installs it; "
+                          "`--runtime host` runs units unsandboxed instead (development only)")
+        try:
+            ensure_demo_image(progress=lambda m: click.echo(m + "...", err=True))
+        except (ImageError, OSError) as e:
+            raise Failure(str(e)) from None
 
 
 def follow(store: Store, names: list[str], timeout: float) -> list[Job]:
@@ -123,22 +148,27 @@ def cluster_events(info: dict) -> set[str]:
 
 
 def wait_for_payouts(store: Store, jobs: list[Job], timeout: float = 30.0) -> None:
-    """Payouts run on the protocol's next pass after the units are on chain: wait a little for them."""
+    """Recording and payouts run on the job's and the protocol's next passes after the units were
+    accepted: wait a little until every accepted unit is on chain and its contributors were paid, so
+    the summary (and a `boidctl report` right after) shows the settled books."""
+    from .report import zookeeper_time
+
     owed = {(j.spec.protocol, c.account) for j in jobs if j.status for c in j.status.contributors}
     if not owed:
         return
-    click.echo("waiting for payouts...", err=True)
+    click.echo("waiting for the chain to record the units and pay...", err=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
+            _, not_on_chain, _ = zookeeper_time(store, jobs)
             paid = {(p.name, acct) for p in store.list(Protocol) if p.status for acct in p.status.paid}
         except StoreUnavailable:  # ZooKeeper being restarted by the supervisor
-            paid = set()
-        if owed <= paid:
+            not_on_chain, paid = {"?": 1}, set()
+        if owed <= paid and not any(not_on_chain.values()):
             return
         time.sleep(0.5)
     click.echo("payouts not seen yet (they run at the protocol's payout interval; "
-               "see `boidctl describe protocol`)", err=True)
+               "see `boidctl describe protocol` and `boidctl report`)", err=True)
 
 
 def _preview(info: dict, output: str, lines: int = 3) -> list[str]:
@@ -165,6 +195,8 @@ def summary(store: Store, jobs: list[Job], info: dict) -> str:
         u = st.get("units", {})
         lines.append(f"  job {j.name}: {st.get('phase')} - {u.get('succeeded', 0)}/{u.get('total', 0)} units"
                      f" ({u.get('validated', 0)} validated by quorum)")
+        if st.get("imageDigest"):
+            lines.append(f"    image: {j.spec.image} ({st['imageDigest']})")
         if st.get("output"):
             lines.append(f"    results: {st['output']}  (storage {info.get('storage')})")
             lines += _preview(info, st["output"])

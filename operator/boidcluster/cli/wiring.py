@@ -27,6 +27,7 @@ class OperatorOptions:
     marathon: str | None = None
     backend: str = "local"              # local | mesos | none
     slots: list[str] = field(default_factory=list)   # local backend: one contributor identity per slot
+    runtime: str = "podman"             # local backend: podman (sandboxed containers) | host (development only)
     mesos_master: str | None = None     # http://master:5050 or zk://host:2181/mesos
     mesos_roles: list[str] = field(default_factory=lambda: ["*"])
     mesos_state: str = "/boid/v1/mesos"  # ZooKeeper path of the framework id, agent map, task starts
@@ -71,8 +72,14 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
             raise ValueError("the local backend needs file:// storage (--storage file:///path)")
         from boidcluster.adapters.local.backend import LocalBackend
 
-        world.backend = LocalBackend(opts.storage[len("file://"):], slots=opts.slots or ["local"])
-        closers.append(world.backend)
+        backend = LocalBackend(opts.storage[len("file://"):], slots=opts.slots or ["local"], runtime=opts.runtime)
+        closers.append(backend)
+        if backend.capacity() == 0:
+            reasons = sorted({t.message for _s, t in backend.slot_report() if not t.ok})
+            for c in reversed(closers):
+                c.close()
+            raise ValueError("no worker slot can run units: " + "; ".join(reasons))
+        world.backend = backend
     elif opts.backend == "mesos":
         if not opts.mesos_master:
             raise ValueError("the mesos backend needs --mesos-master (http://host:5050 or zk://host:2181/mesos)")
@@ -113,6 +120,14 @@ def protocol_deleted(store: Store, name: str) -> bool:
         return True
     except StoreError:
         return False
+
+
+def runtime_report(world: World) -> list[str]:
+    """One line per local worker slot: its runtime's self-test (why a slot takes no work)."""
+    report = getattr(world.backend, "slot_report", None)
+    if report is None:
+        return []
+    return [f"worker {slot.contributor}: {'ready' if t.ok else 'REFUSED'} - {t.message}" for slot, t in report()]
 
 
 def close_world(world: World) -> None:

@@ -239,6 +239,11 @@ class ProtocolSpec(Strict):
         return user == protocol_owner or bool(self.submitters) and (
             "*" in self.submitters or user in self.submitters)
 
+    network: StrictBool = False
+    """Whether this protocol's work units may reach the network. By default a unit's container has
+    no network at all (not even loopback to the host), so it cannot reach ZooKeeper, the chain or
+    anything else."""
+
     @model_validator(mode="after")
     def _one_token(self) -> "ProtocolSpec":
         fund = self.fund.quantity
@@ -641,6 +646,8 @@ class JobStatus(Status):
     """Replica results outvoted by the quorum (at most 20 listed)."""
     failed_units: list[str] = Field(default_factory=list)
     """Units that failed after all retries, or were left unfinished at the deadline (at most 20)."""
+    image_digest: str | None = None
+    """The digest `spec.image` resolved to when the job started; every unit and replica runs it."""
 
 
 class Job(Resource):

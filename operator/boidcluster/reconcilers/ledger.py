@@ -204,6 +204,10 @@ class JournalSummary:
                     dispatcher += t
         return units, worker, dispatcher
 
+    def dispatched_jobs(self) -> set[str]:
+        """Uids of the jobs whose dispatcher time the journal holds (sent, or about to be re-sent)."""
+        return {u[0] for b in self.batches.values() if b["type"] != "worker" for u in b["units"]}
+
     def above(self, seq: int) -> dict[str, int]:
         """µs per contributor in journaled batches numbered above `seq` (not on chain yet)."""
         out: dict[str, int] = {}

@@ -1,4 +1,5 @@
-"""The `local` execution backend: work units as subprocesses on this machine.
+"""The `local` execution backend: work units in sandboxed containers (or, for development, host
+processes) on this machine.
 
 Each *slot* runs one task at a time and stands for one contributor identity (an EOS account, e.g.
 alice, bob): that account is credited for the slot's work. This is the embedded default of
@@ -10,15 +11,24 @@ Why it is shaped so:
   already running another replica of the same unit, and allowed by the task's `boid_account` /
   `hostname` constraints (LIKE, UNLIKE, IS, CLUSTER; other operators are ignored here). Every state
   change is an update on one queue, so the dispatcher consumes local and Mesos tasks alike.
-- Every task runs in its own process group (start_new_session), so a timeout, kill() or a lost
-  worker ends the whole tree, not only the shell that started it.
+- Each slot has a *runtime* (runtime.py): `PodmanRuntime` runs every attempt as one sandboxed
+  container of the task's image (the default of `boidctl up` and `operator run`); `HostRuntime`
+  runs the command on the host, unsandboxed, for development only (and is this class's default
+  only so that library callers choose explicitly). Before any slot is offered work its runtime
+  passes a self-test (`slot_report()` says why a slot was refused).
+- Every attempt's whole process tree ends with it: a container's PID namespace, or a host
+  process group (start_new_session), so a timeout, kill() or a lost worker ends everything.
 - The dispatcher passes storage paths in BOID_OUTPUT_DIR and BOID_INPUT_FILES (a JSON list);
-  since storage is `file://` here, the backend rewrites them to local paths under `storage_root`.
-  stdout/stderr go to `.stdout`/`.stderr` inside the task's output directory (LOG_FILES: the
-  dispatcher leaves them out of result hashes and amalgamation).
-- `image` and `resources` are ignored: commands run on the host, one per slot.
-- The subprocesses die with the operator (Linux parent-death signal), so after a restart the
-  dispatcher's `reconcile` gets LOST for them and re-queues their units.
+  since storage is `file://` here, the backend rewrites them to local paths under `storage_root`
+  (and the podman runtime to its mounts /boid/output and /boid/inputs). The unit sees only its own
+  variables, never the operator's environment. stdout/stderr are read through pipes into
+  `.stdout`/`.stderr` inside the output directory, at most `Limits.log_bytes` each (LOG_FILES: the
+  dispatcher leaves them out of result hashes and amalgamation); a monitor thread enforces the
+  timeout and the output directory's size limit. Over a limit, the unit fails saying which.
+- Host processes die with the operator (parent-death signal); containers carry the backend's
+  scope label and their operator process (owner), and a new backend on the same storage root
+  removes what a dead operator (e.g. killed with SIGKILL) left running — never a live replica's —
+  so the dispatcher's `reconcile` gets LOST for them and re-queues their units.
 
 Fault injection (for tests and demos; labelled, never on by default): `lose_contributor(name)`
 kills a contributor's running tasks and reports them LOST, as if its machine vanished;
@@ -28,14 +38,13 @@ after its command succeeds, so replication must outvote it.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import queue
 import re
-import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -45,12 +54,17 @@ from typing import Sequence
 
 from boidcluster.adapters.backend import TaskSpec, TaskUpdate
 
+from .runtime import Launch, Limits, Prepared, Runtime, SelfTest, make_runtime, scope_of
+
 log = logging.getLogger(__name__)
 
 LOG_FILES = frozenset({".stdout", ".stderr"})
 """Per-task log files the backend writes inside the output directory (not results)."""
 
 CORRUPTION = b"\n# corrupted by fault injection\n"
+
+TAIL_BYTES = 300
+"""How much of a failed unit's stderr its failure message quotes."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,7 @@ class Slot:
     env: dict[str, str] = field(default_factory=dict)   # extra environment for this slot's tasks
     hostname: str = "localhost"
     corrupt_output: bool = False   # FAULT INJECTION: a cheating contributor (see module docstring)
+    runtime: Runtime | None = field(default=None, compare=False)  # None: the backend's runtime
 
 
 def slots_for(contributors: Sequence[str], per_contributor: int = 1) -> list[Slot]:
@@ -73,20 +88,15 @@ class _Task:
     spec: TaskSpec
     slot: int | None = None
     proc: subprocess.Popen | None = None
+    prepared: Prepared | None = None
+    readers: list[threading.Thread] = field(default_factory=list)
+    limit_reason: str | None = None  # set when the attempt went over a limit (the unit fails with it)
+    stderr_tail: bytes = b""         # the last bytes of stderr, kept in memory (never read back from the dir)
+    timed_out: bool = False
     started_at: float | None = None
     last: TaskUpdate | None = None
     end_state: str | None = None     # set by kill()/lose_contributor() before signalling
     end_message: str = ""
-
-
-_SETPRIV = shutil.which("setpriv")
-
-
-def _set_pdeathsig() -> None:  # runs in the child before exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 def _constraint_ok(constraint: tuple[str, ...], slot: Slot) -> bool:
@@ -107,17 +117,41 @@ def _constraint_ok(constraint: tuple[str, ...], slot: Slot) -> bool:
 
 
 class LocalBackend:
-    """Subprocess backend. `storage_root` is the local directory of the `file://` storage."""
+    """Local backend. `storage_root` is the local directory of the `file://` storage; `runtime`
+    ("podman", "host" or a Runtime) runs the slots that do not name their own."""
 
     name = "local"
 
     def __init__(self, storage_root: str | os.PathLike[str], slots: Sequence[Slot | str] = ("alice", "bob"),
-                 *, kill_grace: float = 2.0) -> None:
+                 *, kill_grace: float = 2.0, runtime: Runtime | str | None = None,
+                 limits: Limits | None = None) -> None:
         self.storage_root = Path(storage_root)
+        self.scope = scope_of(self.storage_root)
+        self.limits = limits or Limits()
+        if runtime is None or isinstance(runtime, str):
+            runtime = make_runtime(runtime or "host", self.limits)
+        self.runtime: Runtime = runtime
         self.slots: list[Slot] = [s if isinstance(s, Slot) else Slot(s) for s in slots]
         if not self.slots:
             raise ValueError("the local backend needs at least one slot")
         self.kill_grace = kill_grace
+        # Check each runtime before offering its slots work; remove what an earlier process left.
+        self._selftests: list[SelfTest] = []
+        self._swept: dict[str, str] = {}
+        tested: dict[int, SelfTest] = {}
+        for slot in self.slots:
+            rt = self._runtime(slot)
+            if id(rt) not in tested:
+                tested[id(rt)] = rt.self_test()
+                if not rt.sandboxed:
+                    log.warning("local backend: %s", tested[id(rt)].message)
+                elif not tested[id(rt)].ok:
+                    log.error("local backend: %s", tested[id(rt)].message)
+                if tested[id(rt)].ok:
+                    for tid in rt.sweep(self.scope):
+                        self._swept[tid] = ("its container, left running by an earlier operator process, "
+                                            "was killed and removed")
+            self._selftests.append(tested[id(rt)])
         self._mu = threading.RLock()
         self._tasks: dict[str, _Task] = {}
         self._queue: list[str] = []                    # task ids waiting for a slot, FIFO
@@ -128,6 +162,7 @@ class LocalBackend:
         self._closed = False
         self._launches: queue.Queue[_Task | None] = queue.Queue()
         threading.Thread(target=self._launcher, name="boid-local-launcher", daemon=True).start()
+        threading.Thread(target=self._monitor, name="boid-local-monitor", daemon=True).start()
 
     # -- Backend interface ------------------------------------------------------------------
     def submit(self, task: TaskSpec) -> None:
@@ -162,20 +197,30 @@ class LocalBackend:
             for tid in task_ids:
                 t = self._tasks.get(tid)
                 if t is None:
-                    self._updates.put(TaskUpdate(tid, "LOST", message="unknown to the local backend "
-                                                 "(it ran in an earlier operator process)",
-                                                 finished_at=time.time()))
+                    why = self._swept.get(tid, "unknown to the local backend (it ran in an earlier operator process)")
+                    self._updates.put(TaskUpdate(tid, "LOST", message=why, finished_at=time.time()))
                 elif t.last is not None:
                     self._updates.put(t.last)
 
     def contributors(self) -> list[str]:
         with self._mu:
-            return sorted({s.contributor for s in self.slots} - self._offline)
+            return sorted({s.contributor for i, s in enumerate(self.slots) if self._usable(i)} - self._offline)
 
     def capacity(self) -> int:
-        """How many tasks can run at once (slots of online contributors); not in the Backend interface."""
+        """How many tasks can run at once (usable slots of online contributors); not in the Backend interface."""
         with self._mu:
-            return sum(1 for s in self.slots if s.contributor not in self._offline)
+            return sum(1 for i, s in enumerate(self.slots) if self._usable(i) and s.contributor not in self._offline)
+
+    def slot_report(self) -> list[tuple[Slot, SelfTest]]:
+        """Each slot with its runtime's self-test: a slot whose test failed is never offered work."""
+        return list(zip(self.slots, self._selftests))
+
+    def resolve_image(self, ref: str) -> str | None:
+        """The digest the job's every attempt runs (ImageUnavailable says how to provide it);
+        None when the runtime ignores images (host)."""
+        digests = {self._runtime(s).resolve_image(ref) for i, s in enumerate(self.slots) if self._usable(i)}
+        digests.discard(None)
+        return min(digests) if digests else None
 
     def close(self) -> None:
         with self._mu:
@@ -190,9 +235,18 @@ class LocalBackend:
         for t in running:
             if t.proc is not None:
                 try:
-                    t.proc.wait(timeout=self.kill_grace + 1)
+                    t.proc.wait(timeout=self.kill_grace + 5)
                 except subprocess.TimeoutExpired:
                     pass
+        swept: set[int] = set()
+        for i, slot in enumerate(self.slots):  # nothing of ours stays behind, whatever happened above
+            rt = self._runtime(slot)
+            if id(rt) not in swept and self._usable(i):
+                swept.add(id(rt))
+                try:
+                    rt.sweep(self.scope, mine=True)
+                except (OSError, subprocess.SubprocessError) as e:
+                    log.error("local backend: removing leftover containers failed: %s", e)
 
     # -- FAULT INJECTION (tests and demos only) -------------------------------------------------
     def lose_contributor(self, contributor: str, *, offline: bool = False) -> list[str]:
@@ -222,9 +276,15 @@ class LocalBackend:
         t.last = u
         self._updates.put(u)
 
+    def _runtime(self, slot: Slot) -> Runtime:
+        return slot.runtime or self.runtime
+
+    def _usable(self, i: int) -> bool:
+        return self._selftests[i].ok
+
     def _fits(self, t: _Task, i: int) -> bool:
         slot = self.slots[i]
-        if self._busy[i] is not None or slot.contributor in self._offline:
+        if self._busy[i] is not None or slot.contributor in self._offline or not self._usable(i):
             return False
         if slot.contributor in t.spec.exclude_contributors:
             return False
@@ -239,7 +299,8 @@ class LocalBackend:
         # sibling starts); fall back to them only when no other contributor could take it.
         ran = self._ran.get((t.spec.job, t.spec.unit), set())
         if slot.contributor in ran:
-            others = {s.contributor for s in self.slots} - self._offline - ran - t.spec.exclude_contributors
+            others = ({s.contributor for j, s in enumerate(self.slots) if self._usable(j)}
+                      - self._offline - ran - t.spec.exclude_contributors)
             return not others
         return True
 
@@ -285,6 +346,7 @@ class LocalBackend:
     def _launch(self, t: _Task) -> None:
         assert t.slot is not None
         spec, slot = t.spec, self.slots[t.slot]
+        runtime = self._runtime(slot)
         with self._mu:
             if self._closed or t.end_state is not None:  # ended before it could start
                 self._busy[t.slot] = None
@@ -294,69 +356,165 @@ class LocalBackend:
         try:
             out = self._local(spec.output_dir)
             out.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, **spec.env, **slot.env,
-                   "BOID_OUTPUT_DIR": str(out), "BOID_CONTRIBUTOR": slot.contributor,
-                   "BOID_TASK_ID": spec.task_id}
-            inputs = json.loads(spec.env.get("BOID_INPUT_FILES") or "[]")
-            env["BOID_INPUT_FILES"] = json.dumps([str(self._local(p)) for p in inputs])
-            argv = list(spec.command)
-            extra: dict = {}
-            if _SETPRIV:  # a helper exec is cheaper than preexec_fn, which forbids vfork
-                argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
-            else:
-                extra["preexec_fn"] = _set_pdeathsig
-            with open(out / ".stdout", "wb") as so, open(out / ".stderr", "wb") as se:
-                proc = subprocess.Popen(argv, env=env, cwd=out, stdin=subprocess.DEVNULL, stdout=so,
-                                        stderr=se, start_new_session=True, **extra)
+            inputs = [self._local(p) for p in json.loads(spec.env.get("BOID_INPUT_FILES") or "[]")]
+            env = {k: v for k, v in {**spec.env, **slot.env}.items() if k not in ("BOID_OUTPUT_DIR", "BOID_INPUT_FILES")}
+            env.update(BOID_CONTRIBUTOR=slot.contributor, BOID_TASK_ID=spec.task_id)
+            attempt = spec.task_id.rsplit(".", 1)[-1]
+            prepared = runtime.prepare(Launch(
+                task_id=spec.task_id, job=spec.job, unit=spec.unit, attempt=attempt, contributor=slot.contributor,
+                command=list(spec.command), env=env, image=spec.image, resources=spec.resources,
+                network=spec.network, output=out, inputs=inputs, timeout=spec.timeout, scope=self.scope))
+            # The logs are opened before the unit runs, never through a link it could plant.
+            logs = [os.fdopen(os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb")
+                    for name in (".stdout", ".stderr")]
+            try:
+                proc = subprocess.Popen(prepared.argv, env=prepared.env, cwd=prepared.cwd, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            except OSError:
+                for f in logs:
+                    f.close()
+                raise
         except (OSError, ValueError) as e:
             with self._mu:
                 self._busy[t.slot] = None
-                self._emit(t, "FAILED", message=f"could not start {spec.command[:1]}: {e}",
+                self._emit(t, "FAILED", message=f"could not start {spec.command[:1]} ({runtime.name} runtime): {e}",
                            finished_at=time.time())
                 self._schedule()
             return
         with self._mu:
-            t.proc = proc
+            t.prepared, t.proc = prepared, proc
             if t.end_state is None:
                 self._emit(t, "RUNNING")
+        for stream, f, name in ((proc.stdout, logs[0], "stdout"), (proc.stderr, logs[1], "stderr")):
+            th = threading.Thread(target=self._pump, args=(t, stream, f, name), daemon=True,
+                                  name=f"boid-log-{spec.task_id}.{name}")
+            th.start()
+            t.readers.append(th)
         if t.end_state is not None:  # killed or lost before it started
             self._signal(t, signal.SIGKILL)
         threading.Thread(target=self._wait, args=(t, out), name=f"boid-local-{spec.task_id}",
                          daemon=True).start()
 
-    def _wait(self, t: _Task, out: Path) -> None:
-        assert t.proc is not None
-        timed_out = False
+    def _pump(self, t: _Task, stream, f, name: str) -> None:
+        """Copy one log stream into its file, keeping at most `limits.log_bytes`; past that the unit
+        fails (killed) and the rest is read and dropped so the writer never blocks."""
+        limit, kept = self.limits.log_bytes, 0
+        fd = stream.fileno()
         try:
-            code = t.proc.wait(timeout=t.spec.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            self._signal(t, signal.SIGKILL)
-            code = t.proc.wait()
-        finished = time.time()
+            with f:
+                while chunk := os.read(fd, 1 << 16):
+                    room = limit - kept
+                    if room > 0:
+                        f.write(chunk[:room])
+                        kept += min(room, len(chunk))
+                        if name == "stderr":
+                            t.stderr_tail = (t.stderr_tail + chunk[:room])[-TAIL_BYTES:]
+                    if len(chunk) > room:
+                        self._over_limit(t, f"{name} exceeded the log limit of {limit} bytes")
+        except OSError as e:
+            log.error("local backend: log of %s: %s", t.spec.task_id, e)
+        finally:
+            stream.close()
+
+    def _over_limit(self, t: _Task, reason: str) -> None:
         with self._mu:
-            assert t.slot is not None
+            if t.limit_reason is not None or t.end_state is not None:
+                return
+            t.limit_reason = reason
+        self._signal(t, signal.SIGKILL)
+
+    def _monitor(self) -> None:
+        """Every half second: kill attempts past their timeout or over the output size limit."""
+        while not self._closed:
+            time.sleep(0.5)
+            try:
+                with self._mu:
+                    running = [t for t in self._tasks.values()
+                               if t.proc is not None and t.proc.returncode is None and t.end_state is None]
+                now = time.time()
+                for t in running:
+                    if t.spec.timeout and t.started_at and now - t.started_at > t.spec.timeout and not t.timed_out:
+                        t.timed_out = True
+                        self._signal(t, signal.SIGKILL)
+                    elif t.limit_reason is None:
+                        size, count, _unsafe = self._scan_output(t)
+                        if self._output_over(size, count):
+                            self._over_limit(t, self._output_over(size, count))  # type: ignore[arg-type]
+            except Exception:  # never let the monitor die
+                log.exception("local backend monitor")
+
+    def _scan_output(self, t: _Task) -> tuple[int, int, str | None]:
+        """(total bytes, entries, why the outputs are unsafe to read or None). Nothing is followed: a symlink,
+        fifo or socket the unit left would make the operator read a host file or block on it."""
+        try:
+            out = self._local(t.spec.output_dir)
+        except ValueError:
+            return 0, 0, None
+        total, bad, count = 0, None, 0
+        for root, dirs, files in os.walk(out):
+            count += len(files) + len(dirs)
+            if count > self.limits.output_files:  # stop early: the count alone fails the unit
+                return total, count, bad
+            for name in [*files, *dirs]:
+                path = os.path.join(root, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+                elif not stat.S_ISDIR(st.st_mode) and bad is None:
+                    kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                    bad = f"outputs may hold only regular files and directories: {os.path.relpath(path, out)} is {kind}"
+        return total, count, bad
+
+    def _output_over(self, size: int, count: int) -> str | None:
+        if size > self.limits.output_bytes:
+            return f"its outputs exceeded the output limit of {self.limits.output_bytes} bytes"
+        if count > self.limits.output_files:
+            return f"its outputs exceeded the limit of {self.limits.output_files} files and directories"
+        return None
+
+    def _wait(self, t: _Task, out: Path) -> None:
+        assert t.proc is not None and t.slot is not None
+        code = t.proc.wait()
+        for th in t.readers:
+            th.join(timeout=10)
+        finished = time.time()
+        runtime = self._runtime(self.slots[t.slot])
+        reason = runtime.exit_reason(t.prepared, code) if t.prepared is not None else None
+        size, count, unsafe = self._scan_output(t)
+        if t.limit_reason is None and t.end_state is None:
+            t.limit_reason = self._output_over(size, count)
+        with self._mu:
             slot = self.slots[t.slot]
             if t.end_state is not None:
                 state, msg = t.end_state, t.end_message
-            elif timed_out:
+            elif t.limit_reason is not None:
+                state, msg = "FAILED", f"limit exceeded: {t.limit_reason}; killed"
+            elif t.timed_out:
                 state, msg = "FAILED", f"timed out after {t.spec.timeout:g}s: killed"
+            elif unsafe is not None:
+                state, msg = "FAILED", unsafe
             elif code == 0:
                 state, msg = "FINISHED", ""
                 if slot.corrupt_output:
                     self._corrupt(out)
             else:
-                state, msg = "FAILED", f"exited with code {code}" + self._tail(out)
+                if reason == "OOMKilled":
+                    msg = (f"OOMKilled: the unit went over its memory limit of {t.spec.resources.mem} MiB "
+                           f"and the kernel killed it (exit code {code})")
+                else:
+                    msg = (f"{reason}: " if reason else "") + f"exited with code {code}" + self._tail(t)
+                state = "FAILED"
             self._busy[t.slot] = None
             self._emit(t, state, exit_code=code, message=msg, finished_at=finished)
             self._schedule()
 
     @staticmethod
-    def _tail(out: Path) -> str:
-        try:
-            data = (out / ".stderr").read_bytes()[-300:].decode(errors="replace").strip()
-        except OSError:
-            return ""
+    def _tail(t: _Task) -> str:
+        """The last TAIL_BYTES of stderr, as the log pump kept them (the file is never read back)."""
+        data = t.stderr_tail.decode(errors="replace").strip()
         return f": {data}" if data else ""
 
     @staticmethod
@@ -368,13 +526,9 @@ class LocalBackend:
                     f.write(CORRUPTION)
 
     def _signal(self, t: _Task, sig: int) -> None:
-        # Never signal a reaped leader's group id: the pid may already belong to a new task.
-        if t.proc is None or t.proc.returncode is not None:
+        if t.proc is None or t.prepared is None or t.proc.returncode is not None or t.slot is None:
             return
-        try:
-            os.killpg(t.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        self._runtime(self.slots[t.slot]).kill(t.prepared, t.proc, sig)
 
     def _end(self, task_id: str, state: str, message: str, *, grace: bool = True) -> None:
         with self._mu:

@@ -33,7 +33,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from boidcluster.adapters.backend import TaskResources, TaskSpec
+from boidcluster.adapters.backend import ImageUnavailable, TaskResources, TaskSpec
 from boidcluster.adapters.store import NotFound
 from boidcluster.engine.reconciler import Result, condition
 from boidcluster.model.resources import (
@@ -106,6 +106,7 @@ class _Pass:
         self.conditions: list[Any] = []
         self.failed_units: list[str] = []
         self.pending_disagreements: list[Disagreement] = []
+        self.image_error = False
 
     # -- the pass ---------------------------------------------------------------------------
     def run(self) -> Result:
@@ -319,6 +320,8 @@ class _Pass:
         counts: dict[str, int] = {}
         for a in self.recs.attempts.values():
             counts[a["unit"]] = counts.get(a["unit"], 0) + 1
+        if budget > 0 and wants and self.image() is None:
+            return
         for unit, need, exclude in wants:
             for _ in range(need):
                 if budget <= 0:
@@ -329,11 +332,25 @@ class _Pass:
                     return
                 budget -= 1
 
+    def image(self) -> str | None:
+        """The image every attempt runs: `spec.image` resolved once per job to a digest by the backend
+        (kept in the start record, written once); None, with a condition, while it is unavailable."""
+        if self.recs.start is not None:
+            return self.recs.start.get("image_digest") or self.spec.image
+        resolve = getattr(self.d.backend, "resolve_image", None)
+        try:
+            digest = resolve(self.spec.image) if resolve else None
+        except ImageUnavailable as e:
+            self.image_error = True
+            self.conditions.append(condition("Ready", False, "ImageUnavailable", str(e)[:1000]))
+            return None
+        self.recs.put_start(self.store, {"at_us": now_us(), "image_digest": digest})
+        return self.recs.start.get("image_digest") or self.spec.image  # type: ignore[union-attr]
+
     def launch(self, unit: Unit, n: int, exclude: frozenset[str]) -> bool:
         tid = f"{self.tag}.{unit.id}.{n}"
         out = posixpath.join(self.protocol.spec.datadir, ".runs", self.tag, unit.id, str(n))
-        if self.recs.start is None:
-            self.recs.put_start(self.store, {"at_us": now_us()})
+        image = self.image()
         if not self.recs.put_attempt(self.store, tid, {"unit": unit.id, "n": n, "output": out, "at_us": now_us()}):
             self.reload()  # someone else launched it: look again next pass
             return False
@@ -343,7 +360,8 @@ class _Pass:
                "BOID_OUTPUT_DIR": out, "BOID_INPUT_FILES": _json_list(unit.inputs)}
         r = spec.resources
         task = TaskSpec(task_id=tid, job=self.tag, unit=unit.id, command=command, env=env, output_dir=out,
-                        image=spec.image, resources=TaskResources(cpus=r.cpus, mem=r.mem, disk=r.disk, gpus=r.gpus),
+                        image=image, network=self.protocol.spec.network,
+                        resources=TaskResources(cpus=r.cpus, mem=r.mem, disk=r.disk, gpus=r.gpus),
                         constraints=tuple(tuple(c) for c in spec.constraints), exclude_contributors=exclude,
                         timeout=float(spec.unit_timeout) if spec.unit_timeout else None,
                         role=self.protocol.name)
@@ -360,7 +378,8 @@ class _Pass:
         out = output_path(self.job, self.protocol)
         manifest = {
             "job": self.job.name, "uid": self.uid, "protocol": self.protocol.name,
-            "reduce": self.spec.output.reduce, "output": out,
+            "reduce": self.spec.output.reduce, "output": out, "image": self.spec.image,
+            "image_digest": (self.recs.start or {}).get("image_digest"),
             "units": [{"id": u.id, "index": u.index, "params": u.params, "inputs": list(u.inputs),
                        "hash": self.recs.accepted[u.id]["hash"], "output": self.recs.accepted[u.id]["output"],
                        "credited": [{"contributor": c["contributor"], "microseconds": c["us"]}
@@ -415,6 +434,7 @@ class _Pass:
             "contributors": contributors, "slowest_units": slow[:5],
             "disagreements": disagreements[:LIST_LIMIT],
             "failed_units": (final.get("units", []) if final and phase == "Failed" else sorted(failed))[:LIST_LIMIT],
+            "image_digest": (recs.start or {}).get("image_digest"),
         }
         conds = list(self.conditions)
         if final is None:
@@ -431,6 +451,8 @@ class _Pass:
             any(u not in recs.recorded for u in accepted)
             or (phase == "Succeeded" and hasattr(ledger, "record_dispatch") and not recs.dispatch))
         requeue = self.d.poll_interval if final is None else (2.0 if unrecorded else None)
+        if self.image_error:
+            requeue = 10.0  # the image may be imported meanwhile; do not pull in a tight loop
         if final is not None and not unrecorded and not recs.in_flight():
             self.d.drop(self.uid)
         return Result(status=status, conditions=conds, requeue_after=requeue)
