@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -56,6 +58,26 @@ def test_up_runs_the_demo_job_pays_contributors_and_down_stops_everything(home):
                             text=True, timeout=120)
     assert report.returncode == 0, report.stdout + report.stderr
     assert "ZooKeeper records and the chain agree." in report.stdout
+    # ...and the page's money is the report's: the escrow's books and each contributor's owed and paid
+    asset = r"(-?\d+\.\d+ [A-Z]+)"
+    books = re.search(rf"^escrow: deposited {asset} = paid {asset} \+ owed {asset} \+ withdrawn {asset} "
+                      rf"\+ free {asset}$", report.stdout, re.M)
+    rows = {m.group(1): m.groups()[1:] for m in re.finditer(
+        rf"^([a-z1-5.]+)\s+(?:worker|dispatcher)\s+\S+\s+([\d.]+)\s+[\d.]+\s+{asset}\s+{asset}\s+yes$",
+        report.stdout, re.M)}
+    assert books and {"alice", "bob"} <= set(rows), report.stdout
+
+    def money():
+        snap = json.loads(urllib.request.urlopen(dashboard + "api/snapshot", timeout=10).read())
+        [p] = [p for p in snap["protocols"] if p["name"] == "monte-carlo"]
+        e = p["escrow"] or {}
+        per = {c["account"]: r for c in snap["contributors"] for r in c["perProtocol"] if r["protocol"] == "monte-carlo"}
+        return (tuple((e.get(k) or {}).get("text") for k in ("deposited", "paid", "owed", "withdrawn", "free")),
+                {a: (per[a]["time"], per[a]["owed"]["text"], per[a]["paid"]["text"]) for a in rows if a in per})
+    deadline = time.monotonic() + 30  # the page reads the chain every few seconds
+    while money() != (books.groups(), rows) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert money() == (books.groups(), rows), report.stdout
 
     info = json.loads((Path(home["BOID_HOME"]) / "cluster.json").read_text())
     node = json.loads((Path(home["BOID_HOME"]) / "chain" / "node.json").read_text())

@@ -54,7 +54,8 @@ def test_boidctl_dashboard_follows_the_store_and_stops_on_sigterm(zk_hosts, stor
         assert snap["health"]["leader"] is None and snap["health"]["metrics"] is None  # no operator: said so
         # no chain node answers: the page says why money on chain is missing, the rest still shows
         assert snap["chain"]["url"] == "http://127.0.0.1:1" and snap["chain"]["error"]
-        assert snap["protocols"][0]["registry"] is None
+        proto = snap["protocols"][0]
+        assert proto["escrow"] is None and proto["registered"] is None and proto["moneySource"] == "status"
     finally:
         assert stop(proc) == 0
 

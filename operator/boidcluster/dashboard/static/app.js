@@ -228,7 +228,7 @@ function renderMoney(s) {
   for (const c of s.contributors) for (const r of c.perProtocol)
     if (r.source === "chain" ? (r.registered || r.owed.amount || r.paid.amount) : r.paid.amount)
       (byProto[r.protocol] = byProto[r.protocol] || []).push([c.account, r]);
-  out.push(h("div", {class: "grid", style: "margin-top:12px"}, s.protocols.map(p => {
+  out.push(h("div", {class: "grid wide", style: "margin-top:12px"}, s.protocols.map(p => {
     const rows = byProto[p.name] || [];
     const cr = p.chainRates;
     return h("div", {class: "card", "data-testid": "protocol-" + p.name},
