@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from boidcluster.adapters.store import Store, StoreError
+from boidcluster.adapters.store import Store, StoreError, Unauthorized
 from boidcluster.model.meta import Resource
 
 from . import readmodel as rm
@@ -194,7 +194,12 @@ class LiveView:
                 if self._own_store and self._store is not None:
                     self._store.close()
                     self._store = None
-                self._publish_error("zookeeper", str(e), attempt, backoff)
+                if isinstance(e, Unauthorized):  # reached, but the identity is refused: not a start-up problem
+                    self._publish_error("identity", str(e), attempt, backoff, hint=(
+                        "Check the current context's user and password: `boidctl config current-context`, "
+                        "`boidctl config set-credentials USER --password-file FILE`."))
+                else:
+                    self._publish_error("zookeeper", str(e), attempt, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 15.0)
             except Exception as e:  # never die: show it and try again
@@ -333,9 +338,9 @@ class LiveView:
         snap["generatedAt"] = t
         return snap
 
-    def _publish_error(self, kind: str, message: str, attempt: int, backoff: float) -> None:
-        hint = ("Start the embedded cluster with `boidctl up`, or point the dashboard at your "
-                "ZooKeeper with `--zk HOST:PORT` (or $BOID_ZK).")
+    def _publish_error(self, kind: str, message: str, attempt: int, backoff: float, hint: str | None = None) -> None:
+        hint = hint or ("Start the embedded cluster with `boidctl up`, or point the dashboard at your "
+                        "ZooKeeper with `--zk HOST:PORT` (or $BOID_ZK).")
         state = dict(self.state)
         state["cluster"] = {"zk": self.zk, "connected": False, "synced": state.get("cluster", {}).get("synced", False),
                             "lastSeen": self._last_seen,
