@@ -127,6 +127,8 @@ def test_page_follows_a_job_live_and_agrees_with_get_and_report(browser, cluster
                                                                    tmp_path):
     store, op, dash = cluster
     store.create(protocol_obj("dash", actors, fund="100.0000 BOID", worker_rate="3600.0000 BOID"))
+    chain_world.fund_protocol(store.get(Protocol, "dash"), "100.0000 BOID")  # `boidctl fund`, the owner's key
+    op.enqueue("Protocol", "dash")
     for i, w in enumerate(actors.workers):
         store.create(contributor(f"w{i}", w, actors.researcher))
     eventually(lambda: cond(store.get(Protocol, "dash"), "Ready") == "True", timeout=30)
@@ -182,28 +184,33 @@ def test_page_follows_a_job_live_and_agrees_with_get_and_report(browser, cluster
     paid = eventually(lambda: (p := store.get(Protocol, "dash")).status and len(p.status.paid) == 2
                       and p.status.paid, timeout=30)
     report = boidctl("--zk", zk_hosts, "report", "dash", "--chain-url", chain_world.url)
+    asset = r"(-?\d+\.\d+ [A-Z]+)"
+    # CONTRIBUTOR ROLE ZOOKEEPER-s CHAIN-TOTAL-s NOT-YET-ON-CHAIN-s OWED PAID AGREE
     rows = {m.group(1): m.groups()[1:] for m in re.finditer(
-        r"^(\w+)\s+worker\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s", report, re.M)}
-    fund = re.search(r"fund: (.+?) committed, (.+?) left in the registry: (.+?) paid out; "
-                     r"payouts the operator made: (.+)$", report, re.M)
-    assert set(rows) == set(actors.workers) and fund, report
+        rf"^([a-z1-5.]+)\s+worker\s+[\d.]+\s+([\d.]+)\s+[\d.]+\s+{asset}\s+{asset}\s+yes$", report, re.M)}
+    books = re.search(rf"^escrow: deposited {asset} = paid {asset} \+ owed {asset} \+ withdrawn {asset} "
+                      rf"\+ free {asset}$", report, re.M)
+    assert set(rows) == set(actors.workers) and books and "The escrow's books balance exactly." in report, report
     got = json.loads(boidctl("get", "protocol", "dash", "-o", "json", "--zk", zk_hosts))
-    assert {k: str(v) for k, v in paid.items()} == got["status"]["paid"]
+    assert {k: str(v) for k, v in paid.items()} == got["status"]["paid"] == {w: rows[w][2] for w in actors.workers}
+    assert books.group(1) == "100.0000 BOID" and books.group(2) == got["status"]["paidTotal"] != "0.0000 BOID"
 
     browser.get(dash.url + "#contributors")  # (navigation between views; the live check is above)
     for w in actors.workers:
         row = f'[data-testid="money-dash-{w}"]'
-        eventually(lambda row=row, w=w: (text(browser, f"{row} [data-field=chainTotal]"),
-                                         text(browser, f"{row} [data-field=chainUnpaid]"),
-                                         text(browser, f"{row} [data-field=paid]"))
-                   == (*rows[w], got["status"]["paid"][w]), timeout=15)
+        eventually(lambda row=row, w=w: (text(browser, f"{row} [data-field=time]"),
+                                         text(browser, f"{row} [data-field=owed]"),
+                                         text(browser, f"{row} [data-field=paid]")) == rows[w], timeout=15)
     browser.get(dash.url + "#money")
     proto = '[data-testid="protocol-dash"]'
-    eventually(lambda: (text(browser, f"{proto} [data-field=committed]"), text(browser, f"{proto} [data-field=fundLeft]"),
-                        text(browser, f"{proto} [data-field=spent]"), text(browser, f"{proto} [data-field=paidTotal]"))
-               == fund.groups(), timeout=15)
+    eventually(lambda: tuple(text(browser, f"{proto} [data-field={f}]")
+                             for f in ("deposited", "paidTotal", "owed", "withdrawn", "free")) == books.groups(),
+               timeout=15)
+    assert text(browser, f"{proto} [data-field=balance]") == got["status"]["fundBalance"]
+    assert "exactly" in text(browser, f"{proto} [data-field=books]")
     for w in actors.workers:
-        assert text(browser, f'[data-testid="paid-dash-{w}"] [data-field=paid]') == got["status"]["paid"][w]
+        assert tuple(text(browser, f'[data-testid="paid-dash-{w}"] [data-field={f}]')
+                     for f in ("time", "owed", "paid")) == rows[w]
 
     browser.get(dash.url + "#health")
     eventually(lambda: text(browser, '[data-testid="leader-full"]') == op.identity, timeout=15)

@@ -84,11 +84,15 @@ class Ctx:
         cluster: a digest login hands the password to the server, so --zk/$BOID_ZK pointing
         elsewhere connects anonymously."""
         if self._store is None:
-            c = self.context
-            own = c is not None and (c.server is None or c.server == self.zk)
-            self._store = Store(self.zk, timeout=self.timeout, credentials=c.credentials if own else None,
-                                tls=c.tls if own else None)
+            self._store = self.open_store()
         return self._store
+
+    def open_store(self, timeout: float | None = None) -> Store:
+        """A new store connection logged in as `store` is (for a long-lived reader that reconnects)."""
+        c = self.context
+        own = c is not None and (c.server is None or c.server == self.zk)
+        return Store(self.zk, timeout=self.timeout if timeout is None else timeout,
+                     credentials=c.credentials if own else None, tls=c.tls if own else None)
 
     def close(self) -> None:
         if self._store is not None:

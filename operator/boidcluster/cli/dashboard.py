@@ -16,10 +16,12 @@ from .context import Ctx, Failure, friendly, read_cluster
 DEFAULT_PORT = 8090
 
 
-def start_dashboard(zk: str, *, port: int, address: str = "127.0.0.1", store: Any = None,
+def start_dashboard(zk: str, *, port: int, address: str = "127.0.0.1", store: Any = None, store_factory: Any = None,
                     chain_url: str | None = None, metrics_registry: Any = None,
                     metrics_url: str | None = None, refresh: float = 2.0, timeout: float = 5.0):
-    """A running Dashboard (stop() it); `metrics_registry` for an operator in this process."""
+    """A running Dashboard (stop() it); `metrics_registry` for an operator in this process. `store`:
+    an open store to share (the operator's, logged in as the operator); else `store_factory` opens
+    one (and again after ZooKeeper is lost) as the caller's identity; else anonymously."""
     from boidcluster.dashboard.server import Dashboard, registry_metrics, url_metrics
 
     if metrics_registry is not None:
@@ -29,8 +31,8 @@ def start_dashboard(zk: str, *, port: int, address: str = "127.0.0.1", store: An
     else:
         metrics, source = None, None
     try:
-        return Dashboard(zk, host=address, port=port, store=store, chain_url=chain_url, metrics=metrics,
-                         metrics_source=source, refresh=refresh, timeout=timeout).start()
+        return Dashboard(zk, host=address, port=port, store=store, store_factory=store_factory, chain_url=chain_url,
+                         metrics=metrics, metrics_source=source, refresh=refresh, timeout=timeout).start()
     except OSError as e:
         raise Failure(f"{e} (choose another with --port)") from None
 
@@ -56,8 +58,9 @@ def dashboard(ctx: Ctx, port: int, address: str, chain_url: str | None, metrics_
     if not metrics_url and info.get("health"):
         metrics_url = info["health"].rstrip("/") + "/metrics"
     try:
-        dash = start_dashboard(ctx.zk, port=port, address=address, chain_url=chain_url, metrics_url=metrics_url,
-                               refresh=refresh)
+        # the current context's identity (a secured cluster lets anonymous clients read nothing)
+        dash = start_dashboard(ctx.zk, port=port, address=address, store_factory=lambda: ctx.open_store(timeout=5.0),
+                               chain_url=chain_url, metrics_url=metrics_url, refresh=refresh)
     except Failure as e:
         if info.get("dashboard"):
             e.message += f"; the embedded cluster already serves a dashboard at {info['dashboard']}"

@@ -17,6 +17,7 @@ import click
 
 from boidcluster.adapters.chain import ChainError, KeyRing
 from boidcluster.adapters.chain.blocking import BlockingChain
+from boidcluster.adapters.chain.books import read_books, read_holdings
 from boidcluster.adapters.store import NotFound
 from boidcluster.model.resources import Contributor, Job, Protocol
 from boidcluster.model.types import Asset
@@ -75,23 +76,17 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
     problems: list[str] = []
     rows = [["CONTRIBUTOR", "ROLE", "ZOOKEEPER s", "CHAIN TOTAL s", "NOT YET ON CHAIN s", "OWED", "PAID", "AGREE"]]
     try:
-        reg = chain.protocol_row(spec.owner, p.chain_name)
-        if reg is None:
+        books = read_books(chain, spec.owner, p.chain_name)
+        if books is None:
             raise Failure(f"{spec.owner}/{p.chain_name} is not on the registry: nothing to compare "
                           f"(`boidctl fund {p.name} AMOUNT` registers and funds it)")
-        times = {(r.account, role): r.total_time for role in ("worker", "dispatcher")
-                 for r in chain.contributor_rows(role, reg.id)}
-        accts = {a.account: a for a in chain.acct_rows(reg.id)}
-        seq = chain.batch_seq(reg.id)
-        held = chain.fund_balance(chain.reg, reg.tokencontract, reg.symbol)
-        same_token = Asset(0, reg.symbol)
-        for q in chain.all_protocols():
-            if q.tokencontract == reg.tokencontract and q.symbol == reg.symbol:
-                same_token = same_token + q.balance
+        holding = read_holdings(chain, [(books.row.tokencontract, books.row.symbol)])[
+            (books.row.tokencontract, books.row.symbol)]
     except ChainError as e:
         raise Failure(f"reading the chain at {url}: {e}") from None
     finally:
         chain.close()
+    reg, times, accts, seq = books.row, books.times, books.accts, books.seq
     zero = Asset(0, reg.symbol)
     chain_dispatch = 0
     for acct, role in sorted(set(contributors) | set(times)):
@@ -133,20 +128,12 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
     # the escrow's books, exactly, in integer units
     click.echo(f"escrow: deposited {reg.deposited} = paid {reg.paid} + owed {reg.owed} + withdrawn {reg.withdrawn} "
                f"+ free {reg.free}")
-    if not reg.invariant_holds():
-        problems.append(f"deposited {reg.deposited} != paid {reg.paid} + withdrawn {reg.withdrawn} + "
-                        f"balance {reg.balance}")
-    owed = sum((a.owed for a in accts.values()), zero)
-    paid = sum((a.paid for a in accts.values()), zero)
-    if owed != reg.owed:
-        problems.append(f"the protocol owes {reg.owed} but its contributors' rows add up to {owed}")
-    if paid != reg.paid:
-        problems.append(f"the protocol paid {reg.paid} but its contributors' rows add up to {paid}")
-    if held != same_token:
-        problems.append(f"{chain.reg} holds {held} of {reg.tokencontract} but its protocols' escrows add up to "
-                        f"{same_token}")
+    problems += books.differences()
+    if not holding.balanced:
+        problems.append(holding.difference())
     else:
-        click.echo(f"{chain.reg} holds {held} of {reg.tokencontract}: the escrows of all its protocols in this token")
+        click.echo(f"{holding.registry} holds {holding.held} of {holding.tokencontract}: the escrows of all its "
+                   "protocols in this token")
     if problems:
         click.echo(f"{len(problems)} difference(s):")
         for line in problems:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from boidcluster.adapters.store import Store, StoreError
+from boidcluster.adapters.store import Store, StoreError, Unauthorized
 from boidcluster.model.meta import Resource
 
 from . import readmodel as rm
@@ -105,12 +105,15 @@ class Histories:
 class LiveView:
     """Keeps the dashboard's snapshot current; `subscribe()` for change notifications."""
 
-    def __init__(self, zk: str, *, store: Store | None = None, chain_url: str | None = None,
+    def __init__(self, zk: str, *, store: Store | None = None, store_factory: Callable[[], Store] | None = None,
+                 chain_url: str | None = None,
                  chain_factory: Callable[[str], Any] | None = None,
                  metrics: Callable[[], str] | None = None, metrics_source: str | None = None,
                  refresh: float = 2.0, timeout: float = 5.0) -> None:
         self.zk, self.chain_url, self.refresh, self.timeout = zk, chain_url, refresh, timeout
         self._store, self._own_store = store, store is None
+        # a store of our own is opened (and reopened after a loss) as the caller's identity
+        self._store_factory = store_factory or (lambda: Store(zk, timeout=timeout))
         self._chain_factory = chain_factory
         self._chain: Any = None
         self._metrics, self._metrics_source = metrics, metrics_source
@@ -184,14 +187,19 @@ class LiveView:
             try:
                 if self._store is None:
                     attempt += 1
-                    self._store = Store(self.zk, timeout=self.timeout)
+                    self._store = self._store_factory()
                 backoff, attempt = 1.0, 0
                 self._follow(self._store)
             except StoreError as e:
                 if self._own_store and self._store is not None:
                     self._store.close()
                     self._store = None
-                self._publish_error("zookeeper", str(e), attempt, backoff)
+                if isinstance(e, Unauthorized):  # reached, but the identity is refused: not a start-up problem
+                    self._publish_error("identity", str(e), attempt, backoff, hint=(
+                        "Check the current context's user and password: `boidctl config current-context`, "
+                        "`boidctl config set-credentials USER --password-file FILE`."))
+                else:
+                    self._publish_error("zookeeper", str(e), attempt, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 15.0)
             except Exception as e:  # never die: show it and try again
@@ -251,13 +259,12 @@ class LiveView:
         if not self.chain_url:
             return rm.ChainFacts(url=None, error="no chain configured")
         protocols = list(self._objects.get("Protocol", {}).values())
-        contributors = list(self._objects.get("Contributor", {}).values())
         try:
             if self._chain is None:
                 self._chain = (self._chain_factory or _open_chain)(self.chain_url)
         except Exception as e:  # the node may be down: show it, retry on the next refresh
             return rm.ChainFacts(url=self.chain_url, error=f"{type(e).__name__}: {e}")
-        return rm.read_chain(self._chain, self.chain_url, protocols, contributors)  # type: ignore[arg-type]
+        return rm.read_chain(self._chain, self.chain_url, protocols)  # type: ignore[arg-type]
 
     def _metrics_facts(self) -> rm.MetricsFacts | None:
         if self._metrics is None:
@@ -331,9 +338,9 @@ class LiveView:
         snap["generatedAt"] = t
         return snap
 
-    def _publish_error(self, kind: str, message: str, attempt: int, backoff: float) -> None:
-        hint = ("Start the embedded cluster with `boidctl up`, or point the dashboard at your "
-                "ZooKeeper with `--zk HOST:PORT` (or $BOID_ZK).")
+    def _publish_error(self, kind: str, message: str, attempt: int, backoff: float, hint: str | None = None) -> None:
+        hint = hint or ("Start the embedded cluster with `boidctl up`, or point the dashboard at your "
+                        "ZooKeeper with `--zk HOST:PORT` (or $BOID_ZK).")
         state = dict(self.state)
         state["cluster"] = {"zk": self.zk, "connected": False, "synced": state.get("cluster", {}).get("synced", False),
                             "lastSeen": self._last_seen,

@@ -1,10 +1,11 @@
 """What the dashboard shows, computed from stored objects, chain rows and the operator's metrics.
 
-Why one module: the money views must follow the contracts as they change (today contributed time
-is kept on chain per *researcher*, and the registry row holds the fund; escrow and owed/paid per
-protocol are coming). Everything the page says about money is derived here, from the same reads
-`boidctl report` makes (`worker_row`/`dispatcher_row`, `protocol_row`, Protocol.status.paid), so
-the page and the report agree, and a contract change is adapted in this one place.
+Why one module: everything the page says about money is derived here, from the protocol books
+`boidctl report` audits (adapters.chain.books: the registry row with its escrow, deposited, owed,
+paid and withdrawn; the contributors' time rows and `acct` rows, per protocol keyed by owner and
+chain name), so the page and the report agree, and a contract change is adapted below both. When
+the chain cannot be read, the Protocol reconciler's last status (the same rows, as last read) is
+shown instead, and marked as such.
 
 Money stays integer asset units (`Asset`); the page receives them as the same strings `boidctl`
 prints, plus integer amounts for plotting. Times are integer microseconds.
@@ -14,16 +15,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from boidcluster.adapters.chain import ChainError, payment
-from boidcluster.adapters.chain.boid import ContributorRow, ProtocolRow
+from boidcluster.adapters.chain import ChainError
+from boidcluster.adapters.chain.books import ProtocolBooks, TokenHolding, read_books, read_holdings
 from boidcluster.adapters.store import LEADER_LOCK
 from boidcluster.model.meta import Resource
 from boidcluster.model.resources import Contributor, Job, Protocol
-from boidcluster.model.types import Asset
+from boidcluster.model.types import Asset, Symbol
+from boidcluster.reconcilers.protocol import can_still_owe
 
 ROLES = ("worker", "dispatcher")
 
@@ -44,6 +46,11 @@ def asset_json(a: Asset | None) -> dict[str, Any] | None:
     return {"text": str(a), "amount": a.amount, "precision": a.symbol.precision, "symbol": a.symbol.code}
 
 
+def chain_key(p: Protocol) -> tuple[str, str]:
+    """A protocol's identity on the registry: (owner, name on chain)."""
+    return p.spec.owner, p.chain_name
+
+
 # -- chain facts -------------------------------------------------------------------------------
 @dataclass
 class ChainFacts:
@@ -51,32 +58,23 @@ class ChainFacts:
 
     url: str | None = None
     error: str | None = None
-    registry: dict[tuple[str, str], ProtocolRow | None] = field(default_factory=dict)       # (owner, researcher)
-    rows: dict[tuple[str, str, str], ContributorRow | None] = field(default_factory=dict)   # (account, role, researcher)
+    books: dict[tuple[str, str], ProtocolBooks | None] = field(default_factory=dict)    # (owner, chain name)
+    holdings: dict[tuple[str, Symbol], TokenHolding] = field(default_factory=dict)      # (token contract, symbol)
 
 
-def payees(protocol: Protocol, contributors: Iterable[Contributor]) -> list[tuple[str, str]]:
-    """(account, role) of everyone the protocol pays: registered with its researcher (as payouts.settle)."""
-    r = protocol.spec.researcher
-    return sorted({(c.spec.account, c.spec.role) for c in contributors if r in c.spec.researchers})
-
-
-def read_chain(chain: Any, url: str | None, protocols: list[Protocol], contributors: list[Contributor]) -> ChainFacts:
-    """The registry row of every protocol and the time row of every payee (BlockingChain calls)."""
+def read_chain(chain: Any, url: str | None, protocols: list[Protocol]) -> ChainFacts:
+    """Every protocol's books and the registry's holding of their tokens (BlockingChain calls)."""
     facts = ChainFacts(url=url)
     if chain is None:
         facts.error = "no chain configured"
         return facts
     try:
         for p in protocols:
-            s = p.spec
-            if (s.owner, s.researcher) not in facts.registry:
-                facts.registry[(s.owner, s.researcher)] = chain.protocol_row(s.owner, s.researcher)
-            for account, role in payees(p, contributors):
-                key = (account, role, s.researcher)
-                if key not in facts.rows:
-                    facts.rows[key] = (chain.worker_row if role == "worker" else chain.dispatcher_row)(
-                        account, s.researcher)
+            key = chain_key(p)
+            if key not in facts.books:
+                facts.books[key] = read_books(chain, *key)
+        facts.holdings = read_holdings(chain, {(b.row.tokencontract, b.row.symbol)
+                                               for b in facts.books.values() if b is not None})
     except ChainError as e:
         facts.error = f"{type(e).__name__}: {e}"
     except Exception as e:  # transport failures of any kind: shown on the page, read again next refresh
@@ -196,84 +194,125 @@ def job_view(j: Job) -> dict[str, Any]:
     }
 
 
+def _escrow(p: Protocol, b: ProtocolBooks | None, facts: ChainFacts) -> dict[str, Any] | None:
+    """The escrow's books: from the chain when read now, else the operator's last status."""
+    if b is not None:
+        r = b.row
+        holding = facts.holdings.get((r.tokencontract, r.symbol))
+        return {"source": "chain", "balance": asset_json(r.balance), "deposited": asset_json(r.deposited),
+                "owed": asset_json(r.owed), "paid": asset_json(r.paid), "withdrawn": asset_json(r.withdrawn),
+                "free": asset_json(r.free), "shortfall": asset_json(r.owed - r.balance) if r.free.amount < 0 else None,
+                "balances": not b.differences(), "differences": b.differences(),
+                "holding": None if holding is None else {
+                    "registry": holding.registry, "held": asset_json(holding.held),
+                    "escrows": asset_json(holding.escrows), "balanced": holding.balanced}}
+    st = p.status
+    if st is None or st.fund_balance is None:
+        return None
+    free = st.escrow
+    return {"source": "status", "balance": asset_json(st.fund_balance), "deposited": asset_json(st.deposited),
+            "owed": asset_json(st.owed), "paid": asset_json(st.paid_total), "withdrawn": asset_json(st.withdrawn),
+            "free": asset_json(free), "shortfall": asset_json(Asset(-free.amount, free.symbol))
+            if free is not None and free.amount < 0 else None,
+            "balances": None, "differences": [], "holding": None}
+
+
 def protocol_view(p: Protocol, jobs: list[Job], facts: ChainFacts) -> dict[str, Any]:
     s, st = p.spec, p.status
     symbol = s.fund.quantity.symbol
-    paid = dict(st.paid) if st else {}
-    paid_total = sum(paid.values(), Asset(0, symbol))
-    reg = facts.registry.get((s.owner, s.researcher))
-    registry = None
-    if reg is not None:
-        committed = reg.funded if reg.funded is not None else s.fund.quantity
-        registry = {"fundLeft": asset_json(reg.fund), "committed": asset_json(committed),
-                    "spent": asset_json(committed - reg.fund), "fundAccount": reg.fundaccount}
+    key = chain_key(p)
+    b = facts.books.get(key)
+    if b is not None:  # the chain's acct rows are the record of what was paid
+        paid = {a.account: a.paid for a in b.accts.values() if a.paid.amount > 0}
+        paid_total = b.row.paid
+    else:
+        paid = dict(st.paid) if st else {}
+        paid_total = (st.paid_total if st and st.paid_total is not None else sum(paid.values(), Asset(0, symbol)))
+    bound = can_still_owe(p, jobs)
     return {
         "name": p.name, "title": s.title, "owner": s.owner, "researcher": s.researcher,
-        "datadir": str(s.datadir), "fundAccount": s.fund.account, "tokenContract": s.fund.token_contract,
-        "fundSpec": asset_json(s.fund.quantity), "fundBalance": asset_json(st.fund_balance if st else None),
-        "registry": registry, "registered": (facts.error is None and reg is not None) if facts.url else None,
+        "chainName": f"{s.owner}/{p.chain_name}",
+        "datadir": str(s.datadir), "fundAccount": s.fund.account or s.owner, "tokenContract": s.fund.token_contract,
+        "pledged": asset_json(s.fund.quantity),
+        "registered": (b is not None) if key in facts.books else None,
+        "accepted": b.row.accepted if b is not None else None,
+        "id": b.row.id if b is not None else None,
+        "escrow": _escrow(p, b, facts),
+        "canStillOwe": asset_json(bound),  # None: a running job has no unit timeout, so no bound
+        "batches": ({"seq": b.seq.seq if b.seq else 0, "units": b.seq.units if b.seq else 0} if b is not None else None),
         "rates": {"worker": asset_json(s.pay_rates.worker), "dispatcher": asset_json(s.pay_rates.dispatcher)},
+        "chainRates": ({"worker": asset_json(b.row.worker_pay_rate), "dispatcher": asset_json(b.row.dispatcher_pay_rate)}
+                       if b is not None else None),
         "payout": {"intervalSeconds": s.payout.interval, "minimum": asset_json(s.payout.minimum),
                    "last": iso(st.last_payout_time if st else None)},
         "paid": {k: asset_json(v) for k, v in sorted(paid.items())}, "paidTotal": asset_json(paid_total),
+        "moneySource": "chain" if b is not None else "status",
         "jobs": sorted(j.name for j in jobs if j.spec.protocol == p.name),
         "conditions": _conditions(p),
     }
 
 
+def _per_protocol(p: Protocol, account: str, role: str, facts: ChainFacts) -> dict[str, Any]:
+    """One contributor's time, owed and paid with one protocol (chain rows; else the last status)."""
+    key = chain_key(p)
+    b = facts.books.get(key)
+    symbol = p.spec.fund.quantity.symbol
+    out: dict[str, Any] = {"protocol": p.name, "chainName": f"{key[0]}/{key[1]}", "role": role}
+    if b is not None:
+        us = b.times.get((account, role))
+        a = b.accts.get(account)
+        zero = b.zero
+        out.update(source="chain", registered=us is not None, timeUs=us or 0, time=secs(us or 0),
+                   owed=asset_json(a.owed if a else zero), paid=asset_json(a.paid if a else zero))
+    else:
+        paid = (p.status.paid.get(account) if p.status else None) or Asset(0, symbol)
+        out.update(source="status", registered=None, timeUs=None, time=None, owed=None, paid=asset_json(paid))
+    return out
+
+
 def contributor_views(contributors: list[Contributor], protocols: list[Protocol], jobs: list[Job],
                       facts: ChainFacts) -> list[dict[str, Any]]:
-    """Per contributor: time given (chain rows, and jobs' accepted time), and per protocol owed and paid.
-
-    Time rows are per researcher today: two protocols of one researcher share them, so owed is
-    shown per protocol at that protocol's rate for the shared unpaid time (as payouts.settle pays)."""
+    """Per contributor: time given (the chain's rows per protocol, and the jobs' accepted time),
+    and per protocol what it owes them (fixed when the work was recorded) and has paid them.
+    Accounts the chain or the jobs know without a Contributor object (e.g. local slots) are listed too."""
     by_account: dict[str, int] = {}
     for j in jobs:
         for c in (j.status.contributors if j.status else []):
             by_account[c.account] = by_account.get(c.account, 0) + c.microseconds
-    out = []
+    protocols = sorted(protocols, key=lambda p: p.name)
+    on_chain: dict[tuple[str, str], list[str]] = {}  # (account, role) -> names of protocols whose books list it
+    for p in protocols:
+        b = facts.books.get(chain_key(p))
+        for ar in (b.accounts if b is not None else ()):
+            on_chain.setdefault(ar, []).append(p.name)
+
+    def entry(name: str | None, acct: str, role: str, researchers: list[str], st: Any,
+              mine: list[Protocol], conds: list[dict[str, Any]]) -> dict[str, Any]:
+        per = [_per_protocol(p, acct, role, facts) for p in mine]
+        known = [r for r in per if r["source"] == "chain"]
+        if known:
+            total, source = sum(r["timeUs"] for r in known), "chain"
+        else:
+            total, source = (st.total_time if st else 0), "status"
+        return {"name": name, "account": acct, "role": role, "researchers": researchers,
+                "registrations": list(st.registrations) if st else [], "timeSource": source,
+                "totalUs": total, "total": secs(total),
+                "jobsUs": by_account.get(acct, 0), "jobs": secs(by_account.get(acct, 0)),
+                "perProtocol": per, "conditions": conds}
+
+    out, seen = [], set()
     for c in sorted(contributors, key=lambda c: c.name):
         acct, role = c.spec.account, c.spec.role
-        st = c.status
-        per = []
-        for p in sorted(protocols, key=lambda p: p.name):
-            r = p.spec.researcher
-            if r not in c.spec.researchers:
-                continue
-            row = facts.rows.get((acct, role, r))
-            known = (acct, role, r) in facts.rows
-            rate = p.spec.pay_rates.worker if role == "worker" else p.spec.pay_rates.dispatcher
-            paid = (p.status.paid.get(acct) if p.status else None) or Asset(0, rate.symbol)
-            per.append({
-                "protocol": p.name, "researcher": r,
-                "chainTotalUs": (row.total_time if row else 0) if known else None,
-                "chainUnpaidUs": (row.unpaid_time if row else 0) if known else None,
-                "chainTotal": secs(row.total_time if row else 0) if known else None,
-                "chainUnpaid": secs(row.unpaid_time if row else 0) if known else None,
-                "owed": asset_json(payment(row.unpaid_time if row else 0, rate)) if known else None,
-                "paid": asset_json(paid),
-            })
-        # time given: the chain's rows when read now (one per researcher), else the last status
-        known = [facts.rows[(acct, role, r)] for r in c.spec.researchers if (acct, role, r) in facts.rows]
-        if known:
-            total, unpaid = (sum(x.total_time for x in known if x), sum(x.unpaid_time for x in known if x))
-        else:
-            total, unpaid = (st.total_time, st.unpaid_time) if st else (0, 0)
-        out.append({
-            "name": c.name, "account": acct, "role": role, "researchers": list(c.spec.researchers),
-            "registrations": list(st.registrations) if st else [],
-            "timeSource": "chain" if known else "status",
-            "totalUs": total, "unpaidUs": unpaid, "total": secs(total), "unpaid": secs(unpaid),
-            "jobsUs": by_account.get(acct, 0), "jobs": secs(by_account.get(acct, 0)),
-            "perProtocol": per, "conditions": _conditions(c),
-        })
-    # accounts credited by jobs but without a Contributor object (e.g. local slots) still gave time
-    known_accounts = {c.spec.account for c in contributors}
-    for acct in sorted(set(by_account) - known_accounts):
-        out.append({"name": None, "account": acct, "role": "worker", "researchers": [], "registrations": [],
-                    "totalUs": 0, "unpaidUs": 0, "total": secs(0), "unpaid": secs(0),
-                    "jobsUs": by_account[acct], "jobs": secs(by_account[acct]), "perProtocol": [],
-                    "conditions": []})
+        seen.add((acct, role))
+        mine = [p for p in protocols if p.spec.researcher in c.spec.researchers
+                or p.name in on_chain.get((acct, role), [])]
+        out.append(entry(c.name, acct, role, list(c.spec.researchers), c.status, mine, _conditions(c)))
+    # accounts credited by jobs or on a protocol's books without a Contributor object still gave time
+    objects = {a for a, _ in seen}
+    others = {ar for ar in on_chain if ar not in seen} | {(a, "worker") for a in by_account if a not in objects}
+    for acct, role in sorted(others):
+        names = on_chain.get((acct, role), [])
+        out.append(entry(None, acct, role, [], None, [p for p in protocols if p.name in names], []))
     return out
 
 

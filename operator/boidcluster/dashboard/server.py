@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 
 class Dashboard:
     def __init__(self, zk: str, *, host: str = "127.0.0.1", port: int = 0, store: Store | None = None,
+                 store_factory: Callable[[], Store] | None = None,
                  chain_url: str | None = None, metrics: Callable[[], str] | None = None,
                  metrics_source: str | None = None, refresh: float = 2.0, timeout: float = 5.0) -> None:
-        self.live = LiveView(zk, store=store, chain_url=chain_url, metrics=metrics,
+        self.live = LiveView(zk, store=store, store_factory=store_factory, chain_url=chain_url, metrics=metrics,
                              metrics_source=metrics_source, refresh=refresh, timeout=timeout)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)

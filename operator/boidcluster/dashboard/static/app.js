@@ -165,15 +165,14 @@ function renderContributors(s) {
   const cards = s.contributors.map(c => h("div", {class: "card", "data-testid": "contributor-" + c.account},
     h("h3", {}, c.account, h("span", {class: "phase"}, c.role), c.name ? null : h("span", {class: "muted small"}, "(no Contributor object)")),
     h("dl", {class: "kv"},
-      h("dt", {}, "time given"), h("dd", {"data-field": "total"}, c.total + " s"),
-      h("dt", {}, "not yet paid"), h("dd", {"data-field": "unpaid"}, c.unpaid + " s"),
+      h("dt", {}, "time given"), h("dd", {"data-field": "total"}, c.total + " s" + (c.timeSource === "chain" ? "" : " (last status)")),
       h("dt", {}, "in jobs' status"), h("dd", {}, c.jobs + " s"),
       h("dt", {}, "researchers"), h("dd", {}, c.researchers.join(", ") || "—")),
     c.perProtocol.map(r => h("div", {class: "sub", "data-testid": `money-${r.protocol}-${c.account}`},
-      h("div", {class: "subhead"}, "protocol ", h("b", {}, r.protocol)),
+      h("div", {class: "subhead"}, "protocol ", h("b", {}, r.protocol), h("span", {class: "muted small"}, " " + r.chainName),
+        r.registered === false ? h("span", {class: "muted small"}, " · not registered") : null),
       h("dl", {class: "kv"},
-        h("dt", {}, "time given"), h("dd", {}, h("span", {"data-field": "chainTotal"}, r.chainTotal ?? "?"), " s"),
-        h("dt", {}, "not yet paid"), h("dd", {}, h("span", {"data-field": "chainUnpaid"}, r.chainUnpaid ?? "?"), " s"),
+        h("dt", {}, "time given"), h("dd", {}, h("span", {"data-field": "time"}, r.time ?? "?"), " s"),
         h("dt", {}, "owed"), h("dd", {"data-field": "owed"}, amount(r.owed)),
         h("dt", {}, "paid"), h("dd", {"data-field": "paid"}, amount(r.paid))))),
     conditions(c.conditions)));
@@ -183,13 +182,38 @@ function renderContributors(s) {
 function chainNote(s) {
   if (!s.chain || !s.chain.error) return null;
   return h("div", {class: "banner", "data-testid": "chain-error"}, h("strong", {}, "The chain could not be read" + (s.chain.url ? ` at ${s.chain.url}` : "") + ": " + s.chain.error),
-    "Time and owed amounts need the chain; paid amounts are the operator's records. Start a local node with ", code("boidctl chain up"), " or pass ", code("--chain-url"), ".");
+    "Time and owed amounts need the chain; escrow and paid amounts are the operator's last reading. Start a local node with ", code("boidctl chain up"), " or pass ", code("--chain-url"), ".");
+}
+
+function escrowBlock(p) {
+  const e = p.escrow;
+  if (!e) return h("div", {class: "muted small", "data-field": "unfunded"},
+    p.registered === false ? h("span", {}, `${p.chainName} is not on the registry: `, code(`boidctl fund ${p.name} AMOUNT`), " registers and funds it with the owner's key.")
+      : "no escrow read yet");
+  const free = e.free && e.free.amount < 0
+    ? h("dd", {class: "bad", "data-field": "free"}, amount(e.free))
+    : h("dd", {"data-field": "free"}, amount(e.free));
+  const books = e.balances === null ? h("div", {class: "muted small"}, "as last read by the operator")
+    : e.balances ? h("div", {class: "small ok", "data-field": "books"}, "✓ deposited = paid + owed + withdrawn + free, exactly")
+    : h("div", {class: "problems", "data-field": "books"}, ...e.differences.map(d => h("div", {}, d)));
+  return h("div", {},
+    h("dl", {class: "kv"},
+      h("dt", {}, "escrow balance"), h("dd", {"data-field": "balance"}, amount(e.balance)),
+      h("dt", {}, "deposited"), h("dd", {"data-field": "deposited"}, amount(e.deposited)),
+      h("dt", {}, "paid"), h("dd", {"data-field": "paidTotal"}, amount(e.paid)),
+      h("dt", {}, "owed"), h("dd", {"data-field": "owed"}, amount(e.owed)),
+      h("dt", {}, "withdrawn"), h("dd", {"data-field": "withdrawn"}, amount(e.withdrawn)),
+      h("dt", {}, e.shortfall ? "shortfall" : "free escrow"), free,
+      h("dt", {}, "running jobs can still owe"), h("dd", {"data-field": "canStillOwe"}, p.canStillOwe ? p.canStillOwe.text : "no bound (a job has no unitTimeout)")),
+    books,
+    e.holding ? h("div", {class: "small muted", "data-field": "holding"},
+      `${e.holding.registry} holds ${e.holding.held.text}` + (e.holding.balanced ? ": every escrow in this token" : ` but its escrows add up to ${e.holding.escrows.text}`)) : null);
 }
 
 function renderMoney(s) {
   const out = [h("h2", {}, "Money"), chainNote(s)];
   if (!s.protocols.length) {
-    out.push(empty("No protocols yet.", h("span", {}, "A protocol holds the fund contributors are paid from: ", code("boidctl apply -f manifests/examples/protocol.yaml"))));
+    out.push(empty("No protocols yet.", h("span", {}, "A protocol pays contributors from its escrow: ", code("boidctl apply -f manifests/examples/protocol.yaml"), " then ", code("boidctl fund PROTOCOL AMOUNT"))));
     return out;
   }
   // each series runs on to now at its last total, so the step chart shows the current level
@@ -200,24 +224,31 @@ function renderMoney(s) {
   out.push(h("div", {class: "card"}, h("h3", {}, "Paid out over time"),
     s.payouts.some(p => p.points.length) ? null : h("div", {class: "muted small"}, "No payouts yet: they run at each protocol's payout interval once time is recorded on chain."),
     chart("payouts", "line", series, {tall: true, yfmt: (v) => units(v, prec)})));
-  out.push(h("div", {class: "grid", style: "margin-top:12px"}, s.protocols.map(p => {
-    const r = p.registry;
+  const byProto = {};
+  for (const c of s.contributors) for (const r of c.perProtocol)
+    if (r.source === "chain" ? (r.registered || r.owed.amount || r.paid.amount) : r.paid.amount)
+      (byProto[r.protocol] = byProto[r.protocol] || []).push([c.account, r]);
+  out.push(h("div", {class: "grid wide", style: "margin-top:12px"}, s.protocols.map(p => {
+    const rows = byProto[p.name] || [];
+    const cr = p.chainRates;
     return h("div", {class: "card", "data-testid": "protocol-" + p.name},
       h("h3", {}, p.name, h("span", {class: "muted small"}, p.title)),
       h("dl", {class: "kv"},
+        h("dt", {}, "on chain"), h("dd", {}, p.chainName + (p.id !== null ? ` (id ${p.id})` : "") + (p.accepted === false ? ", not yet accepted by the researcher" : "")),
         h("dt", {}, "owner / researcher"), h("dd", {}, `${p.owner} / ${p.researcher}`),
-        h("dt", {}, "fund committed"), h("dd", {"data-field": "committed"}, r ? amount(r.committed) : amount(p.fundSpec) + " (spec)"),
-        h("dt", {}, "left in registry"), h("dd", {"data-field": "fundLeft"}, r ? amount(r.fundLeft) : "not registered on chain"),
-        h("dt", {}, "spent from registry"), h("dd", {"data-field": "spent"}, r ? amount(r.spent) : "—"),
-        h("dt", {}, "paid by the operator"), h("dd", {"data-field": "paidTotal"}, amount(p.paidTotal)),
-        h("dt", {}, `fund account ${p.fundAccount}`), h("dd", {"data-field": "fundBalance"}, amount(p.fundBalance)),
-        h("dt", {}, "rates per hour"), h("dd", {}, `worker ${amount(p.rates.worker)}, dispatcher ${amount(p.rates.dispatcher)}`),
+        h("dt", {}, "budget pledged"), h("dd", {}, amount(p.pledged)),
+        h("dt", {}, "rates per hour"), h("dd", {"data-field": "rates"}, `worker ${amount(cr ? cr.worker : p.rates.worker)}, dispatcher ${amount(cr ? cr.dispatcher : p.rates.dispatcher)}`
+          + (cr && (cr.worker.text !== p.rates.worker.text || cr.dispatcher.text !== p.rates.dispatcher.text) ? ` (spec: worker ${p.rates.worker.text}, dispatcher ${p.rates.dispatcher.text})` : "")),
+        h("dt", {}, "recorded"), h("dd", {}, p.batches ? `${p.batches.units} unit(s) in ${p.batches.seq} batch(es)` : "—"),
         h("dt", {}, "payouts"), h("dd", {}, `every ${duration(p.payout.intervalSeconds)}` + (p.payout.minimum ? `, at least ${p.payout.minimum.text}` : "") + `; last ${when(p.payout.last)}`),
         h("dt", {}, "jobs"), h("dd", {}, p.jobs.join(", ") || "none")),
-      Object.keys(p.paid).length ? h("div", {class: "tablewrap"}, h("table", {},
-        h("thead", {}, h("tr", {}, h("th", {}, "paid to"), h("th", {class: "num"}, "amount"))),
-        h("tbody", {}, Object.entries(p.paid).map(([acct, a]) => h("tr", {"data-testid": `paid-${p.name}-${acct}`},
-          h("td", {}, acct), h("td", {class: "num", "data-field": "paid"}, a.text)))))) : h("div", {class: "muted small"}, "nothing paid yet"),
+      h("h4", {}, "Escrow"),
+      escrowBlock(p),
+      rows.length ? h("div", {class: "tablewrap"}, h("table", {},
+        h("thead", {}, h("tr", {}, h("th", {}, "contributor"), h("th", {class: "num"}, "time s"), h("th", {class: "num"}, "owed"), h("th", {class: "num"}, "paid"))),
+        h("tbody", {}, rows.map(([acct, r]) => h("tr", {"data-testid": `paid-${p.name}-${acct}`},
+          h("td", {}, acct + (r.role === "dispatcher" ? " (dispatcher)" : "")), h("td", {class: "num", "data-field": "time"}, r.time ?? "?"),
+          h("td", {class: "num", "data-field": "owed"}, amount(r.owed)), h("td", {class: "num", "data-field": "paid"}, amount(r.paid))))))) : h("div", {class: "muted small"}, "no contributor time recorded yet"),
       conditions(p.conditions));
   })));
   return out;
