@@ -109,7 +109,8 @@ def cluster(zk_hosts, chain_world, actors, tmp_path):
     chain_world.operator_keys.write(keys)
     store = Store(zk_hosts)
     opts = OperatorOptions(zk=zk_hosts, storage=f"file://{tmp_path / 'storage'}", chain_url=chain_world.url,
-                           keys_file=str(keys), backend="local", slots=list(actors.workers), workers=2)
+                           keys_file=str(keys), backend="local", slots=list(actors.workers), workers=2,
+                           runtime="host")  # the units wait for gate files the test touches on this host
     op, world = start_operator(opts, store, health_port=None)
     dash = start_dashboard(zk_hosts, port=0, store=store, chain_url=chain_world.url,
                            metrics_registry=op.metrics.registry, refresh=0.5)
