@@ -309,7 +309,8 @@ def env(backend_kind, zk_hosts, store, tmp_path):
             return j
 
         def records(self, name) -> JobRecords:
-            return JobRecords.load(store, store.get(Job, name).metadata.uid)
+            # the full record: from ZooKeeper, or from storage once the finished job was compacted
+            return JobRecords.load_full(store, Storage(f"file://{root}"), store.get(Job, name).metadata.uid)
 
     store.create(protocol())
     yield Env()
@@ -371,7 +372,7 @@ def test_lost_worker_unit_still_completes_exactly_once(env, tmp_path):
     j = env.wait("lost")
     assert j.status.units.validated == 3 and j.status.units.failed == 0
     recs = env.records("lost")
-    states = sorted(r["state"] for r in recs.results.values())
+    states = sorted(r.state for r in recs.results.values())
     assert states.count("LOST") == len(lost) and states.count("FINISHED") == 3
     assert (env.root / DATADIR / "jobs/lost/results").read_text() == "0\n1\n2\n"
     assert sorted(env.ledger.calls.values()) == [1, 1, 1]
@@ -390,8 +391,8 @@ def test_unit_that_always_fails_fails_the_job_and_is_named(env):
         assert "nope" in failed.message
     else:
         assert "exited with status 7" in failed.message
-    fails = [r for r in env.records("bad").results.values() if r["unit"] == uid1]
-    assert len(fails) == 2 and all(r["exit_code"] == 7 and r["state"] == "FAILED" for r in fails)
+    fails = [r for r in env.records("bad").results.values() if r.unit == uid1]
+    assert len(fails) == 2 and all(r.exit_code == 7 and r.state == "FAILED" for r in fails)
 
 
 def test_cheating_contributor_is_outvoted_and_not_credited(env):
@@ -404,9 +405,9 @@ def test_cheating_contributor_is_outvoted_and_not_credited(env):
     assert "mallory" not in {a.account for a in j.status.contributors}
     assert not any(acct == "mallory" for _, acct in env.ledger.rows)
     recs = env.records("vote")
-    assert any(a["rejected"] for a in recs.accepted.values())
+    assert any(a.rejected for a in recs.accepted.values())
     for a in recs.accepted.values():
-        assert sorted(x["contributor"] for x in a["credited"]) == ["alice", "bob"]
+        assert sorted(x.contributor for x in a.credited) == ["alice", "bob"]
 
 
 def test_operator_killed_mid_job_completes_and_records_each_unit_once(env):
@@ -424,7 +425,7 @@ def test_operator_killed_mid_job_completes_and_records_each_unit_once(env):
     recs = env.records("restart")
     assert sorted(env.ledger.calls.values()) == [1] * 8 and recs.recorded == set(recs.accepted)
     if env.kind == "local":   # attempts in flight died with the process: LOST, re-queued
-        assert [r["state"] for r in recs.results.values()].count("LOST") >= len(before.in_flight())
+        assert [r.state for r in recs.results.values()].count("LOST") >= len(before.in_flight())
         return
     # mesos: the new backend failed over into the same framework (FrameworkID from ZooKeeper) and
     # reconciled: tasks that had reached an agent kept running and finished, credited to the agent's
@@ -435,9 +436,9 @@ def test_operator_killed_mid_job_completes_and_records_each_unit_once(env):
     for tid in before.in_flight():
         r = recs.results[tid]
         if tid in on_agents:
-            assert r["state"] == "FINISHED" and r["contributor"] in ("alice", "bob"), (tid, r)
+            assert r.state == "FINISHED" and r.contributor in ("alice", "bob"), (tid, r)
         else:
-            assert r["state"] == "LOST", (tid, r)
+            assert r.state == "LOST", (tid, r)
 
 
 @pytest.mark.parametrize("backend_kind", ["mesos"])
@@ -455,7 +456,7 @@ def test_failover_credits_the_time_tasks_ran_before_it(env):
     env.wait("credit")
     elapsed_us = (time.time() - t0) * 1e6
     recs = env.records("credit")
-    credited = [c["us"] for a in recs.accepted.values() for c in a["credited"]]
+    credited = [c.us for a in recs.accepted.values() for c in a.credited]
     # at least 80% of the command's sleep, and never more than the wall time since submission
     # (the persisted start is read, not added to anything)
     assert len(credited) == 2 and all(800_000 <= us <= elapsed_us for us in credited), (credited, elapsed_us)
@@ -481,11 +482,11 @@ def test_unit_timeout_kills_and_retries(env, tmp_path):
                                   'echo done > "$BOID_OUTPUT_DIR/o"'],
                          {"count": 1}, unitTimeout="1s", retries=1))
     env.wait("hang", timeout=20)
-    results = sorted(env.records("hang").results.values(), key=lambda r: r["finished_us"])
+    results = sorted(env.records("hang").results.values(), key=lambda r: r.finished_us)
     # the backend enforces TaskSpec.timeout: local reports FAILED, mesos a KILL it sent itself
     timed_out = "FAILED" if env.kind == "local" else "KILLED"
-    assert [r["state"] for r in results] == [timed_out, "FINISHED"] and "timed out" in results[0]["message"]
-    assert results[0]["failure"] is True   # counts against retries on both backends
+    assert [r.state for r in results] == [timed_out, "FINISHED"] and "timed out" in results[0].message
+    assert results[0].failure is True   # counts against retries on both backends
 
 
 def test_unit_that_always_times_out_fails_the_job(env):

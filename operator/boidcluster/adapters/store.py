@@ -63,6 +63,7 @@ OBJECTS = f"{ROOT}/objects"
 RUNS = f"{ROOT}/runs"
 LEADER_LOCK = f"{ROOT}/leader"
 STATUS_NODE = "status"
+RUN_BATCH = 200   # run records per ZooKeeper transaction / pipelined batch (well under 1 MB)
 ANY_VERSION = -1  # ZooKeeper's "no version check"; only for a sole writer
 
 _UNAVAILABLE = (ConnectionLoss, SessionExpiredError, ConnectionClosedError, OperationTimeoutError)
@@ -854,6 +855,100 @@ class Store:
             return sorted(self._call(f"list {path}", "get_children_async", self._run_path(path)))
         except NoNodeError:
             return []
+
+    def get_runs(self, *paths: str) -> list[bytes | None]:
+        """Several run records in one pipelined round trip (None where one does not exist)."""
+        self._ready()
+        pending = [self._client.get_async(self._run_path(p)) for p in paths]
+        out: list[bytes | None] = []
+        for p, res in zip(paths, pending):
+            try:
+                out.append(self._wait(res, f"read {p}")[0])
+            except NoNodeError:
+                out.append(None)
+        return out
+
+    def read_runs(self, path: str) -> list[tuple[str, bytes]]:
+        """Every child of runs/<path> with its data, sorted by name; reads are pipelined."""
+        names = self.list_runs(path)
+        base = self._run_path(path)
+        out: list[tuple[str, bytes]] = []
+        for i in range(0, len(names), RUN_BATCH):
+            chunk = names[i:i + RUN_BATCH]
+            self._ready()
+            pending = [self._client.get_async(f"{base}/{n}") for n in chunk]
+            for n, res in zip(chunk, pending):
+                try:
+                    out.append((n, self._wait(res, f"read {path}/{n}")[0]))
+                except NoNodeError:
+                    pass  # deleted meanwhile (compaction)
+        return out
+
+    def create_many(self, items: Sequence[tuple[str, bytes]], *, exist_ok: bool = False) -> bool:
+        """Create run records, RUN_BATCH per transaction (one round trip each): all of a batch or
+        none. False when one already existed (with `exist_ok`, existing ones are skipped and
+        True is returned). Parents are created as needed."""
+        ok = True
+        for i in range(0, len(items), RUN_BATCH):
+            chunk = [(self._run_path(p), d) for p, d in items[i:i + RUN_BATCH]]
+            for attempt in range(2):
+                for parent in {c[0].rsplit("/", 1)[0] for c in chunk}:
+                    self._ensure(parent)
+                txn = self._client.transaction()
+                for p, d in chunk:
+                    txn.create(p, d)
+                err = self._txn_error(self._commit(txn, f"create {len(chunk)} run records"))
+                if err is None:
+                    break
+                if isinstance(err[1], NoNodeError) and attempt == 0:  # a parent was removed: again
+                    self._ensured.difference_update({c[0].rsplit("/", 1)[0] for c in chunk})
+                    continue
+                if not isinstance(err[1], NodeExistsError):
+                    raise StoreUnavailable(f"create run records: {type(err[1]).__name__}")
+                if not exist_ok:
+                    return False
+                self._create_each(chunk)
+                break
+        return ok
+
+    def _create_each(self, chunk: list[tuple[str, bytes]]) -> None:
+        self._ready()
+        pending = [self._client.create_async(p, d) for p, d in chunk]
+        for (p, _), res in zip(chunk, pending):
+            try:
+                self._wait(res, f"create {p}")
+            except NodeExistsError:
+                pass
+
+    def delete_runs(self, path: str) -> int:
+        """Remove runs/<path> and everything under it (pipelined deletes, deepest first);
+        returns how many znodes went. Idempotent: a missing path is already deleted."""
+        root = self._run_path(path)
+        self._ready()
+        order: list[str] = []
+        level = [root]
+        while level:  # breadth-first listing, pipelined per level
+            pending = [(p, self._client.get_children_async(p)) for p in level]
+            nxt: list[str] = []
+            for p, res in pending:
+                try:
+                    kids = self._wait(res, f"list {p}")
+                except NoNodeError:
+                    continue
+                order.append(p)
+                nxt += [f"{p}/{k}" for k in kids]
+            level = nxt
+        order.reverse()  # children before parents
+        for i in range(0, len(order), RUN_BATCH * 4):
+            chunk = order[i:i + RUN_BATCH * 4]
+            pending = [(p, self._client.delete_async(p)) for p in chunk]
+            for p, res in pending:
+                try:
+                    self._wait(res, f"delete {p}")
+                except NoNodeError:
+                    pass
+        self._ensured = {p for p in self._ensured if not (p == root or p.startswith(root + "/"))}
+        return len(order)
 
     def close(self) -> None:
         for w in list(self._watches):

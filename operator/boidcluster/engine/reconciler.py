@@ -21,6 +21,9 @@ class Result:
     status: dict[str, Any] = field(default_factory=dict)  # kind-specific status fields (snake_case)
     requeue_after: float | None = None                    # ask to be looked at again (polling external state)
     release_finalizer: bool = False                       # cleanup done: the object may go
+    notify: list[tuple[str, str]] = field(default_factory=list)  # (KIND, name) of objects to reconcile now
+    timings: dict[str, float] = field(default_factory=dict)      # seconds per phase (observe, compare, ...)
+    write_status: bool = True                             # False: only counters moved, write later
 
     @classmethod
     def released(cls) -> "Result":
@@ -48,6 +51,11 @@ def condition(type_: str, ok: bool | None, reason: str, message: str = "") -> Co
 Reconcile = Callable[[Any, Any], Result]
 
 
+# An event source (controller-runtime's source.Channel): started with the world and an
+# `enqueue(name, reason)` for its kind when the controller starts; returns the function that stops it.
+Source = Callable[[Any, Callable[[str, str], None]], Callable[[], None]]
+
+
 @dataclass
 class Registration:
     kind: type[Resource]
@@ -55,6 +63,8 @@ class Registration:
     finalizer: str | None
     resync: float
     select: Callable[[Any], bool] | None = None  # objects of the kind this process owns (None: all)
+    workers: int | None = None                   # this kind's own workers (None: the controller's default)
+    sources: list[Source] = field(default_factory=list)
 
     def owns(self, obj: Any) -> bool:
         return self.select is None or self.select(obj)
@@ -66,11 +76,25 @@ class Registry:
     def __init__(self) -> None:
         self._by_kind: dict[str, Registration] = {}
 
-    def reconciler(self, kind: type[Resource], *, cleanup: bool = False, resync: float = 60.0):
+    def reconciler(self, kind: type[Resource], *, cleanup: bool = False, resync: float = 60.0,
+                   workers: int | None = None):
         def register(fn: Reconcile) -> Reconcile:
             if kind.KIND in self._by_kind:
                 raise ValueError(f"a reconciler for {kind.KIND} is already registered")
-            self._by_kind[kind.KIND] = Registration(kind, fn, CLEANUP_FINALIZER if cleanup else None, resync)
+            self._by_kind[kind.KIND] = Registration(kind, fn, CLEANUP_FINALIZER if cleanup else None, resync,
+                                                    workers=workers)
+            return fn
+
+        return register
+
+    def source(self, kind: type[Resource]):
+        """Register an event source that enqueues objects of `kind` (e.g. backend task updates
+        enqueue their Job); the kind's reconciler must be registered first."""
+        def register(fn: Source) -> Source:
+            reg = self._by_kind.get(kind.KIND)
+            if reg is None:
+                raise ValueError(f"no reconciler registered for {kind.KIND}")
+            reg.sources.append(fn)
             return fn
 
         return register
