@@ -23,7 +23,7 @@ import time
 import typing
 from typing import Any
 
-from boidcluster.adapters.store import Conflict, NotFound, Store, StoreError, StoreUnavailable
+from boidcluster.adapters.store import Conflict, NotFound, Store, StoreError, StoreUnavailable, status_version
 from boidcluster.model.meta import Resource, Status
 
 from .backoff import Backoff
@@ -70,6 +70,8 @@ class Controller:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._seen: dict[Key, tuple[Any, ...]] = {}
+        self._cache: dict[Key, Resource] = {}   # latest object seen (watch, our own status writes)
+        self._cache_mu = threading.Lock()
         self._last_event = time.monotonic()
         self._watch = None
         self.paused = threading.Event()  # set while leadership is uncertain: workers hold off
@@ -157,9 +159,11 @@ class Controller:
                     self._last_event = time.monotonic()
                     key = (ev.kind, ev.name)
                     if ev.type == "DELETED":
+                        self._uncache(key)
                         self._seen.pop(key, None)
                         self.backoff.reset(key)
                         continue
+                    self._remember(key, ev.obj)
                     trig = _trigger(ev.obj)
                     if self._seen.get(key) != trig:
                         self._seen[key] = trig
@@ -170,6 +174,32 @@ class Controller:
             finally:
                 if self._watch is not None:
                     self._watch.stop()
+
+    # -- the object cache (an informer's): a reconcile reads what the watch last delivered -------
+    def _remember(self, key: Key, obj: Resource) -> None:
+        """Keep the newer of what we have and `obj` (spec and status versions only grow)."""
+        new = (obj.metadata.resource_version or 0, status_version(obj) or 0)
+        with self._cache_mu:
+            old = self._cache.get(key)
+            if old is not None:
+                have = (old.metadata.resource_version or 0, status_version(old) or 0)
+                if have[0] > new[0] or have[1] > new[1]:
+                    if have[0] < new[0] or have[1] < new[1]:
+                        del self._cache[key]  # each newer in one part: read the store next time
+                    return
+            self._cache[key] = obj
+
+    def _uncache(self, key: Key) -> None:
+        with self._cache_mu:
+            self._cache.pop(key, None)
+
+    def _get(self, kind: type[Resource], key: Key) -> Resource:
+        with self._cache_mu:
+            obj = self._cache.get(key)
+        if obj is None:
+            obj = self.store.get(kind, key[1])
+            self._remember(key, obj)
+        return obj
 
     def _alive(self) -> bool:
         try:
@@ -221,8 +251,9 @@ class Controller:
             return
         t0 = time.perf_counter()
         try:
-            obj = self.store.get(reg.kind, name)
+            obj = self._get(reg.kind, key)
         except NotFound:
+            self._uncache(key)
             self.backoff.reset(key)
             return
         except StoreUnavailable:
@@ -237,6 +268,7 @@ class Controller:
                 return  # our cleanup is already done
             if not deleting and reg.finalizer not in obj.metadata.finalizers:
                 obj = self.store.add_finalizer(reg.kind, name, reg.finalizer)
+                self._remember(key, obj)
         elif deleting:
             return
         started = time.perf_counter()
@@ -254,6 +286,7 @@ class Controller:
                 self.store.remove_finalizer(reg.kind, name, reg.finalizer)
             except NotFound:
                 pass
+            self._uncache(key)
             return
         t1 = time.perf_counter()
         if result.write_status:
@@ -300,12 +333,14 @@ class Controller:
         if obj.status is not None and new == obj.status:
             return
         try:
+            obj = obj.model_copy()   # the cached object is shared: never change it in place
             obj.status = new
-            self.store.update_status(obj)
+            self._remember(key, self.store.update_status(obj))
         except Conflict:
+            self._uncache(key)
             self.enqueue(key, "conflict")  # someone wrote status meanwhile: look again
         except NotFound:
-            pass
+            self._uncache(key)
 
 
 class _AllQueues:

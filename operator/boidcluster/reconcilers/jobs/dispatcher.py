@@ -33,6 +33,7 @@ from .records import JobRecords
 log = logging.getLogger(__name__)
 
 DEMAND_TTL = 15.0   # seconds a job's demand counts without a fresh reconcile
+PROTOCOL_TTL = 1.0  # seconds a Protocol read serves the passes of its jobs
 
 
 @dataclass
@@ -68,15 +69,19 @@ class Dispatcher:
     unit is retried (doubling per failure). `poll`: how long the pump waits for an update
     before looking whether it should stop (no job is polled on a timer). `kill_grace`: seconds past unitTimeout before the dispatcher itself
     kills an attempt the backend did not end. `overcommit`: tasks in flight per backend slot
-    (those above one wait in the backend's queue, so a slot never idles between passes)."""
+    (those above one wait in the backend's queue, so a slot never idles between passes).
+    `batch_window`: seconds the event pump gathers updates after the first one, so that a burst
+    of task ends costs its job one pass, not one each."""
 
     def __init__(self, backend: Backend, *, retry_backoff: float = 1.0, max_backoff: float = 60.0,
-                 poll: float = 0.25, kill_grace: float = 5.0, overcommit: int = 2) -> None:
+                 poll: float = 0.25, kill_grace: float = 5.0, overcommit: int = 2,
+                 batch_window: float = 0.01) -> None:
         self.backend = backend
         self.retry_backoff, self.max_backoff = retry_backoff, max_backoff
         self.poll_interval = poll
         self.kill_grace = kill_grace
         self.overcommit = overcommit
+        self.batch_window = batch_window
         self._mu = threading.RLock()
         self.latest: dict[str, TaskUpdate] = {}
         self.tracked: set[str] = set()          # submitted by us or asked about via reconcile
@@ -86,6 +91,7 @@ class Dispatcher:
         self._owner: dict[str, tuple[str, str]] = {}   # task id -> (job name, job uid)
         self._changed: dict[str, set[str]] = {}        # job uid -> task ids updated since its last pass
         self._subscribers: list[Callable[[str], None]] = []
+        self._protocols: dict[str, tuple[float, Any]] = {}
         self._waiting: dict[str, None] = {}            # job names waiting for a slot (ordered)
         self._pump: threading.Thread | None = None
         self._pump_stop = threading.Event()
@@ -119,7 +125,11 @@ class Dispatcher:
         delay = 0.1
         while not self._pump_stop.is_set():
             try:
-                self._ingest(self.backend.updates(self.poll_interval))
+                got = self.backend.updates(self.poll_interval)
+                if got and self.batch_window > 0:  # gather what ends meanwhile: one pass per batch
+                    self._pump_stop.wait(self.batch_window)
+                    got += self.backend.updates(0.0)
+                self._ingest(got)
                 delay = 0.1
             except Exception:  # the backend failed: say so, back off, never die
                 self.pump_errors += 1
@@ -227,6 +237,21 @@ class Dispatcher:
             with self._mu:
                 self._records[uid] = r
         return r
+
+    def protocol(self, store: Store, name: str) -> Any:
+        """The job's Protocol, read at most once per PROTOCOL_TTL seconds (every pass needs its
+        datadir and quota; a spec change reaches running jobs within that time)."""
+        from boidcluster.model.resources import Protocol
+
+        now = time.monotonic()
+        with self._mu:
+            hit = self._protocols.get(name)
+        if hit is not None and now - hit[0] < PROTOCOL_TTL:
+            return hit[1]
+        p = store.get(Protocol, name)
+        with self._mu:
+            self._protocols[name] = (now, p)
+        return p
 
     def drop(self, uid: str) -> None:
         with self._mu:

@@ -105,7 +105,7 @@ def reconcile_job(job: Job, world: Any) -> Result:
         return Result(status={"phase": "Pending"}, conditions=[condition(
             "Ready", False, "NoBackend", "this operator has no execution backend or storage configured")])
     try:
-        protocol = world.store.get(Protocol, job.spec.protocol)
+        protocol = d.protocol(world.store, job.spec.protocol)
     except NotFound:
         return Result(status={"phase": "Pending"}, requeue_after=5.0, conditions=[condition(
             "Ready", False, "ProtocolNotFound", f"Protocol {job.spec.protocol!r} does not exist")])
@@ -165,9 +165,24 @@ class _Pass:
         self.notify: list[tuple[str, str]] = []
         self.timings: dict[str, float] = {}
         self.waiting = False
+        self.txn: list[tuple[str, bytes]] = []        # records staged by this pass, committed together
+        self.after: list[Any] = []                    # what may happen only once they are durable
+        self.aborted = False
         rep = self.spec.replication
         self.rules = quorum.Rules(replicas=rep.replicas, quorum=rep.quorum or rep.replicas, retries=self.spec.retries,
                                   retry_backoff=d.retry_backoff if d else 1.0, max_backoff=d.max_backoff if d else 60.0)
+
+    def flush(self) -> bool:
+        """Commit the staged records (one transaction per RUN_BATCH), then run what waited for
+        them. A record that already exists means another writer was active: reload, stop."""
+        txn, after, self.txn, self.after = self.txn, self.after, [], []
+        if txn and not self.store.create_many(txn):
+            self.aborted = True
+            self.reload()
+            return False
+        for fn in after:
+            fn()
+        return True
 
     def _phase(self, name: str, t0: float) -> float:
         t = time.perf_counter()
@@ -192,13 +207,21 @@ class _Pass:
             self.enforce_timeouts()
             self.evaluate(space)
             t = self._phase("compare", t)
-            self.ledger()
-            self.finish_or_launch(space)
+            if self.recs.unrecorded and self.world.ledger is not None:
+                self.flush()   # the ledger only gets acceptances that are durable
+            if not self.aborted:
+                self.ledger()
+                self.finish_or_launch(space)
         else:
             self.release()   # close the records of tasks killed when the job ended
+        if not self.aborted:
+            self.flush()
+        if self.recs.final is not None and not self.aborted:
             self.ledger()
             self.compact(space)
         t = self._phase("act", t)
+        if self.aborted:
+            return Result(write_status=False, requeue_after=0.0, timings=self.timings)
         result = self.report(space) if self.recs.summary is None else self.report_summary()
         self._phase("report", t)
         result.timings = self.timings
@@ -237,22 +260,17 @@ class _Pass:
     # -- observe ----------------------------------------------------------------------------
     def absorb(self, changed: set[str]) -> None:
         """Turn terminal updates of in-flight attempts into result records (one transaction)."""
-        assert self.d is not None
-        batch: list[tuple[str, TaskResult]] = []
+        d = self.d
+        assert d is not None
         for tid in sorted(changed):
             attempt = self.recs.flying.get(tid)
-            u = self.d.update(tid)
+            u = d.update(tid)
             if attempt is None or u is None or not u.terminal:
                 continue
-            batch.append((tid, self._result(attempt, u, self.d.kill_reason(tid))))
-        if not batch:
-            return
-        if not self.recs.put_results(self.store, batch):
-            self.reload()
-            return
-        for tid, r in batch:
-            self.recs.dirty.add(r.unit)
-            self.d.forget(tid)
+            res = self._result(attempt, u, d.kill_reason(tid))
+            self.txn.append(self.recs.stage_result(tid, res))
+            self.recs.dirty.add(res.unit)
+            self.after.append(lambda tid=tid: d.forget(tid))
 
     def _result(self, attempt: Attempt, u: TaskUpdate, reason: str | None) -> TaskResult:
         digest = result_hash(self.storage, attempt.output) if u.state == "FINISHED" else None
@@ -291,7 +309,6 @@ class _Pass:
         if not r.dirty:
             return
         online = frozenset(self.d.backend.contributors())
-        accepted: list[tuple[str, Acceptance]] = []
         kill: list[str] = []
         for unit in sorted(r.dirty):
             flying = sorted(r.flying_by_unit.get(unit, ()))
@@ -303,9 +320,10 @@ class _Pass:
             v = quorum.evaluate(results, contributors, self.rules, online)
             if v.accept is not None:
                 first = v.credited[0][0]
-                accepted.append((unit, Acceptance(hash=v.accept, credited=tuple(c for _, c in v.credited),
-                                                  rejected=v.rejected, at_us=now_us(),
-                                                  output=r.attempts[first].output)))
+                r.wants.pop(unit, None)
+                self.txn.append(r.stage_accepted(unit, Acceptance(
+                    hash=v.accept, credited=tuple(c for _, c in v.credited), rejected=v.rejected,
+                    at_us=now_us(), output=r.attempts[first].output)))
                 kill += flying
                 continue
             if v.disagreements:
@@ -319,11 +337,8 @@ class _Pass:
             else:
                 r.wants.pop(unit, None)
         r.dirty.clear()
-        if accepted and not r.put_results(self.store, (), accepted):
-            self.reload()
-            return
-        for tid in kill:
-            self.d.kill(tid, "accepted")
+        d = self.d
+        self.after += [lambda tid=tid: d.kill(tid, "accepted") for tid in kill]
 
     def _want(self, unit: str, n: int, not_before: int, exclude: frozenset[str]) -> None:
         r = self.recs
@@ -358,6 +373,8 @@ class _Pass:
                                              f"{len(self.recs.recorded)} accepted units recorded"))
 
     def end(self, phase: str, reason: str, message: str, units: list[str] | tuple[str, ...] = ()) -> None:
+        if not self.flush():
+            return
         self.recs.put_final(self.store, Final(phase=phase, reason=reason, message=message[:1000],
                                               units=list(units)[:LIST_LIMIT], at_us=now_us()))
         self.notify.append((Protocol.KIND, self.protocol.name))  # the protocol sees its job finished
@@ -469,9 +486,9 @@ class _Pass:
             tid = f"{self.tag}.{unit.id}.{n}"
             out = posixpath.join(self.protocol.spec.datadir, ".runs", self.tag, unit.id, str(n))
             tasks.append((unit, tid, out, exclude, Attempt(unit=unit.id, n=n, output=out, at_us=at)))
-        if not r.put_attempts(self.store, [(tid, a) for _, tid, _, _, a in tasks]):
-            self.reload()  # someone else launched one of them: look again
-            return
+        self.txn += [r.stage_attempt(tid, a) for _, tid, _, _, a in tasks]
+        if not self.flush():
+            return  # someone else launched one of them: look again
         command = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) else list(spec.command)
         res = spec.resources
         resources = TaskResources(cpus=res.cpus, mem=res.mem, disk=res.disk, gpus=res.gpus)
@@ -489,10 +506,8 @@ class _Pass:
             except Exception as e:  # recorded as a refused submit: backs off, fails the unit if it repeats
                 log.info("job %s: submit of %s failed: %s", self.job.name, tid, e)
                 refused.append((tid, _refused(unit.id, f"submit failed: {type(e).__name__}: {e}")))
-        if refused and not r.put_results(self.store, refused):
-            self.reload()
-            return
-        for _, res_ in refused:
+        for tid, res_ in refused:
+            self.txn.append(r.stage_result(tid, res_))
             r.dirty.add(res_.unit)
 
     def amalgamate(self, space: UnitSpace) -> None:

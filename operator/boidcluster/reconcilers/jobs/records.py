@@ -32,7 +32,7 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from boidcluster.adapters.store import Store
 
@@ -280,6 +280,20 @@ class JobRecords:
             self.rejections += [(unit, r) for r in acc.rejected][:20 - len(self.rejections)]
         self.disagreeing.pop(unit, None)
 
+    # -- staging: apply to the mirror now, return the znode to create (the caller commits all of
+    # a pass's records in one transaction, and reloads the mirror if that fails) ----------------
+    def stage_attempt(self, tid: str, a: Attempt) -> tuple[str, bytes]:
+        self._attempt(tid, a)
+        return f"{self.uid}/attempts/{tid}", _dump(a)
+
+    def stage_result(self, tid: str, r: TaskResult) -> tuple[str, bytes]:
+        self._result(tid, r)
+        return f"{self.uid}/results/{tid}", _dump(r)
+
+    def stage_accepted(self, unit: str, a: Acceptance) -> tuple[str, bytes]:
+        self._accepted(unit, a)
+        return f"{self.uid}/accepted/{unit}", _dump(a)
+
     # -- writing: each creates its znodes in one transaction; False when one already existed -----
     def put_start(self, store: Store, at_us: int) -> bool:
         data = {"at_us": at_us}
@@ -292,29 +306,6 @@ class JobRecords:
             groups = json.loads(store.get_run(f"{self.uid}/inputs") or b"[]")
         self.inputs = groups
         return groups
-
-    def put_attempts(self, store: Store, attempts: list[tuple[str, Attempt]]) -> bool:
-        if not attempts:
-            return True
-        ok = store.create_many([(f"{self.uid}/attempts/{tid}", _dump(a)) for tid, a in attempts])
-        if ok:
-            for tid, a in attempts:
-                self._attempt(tid, a)
-        return ok
-
-    def put_results(self, store: Store, results: Iterable[tuple[str, TaskResult]],
-                    accepted: Iterable[tuple[str, Acceptance]] = ()) -> bool:
-        results, accepted = list(results), list(accepted)
-        if not results and not accepted:
-            return True
-        ok = store.create_many([(f"{self.uid}/results/{tid}", _dump(r)) for tid, r in results]
-                               + [(f"{self.uid}/accepted/{u}", _dump(a)) for u, a in accepted])
-        if ok:
-            for tid, r in results:
-                self._result(tid, r)
-            for u, a in accepted:
-                self._accepted(u, a)
-        return ok
 
     def put_recorded(self, store: Store, units: list[str]) -> None:
         store.create_many([(f"{self.uid}/recorded/{u}", _dump({"at_us": now_us()})) for u in units],
