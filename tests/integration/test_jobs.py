@@ -544,3 +544,137 @@ def test_protocols_share_slots_fairly_and_quota_holds(env):
     assert peak["capped"] == 1 and peak["other"] >= 1
     if env.kind == "local":
         assert both
+
+
+# ------------------------------------------------------------------------------------------------
+# At scale: event driven, bounded ZooKeeper, failures that back off
+# ------------------------------------------------------------------------------------------------
+
+RUNS = "/boid/v1/runs"
+
+
+def test_a_running_job_is_not_polled_and_its_task_ends_wake_it(env, tmp_path):
+    c = env.start()
+    gate = tmp_path / "gate"
+    env.store.create(job("quiet", ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"], {"count": 2},
+                         output={"reduce": "none"}))
+    eventually(lambda: len(c.running()) == 2)
+    m = c.op.metrics
+    passes = lambda: m.reconciles.labels("Job", "ok")._value.get()  # noqa: E731
+    time.sleep(1.0)          # the launch's own follow-ups (status written at most every 0.5 s)
+    before = passes()
+    time.sleep(2.0)          # nothing happens to the job: no pass (polling every 0.05 s made ~40)
+    assert passes() - before <= 1
+    gate.touch()
+    env.wait("quiet")
+    assert m.reasons.labels("Job", "task-update")._value.get() >= 2   # the task ends woke it
+    # a finished job enqueues its Protocol (through the engine, Result.notify)
+    eventually(lambda: m.reasons.labels("Protocol", "notify:Job")._value.get() >= 1, timeout=10)
+
+
+def test_a_finished_job_is_compacted_and_a_deleted_one_leaves_nothing(env):
+    env.start()
+    env.store.create(job("tidy", ["sh", "-c", 'echo "$BOID_UNIT_INDEX" > "$BOID_OUTPUT_DIR/o"'], {"count": 5},
+                         output={"reduce": "concat"}))
+    uid = env.wait("tidy").metadata.uid
+    zk = env.store.client
+    # every record but one small summary leaves ZooKeeper once the ledger has every credit
+    eventually(lambda: zk.get_children(f"{RUNS}/{uid}") == ["summary"], timeout=10)
+    summary = json.loads(zk.get(f"{RUNS}/{uid}/summary")[0])
+    full = env.records("tidy")   # now read from storage: records.json next to the manifest
+    assert summary["record"] == f"{DATADIR}/jobs/tidy/records.json"
+    assert len(full.accepted) == 5 and full.recorded == set(full.accepted) and not full.in_flight()
+    per: dict[str, int] = {}
+    for a in full.accepted.values():
+        for cr in a.credited:
+            per[cr.contributor] = per.get(cr.contributor, 0) + cr.us
+    assert summary["contributors"] == per and summary["validated"] == 5   # per-contributor totals kept
+    j = env.store.get(Job, "tidy")
+    assert j.status.phase == "Succeeded" and j.status.units.validated == 5
+    assert {a.account: a.microseconds for a in j.status.contributors} == per
+    assert sorted(env.ledger.calls.values()) == [1] * 5   # compaction never re-records
+    tag = f"tidy-{uid[:8]}"
+    assert (env.root / DATADIR / ".runs" / tag).exists()
+    env.store.delete(Job, "tidy")
+    eventually(lambda: not zk.exists(f"{RUNS}/{uid}"), timeout=10)
+    assert not (env.root / DATADIR / ".runs" / tag).exists()
+    assert (env.root / DATADIR / "jobs/tidy/results").read_text() == "0\n1\n2\n3\n4\n"   # the output stays
+
+
+def test_deleting_a_running_job_kills_its_tasks_and_leaves_nothing_in_zookeeper(env):
+    c = env.start()
+    env.store.create(job("gone", ["sleep", "30"], {"count": 4}, output={"reduce": "none"}))
+    eventually(lambda: len(c.running()) == 2)
+    uid = env.store.get(Job, "gone").metadata.uid
+    env.store.delete(Job, "gone")
+    eventually(lambda: not env.store.client.exists(f"{RUNS}/{uid}"), timeout=10)
+    eventually(c.idle, timeout=10)
+    assert "gone" not in [j.name for j in env.store.list(Job)]
+
+
+def test_ttl_seconds_after_finished_deletes_the_job_and_its_summary(env):
+    env.start()
+    env.store.create(job("brief", ["true"], {"count": 2}, output={"reduce": "none"}, ttlSecondsAfterFinished=1))
+    uid = env.store.get(Job, "brief").metadata.uid
+    eventually(lambda: "brief" not in [j.name for j in env.store.list(Job)], timeout=20)
+    assert not env.store.client.exists(f"{RUNS}/{uid}")
+    manifest = json.loads((env.root / DATADIR / "jobs/brief/manifest.json").read_text())
+    assert len(manifest["units"]) == 2   # it did run to the end before it went
+
+
+class RefusingBackend(LocalBackend):
+    """A test collaborator: the local backend, except that submits of the units in `refuse` raise
+    (as a backend that rejects a task would); counts the refusals."""
+
+    def __init__(self, *args, refuse=(), **kw) -> None:
+        super().__init__(*args, **kw)
+        self.refuse, self.refused = set(refuse), []
+
+    def submit(self, task) -> None:
+        if task.unit in self.refuse:
+            self.refused.append(time.monotonic())
+            raise RuntimeError(f"no room for {task.unit} (refused)")
+        super().submit(task)
+
+
+@pytest.mark.parametrize("backend_kind", ["local"])
+def test_a_submit_that_keeps_failing_backs_off_and_fails_the_unit_saying_why(env, zk_hosts):
+    from boidcluster.reconcilers.jobs.quorum import SAME_ERROR_LIMIT
+
+    store = Store(zk_hosts, timeout=5.0, session_timeout=4.0)
+    backend = RefusingBackend(env.root, ["alice", "bob"], refuse={"u000001"}, kill_grace=0.2)
+    world = World(store=store, storage=Storage(f"file://{env.root}"), backend=backend,
+                  dispatcher=Dispatcher(backend, retry_backoff=0.05, kill_grace=1.0), ledger=env.ledger)
+    op = Operator(store, world, registry, workers=2).start()
+    try:
+        env.store.create(job("refused", ["true"], {"count": 3}, output={"reduce": "none"}))
+        j = env.wait("refused", "Failed")
+        failed = j.status.condition("Failed")
+        assert failed.reason == "UnitFailed" and "u000001" in failed.message and "no room" in failed.message
+        assert j.status.failed_units == ["u000001"]
+        # bounded: the same error SAME_ERROR_LIMIT times, not once per pass forever; waits grew
+        assert len(backend.refused) == SAME_ERROR_LIMIT
+        gaps = [b - a for a, b in zip(backend.refused, backend.refused[1:])]
+        assert gaps[-1] >= 0.05 * 2 ** (SAME_ERROR_LIMIT - 3) * 0.9 > gaps[0]   # first re-queued at once
+        refused = [r for r in env.records("refused").results.values() if r.unit == "u000001"]
+        assert len(refused) == SAME_ERROR_LIMIT and all(r.submit_error and not r.failure for r in refused)
+    finally:
+        op.stop()
+        backend.close()
+        store.close()
+
+
+@pytest.mark.parametrize("backend_kind", ["local"])
+def test_a_unit_lost_again_and_again_for_the_same_reason_fails_with_that_reason(env):
+    from boidcluster.reconcilers.jobs.quorum import SAME_ERROR_LIMIT
+
+    c = env.start(["alice"])
+    env.store.create(job("cursed", ["sleep", "30"], {"count": 1}, retries=0, output={"reduce": "none"}))
+    lost: list[str] = []
+    for _ in range(SAME_ERROR_LIMIT):   # each time a new attempt runs, its worker vanishes
+        eventually(lambda: [t for t in c.running() if t not in lost])
+        lost += c.lose("alice")
+    j = env.wait("cursed", "Failed")
+    msg = j.status.condition("Failed").message
+    assert "contributor alice lost" in msg and f"{SAME_ERROR_LIMIT} attempts in a row" in msg
+    eventually(c.idle, timeout=5)
