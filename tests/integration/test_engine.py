@@ -322,3 +322,30 @@ def test_event_sources_and_notify_enqueue_with_their_reasons(store, operators):
     assert m.reasons.labels("Widget", "watch")._value.get() >= 1
     text = m.exposition().decode()
     assert 'boid_reconcile_phase_seconds_count{kind="Widget",phase="read"}' in text
+
+
+def test_an_index_follows_the_watch_including_status_and_deletion(store, operators):
+    from boidcluster.engine.world import World
+
+    reg = Registry()
+
+    @reg.reconciler(Widget)
+    def widgets(w, world):
+        return Result(status={"phase": "Done" if w.spec.size > 1 else "Busy"})
+
+    @reg.indexer(Widget, "busy-by-color")
+    def busy(w):
+        return [] if w.status and w.status.phase == "Done" else [w.spec.color]
+
+    world = World(store=store)
+    operators(reg, world=world)
+    store.create(widget("a"))
+    store.create(widget("b"))
+    eventually(lambda: world.index is not None and world.index.covers("Widget", "busy-by-color"))
+    eventually(lambda: world.index.get("Widget", "busy-by-color", "red") == {"a", "b"})
+    w = store.get(Widget, "a")
+    w.spec.size = 2
+    store.update(w)   # its reconcile writes status phase Done: it leaves the index
+    eventually(lambda: world.index.get("Widget", "busy-by-color", "red") == {"b"})
+    store.delete(Widget, "b")
+    eventually(lambda: world.index.get("Widget", "busy-by-color", "red") == set())

@@ -26,7 +26,6 @@ Why it is shaped so:
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import queue
@@ -128,6 +127,11 @@ def _set_read_state(obj: Resource, raw: "_Raw") -> Resource:
     # The stored form the object was decoded from, so `update` can CAS without re-reading.
     setattr(obj, "_stored", raw)
     return obj
+
+
+def _json_copy(data: Any) -> Any:
+    """A deep copy of JSON data (several times faster than copy.deepcopy for it)."""
+    return json.loads(json.dumps(data))
 
 
 def _dumps(data: Any) -> bytes:
@@ -457,7 +461,7 @@ class Store:
 
     def _decode(self, kind: type[Resource], data: Mapping[str, Any], version: int | None, status: Any,
                 sversion: int | None) -> Resource:
-        d = copy.deepcopy(dict(data))
+        d = _json_copy(data)   # the model must not share containers with the stored form
         d["metadata"] = {**d["metadata"], "resourceVersion": version}
         if status is not None:
             d["status"] = status
@@ -477,6 +481,19 @@ class Store:
         except ValidationError as e:
             raise InvalidObject(f"invalid {kind.KIND} {obj.metadata.name!r}: {e}") from None
         return kind
+
+    def _checked_wire(self, obj: Resource) -> tuple[type[Resource], dict[str, Any]]:
+        """The object's wire form without status, validated (update writes no status, so its
+        status is neither validated nor serialized: one dump and one validation per update)."""
+        kind = type(obj)
+        if not kind.KIND or obj.kind != kind.KIND:
+            raise InvalidObject(f"object {obj.metadata.name!r} says kind {obj.kind!r} but is a {kind.__name__}")
+        wire = obj.to_dict(with_status=False)
+        try:
+            kind.model_validate(wire)
+        except ValidationError as e:
+            raise InvalidObject(f"invalid {kind.KIND} {obj.metadata.name!r}: {e}") from None
+        return kind, wire
 
     def _conflict(self, kind: type[Resource], name: str, expected: int | None, what: str = "resourceVersion",
                   current: int | None = None, suffix: str = "") -> Conflict:
@@ -507,9 +524,12 @@ class Store:
         return d
 
     @staticmethod
-    def _merge(cur: dict[str, Any], obj: Resource, *, apply: bool) -> dict[str, Any]:
-        """The stored form after writing `obj` over `cur`: user fields from obj, server fields kept."""
-        incoming = obj.to_dict(with_status=False)
+    def _merge(cur: dict[str, Any], obj: Resource, *, apply: bool,
+               incoming: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The stored form after writing `obj` (or its wire form `incoming`) over `cur`: user
+        fields from obj, server fields kept."""
+        if incoming is None:
+            incoming = obj.to_dict(with_status=False)
         m_in, m_cur = incoming["metadata"], cur["metadata"]
         if not apply:
             for f in ("uid", "creationTimestamp"):
@@ -518,7 +538,7 @@ class Store:
                         f"{obj.kind} {obj.name!r}: metadata.{f} is immutable "
                         f"(stored {m_cur.get(f)!r}, got {m_in.get(f)!r})"
                     )
-        new = copy.deepcopy(cur)
+        new = _json_copy(cur)
         meta = new["metadata"]
         meta["labels"] = m_in.get("labels", {})
         meta["annotations"] = m_in.get("annotations", {})
@@ -599,7 +619,7 @@ class Store:
         changed; uid and creationTimestamp are immutable; deletionTimestamp and status are not
         written here (delete / update_status). An update that leaves a deleting object without
         finalizers removes it (the returned object is its last state). No change, no write."""
-        kind = self._check(obj)
+        kind, wire = self._checked_wire(obj)
         expected = obj.metadata.resource_version
         if expected is None:
             raise InvalidObject(f"update of {kind.KIND} {obj.name!r} needs metadata.resourceVersion (get it first)")
@@ -608,7 +628,7 @@ class Store:
             raw = self._must_read(kind, obj.name)
         if raw.stat.version != expected:
             raise self._conflict(kind, obj.name, expected, current=raw.stat.version)
-        new = self._merge(raw.data, obj, apply=False)
+        new = self._merge(raw.data, obj, apply=False, incoming=wire)
         if new == raw.data:
             return self._decode_raw(kind, raw)
         stat = self._write_meta(kind, obj.name, new, expected)
@@ -665,7 +685,7 @@ class Store:
         retry on conflict. Returns the result (None once deleted)."""
         for _ in range(20):
             raw = self._must_read(kind, name)
-            new = change(copy.deepcopy(raw.data))
+            new = change(_json_copy(raw.data))
             if new is None or new == raw.data:
                 return self._decode_raw(kind, raw)
             try:

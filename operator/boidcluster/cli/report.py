@@ -35,13 +35,13 @@ def zookeeper_time(store, jobs: list[Job]) -> tuple[dict[str, int], dict[str, in
     for j in jobs:
         if not j.metadata.uid:
             continue
-        recs = JobRecords.load(store, j.metadata.uid)
-        for unit, acc in recs.accepted.items():
-            target = recorded if unit in recs.recorded else pending
-            for c in acc.get("credited", []):
-                target[c["contributor"]] += int(c["us"])
-        if recs.dispatch and recs.final and recs.start:
-            dispatch += max(0, recs.final["at_us"] - recs.start["at_us"])
+        recs = JobRecords.load(store, j.metadata.uid)   # a compacted job: its summary's totals
+        done, waiting = recs.credited()
+        for who, us in done.items():
+            recorded[who] += us
+        for who, us in waiting.items():
+            pending[who] += us
+        dispatch += recs.dispatch_us()
     return recorded, pending, dispatch
 
 

@@ -27,6 +27,7 @@ from boidcluster.adapters.store import Conflict, NotFound, Store, StoreError, St
 from boidcluster.model.meta import Resource, Status
 
 from .backoff import Backoff
+from .index import Index
 from .metrics import Metrics
 from .reconciler import Registration, Registry, Result, Retry, condition
 from .status import merge_conditions
@@ -70,6 +71,9 @@ class Controller:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._seen: dict[Key, tuple[Any, ...]] = {}
+        self.index = Index(registry.indexers)
+        if hasattr(world, "index"):
+            world.index = self.index   # reconcilers look objects up by index (engine/index.py)
         self._cache: dict[Key, Resource] = {}   # latest object seen (watch, our own status writes)
         self._cache_mu = threading.Lock()
         self._last_event = time.monotonic()
@@ -158,6 +162,7 @@ class Controller:
                         continue
                     self._last_event = time.monotonic()
                     key = (ev.kind, ev.name)
+                    self.index.update(ev.kind, ev.name, None if ev.type == "DELETED" else ev.obj)
                     if ev.type == "DELETED":
                         self._uncache(key)
                         self._seen.pop(key, None)
@@ -217,7 +222,9 @@ class Controller:
         for reg in self.registry:
             try:
                 for obj in self.store.list(reg.kind):
+                    self.index.update(reg.kind.KIND, obj.name, obj)
                     self.enqueue((reg.kind.KIND, obj.name), "resync")
+                self.index.synced(reg.kind.KIND)
             except StoreError as e:
                 log.warning("resync of %s failed: %s", reg.kind.KIND, e)
 

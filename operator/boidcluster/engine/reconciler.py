@@ -75,6 +75,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._by_kind: dict[str, Registration] = {}
+        self._indexers: dict[tuple[str, str], Any] = {}
 
     def reconciler(self, kind: type[Resource], *, cleanup: bool = False, resync: float = 60.0,
                    workers: int | None = None):
@@ -99,6 +100,18 @@ class Registry:
 
         return register
 
+    def indexer(self, kind: type[Resource], name: str):
+        """Register an index over `kind` (engine/index.py): fn(obj) -> the keys it is found by."""
+        def register(fn: Any) -> Any:
+            self._indexers[(kind.KIND, name)] = fn
+            return fn
+
+        return register
+
+    @property
+    def indexers(self) -> dict[tuple[str, str], Any]:
+        return {k: fn for k, fn in self._indexers.items() if k[0] in self._by_kind}
+
     def subset(self, kinds: list[type[Resource]], select: Callable[[Any], bool] | None = None) -> "Registry":
         """A registry with only these kinds (optionally owning only the objects `select` accepts):
         e.g. a per-protocol dispatcher runs just the Job reconciler, for its protocol's jobs."""
@@ -108,11 +121,13 @@ class Registry:
             if reg is None:
                 raise ValueError(f"no reconciler registered for {k.KIND}")
             out._by_kind[k.KIND] = replace(reg, select=select or reg.select)
+        out._indexers = dict(self._indexers)
         return out
 
     def without(self, kinds: list[type[Resource]]) -> "Registry":
         out = Registry()
         out._by_kind = {k: r for k, r in self._by_kind.items() if k not in {c.KIND for c in kinds}}
+        out._indexers = dict(self._indexers)
         return out
 
     def get(self, kind: str) -> Registration | None:

@@ -14,6 +14,8 @@ from typing import Any
 from boidcluster.adapters.backend import Backend
 from boidcluster.adapters.store import Store
 
+from .index import Index
+
 
 @dataclass
 class Settings:
@@ -35,3 +37,4 @@ class World:
     dispatcher: Any = None   # reconcilers.jobs.Dispatcher: this process's unit dispatch over `backend`
     ledger: Any = None       # reconcilers.ledger.ChainLedger: accepted units -> chain
     settings: Settings = field(default_factory=Settings)
+    index: Index | None = None  # set by the engine: objects by derived keys, kept from its watch

@@ -112,6 +112,15 @@ def reconcile_job(job: Job, world: Any) -> Result:
     return _Pass(job, protocol, world, d, uid).run()
 
 
+ACTIVE_BY_PROTOCOL = "active-by-protocol"
+
+
+@registry.indexer(Job, ACTIVE_BY_PROTOCOL)
+def active_by_protocol(job: Job) -> list[str]:
+    """A Job not yet finished is found under its protocol's name (no all-Jobs scan per Protocol)."""
+    return [] if job.status and job.status.phase in ("Succeeded", "Failed") else [job.spec.protocol]
+
+
 @registry.source(Job)
 def job_events(world: Any, enqueue: Any) -> Any:
     """Backend task updates enqueue their Job (no running job is polled on a timer)."""
@@ -555,7 +564,8 @@ class _Pass:
                           validated=len(r.accepted), succeeded=len(r.finished_units),
                           contributors=dict(sorted(r.per_contributor.items())),
                           slowest=[(u, c, us) for us, u, c in r.slowest],
-                          disagreements=[d.model_dump() for d in status["disagreements"]], record=path)
+                          disagreements=[d.model_dump() for d in status["disagreements"]], record=path,
+                          dispatch=r.dispatch)
         self.store.create_once(f"{self.uid}/summary", summary.to_json())
         for sub in ("attempts", "results", "accepted", "recorded", "start", "inputs", "dispatch", "final"):
             self.store.delete_runs(f"{self.uid}/{sub}")

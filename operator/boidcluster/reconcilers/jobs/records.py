@@ -134,6 +134,7 @@ class Summary:
     slowest: list[tuple[str, str, int]]   # (unit, contributor, µs), at most 5
     disagreements: list[dict[str, str]]   # at most 20
     record: str                           # storage path of the full record
+    dispatch: bool = False                # the ledger has the dispatcher's time for the job
 
     def to_json(self) -> bytes:
         return _dump(self)
@@ -233,6 +234,28 @@ class JobRecords:
         for u, a in full["accepted"].items():
             r._accepted(u, Acceptance.from_raw(json.dumps(a).encode()))  # type: ignore[arg-type]
         return r
+
+    def credited(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Credited µs per contributor: (given to the ledger, accepted but not yet given). A
+        compacted job's come from its summary (everything was given before compaction)."""
+        if self.summary is not None:
+            return dict(self.summary.contributors), {}
+        done: dict[str, int] = {}
+        pending: dict[str, int] = {}
+        for unit, acc in self.accepted.items():
+            target = done if unit in self.recorded else pending
+            for c in acc.credited:
+                target[c.contributor] = target.get(c.contributor, 0) + c.us
+        return done, pending
+
+    def dispatch_us(self) -> int:
+        """The dispatcher's time for the job once the ledger has it, else 0."""
+        if self.summary is not None:
+            s = self.summary
+            return max(0, s.final.at_us - s.start_us) if s.dispatch and s.start_us is not None else 0
+        if self.dispatch and self.final is not None and self.start is not None:
+            return max(0, self.final.at_us - self.start["at_us"])
+        return 0
 
     def in_flight(self) -> list[str]:
         return list(self.flying)
