@@ -256,8 +256,10 @@ class Dispatcher:
     def drop(self, uid: str) -> None:
         with self._mu:
             self._records.pop(uid, None)
-            self._demand.pop(uid, None)
+            gone = self._demand.pop(uid, None)
             self._changed.pop(uid, None)
+        if gone is not None and gone.in_flight:
+            self.wake_waiting(gone.in_flight)
 
     # -- fair share ---------------------------------------------------------------------------
     def allowance(self, protocol: str, uid: str, in_flight: int, wanted: int,
@@ -282,8 +284,24 @@ class Dispatcher:
         for d in demands.values():
             by_protocol[d.protocol] = by_protocol.get(d.protocol, 0) + d.in_flight + d.wanted
         share = waterfill(capacity, by_protocol).get(protocol, 0)
-        jobs = {k: d.in_flight + d.wanted for k, d in demands.items() if d.protocol == protocol}
-        return min(limit, waterfill(share, jobs).get(uid, 0))
+        # within its protocol's share a job takes what the protocol's other jobs leave free
+        # (work conserving: with a thousand small jobs, whichever is looked at uses a free slot)
+        others = sum(d.in_flight for k, d in demands.items() if d.protocol == protocol and k != uid)
+        return min(limit, max(0, share - others))
+
+    def wake_waiting(self, n: int) -> None:
+        """`n` slots are left unused: wake as many jobs waiting for one (they ask again)."""
+        names: list[str] = []
+        with self._mu:
+            while n > 0 and self._waiting:
+                name = next(iter(self._waiting))
+                del self._waiting[name]
+                names.append(name)
+                n -= 1
+            subs = list(self._subscribers)
+        for name in names:
+            for notify in subs:
+                notify(name)
 
     def close(self) -> None:
         self._pump_stop.set()

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 LEDGER_BATCH = 50       # units per record_units call
 LIST_LIMIT = 20         # names listed in status and messages
 STATUS_EVERY = 0.5      # seconds between status writes that only move counters
-WAITING_RECHECK = 5.0   # a job waiting for a slot is also looked at this often (besides events)
+WAITING_RECHECK = 15.0  # a job waiting for a slot is also looked at this often (besides events)
 
 
 def _dt(us: int | None) -> datetime | None:
@@ -370,7 +370,7 @@ class _Pass:
                 self.recs.put_recorded(self.store, batch)
             final = self.recs.final
             if (final is not None and final.phase == "Succeeded" and not self.recs.dispatch
-                    and hasattr(ledger, "record_dispatch") and self.recs.start is not None):
+                    and _records_dispatch(ledger) and self.recs.start is not None):
                 ledger.record_dispatch(self.protocol, self.job, max(0, final.at_us - self.recs.start["at_us"]))
                 self.recs.put_dispatch(self.store)
         except Exception as e:  # the chain is down or refused: keep going, retry next pass
@@ -388,6 +388,9 @@ class _Pass:
                                               units=list(units)[:LIST_LIMIT], at_us=now_us()))
         self.notify.append((Protocol.KIND, self.protocol.name))  # the protocol sees its job finished
         self.release()
+        assert self.d is not None
+        self.d.allowance(self.protocol.name, self.uid, 0, 0)   # it wants nothing more
+        self.d.wake_waiting(len(self.recs.flying) or 1)
 
     def release(self) -> None:
         """A finished job gives its slots back: kill whatever is still in flight."""
@@ -478,6 +481,8 @@ class _Pass:
                 self._want(u.id, fresh_per_unit - take, 0, frozenset())
         if plan:
             self._submit(plan)
+        if budget > 0:   # slots this job does not want: a job waiting for one may have them
+            self.after.append(lambda n=budget: self.d.wake_waiting(n))  # type: ignore[union-attr]
 
     def _next_try(self, unit: str) -> int:
         n = self.recs.tries.get(unit, 0)
@@ -545,7 +550,7 @@ class _Pass:
         record goes to storage, one summary stays in ZooKeeper, the rest of the records go."""
         r = self.recs
         if r.final is None or r.flying or (self.world.ledger is not None and (
-                r.unrecorded or (r.final.phase == "Succeeded" and hasattr(self.world.ledger, "record_dispatch")
+                r.unrecorded or (r.final.phase == "Succeeded" and _records_dispatch(self.world.ledger)
                                  and not r.dispatch))):
             return
         path = record_path(self.job, self.protocol)
@@ -685,6 +690,12 @@ class _Pass:
 
 
 _NO_UPDATE = TaskUpdate("", "STAGING")
+
+
+def _records_dispatch(ledger: Any) -> bool:
+    """The ledger records the dispatcher's time (it has the hook and an account to credit); a
+    job's dispatch record then means that time is on chain, as `boidctl report` reads it."""
+    return hasattr(ledger, "record_dispatch") and getattr(ledger, "dispatcher_account", True) is not None
 
 
 def _refused(unit: str, message: str) -> TaskResult:
