@@ -35,7 +35,7 @@ from boidcluster.adapters.backend import TaskSpec  # noqa: E402
 from boidcluster.adapters.local.backend import LocalBackend  # noqa: E402
 from boidcluster.adapters.local.zookeeper import LocalZooKeeper, four_letter_word  # noqa: E402
 from boidcluster.adapters.storage import Storage  # noqa: E402
-from boidcluster.adapters.store import Store  # noqa: E402
+from boidcluster.adapters.store import OBJECTS, Store, kind_dir  # noqa: E402
 from boidcluster.engine.operator import Operator  # noqa: E402
 from boidcluster.engine.world import World  # noqa: E402
 from boidcluster.model.resources import Job, Protocol  # noqa: E402
@@ -106,7 +106,7 @@ class Site:
                 "payRates": {"worker": "1.0000 BOID", "dispatcher": "0.5000 BOID"}}}))
         except Exception:
             pass
-        self.op = Operator(self.store, world, registry, workers=2).start()
+        self.op = Operator(self.store, world, registry, workers=4).start()   # `operator run`'s default
         while not self.op.leading:
             time.sleep(0.01)
 
@@ -117,15 +117,25 @@ class Site:
             "protocol": "bench", "image": "none", "command": COMMAND, "workUnits": {"count": units},
             "replication": {"replicas": replicas, "quorum": replicas}, "output": {"reduce": "none"}}})
             for name in names]
-        for i in range(0, len(jobs), 100):
-            self.store.apply(jobs[i:i + 100])
         left = set(names)
-        while left:
-            for j in self.store.list(Job):
-                if j.name in left and j.status and j.status.phase in ("Succeeded", "Failed"):
-                    assert j.status.phase == "Succeeded", j.status
-                    left.discard(j.name)
-            time.sleep(0.05 if len(names) < 10 else 0.5)
+        watch = self.store.watch(Job, send_initial=False)   # not a listing of every job in a loop
+        try:
+            for i in range(0, len(jobs), 100):
+                self.store.apply(jobs[i:i + 100])
+            while left:
+                ev = watch.get(timeout=5.0)
+                if ev is None:  # nothing for a while: look, in case an event was coalesced away
+                    for j in self.store.list(Job):
+                        if j.name in left and j.status and j.status.phase in ("Succeeded", "Failed"):
+                            assert j.status.phase == "Succeeded", j.status
+                            left.discard(j.name)
+                    continue
+                st = ev.obj.status
+                if ev.name in left and st is not None and st.phase in ("Succeeded", "Failed"):
+                    assert st.phase == "Succeeded", st
+                    left.discard(ev.name)
+        finally:
+            watch.stop()
         return time.perf_counter() - start
 
     def delete(self, names: list[str], zk: LocalZooKeeper, want: int, timeout: float = 120.0) -> tuple[float, int]:
@@ -134,10 +144,11 @@ class Site:
         for name in names:
             self.store.delete(Job, name)
         end = start + timeout
+        jobs_dir = f"{OBJECTS}/{kind_dir(Job)}"   # names only: listing the objects is load itself
         while time.perf_counter() < end:
-            if not any(j.name in names for j in self.store.list(Job)) and znodes(zk) <= want:
+            if not set(names) & set(self.store.client.get_children(jobs_dir)) and znodes(zk) <= want:
                 break
-            time.sleep(0.1)
+            time.sleep(0.2)
         return time.perf_counter() - start, znodes(zk)
 
     def close(self) -> None:

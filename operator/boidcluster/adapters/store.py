@@ -940,13 +940,22 @@ class Store:
             except NodeExistsError:
                 pass
 
-    def delete_runs(self, path: str) -> int:
-        """Remove runs/<path> and everything under it (pipelined deletes, deepest first);
-        returns how many znodes went. Idempotent: a missing path is already deleted."""
+    def delete_runs(self, path: str, keep: Iterable[str] = ()) -> int:
+        """Remove runs/<path> and everything under it (pipelined: one listing round trip per
+        level, deletes deepest first), except its children named in `keep` (then runs/<path>
+        itself stays too); returns how many znodes went. Idempotent."""
         root = self._run_path(path)
+        keep = set(keep)
         self._ready()
         order: list[str] = []
-        level = [root]
+        if keep:
+            try:
+                level = [f"{root}/{k}" for k in self._wait(self._client.get_children_async(root), f"list {path}")
+                         if k not in keep]
+            except NoNodeError:
+                level = []
+        else:
+            level = [root]
         while level:  # breadth-first listing, pipelined per level
             pending = [(p, self._client.get_children_async(p)) for p in level]
             nxt: list[str] = []

@@ -572,8 +572,7 @@ class _Pass:
                           disagreements=[d.model_dump() for d in status["disagreements"]], record=path,
                           dispatch=r.dispatch)
         self.store.create_once(f"{self.uid}/summary", summary.to_json())
-        for sub in ("attempts", "results", "accepted", "recorded", "start", "inputs", "dispatch", "final"):
-            self.store.delete_runs(f"{self.uid}/{sub}")
+        self.store.delete_runs(self.uid, keep=("summary",))
         assert self.d is not None
         self.d.drop(self.uid)
         self.recs = JobRecords(self.uid, summary=summary, final=summary.final, fresh=False)
