@@ -194,23 +194,30 @@ class JobRecords:
     def load(cls, store: Store, uid: str) -> "JobRecords":
         """Read every record of the job (one listing per directory, reads pipelined)."""
         r = cls(uid, loaded_at=time.monotonic())
-        r.summary = Summary.from_raw(store.get_run(f"{uid}/summary"))
-        if r.summary is not None:
-            r.final = r.summary.final
-            return r
-        raw = store.get_runs(f"{uid}/start", f"{uid}/inputs", f"{uid}/final", f"{uid}/dispatch")
-        r.start = json.loads(raw[0]) if raw[0] is not None else None
-        r.inputs = json.loads(raw[1]) if raw[1] is not None else None
-        r.final = _load(Final, raw[2])
-        r.dispatch = raw[3] is not None
-        for tid, data in store.read_runs(f"{uid}/attempts"):
-            r._attempt(tid, _load(Attempt, data))  # type: ignore[arg-type]
-        results = [(tid, _load(TaskResult, data)) for tid, data in store.read_runs(f"{uid}/results")]
-        for tid, res in sorted(results, key=lambda kv: kv[1].finished_us):  # type: ignore[union-attr]
-            r._result(tid, res)  # type: ignore[arg-type]
-        r.recorded = set(store.list_runs(f"{uid}/recorded"))
-        for unit, data in store.read_runs(f"{uid}/accepted"):
-            r._accepted(unit, Acceptance.from_raw(data))  # type: ignore[arg-type]
+        present = set(store.list_runs(uid))   # a new job has none: one round trip
+        if "summary" in present:
+            r.summary = Summary.from_raw(store.get_run(f"{uid}/summary"))
+            if r.summary is not None:
+                r.final = r.summary.final
+                return r
+        singles = [n for n in ("start", "inputs", "final", "dispatch") if n in present]
+        raw = dict(zip(singles, store.get_runs(*(f"{uid}/{n}" for n in singles))))
+        r.start = json.loads(raw["start"]) if raw.get("start") is not None else None
+        r.inputs = json.loads(raw["inputs"]) if raw.get("inputs") is not None else None
+        r.final = _load(Final, raw.get("final"))
+        r.dispatch = raw.get("dispatch") is not None
+        if "attempts" in present:
+            for tid, data in store.read_runs(f"{uid}/attempts"):
+                r._attempt(tid, _load(Attempt, data))  # type: ignore[arg-type]
+        if "results" in present:
+            results = [(tid, _load(TaskResult, data)) for tid, data in store.read_runs(f"{uid}/results")]
+            for tid, res in sorted(results, key=lambda kv: kv[1].finished_us):  # type: ignore[union-attr]
+                r._result(tid, res)  # type: ignore[arg-type]
+        if "recorded" in present:
+            r.recorded = set(store.list_runs(f"{uid}/recorded"))
+        if "accepted" in present:
+            for unit, data in store.read_runs(f"{uid}/accepted"):
+                r._accepted(unit, Acceptance.from_raw(data))  # type: ignore[arg-type]
         return r
 
     @classmethod
