@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 LEDGER_BATCH = 50       # units per record_units call
 LIST_LIMIT = 20         # names listed in status and messages
+LAUNCH_BATCH = 1000     # most tasks one pass submits
 STATUS_EVERY = 0.5      # seconds between status writes that only move counters
 WAITING_RECHECK = 15.0  # a job waiting for a slot is also looked at this often (besides events)
 
@@ -174,6 +175,7 @@ class _Pass:
         self.notify: list[tuple[str, str]] = []
         self.timings: dict[str, float] = {}
         self.waiting = False
+        self.more = False                              # launched a full batch: look again at once
         self.txn: list[tuple[str, bytes]] = []        # records staged by this pass, committed together
         self.after: list[Any] = []                    # what may happen only once they are durable
         self.aborted = False
@@ -450,6 +452,8 @@ class _Pass:
             self.waiting = True
             self.d.wait_for_slot(self.job.name)
             return
+        if budget > LAUNCH_BATCH:   # a backend without a fixed capacity (Mesos): a bounded pass, then more
+            budget, self.more = LAUNCH_BATCH, True
         now = now_us()
         plan: list[tuple[Unit, int, frozenset[str]]] = []
         while budget > 0 and r.ready and r.ready[0][0] <= now:
@@ -481,7 +485,7 @@ class _Pass:
                 self._want(u.id, fresh_per_unit - take, 0, frozenset())
         if plan:
             self._submit(plan)
-        if budget > 0:   # slots this job does not want: a job waiting for one may have them
+        if budget > 0 and not self.more:   # slots this job does not want: a job waiting for one may have them
             self.after.append(lambda n=budget: self.d.wake_waiting(n))  # type: ignore[union-attr]
 
     def _next_try(self, unit: str) -> int:
@@ -619,7 +623,7 @@ class _Pass:
             dues.append(max(0.0, (r.start["at_us"] + self.spec.deadline * 1_000_000 - now) / 1e6) + 0.05)
         if self.waiting:
             dues.append(WAITING_RECHECK)
-        if r.dirty:
+        if r.dirty or self.more:
             dues.append(0.0)
         return min(dues) if dues else None
 
