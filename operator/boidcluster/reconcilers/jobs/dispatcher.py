@@ -253,6 +253,11 @@ class Dispatcher:
             self._protocols[name] = (now, p)
         return p
 
+    def reset_mirrors(self) -> None:
+        """Forget every job's mirror: another leader may have written records meanwhile."""
+        with self._mu:
+            self._records.clear()
+
     def drop(self, uid: str) -> None:
         with self._mu:
             self._records.pop(uid, None)

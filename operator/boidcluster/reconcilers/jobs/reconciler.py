@@ -128,6 +128,7 @@ def job_events(world: Any, enqueue: Any) -> Any:
     d = dispatcher_for(world)
     if d is None:
         return lambda: None
+    d.reset_mirrors()   # a new term (leader change): every job's mirror is rebuilt from ZooKeeper once
     return d.subscribe(lambda name: enqueue(name, "task-update"))
 
 
