@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from dataclasses import asdict
 import logging
 import posixpath
 import time
@@ -561,10 +562,10 @@ class _Pass:
         path = record_path(self.job, self.protocol)
         full = {
             "job": self.job.name, "uid": self.uid, "protocol": self.protocol.name,
-            "start": r.start, "final": _asdict(r.final), "dispatch": r.dispatch, "inputs": r.inputs,
-            "attempts": {t: _asdict(a) for t, a in sorted(r.attempts.items())},
-            "results": {t: _asdict(x) for t, x in sorted(r.results.items())},
-            "accepted": {u: _asdict(a) for u, a in sorted(r.accepted.items())},
+            "start": r.start, "final": asdict(r.final), "dispatch": r.dispatch, "inputs": r.inputs,
+            "attempts": {t: asdict(a) for t, a in sorted(r.attempts.items())},
+            "results": {t: asdict(x) for t, x in sorted(r.results.items())},
+            "accepted": {u: asdict(a) for u, a in sorted(r.accepted.items())},
             "recorded": sorted(r.recorded),
         }
         self.storage.ensure_dir(posixpath.dirname(path))
@@ -705,8 +706,3 @@ def _records_dispatch(ledger: Any) -> bool:
 def _refused(unit: str, message: str) -> TaskResult:
     return TaskResult(unit=unit, state="LOST", contributor=None, exit_code=None, us=0, hash=None,
                       message=message[:500], failure=False, finished_us=now_us(), submit_error=True)
-
-
-def _asdict(rec: Any) -> Any:
-    import dataclasses
-    return dataclasses.asdict(rec)
