@@ -178,6 +178,7 @@ class _Pass:
         self.timings: dict[str, float] = {}
         self.waiting = False
         self.more = False                              # launched a full batch: look again at once
+        self.ended_now = False                         # this pass wrote the job's end
         self.txn: list[tuple[str, bytes]] = []        # records staged by this pass, committed together
         self.after: list[Any] = []                    # what may happen only once they are durable
         self.aborted = False
@@ -231,7 +232,8 @@ class _Pass:
             self.flush()
         if self.recs.final is not None and not self.aborted:
             self.ledger()
-            self.compact(space)
+            if not self.ended_now:   # the end is reported first; compaction is the next pass's work
+                self.compact(space)
         t = self._phase("act", t)
         if self.aborted:
             return Result(write_status=False, requeue_after=0.0, timings=self.timings)
@@ -388,6 +390,7 @@ class _Pass:
     def end(self, phase: str, reason: str, message: str, units: list[str] | tuple[str, ...] = ()) -> None:
         if not self.flush():
             return
+        self.ended_now = True
         self.recs.put_final(self.store, Final(phase=phase, reason=reason, message=message[:1000],
                                               units=list(units)[:LIST_LIMIT], at_us=now_us()))
         self.notify.append((Protocol.KIND, self.protocol.name))  # the protocol sees its job finished
@@ -607,7 +610,7 @@ class _Pass:
         if final is None:
             requeue = self._next_look()
         elif r.summary is None:
-            requeue = 2.0   # compaction waits for the ledger / the kills of the ended job
+            requeue = 0.0 if self.ended_now else 2.0   # compaction waits for the ledger / the kills
         result = Result(status=status, conditions=conds, requeue_after=requeue, notify=self.notify)
         self._coalesce(result, final)
         return result
