@@ -244,7 +244,7 @@ def main() -> None:
                 t_alone = None if args.no_alone else backend_alone(args.runtime, tasks, args.slots, root)
                 t_job = site.run(names, units, args.replicas)
                 z_end, rss_end = znodes(zk), rss_mb()
-                t_del, z_after = site.delete(names, zk, base_z)
+                t_del, z_after = site.delete(names, zk, base_z, timeout=120 + tasks / 200)  # storage too
                 rate = len(names) * units / t_job
                 first_rate = first_rate or rate
                 print(f"--- {len(names)} job(s) x {units} units ({tasks} tasks)")
