@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 LEDGER_BATCH = 50       # units per record_units call
 LIST_LIMIT = 20         # names listed in status and messages
 LAUNCH_BATCH = 1000     # most tasks one pass submits
+RECORD_FILE = "records.json"  # a compacted job's full run record, next to its results manifest
 STATUS_EVERY = 0.5      # seconds between status writes that only move counters
 WAITING_RECHECK = 15.0  # a job waiting for a slot is also looked at this often (besides events)
 
@@ -89,7 +90,7 @@ def output_path(job: Job, protocol: Protocol) -> str:
 
 def record_path(job: Job, protocol: Protocol) -> str:
     """The full run record of a compacted job, next to its results manifest."""
-    return posixpath.join(output_path(job, protocol), "records.json")
+    return posixpath.join(output_path(job, protocol), RECORD_FILE)
 
 
 def job_tag(job: Job) -> str:
