@@ -139,6 +139,13 @@ class Site:
             watch.stop()
         return time.perf_counter() - start
 
+    def compacted(self, zk: LocalZooKeeper, want: int, timeout: float) -> tuple[float, int]:
+        """Seconds until the finished jobs are compacted (ZooKeeper down to `want` znodes)."""
+        start = time.perf_counter()
+        while znodes(zk) > want and time.perf_counter() - start < timeout:
+            time.sleep(0.2)
+        return time.perf_counter() - start, znodes(zk)
+
     def delete(self, names: list[str], zk: LocalZooKeeper, want: int, timeout: float = 120.0) -> tuple[float, int]:
         """Delete the jobs; seconds until they are gone and ZooKeeper is back to `want` znodes."""
         start = time.perf_counter()
@@ -244,6 +251,7 @@ def main() -> None:
                 t_alone = None if args.no_alone else backend_alone(args.runtime, tasks, args.slots, root)
                 t_job = site.run(names, units, args.replicas)
                 z_end, rss_end = znodes(zk), rss_mb()
+                t_c, z_compact = site.compacted(zk, base_z + 4 * len(names), timeout=60 + tasks / 500)
                 t_del, z_after = site.delete(names, zk, base_z, timeout=120 + tasks / 200)  # storage too
                 rate = len(names) * units / t_job
                 first_rate = first_rate or rate
@@ -257,7 +265,8 @@ def main() -> None:
                 if t_alone is not None:
                     print(f"ratio dispatched/alone : {t_alone / t_job:9.3f}")
                 print(f"ratio units/s vs first : {rate / first_rate:9.3f}")
-                print(f"rss {rss_end:.0f} MB; znodes {base_z} before, {z_end} at the end, {z_after} "
+                print(f"rss {rss_end:.0f} MB; znodes {base_z} before, {z_end} at the end, {z_compact} "
+                      f"{t_c:.1f}s later (compacted: 4 per job), {z_after} "
                       f"{t_del:.1f}s after deleting ({'back to baseline' if z_after <= base_z else 'NOT back'})")
         finally:
             site.close()
