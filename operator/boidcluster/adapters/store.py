@@ -673,7 +673,9 @@ class Store:
             raise self._conflict(kind, name, expected, what="status version") from None
         if obj is None:
             return self.get(kind, name)
-        out = obj.model_copy(deep=True)
+        # a shallow copy (a deep one costs more than the write): the caller's object keeps its
+        # own status; spec and metadata are shared, as they were read and are not changed here
+        out = obj.model_copy(update={"metadata": obj.metadata.model_copy()})
         out.status = _status_adapter(kind).validate_python(wire)
         raw = getattr(out, "_stored", None)
         if isinstance(raw, _Raw):  # keep the read state in step with the status just written
