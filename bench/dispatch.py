@@ -1,111 +1,168 @@
 """Dispatch throughput: trivial units (`true`) completed per second, end to end, vs bare launches.
 
-Why: every unit costs the dispatcher more than a process launch: a ZooKeeper create before the
-submit (the attempt), one after the end (the result), the result hash, one create for the
-acceptance, a status write per reconcile pass, and the engine's polling (requeue_after). This
-runs N units of `true` through an Operator with the Job reconciler, the local backend and a real
-LocalZooKeeper it starts, then launches the same number of `true` subprocesses bare, the same
-number at a time (as many as there are slots), in the same run, and prints the ratio.
+Why: every unit costs the dispatcher more than a process launch: ZooKeeper records (the attempt
+before the submit, the result and the acceptance after the end, batched per transaction), the
+result hash, status writes (coalesced), and the engine's passes (event driven: a backend update
+enqueues its job). This runs jobs of N units of `true` through an Operator with the Job
+reconciler, a backend of the chosen runtime (`--runtime host`: the local backend's subprocesses)
+and a real LocalZooKeeper it starts, and in the same run, at the same parallelism (one per slot):
+- bare: the same number of `true` launched directly (subprocess.run from `slots` threads);
+- backend alone: the same tasks through the backend with no dispatcher (submit/updates only),
+  so what the dispatcher adds and what the backend costs are told apart.
+For each size it prints units/s, the ratios, the process's RSS (the operator runs in it) and
+ZooKeeper's znode count before the job, at its end, and after deleting it (it must return to
+the first). `--jobs M` instead applies M jobs of `--units` units each at once.
 
-    .venv/bin/python bench/dispatch.py [-n 400] [--slots 4] [--poll 0.02] [--replicas 1]
-
-With `--runtime container` every unit is a sandboxed podman container of the demo image (built on
-first use) running `true`, and the baseline is N bare `podman run --rm` of the same image with the
-same sandbox options, the same number at a time; it also prints the time from the Job's create to
-its first unit running, next to one bare `podman run --rm` of the same image.
-
-    .venv/bin/python bench/dispatch.py --runtime container -n 40 --slots 2 --chain-units 0
+    .venv/bin/python bench/dispatch.py [-n 1000 -n 10000] [--slots 4] [--runtime host]
+    .venv/bin/python bench/dispatch.py --jobs 1000 --units 2
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
+from boidcluster.adapters.backend import TaskSpec  # noqa: E402
 from boidcluster.adapters.local.backend import LocalBackend  # noqa: E402
-from boidcluster.adapters.local.zookeeper import LocalZooKeeper  # noqa: E402
+from boidcluster.adapters.local.zookeeper import LocalZooKeeper, four_letter_word  # noqa: E402
 from boidcluster.adapters.storage import Storage  # noqa: E402
-from boidcluster.adapters.store import Store  # noqa: E402
+from boidcluster.adapters.store import OBJECTS, Store, kind_dir  # noqa: E402
 from boidcluster.engine.operator import Operator  # noqa: E402
 from boidcluster.engine.world import World  # noqa: E402
 from boidcluster.model.resources import Job, Protocol  # noqa: E402
 from boidcluster.reconcilers import registry  # noqa: E402
 from boidcluster.reconcilers.jobs import Dispatcher  # noqa: E402
 
+ACCOUNTS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
+COMMAND = ["true"]
+
+
+def make_backend(runtime: str, root: Path, slots: int) -> Any:
+    """The backend a run uses, by runtime (one slot per contributor, round robin)."""
+    contributors = [ACCOUNTS[i % len(ACCOUNTS)] for i in range(slots)]
+    if runtime == "host":
+        return LocalBackend(root, contributors)
+    raise SystemExit(f"unknown runtime {runtime!r}")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def znodes(zk: LocalZooKeeper) -> int:
+    for line in four_letter_word(zk.port, "mntr").splitlines():
+        if line.startswith("zk_znode_count"):
+            return int(line.split()[1])
+    return -1
+
 
 def bare(n: int, parallel: int) -> float:
     start = time.perf_counter()
     with ThreadPoolExecutor(parallel) as pool:
-        list(pool.map(lambda _: subprocess.run(["true"], check=True), range(n)))
+        list(pool.map(lambda _: subprocess.run(COMMAND, check=True), range(n)))
     return time.perf_counter() - start
 
 
-def bare_podman(n: int, parallel: int, image: str) -> tuple[float, float]:
-    """N `podman run --rm IMAGE true` with the runtime's sandbox options; (total, one run alone)."""
-    from boidcluster.adapters.backend import TaskResources
-    from boidcluster.adapters.local.runtime import PodmanRuntime
-
-    rt = PodmanRuntime()
-    argv = rt._cmd("run", "--rm", *rt.sandbox_args(TaskResources(), network=False, timeout=None), image, "true")
-    t0 = time.perf_counter()
-    subprocess.run(argv, check=True, env=rt._base_env())
-    one = time.perf_counter() - t0
-    start = time.perf_counter()
-    with ThreadPoolExecutor(parallel) as pool:
-        list(pool.map(lambda _: subprocess.run(argv, check=True, env=rt._base_env()), range(n)))
-    return time.perf_counter() - start, one
-
-
-class _FirstRunning(LocalBackend):
-    """Bench instrumentation: when the first task of the run reported RUNNING."""
-
-    first_running: float | None = None
-
-    def _emit(self, t, state, **kw):  # type: ignore[override]
-        if state == "RUNNING" and self.first_running is None:
-            self.first_running = time.perf_counter()
-        super()._emit(t, state, **kw)
-
-
-def dispatched(n: int, slots: int, poll: float, replicas: int, root: Path, hosts: str,
-               runtime: str = "host", image: str = "none", timing: dict | None = None) -> tuple[float, float]:
-    store = Store(hosts, timeout=10)
-    accounts = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
-    backend = _FirstRunning(root, [accounts[i % len(accounts)] for i in range(slots)], runtime=runtime)
-    world = World(store=store, storage=Storage(f"file://{root}"), backend=backend,
-                  dispatcher=Dispatcher(backend, poll=poll))
-    store.create(Protocol.model_validate({"metadata": {"name": "bench"}, "spec": {
-        "title": "bench", "owner": "boidteam", "researcher": "researcher1", "datadir": "protocols/bench",
-        "fund": {"account": "boidfund", "quantity": "1000.0000 BOID"},
-        "payRates": {"worker": "1.0000 BOID", "dispatcher": "0.5000 BOID"}}}))
-    op = Operator(store, world, registry, workers=2).start()
+def backend_alone(runtime: str, n: int, slots: int, root: Path, overcommit: int = 2) -> float:
+    """The backend with a minimal driver (no records, no engine): its own ceiling."""
+    b = make_backend(runtime, root / "alone", slots)
     try:
-        start = time.perf_counter()
-        store.create(Job.model_validate({"metadata": {"name": "trivial"}, "spec": {
-            "protocol": "bench", "image": image, "command": ["true"], "workUnits": {"count": n},
-            "replication": {"replicas": replicas, "quorum": replicas}, "output": {"reduce": "none"}}}))
-        while True:
-            j = store.get(Job, "trivial")
-            if j.status and j.status.phase in ("Succeeded", "Failed"):
-                break
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - start
-        assert j.status.phase == "Succeeded", j.status
-        if timing is not None and backend.first_running is not None:
-            timing["first_running"] = backend.first_running - start
-        first = j.status.start_time
-        return elapsed, (j.status.completion_time - first).total_seconds() if first else elapsed
+        start, sub, done, flying = time.perf_counter(), 0, 0, 0
+        while done < n:
+            while sub < n and flying < slots * overcommit:
+                b.submit(TaskSpec(task_id=f"t{sub}", job="alone", unit=f"u{sub}", command=COMMAND, env={},
+                                  output_dir=f"alone/{sub}"))
+                sub, flying = sub + 1, flying + 1
+            for u in b.updates(1.0):
+                if u.terminal:
+                    done, flying = done + 1, flying - 1
+        return time.perf_counter() - start
     finally:
-        op.stop()
-        backend.close()
-        store.close()
+        b.close()
+
+
+class Site:
+    """One operator (engine + Job reconciler + dispatcher) over one backend and a ZooKeeper."""
+
+    def __init__(self, runtime: str, slots: int, root: Path, hosts: str, overcommit: int) -> None:
+        self.store = Store(hosts, timeout=30)
+        self.backend = make_backend(runtime, root, slots)
+        world = World(store=self.store, storage=Storage(f"file://{root}"), backend=self.backend,
+                      dispatcher=Dispatcher(self.backend, overcommit=overcommit))
+        try:
+            self.store.create(Protocol.model_validate({"metadata": {"name": "bench"}, "spec": {
+                "title": "bench", "owner": "boidteam", "researcher": "researcher1", "datadir": "protocols/bench",
+                "fund": {"account": "boidfund", "quantity": "1000.0000 BOID"},
+                "payRates": {"worker": "1.0000 BOID", "dispatcher": "0.5000 BOID"}}}))
+        except Exception:
+            pass
+        self.store.client.ensure_path(f"{OBJECTS}/{kind_dir(Job)}")   # in the baseline, as it stays
+        self.op = Operator(self.store, world, registry, workers=4).start()   # `operator run`'s default
+        while not self.op.leading:
+            time.sleep(0.01)
+
+    def run(self, names: list[str], units: int, replicas: int) -> float:
+        """Apply the jobs at once; seconds until every one Succeeded."""
+        start = time.perf_counter()
+        jobs = [Job.model_validate({"metadata": {"name": name}, "spec": {
+            "protocol": "bench", "image": "none", "command": COMMAND, "workUnits": {"count": units},
+            "replication": {"replicas": replicas, "quorum": replicas}, "output": {"reduce": "none"}}})
+            for name in names]
+        left = set(names)
+        watch = self.store.watch(Job, send_initial=False)   # not a listing of every job in a loop
+        try:
+            for i in range(0, len(jobs), 100):
+                self.store.apply(jobs[i:i + 100])
+            while left:
+                ev = watch.get(timeout=5.0)
+                if ev is None:  # nothing for a while: look, in case an event was coalesced away
+                    for j in self.store.list(Job):
+                        if j.name in left and j.status and j.status.phase in ("Succeeded", "Failed"):
+                            assert j.status.phase == "Succeeded", j.status
+                            left.discard(j.name)
+                    continue
+                st = ev.obj.status
+                if ev.name in left and st is not None and st.phase in ("Succeeded", "Failed"):
+                    assert st.phase == "Succeeded", st
+                    left.discard(ev.name)
+        finally:
+            watch.stop()
+        return time.perf_counter() - start
+
+    def compacted(self, zk: LocalZooKeeper, want: int, timeout: float) -> tuple[float, int]:
+        """Seconds until the finished jobs are compacted (ZooKeeper down to `want` znodes)."""
+        start = time.perf_counter()
+        while znodes(zk) > want and time.perf_counter() - start < timeout:
+            time.sleep(0.2)
+        return time.perf_counter() - start, znodes(zk)
+
+    def delete(self, names: list[str], zk: LocalZooKeeper, want: int, timeout: float = 120.0) -> tuple[float, int]:
+        """Delete the jobs; seconds until they are gone and ZooKeeper is back to `want` znodes."""
+        start = time.perf_counter()
+        for name in names:
+            self.store.delete(Job, name)
+        end = start + timeout
+        jobs_dir = f"{OBJECTS}/{kind_dir(Job)}"   # names only: listing the objects is load itself
+        while time.perf_counter() < end:
+            if not set(names) & set(self.store.client.get_children(jobs_dir)) and znodes(zk) <= want:
+                break
+            time.sleep(0.2)
+        return time.perf_counter() - start, znodes(zk)
+
+    def close(self) -> None:
+        self.op.stop()
+        self.backend.close()
+        self.store.close()
 
 
 def on_chain(units: int, state: Path) -> None:
@@ -117,8 +174,7 @@ def on_chain(units: int, state: Path) -> None:
     from types import SimpleNamespace
 
     from boidcluster.adapters.chain.blocking import BlockingChain
-    from boidcluster.adapters.chain.boid import BoidChain, ProtocolTerms
-    from boidcluster.model.types import Asset
+    from boidcluster.adapters.chain.rpc import action
     from boidcluster.adapters.local.chainnode import LocalChain
     from boidcluster.reconcilers.jobs.reconciler import LEDGER_BATCH
     from boidcluster.reconcilers.ledger import ChainLedger
@@ -128,22 +184,21 @@ def on_chain(units: int, state: Path) -> None:
     try:
         chain.bootstrap()
         a = chain.accounts
-        name = "r" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz12345") for _ in range(11))
+        researcher = "r" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz12345") for _ in range(11))
+        demo = chain.demo_public_key()
+        auth = {"threshold": 1, "keys": [{"key": demo, "weight": 1}], "accounts": [], "waits": []}
 
-        async def setup() -> None:  # the owner registers the protocol (contracts v2), the researcher consents
+        async def setup() -> None:
             async with chain.client() as rpc:
-                terms = ProtocolTerms(owner=a.owner, name=name, researcher=a.researcher, title="bench",
-                                      datadir="/bench", tokencontract=a.token,
-                                      worker_pay_rate=Asset.parse("1.0000 BOID"),
-                                      dispatcher_pay_rate=Asset.parse("1.0000 BOID"))
-                await BoidChain(rpc).register_protocol(terms, researcher_signs=True)
+                await rpc.push_transaction([action("eosio", "newaccount", {"creator": "eosio", "name": researcher,
+                                                                          "owner": auth, "active": auth}, "eosio@active")])
         asyncio.run(setup())
         bc = BlockingChain.open(chain.url, chain.operator_keys())
         workers = list(a.workers)
         for w in workers:
-            bc.register("worker", w, a.owner, name)
-        ledger = ChainLedger(bc)  # no ZooKeeper here: the batch journal stays in memory
-        protocol = SimpleNamespace(spec=SimpleNamespace(owner=a.owner, researcher=a.researcher), chain_name=name)
+            bc.register_worker(w, researcher)
+        ledger = ChainLedger(bc)
+        protocol = SimpleNamespace(spec=SimpleNamespace(researcher=researcher))
 
         def run(n: int, per_call: int, uid: str) -> tuple[float, int]:
             credits = [(f"u{i}", workers[i % len(workers)], 1_000_000 + i) for i in range(n)]
@@ -167,55 +222,56 @@ def on_chain(units: int, state: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=400, help="units")
-    ap.add_argument("--slots", type=int, default=4)
-    ap.add_argument("--poll", type=float, default=None,
-                    help="Dispatcher poll (requeue_after) seconds (default 0.02; 0.25 = the operator's with --runtime container)")
+    ap.add_argument("-n", type=int, action="append", help="units of one job (repeatable; default 1000)")
+    ap.add_argument("--jobs", type=int, default=0, help="instead: this many jobs at once, of --units units each")
+    ap.add_argument("--units", type=int, default=2, help="units per job with --jobs")
+    ap.add_argument("--slots", type=int, default=4, help="backend slots = the parallelism of every measurement")
+    ap.add_argument("--runtime", default="host", choices=["host"], help="what runs a unit")
     ap.add_argument("--replicas", type=int, default=1)
-    ap.add_argument("--chain-units", type=int, default=10_000, help="completions recorded on chain (0: skip)")
-    ap.add_argument("--runtime", choices=["host", "container"], default="host",
-                    help="host: units are host processes (`true`); container: sandboxed podman containers")
+    ap.add_argument("--overcommit", type=int, default=Dispatcher(None).overcommit,  # type: ignore[arg-type]
+                    help="tasks in flight per slot (the dispatcher's default)")
+    ap.add_argument("--no-alone", action="store_true", help="skip the backend-alone measurement")
+    ap.add_argument("--chain-units", type=int, default=0, help="completions recorded on chain (0: skip)")
     args = ap.parse_args()
-    if args.runtime == "container":
-        args.poll = 0.25 if args.poll is None else args.poll
-        container_bench(args)
-        return
-    args.poll = 0.02 if args.poll is None else args.poll
+    sizes = args.n or [1000]
     with LocalZooKeeper(fsync=False, die_with_parent=True) as zk, tempfile.TemporaryDirectory() as tmp:
-        t_bare = bare(args.n * args.replicas, args.slots)
-        t_job, _ = dispatched(args.n, args.slots, args.poll, args.replicas, Path(tmp), zk.hosts)
-        tasks = args.n * args.replicas
-        print(f"units={args.n} replicas={args.replicas} tasks={tasks} slots={args.slots} poll={args.poll}s")
-        print(f"bare subprocess launches : {tasks / t_bare:8.1f} tasks/s ({t_bare:.2f}s)")
-        print(f"dispatched end to end    : {tasks / t_job:8.1f} tasks/s ({t_job:.2f}s, "
-              f"{args.n / t_job:.1f} units/s, job create -> Succeeded)")
-        print(f"ratio dispatched/bare    : {t_bare / t_job:8.3f}")
+        root = Path(tmp)
+        print(f"runtime={args.runtime} slots={args.slots} replicas={args.replicas} cpus={os.cpu_count()} "
+              f"load={os.getloadavg()[0]:.1f} (the machine is shared: compare ratios, not rates)")
+        site = Site(args.runtime, args.slots, root, zk.hosts, args.overcommit)
+        try:
+            base_z, base_rss = znodes(zk), rss_mb()
+            print(f"baseline: znodes {base_z}, rss {base_rss:.0f} MB")
+            plans = ([(f"x{args.jobs}", [f"j{i:05d}" for i in range(args.jobs)], args.units)] if args.jobs
+                     else [(f"{n}", [f"trivial-{n}"], n) for n in sizes])
+            first_rate = None
+            for label, names, units in plans:
+                tasks = len(names) * units * args.replicas
+                t_bare = bare(tasks, args.slots)
+                t_alone = None if args.no_alone else backend_alone(args.runtime, tasks, args.slots, root)
+                t_job = site.run(names, units, args.replicas)
+                z_end, rss_end = znodes(zk), rss_mb()
+                t_c, z_compact = site.compacted(zk, base_z + 4 * len(names), timeout=60 + tasks / 500)
+                t_del, z_after = site.delete(names, zk, base_z, timeout=120 + tasks / 200)  # storage too
+                rate = len(names) * units / t_job
+                first_rate = first_rate or rate
+                print(f"--- {len(names)} job(s) x {units} units ({tasks} tasks)")
+                print(f"bare launches          : {tasks / t_bare:9.1f} tasks/s ({t_bare:.2f}s)")
+                if t_alone is not None:
+                    print(f"backend alone          : {tasks / t_alone:9.1f} tasks/s ({t_alone:.2f}s)")
+                print(f"dispatched end to end  : {tasks / t_job:9.1f} tasks/s ({t_job:.2f}s, {rate:.1f} units/s, "
+                      f"{len(names) / t_job:.1f} jobs/s, apply -> all Succeeded)")
+                print(f"ratio dispatched/bare  : {t_bare / t_job:9.3f}")
+                if t_alone is not None:
+                    print(f"ratio dispatched/alone : {t_alone / t_job:9.3f}")
+                print(f"ratio units/s vs first : {rate / first_rate:9.3f}")
+                print(f"rss {rss_end:.0f} MB; znodes {base_z} before, {z_end} at the end, {z_compact} "
+                      f"{t_c:.1f}s later (compacted: 4 per job), {z_after} "
+                      f"{t_del:.1f}s after deleting ({'back to baseline' if z_after <= base_z else 'NOT back'})")
+        finally:
+            site.close()
         if args.chain_units:
-            on_chain(args.chain_units, Path(tmp))
-
-
-def container_bench(args: argparse.Namespace) -> None:
-    from boidcluster.adapters.local.images import ensure_demo_image
-
-    image = ensure_demo_image(progress=print)
-    tasks = args.n * args.replicas
-    with LocalZooKeeper(fsync=False, die_with_parent=True) as zk, tempfile.TemporaryDirectory() as tmp:
-        # The machine's load drifts: measure the baseline before and after, and compare with the mean.
-        t_before, t_one = bare_podman(tasks, args.slots, image)
-        timing: dict = {}
-        t_job, _ = dispatched(args.n, args.slots, args.poll, args.replicas, Path(tmp), zk.hosts,
-                              runtime="podman", image=image, timing=timing)
-        t_after, _ = bare_podman(tasks, args.slots, image)
-        t_bare = (t_before + t_after) / 2
-        print(f"bare podman run --rm before/after: {t_before:.2f}s / {t_after:.2f}s")
-    print(f"units={args.n} replicas={args.replicas} tasks={tasks} slots={args.slots} poll={args.poll}s "
-          f"runtime=container image={image[:19]}")
-    print(f"bare podman run --rm     : {tasks / t_bare:8.2f} tasks/s ({t_bare:.2f}s)")
-    print(f"dispatched end to end    : {tasks / t_job:8.2f} tasks/s ({t_job:.2f}s, job create -> Succeeded)")
-    print(f"ratio dispatched/bare    : {t_bare / t_job:8.3f}")
-    if "first_running" in timing:
-        print(f"job create -> first unit running: {timing['first_running']:.3f}s "
-              f"(one bare podman run --rm of the image, start to exit: {t_one:.3f}s)")
+            on_chain(args.chain_units, root)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Store throughput and watch latency against a real local ZooKeeper.
 
-Why: the Store adds JSON, pydantic validation, a read before every CAS update and a
+Why: the Store adds JSON, pydantic validation, a second read (the status znode) per get and a
 transaction per create on top of kazoo. This prints what that costs next to raw kazoo doing
-the same znode writes in the same run (so machine noise affects both), and how long a write
+the same znode writes in the same run, the two alternating in ten slices (so machine noise
+affects both alike), and how long a write
 takes to come back as a watch event (what bounds the engine's reaction time).
 
     .venv/bin/python bench/store.py [-n 500] [--events 300] [--no-fsync]
@@ -51,6 +52,9 @@ def obj(i: int, parallelism: int = 8) -> BenchJob:
                     spec=BenchSpec(parallelism=parallelism))
 
 
+ROUNDS = 10
+
+
 def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
@@ -74,33 +78,39 @@ def main() -> None:
             store.create(o)
             raw.create(f"/raw/w{o.name}", b"x")
 
+        # Store and raw kazoo alternate in ROUNDS slices, so a busy machine slows both alike.
+        store_create = raw_create = store_update = raw_update = 0.0
+        new_payload = [json.dumps(obj(i, 16).to_dict(with_status=False)).encode() for i in range(n)]
+        slices = [range(k * n // ROUNDS, (k + 1) * n // ROUNDS) for k in range(ROUNDS)]
+
         # -- creates: Store.create vs a raw transaction creating the same two znodes --------
-        t = time.perf_counter()
-        for i in range(n):
-            store.create(obj(i))
-        store_create = time.perf_counter() - t
-        t = time.perf_counter()
-        for i in range(n):
-            txn = raw.transaction()
-            txn.create(f"/raw/benchjobs/job-{i:05d}", payload[i])
-            txn.create(f"/raw/benchjobs/job-{i:05d}/status", b"null")
-            txn.commit()
-        raw_create = time.perf_counter() - t
+        for part in slices:
+            t = time.perf_counter()
+            for i in part:
+                store.create(obj(i))
+            store_create += time.perf_counter() - t
+            t = time.perf_counter()
+            for i in part:
+                txn = raw.transaction()
+                txn.create(f"/raw/benchjobs/job-{i:05d}", payload[i])
+                txn.create(f"/raw/benchjobs/job-{i:05d}/status", b"null")
+                txn.commit()
+            raw_create += time.perf_counter() - t
 
         # -- read-modify-write: get + CAS update (spec change) vs raw get + set(version) -----
-        t = time.perf_counter()
-        for i in range(n):
-            o = store.get(BenchJob, f"job-{i:05d}")
-            o.spec.parallelism = 16
-            store.update(o)
-        store_update = time.perf_counter() - t
-        new_payload = [json.dumps(obj(i, 16).to_dict(with_status=False)).encode() for i in range(n)]
-        t = time.perf_counter()
-        for i in range(n):
-            path = f"/raw/benchjobs/job-{i:05d}"
-            _, stat = raw.get(path)
-            raw.set(path, new_payload[i], version=stat.version)
-        raw_update = time.perf_counter() - t
+        for part in slices:
+            t = time.perf_counter()
+            for i in part:
+                o = store.get(BenchJob, f"job-{i:05d}")
+                o.spec.parallelism = 16
+                store.update(o)
+            store_update += time.perf_counter() - t
+            t = time.perf_counter()
+            for i in part:
+                path = f"/raw/benchjobs/job-{i:05d}"
+                _, stat = raw.get(path)
+                raw.set(path, new_payload[i], version=stat.version)
+            raw_update += time.perf_counter() - t
 
         # -- watch latency: status write -> WatchEvent ----------------------------------------
         w = store.watch(BenchJob, send_initial=False)

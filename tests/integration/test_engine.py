@@ -259,3 +259,93 @@ def test_a_dead_watch_is_re_established(store, operators):
     w.spec.size = 5
     store.update(w)  # not seen by the dead watch ...
     eventually(lambda: store.get(Widget, "w1").status.phase == "size-5", timeout=10)  # ... but by its successor
+
+
+def test_a_slow_kind_cannot_starve_another(store, operators):
+    # Each kind has its own queue and workers: Widgets stuck in a slow external call (a chain
+    # that hangs) leave the Gadget workers free.
+    reg = Registry()
+    release = threading.Event()
+
+    @reg.reconciler(Widget)
+    def slow(w, world):
+        release.wait(20)
+        return Result()
+
+    @reg.reconciler(Gadget)
+    def fast(g, world):
+        return Result(conditions=[condition("Ready", True, "Done")])
+
+    operators(reg, workers=2)
+    try:
+        for i in range(4):   # more slow objects than the Widget workers
+            store.create(widget(f"w{i}"))
+        time.sleep(0.3)
+        store.create(Gadget.model_validate({"metadata": {"name": "g"}, "spec": {"size": 1}}))
+        eventually(lambda: cond(store.get(Gadget, "g"), "Ready"), timeout=5)
+    finally:
+        release.set()
+
+
+def test_event_sources_and_notify_enqueue_with_their_reasons(store, operators):
+    reg = Registry()
+    seen: list[str] = []
+    pushed: list = []
+
+    @reg.reconciler(Widget)
+    def widgets(w, world):
+        seen.append(w.name)
+        # a reconcile may ask for another object to be looked at (a finished Job wakes its Protocol)
+        return Result(notify=[("Gadget", "g")] if w.name == "w-event" else [])
+
+    @reg.reconciler(Gadget)
+    def gadgets(g, world):
+        seen.append(g.name)
+        return Result()
+
+    @reg.source(Widget)
+    def channel(world, enqueue):   # like controller-runtime's source.Channel
+        pushed.append(enqueue)
+        return lambda: pushed.clear()
+
+    op = operators(reg, workers=1)
+    store.create(widget("w-event"))
+    store.create(Gadget.model_validate({"metadata": {"name": "g"}, "spec": {"size": 1}}))
+    eventually(lambda: "w-event" in seen and "g" in seen)
+    eventually(lambda: pushed)
+    n = seen.count("w-event")
+    pushed[0]("w-event", "task-update")
+    eventually(lambda: seen.count("w-event") > n)
+    m = op.metrics
+    eventually(lambda: m.reasons.labels("Widget", "task-update")._value.get() == 1)
+    eventually(lambda: m.reasons.labels("Gadget", "notify:Widget")._value.get() >= 1)
+    assert m.reasons.labels("Widget", "watch")._value.get() >= 1
+    text = m.exposition().decode()
+    assert 'boid_reconcile_phase_seconds_count{kind="Widget",phase="read"}' in text
+
+
+def test_an_index_follows_the_watch_including_status_and_deletion(store, operators):
+    from boidcluster.engine.world import World
+
+    reg = Registry()
+
+    @reg.reconciler(Widget)
+    def widgets(w, world):
+        return Result(status={"phase": "Done" if w.spec.size > 1 else "Busy"})
+
+    @reg.indexer(Widget, "busy-by-color")
+    def busy(w):
+        return [] if w.status and w.status.phase == "Done" else [w.spec.color]
+
+    world = World(store=store)
+    operators(reg, world=world)
+    store.create(widget("a"))
+    store.create(widget("b"))
+    eventually(lambda: world.index is not None and world.index.covers("Widget", "busy-by-color"))
+    eventually(lambda: world.index.get("Widget", "busy-by-color", "red") == {"a", "b"})
+    w = store.get(Widget, "a")
+    w.spec.size = 2
+    store.update(w)   # its reconcile writes status phase Done: it leaves the index
+    eventually(lambda: world.index.get("Widget", "busy-by-color", "red") == {"b"})
+    store.delete(Widget, "b")
+    eventually(lambda: world.index.get("Widget", "busy-by-color", "red") == set())

@@ -309,7 +309,8 @@ def env(backend_kind, zk_hosts, store, tmp_path):
             return j
 
         def records(self, name) -> JobRecords:
-            return JobRecords.load(store, store.get(Job, name).metadata.uid)
+            # the full record: from ZooKeeper, or from storage once the finished job was compacted
+            return JobRecords.load_full(store, Storage(f"file://{root}"), store.get(Job, name).metadata.uid)
 
     store.create(protocol())
     yield Env()
@@ -371,7 +372,7 @@ def test_lost_worker_unit_still_completes_exactly_once(env, tmp_path):
     j = env.wait("lost")
     assert j.status.units.validated == 3 and j.status.units.failed == 0
     recs = env.records("lost")
-    states = sorted(r["state"] for r in recs.results.values())
+    states = sorted(r.state for r in recs.results.values())
     assert states.count("LOST") == len(lost) and states.count("FINISHED") == 3
     assert (env.root / DATADIR / "jobs/lost/results").read_text() == "0\n1\n2\n"
     assert sorted(env.ledger.calls.values()) == [1, 1, 1]
@@ -390,8 +391,8 @@ def test_unit_that_always_fails_fails_the_job_and_is_named(env):
         assert "nope" in failed.message
     else:
         assert "exited with status 7" in failed.message
-    fails = [r for r in env.records("bad").results.values() if r["unit"] == uid1]
-    assert len(fails) == 2 and all(r["exit_code"] == 7 and r["state"] == "FAILED" for r in fails)
+    fails = [r for r in env.records("bad").results.values() if r.unit == uid1]
+    assert len(fails) == 2 and all(r.exit_code == 7 and r.state == "FAILED" for r in fails)
 
 
 def test_cheating_contributor_is_outvoted_and_not_credited(env):
@@ -404,9 +405,9 @@ def test_cheating_contributor_is_outvoted_and_not_credited(env):
     assert "mallory" not in {a.account for a in j.status.contributors}
     assert not any(acct == "mallory" for _, acct in env.ledger.rows)
     recs = env.records("vote")
-    assert any(a["rejected"] for a in recs.accepted.values())
+    assert any(a.rejected for a in recs.accepted.values())
     for a in recs.accepted.values():
-        assert sorted(x["contributor"] for x in a["credited"]) == ["alice", "bob"]
+        assert sorted(x.contributor for x in a.credited) == ["alice", "bob"]
 
 
 def test_operator_killed_mid_job_completes_and_records_each_unit_once(env):
@@ -424,7 +425,7 @@ def test_operator_killed_mid_job_completes_and_records_each_unit_once(env):
     recs = env.records("restart")
     assert sorted(env.ledger.calls.values()) == [1] * 8 and recs.recorded == set(recs.accepted)
     if env.kind == "local":   # attempts in flight died with the process: LOST, re-queued
-        assert [r["state"] for r in recs.results.values()].count("LOST") >= len(before.in_flight())
+        assert [r.state for r in recs.results.values()].count("LOST") >= len(before.in_flight())
         return
     # mesos: the new backend failed over into the same framework (FrameworkID from ZooKeeper) and
     # reconciled: tasks that had reached an agent kept running and finished, credited to the agent's
@@ -435,9 +436,9 @@ def test_operator_killed_mid_job_completes_and_records_each_unit_once(env):
     for tid in before.in_flight():
         r = recs.results[tid]
         if tid in on_agents:
-            assert r["state"] == "FINISHED" and r["contributor"] in ("alice", "bob"), (tid, r)
+            assert r.state == "FINISHED" and r.contributor in ("alice", "bob"), (tid, r)
         else:
-            assert r["state"] == "LOST", (tid, r)
+            assert r.state == "LOST", (tid, r)
 
 
 @pytest.mark.parametrize("backend_kind", ["mesos"])
@@ -455,7 +456,7 @@ def test_failover_credits_the_time_tasks_ran_before_it(env):
     env.wait("credit")
     elapsed_us = (time.time() - t0) * 1e6
     recs = env.records("credit")
-    credited = [c["us"] for a in recs.accepted.values() for c in a["credited"]]
+    credited = [c.us for a in recs.accepted.values() for c in a.credited]
     # at least 80% of the command's sleep, and never more than the wall time since submission
     # (the persisted start is read, not added to anything)
     assert len(credited) == 2 and all(800_000 <= us <= elapsed_us for us in credited), (credited, elapsed_us)
@@ -481,11 +482,11 @@ def test_unit_timeout_kills_and_retries(env, tmp_path):
                                   'echo done > "$BOID_OUTPUT_DIR/o"'],
                          {"count": 1}, unitTimeout="1s", retries=1))
     env.wait("hang", timeout=20)
-    results = sorted(env.records("hang").results.values(), key=lambda r: r["finished_us"])
+    results = sorted(env.records("hang").results.values(), key=lambda r: r.finished_us)
     # the backend enforces TaskSpec.timeout: local reports FAILED, mesos a KILL it sent itself
     timed_out = "FAILED" if env.kind == "local" else "KILLED"
-    assert [r["state"] for r in results] == [timed_out, "FINISHED"] and "timed out" in results[0]["message"]
-    assert results[0]["failure"] is True   # counts against retries on both backends
+    assert [r.state for r in results] == [timed_out, "FINISHED"] and "timed out" in results[0].message
+    assert results[0].failure is True   # counts against retries on both backends
 
 
 def test_unit_that_always_times_out_fails_the_job(env):
@@ -543,3 +544,137 @@ def test_protocols_share_slots_fairly_and_quota_holds(env):
     assert peak["capped"] == 1 and peak["other"] >= 1
     if env.kind == "local":
         assert both
+
+
+# ------------------------------------------------------------------------------------------------
+# At scale: event driven, bounded ZooKeeper, failures that back off
+# ------------------------------------------------------------------------------------------------
+
+RUNS = "/boid/v1/runs"
+
+
+def test_a_running_job_is_not_polled_and_its_task_ends_wake_it(env, tmp_path):
+    c = env.start()
+    gate = tmp_path / "gate"
+    env.store.create(job("quiet", ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"], {"count": 2},
+                         output={"reduce": "none"}))
+    eventually(lambda: len(c.running()) == 2)
+    m = c.op.metrics
+    passes = lambda: m.reconciles.labels("Job", "ok")._value.get()  # noqa: E731
+    time.sleep(1.0)          # the launch's own follow-ups (status written at most every 0.5 s)
+    before = passes()
+    time.sleep(2.0)          # nothing happens to the job: no pass (polling every 0.05 s made ~40)
+    assert passes() - before <= 1
+    gate.touch()
+    env.wait("quiet")
+    assert m.reasons.labels("Job", "task-update")._value.get() >= 2   # the task ends woke it
+    # a finished job enqueues its Protocol (through the engine, Result.notify)
+    eventually(lambda: m.reasons.labels("Protocol", "notify:Job")._value.get() >= 1, timeout=10)
+
+
+def test_a_finished_job_is_compacted_and_a_deleted_one_leaves_nothing(env):
+    env.start()
+    env.store.create(job("tidy", ["sh", "-c", 'echo "$BOID_UNIT_INDEX" > "$BOID_OUTPUT_DIR/o"'], {"count": 5},
+                         output={"reduce": "concat"}))
+    uid = env.wait("tidy").metadata.uid
+    zk = env.store.client
+    # every record but one small summary leaves ZooKeeper once the ledger has every credit
+    eventually(lambda: zk.get_children(f"{RUNS}/{uid}") == ["summary"], timeout=10)
+    summary = json.loads(zk.get(f"{RUNS}/{uid}/summary")[0])
+    full = env.records("tidy")   # now read from storage: records.json next to the manifest
+    assert summary["record"] == f"{DATADIR}/jobs/tidy/records.json"
+    assert len(full.accepted) == 5 and full.recorded == set(full.accepted) and not full.in_flight()
+    per: dict[str, int] = {}
+    for a in full.accepted.values():
+        for cr in a.credited:
+            per[cr.contributor] = per.get(cr.contributor, 0) + cr.us
+    assert summary["contributors"] == per and summary["validated"] == 5   # per-contributor totals kept
+    j = env.store.get(Job, "tidy")
+    assert j.status.phase == "Succeeded" and j.status.units.validated == 5
+    assert {a.account: a.microseconds for a in j.status.contributors} == per
+    assert sorted(env.ledger.calls.values()) == [1] * 5   # compaction never re-records
+    tag = f"tidy-{uid[:8]}"
+    assert (env.root / DATADIR / ".runs" / tag).exists()
+    env.store.delete(Job, "tidy")
+    eventually(lambda: not zk.exists(f"{RUNS}/{uid}"), timeout=10)
+    assert not (env.root / DATADIR / ".runs" / tag).exists()
+    assert (env.root / DATADIR / "jobs/tidy/results").read_text() == "0\n1\n2\n3\n4\n"   # the output stays
+
+
+def test_deleting_a_running_job_kills_its_tasks_and_leaves_nothing_in_zookeeper(env):
+    c = env.start()
+    env.store.create(job("gone", ["sleep", "30"], {"count": 4}, output={"reduce": "none"}))
+    eventually(lambda: len(c.running()) == 2)
+    uid = env.store.get(Job, "gone").metadata.uid
+    env.store.delete(Job, "gone")
+    eventually(lambda: not env.store.client.exists(f"{RUNS}/{uid}"), timeout=10)
+    eventually(c.idle, timeout=10)
+    assert "gone" not in [j.name for j in env.store.list(Job)]
+
+
+def test_ttl_seconds_after_finished_deletes_the_job_and_its_summary(env):
+    env.start()
+    env.store.create(job("brief", ["true"], {"count": 2}, output={"reduce": "none"}, ttlSecondsAfterFinished=1))
+    uid = env.store.get(Job, "brief").metadata.uid
+    eventually(lambda: "brief" not in [j.name for j in env.store.list(Job)], timeout=20)
+    assert not env.store.client.exists(f"{RUNS}/{uid}")
+    manifest = json.loads((env.root / DATADIR / "jobs/brief/manifest.json").read_text())
+    assert len(manifest["units"]) == 2   # it did run to the end before it went
+
+
+class RefusingBackend(LocalBackend):
+    """A test collaborator: the local backend, except that submits of the units in `refuse` raise
+    (as a backend that rejects a task would); counts the refusals."""
+
+    def __init__(self, *args, refuse=(), **kw) -> None:
+        super().__init__(*args, **kw)
+        self.refuse, self.refused = set(refuse), []
+
+    def submit(self, task) -> None:
+        if task.unit in self.refuse:
+            self.refused.append(time.monotonic())
+            raise RuntimeError(f"no room for {task.unit} (refused)")
+        super().submit(task)
+
+
+@pytest.mark.parametrize("backend_kind", ["local"])
+def test_a_submit_that_keeps_failing_backs_off_and_fails_the_unit_saying_why(env, zk_hosts):
+    from boidcluster.reconcilers.jobs.quorum import SAME_ERROR_LIMIT
+
+    store = Store(zk_hosts, timeout=5.0, session_timeout=4.0)
+    backend = RefusingBackend(env.root, ["alice", "bob"], refuse={"u000001"}, kill_grace=0.2)
+    world = World(store=store, storage=Storage(f"file://{env.root}"), backend=backend,
+                  dispatcher=Dispatcher(backend, retry_backoff=0.05, kill_grace=1.0), ledger=env.ledger)
+    op = Operator(store, world, registry, workers=2).start()
+    try:
+        env.store.create(job("refused", ["true"], {"count": 3}, output={"reduce": "none"}))
+        j = env.wait("refused", "Failed")
+        failed = j.status.condition("Failed")
+        assert failed.reason == "UnitFailed" and "u000001" in failed.message and "no room" in failed.message
+        assert j.status.failed_units == ["u000001"]
+        # bounded: the same error SAME_ERROR_LIMIT times, not once per pass forever; waits grew
+        assert len(backend.refused) == SAME_ERROR_LIMIT
+        gaps = [b - a for a, b in zip(backend.refused, backend.refused[1:])]
+        assert gaps[-1] >= 0.05 * 2 ** (SAME_ERROR_LIMIT - 3) * 0.9 > gaps[0]   # first re-queued at once
+        refused = [r for r in env.records("refused").results.values() if r.unit == "u000001"]
+        assert len(refused) == SAME_ERROR_LIMIT and all(r.submit_error and not r.failure for r in refused)
+    finally:
+        op.stop()
+        backend.close()
+        store.close()
+
+
+@pytest.mark.parametrize("backend_kind", ["local"])
+def test_a_unit_lost_again_and_again_for_the_same_reason_fails_with_that_reason(env):
+    from boidcluster.reconcilers.jobs.quorum import SAME_ERROR_LIMIT
+
+    c = env.start(["alice"])
+    env.store.create(job("cursed", ["sleep", "30"], {"count": 1}, retries=0, output={"reduce": "none"}))
+    lost: list[str] = []
+    for _ in range(SAME_ERROR_LIMIT):   # each time a new attempt runs, its worker vanishes
+        eventually(lambda: [t for t in c.running() if t not in lost])
+        lost += c.lose("alice")
+    j = env.wait("cursed", "Failed")
+    msg = j.status.condition("Failed").message
+    assert "contributor alice lost" in msg and f"{SAME_ERROR_LIMIT} attempts in a row" in msg
+    eventually(c.idle, timeout=5)

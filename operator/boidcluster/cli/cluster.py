@@ -72,7 +72,8 @@ def operator_group() -> None:
 @click.option("--keys", "keys_file", type=click.Path(dir_okay=False), help="Key file (else $BOID_CHAIN_KEYS).")
 @click.option("--marathon", metavar="URL", help="Marathon, to converge each protocol's dispatcher app.")
 @click.option("--backend", type=click.Choice(["local", "mesos", "none"]), default="local", show_default=True)
-@click.option("--slot", "slots", multiple=True, metavar="ACCOUNT", help="Local backend: a worker slot credited to ACCOUNT; repeatable.")
+@click.option("--slot", "slots", multiple=True, metavar="ACCOUNT", help="Local backend: a contributor account the slots are credited to (round robin); repeatable.")
+@click.option("--slot-count", type=click.IntRange(min=1), help="Local backend: how many slots. Default: $BOID_SLOT_COUNT, else one per core (fewer if memory is short), at least one per --slot.")
 @RUNTIME_OPTION
 @click.option("--mesos-master", metavar="URL", help="Mesos backend: http://master:5050 or zk://host:2181/mesos.")
 @click.option("--mesos-role", "mesos_roles", multiple=True,
@@ -92,12 +93,13 @@ def operator_group() -> None:
               help="Write each local slot's self-test result to this file (JSON; the embedded cluster's supervisor).")
 @click.pass_obj
 @friendly
-def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, runtime, mesos_master, mesos_roles,
-                 dispatcher_account, workers, health_port, health_address, dashboard_port, slot_report) -> None:
+def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, slot_count, runtime, mesos_master,
+                 mesos_roles, dispatcher_account, workers, health_port, health_address, dashboard_port,
+                 slot_report) -> None:
     """Reconcile until stopped (SIGTERM or Ctrl-C). Several replicas elect one leader."""
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file,
-                           marathon=marathon, backend=backend, slots=list(slots), runtime=runtime,
-                           mesos_master=mesos_master, mesos_roles=list(mesos_roles) or ["*"],
+                           marathon=marathon, backend=backend, slots=list(slots), slot_count=slot_count,
+                           runtime=runtime, mesos_master=mesos_master, mesos_roles=list(mesos_roles) or ["*"],
                            dispatcher_account=dispatcher_account, workers=workers)
     op, world = start_operator(opts, ctx.store, health_port, health_address)
     slot_lines = runtime_report(world)

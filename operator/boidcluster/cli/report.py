@@ -40,15 +40,13 @@ def zookeeper_time(store, jobs: list[Job], dispatched: set[str] = frozenset()) -
     for j in jobs:
         if not j.metadata.uid:
             continue
-        recs = JobRecords.load(store, j.metadata.uid)
-        for unit, acc in recs.accepted.items():
-            target = recorded if unit in recs.recorded else pending
-            for c in acc.get("credited", []):
-                target[c["contributor"]] += int(c["us"])
-        # the dispatcher's time of a job, once the ledger journaled it (the job's own marker follows
-        # the chain's confirmation, so counting by the marker alone would race the chain)
-        if (recs.dispatch or j.metadata.uid in dispatched) and recs.final and recs.start:
-            dispatch += max(0, recs.final["at_us"] - recs.start["at_us"])
+        recs = JobRecords.load(store, j.metadata.uid)   # a compacted job: its summary's totals
+        done, waiting = recs.credited()
+        for who, us in done.items():
+            recorded[who] += us
+        for who, us in waiting.items():
+            pending[who] += us
+        dispatch += recs.dispatch_us(journaled=j.metadata.uid in dispatched)
     return recorded, pending, dispatch
 
 

@@ -176,7 +176,10 @@ def _preview(info: dict, output: str, lines: int = 3) -> list[str]:
     if not storage.startswith("file://"):
         return []
     root = Path(storage[len("file://"):]) / output
-    files = sorted(p for p in root.glob("*") if p.is_file() and p.name != "manifest.json") if root.is_dir() else []
+    from boidcluster.reconcilers.jobs.reconciler import RECORD_FILE
+
+    files = sorted(p for p in root.glob("*") if p.is_file() and p.name not in ("manifest.json", RECORD_FILE)) \
+        if root.is_dir() else []
     out = []
     for f in files[:1]:
         text = f.read_text(errors="replace").splitlines()

@@ -26,7 +26,8 @@ class OperatorOptions:
     keys_file: str | None = None        # else $BOID_CHAIN_KEYS
     marathon: str | None = None
     backend: str = "local"              # local | mesos | none
-    slots: list[str] = field(default_factory=list)   # local backend: one contributor identity per slot
+    slots: list[str] = field(default_factory=list)   # local backend: the contributor identities of the slots
+    slot_count: int | None = None       # local backend: how many slots (None: $BOID_SLOT_COUNT, else machine_slots())
     runtime: str = "podman"             # local backend: podman (sandboxed containers) | host (development only)
     mesos_master: str | None = None     # http://master:5050 or zk://host:2181/mesos
     mesos_roles: list[str] = field(default_factory=lambda: ["*"])
@@ -43,6 +44,39 @@ class OperatorOptions:
     # agents; on older ones the agents' cgroups isolation with CFS enforces the requests instead
     mesos_task_limits: bool = field(default_factory=lambda: os.environ.get("BOID_MESOS_TASK_LIMITS") == "true")
     protocol: str | None = None         # a protocol's dispatcher: its framework is torn down with the protocol
+
+
+SLOT_MEMORY_MB = 512   # memory one local slot is sized for (ResourceRequest's default is 128 MiB)
+
+
+def machine_slots(memory_per_slot_mb: int = SLOT_MEMORY_MB) -> int:
+    """How many units this machine runs at once: one per core, fewer if memory is short."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        by_memory = int(pages // (memory_per_slot_mb * 2**20))
+    except (ValueError, OSError):
+        by_memory = cores
+    return max(1, min(cores, by_memory))
+
+
+def local_slots(accounts: list[str], count: int | None) -> list[str]:
+    """The local backend's slots: `count` (default: $BOID_SLOT_COUNT, else sized to the machine,
+    and never fewer than one per account) spread round robin over the contributor accounts, so
+    every slot is still credited to a contributor."""
+    accounts = accounts or ["local"]
+    if count is None:
+        env = os.environ.get("BOID_SLOT_COUNT")
+        if env:
+            try:
+                count = int(env)
+            except ValueError:
+                raise ValueError(f"BOID_SLOT_COUNT={env!r} is not a number of slots") from None
+        else:
+            count = max(len(accounts), machine_slots())
+    if count < 1:
+        raise ValueError(f"the local backend needs at least one slot (got {count})")
+    return [accounts[i % len(accounts)] for i in range(count)]
 
 
 def load_keys(keys_file: str | None) -> KeyRing:
@@ -72,7 +106,8 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
             raise ValueError("the local backend needs file:// storage (--storage file:///path)")
         from boidcluster.adapters.local.backend import LocalBackend
 
-        backend = LocalBackend(opts.storage[len("file://"):], slots=opts.slots or ["local"], runtime=opts.runtime)
+        backend = LocalBackend(opts.storage[len("file://"):], slots=local_slots(opts.slots, opts.slot_count),
+                               runtime=opts.runtime)
         closers.append(backend)
         if backend.capacity() == 0:
             reasons = sorted({t.message for _s, t in backend.slot_report() if not t.ok})

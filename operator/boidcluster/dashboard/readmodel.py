@@ -111,8 +111,8 @@ def parse_metrics(text: str, source: str | None = None) -> MetricsFacts:
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             kind = s.labels.get("kind", "")
-            if s.name == "boid_workqueue_depth":
-                m.queue_depth = s.value
+            if s.name == "boid_workqueue_depth":  # one queue per kind: the total waiting
+                m.queue_depth = (m.queue_depth or 0) + s.value
             elif s.name == "boid_leader":
                 m.leading = s.value >= 1
             elif s.name == "boid_reconciles_total":

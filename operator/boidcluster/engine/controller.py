@@ -5,6 +5,14 @@ never notify us) only *enqueues keys*; workers re-read the object and call its k
 the controller alone writes status, manages the cleanup finalizer and schedules retries with
 per-object backoff. The work queue guarantees one object is never reconciled by two workers at
 once. Status-only changes are not enqueued, so our own status writes do not loop back.
+
+Each kind has its own queue and workers, so a slow chain call reconciling Protocols cannot starve
+Job dispatch. Besides the store's watch, a kind may have event sources (Registration.sources,
+like controller-runtime's source.Channel: backend task updates enqueue their Job), and a
+reconcile may ask for others (Result.notify: a finished Job enqueues its Protocol). Every key
+carries the reasons it was enqueued for (watch, resync, event, notify, requeue, backoff,
+conflict); each reconcile logs them at debug level with its per-phase timings, and counts them
+in metrics (Argo CD's refresh reasons and checkpoints are the model).
 """
 
 from __future__ import annotations
@@ -15,10 +23,11 @@ import time
 import typing
 from typing import Any
 
-from boidcluster.adapters.store import Conflict, NotFound, Store, StoreError, StoreUnavailable
+from boidcluster.adapters.store import Conflict, NotFound, Store, StoreError, StoreUnavailable, status_version
 from boidcluster.model.meta import Condition, Resource, Status
 
 from .backoff import Backoff
+from .index import Index
 from .metrics import Metrics
 from .reconciler import Registration, Registry, Result, Retry, condition
 from .status import merge_conditions
@@ -55,10 +64,18 @@ class Controller:
         self.metrics = metrics or Metrics()
         self.backoff = backoff or Backoff()
         self.stall_after = stall_after
-        self.queue: WorkQueue[Key] = WorkQueue()
+        self.queues: dict[str, WorkQueue[Key]] = {r.kind.KIND: WorkQueue() for r in registry}
+        self._reasons: dict[Key, set[str]] = {}
+        self._reasons_mu = threading.Lock()
+        self._stop_sources: list[Any] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._seen: dict[Key, tuple[Any, ...]] = {}
+        self.index = Index(registry.indexers)
+        if hasattr(world, "index"):
+            world.index = self.index   # reconcilers look objects up by index (engine/index.py)
+        self._cache: dict[Key, Resource] = {}   # latest object seen (watch, our own status writes)
+        self._cache_mu = threading.Lock()
         self._last_event = time.monotonic()
         self._owners: dict[str, str] = {}  # object uid -> proven owner (never changes for a uid)
         self._watch = None
@@ -69,13 +86,50 @@ class Controller:
         self._stop.clear()
         self._spawn("boid-watch", self._watch_loop)
         self._spawn("boid-resync", self._resync_loop)
-        for i in range(self.workers):
-            self._spawn(f"boid-worker-{i}", self._worker)
+        for reg in self.registry:
+            kind = reg.kind.KIND
+            for i in range(reg.workers or self.workers):
+                self._spawn(f"boid-{kind.lower()}-{i}", lambda q=self.queues[kind]: self._worker(q))
+            for source in reg.sources:
+                try:
+                    self._stop_sources.append(source(self.world, lambda name, reason="event", k=kind:
+                                                     self.enqueue((k, name), reason)))
+                except Exception:
+                    log.exception("could not start an event source of %s: its objects are only resynced", kind)
         return self
+
+    # -- enqueueing, with reasons ---------------------------------------------------------------
+    def enqueue(self, key: Key, reason: str) -> None:
+        q = self.queues.get(key[0])
+        if q is None:
+            return
+        with self._reasons_mu:
+            self._reasons.setdefault(key, set()).add(reason)
+        q.add(key)
+
+    def enqueue_after(self, key: Key, delay: float, reason: str) -> None:
+        q = self.queues.get(key[0])
+        if q is None:
+            return
+        with self._reasons_mu:
+            self._reasons.setdefault(key, set()).add(reason)
+        q.add_after(key, delay)
+
+    @property
+    def queue(self) -> "_AllQueues":
+        """All kinds' queues behind one add() (callers that do not care which kind)."""
+        return _AllQueues(self)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        self.queue.shutdown()
+        for stop_source in self._stop_sources:
+            try:
+                stop_source()
+            except Exception:
+                log.exception("stopping an event source failed")
+        self._stop_sources.clear()
+        for q in self.queues.values():
+            q.shutdown()
         if self._watch is not None:
             self._watch.stop()
         for t in self._threads:
@@ -109,20 +163,49 @@ class Controller:
                         continue
                     self._last_event = time.monotonic()
                     key = (ev.kind, ev.name)
+                    self.index.update(ev.kind, ev.name, None if ev.type == "DELETED" else ev.obj)
                     if ev.type == "DELETED":
+                        self._uncache(key)
                         self._seen.pop(key, None)
                         self.backoff.reset(key)
                         continue
+                    self._remember(key, ev.obj)
                     trig = _trigger(ev.obj)
                     if self._seen.get(key) != trig:
                         self._seen[key] = trig
-                        self.queue.add(key)
+                        self.enqueue(key, "watch")
             except StoreError as e:
                 log.warning("watch failed (%s); retrying", e)
                 self._stop.wait(1.0)
             finally:
                 if self._watch is not None:
                     self._watch.stop()
+
+    # -- the object cache (an informer's): a reconcile reads what the watch last delivered -------
+    def _remember(self, key: Key, obj: Resource) -> None:
+        """Keep the newer of what we have and `obj` (spec and status versions only grow)."""
+        new = (obj.metadata.resource_version or 0, status_version(obj) or 0)
+        with self._cache_mu:
+            old = self._cache.get(key)
+            if old is not None:
+                have = (old.metadata.resource_version or 0, status_version(old) or 0)
+                if have[0] > new[0] or have[1] > new[1]:
+                    if have[0] < new[0] or have[1] < new[1]:
+                        del self._cache[key]  # each newer in one part: read the store next time
+                    return
+            self._cache[key] = obj
+
+    def _uncache(self, key: Key) -> None:
+        with self._cache_mu:
+            self._cache.pop(key, None)
+
+    def _get(self, kind: type[Resource], key: Key) -> Resource:
+        with self._cache_mu:
+            obj = self._cache.get(key)
+        if obj is None:
+            obj = self.store.get(kind, key[1])
+            self._remember(key, obj)
+        return obj
 
     def _alive(self) -> bool:
         try:
@@ -140,15 +223,17 @@ class Controller:
         for reg in self.registry:
             try:
                 for obj in self.store.list(reg.kind):
-                    self.queue.add((reg.kind.KIND, obj.name))
+                    self.index.update(reg.kind.KIND, obj.name, obj)
+                    self.enqueue((reg.kind.KIND, obj.name), "resync")
+                self.index.synced(reg.kind.KIND)
             except StoreError as e:
                 log.warning("resync of %s failed: %s", reg.kind.KIND, e)
 
     # -- workers -----------------------------------------------------------------------------
-    def _worker(self) -> None:
+    def _worker(self, queue: WorkQueue[Key]) -> None:
         while not self._stop.is_set():
             try:
-                key = self.queue.get()
+                key = queue.get()
             except ShutDown:
                 return
             try:
@@ -158,24 +243,31 @@ class Controller:
                     self.process(key)
             except Exception:  # a bug in the engine itself: never kill the worker
                 log.exception("unexpected error processing %s/%s", *key)
-                self.queue.add_after(key, self.backoff.failure(key))
+                self.enqueue_after(key, self.backoff.failure(key), "backoff")
             finally:
-                self.queue.done(key)
-                self.metrics.queue_depth.set(len(self.queue))
+                queue.done(key)
+                self.metrics.queue_depth.labels(key[0]).set(len(queue))
 
     def process(self, key: Key) -> None:
         kind_name, name = key
+        with self._reasons_mu:
+            reasons = sorted(self._reasons.pop(key, ()) or ("requeue",))
+        for r in reasons:
+            self.metrics.reasons.labels(kind_name, r).inc()
         reg = self.registry.get(kind_name)
         if reg is None:
             return
+        t0 = time.perf_counter()
         try:
-            obj = self.store.get(reg.kind, name)
+            obj = self._get(reg.kind, key)
         except NotFound:
+            self._uncache(key)
             self.backoff.reset(key)
             return
         except StoreUnavailable:
-            self.queue.add_after(key, self.backoff.failure(key))
+            self.enqueue_after(key, self.backoff.failure(key), "backoff")
             return
+        t_read = time.perf_counter() - t0
         if not reg.owns(obj):
             return  # another process (e.g. another protocol's dispatcher) owns this object
         deleting = obj.metadata.deletion_timestamp is not None
@@ -196,6 +288,7 @@ class Controller:
                 return  # our cleanup is already done
             if not deleting and reg.finalizer not in obj.metadata.finalizers:
                 obj = self.store.add_finalizer(reg.kind, name, reg.finalizer)
+                self._remember(key, obj)
         elif deleting:
             return
         started = time.perf_counter()
@@ -215,10 +308,24 @@ class Controller:
                 self.store.remove_finalizer(reg.kind, name, reg.finalizer)
             except NotFound:
                 pass
+            self._uncache(key)
             return
-        self._write_status(reg, obj, result, key)
+        t1 = time.perf_counter()
+        if result.write_status:
+            self._write_status(reg, obj, result, key)
+        t_write = time.perf_counter() - t1
+        for other in result.notify:
+            self.enqueue(other, f"notify:{kind_name}")
         if result.requeue_after is not None:
-            self.queue.add_after(key, result.requeue_after)
+            self.enqueue_after(key, result.requeue_after, "requeue")
+        phases = {"read": t_read, **result.timings, "status": t_write}
+        for phase, secs in phases.items():
+            self.metrics.phases.labels(kind_name, phase).observe(secs)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("reconciled %s/%s reasons=%s in %.1fms (%s)%s", kind_name, name, ",".join(reasons),
+                      (time.perf_counter() - t0) * 1000,
+                      " ".join(f"{p}={s * 1000:.1f}ms" for p, s in phases.items()),
+                      "" if result.requeue_after is None else f" next in {result.requeue_after:.2f}s")
 
     def _admit(self, reg: Registration, obj: Resource) -> Condition:
         """On a cluster that checks identities, act only on objects with a proven owner (see
@@ -247,7 +354,7 @@ class Controller:
         fields = e.status if isinstance(e, Retry) else {}
         self._write_status(reg, obj, Result(conditions=[*extra, condition("Reconciled", False, reason, msg[:1000])],
                                             status=fields), key, ok=False)
-        self.queue.add_after(key, delay)
+        self.enqueue_after(key, delay, "backoff")
 
     def _write_status(self, reg: Registration, obj: Resource, result: Result, key: Key, ok: bool = True) -> None:
         old = obj.status or status_class(reg.kind)()
@@ -263,9 +370,24 @@ class Controller:
         if obj.status is not None and new == obj.status:
             return
         try:
+            obj = obj.model_copy()   # the cached object is shared: never change it in place
             obj.status = new
-            self.store.update_status(obj)
+            self._remember(key, self.store.update_status(obj))
         except Conflict:
-            self.queue.add(key)  # someone wrote status meanwhile: look again
+            self._uncache(key)
+            self.enqueue(key, "conflict")  # someone wrote status meanwhile: look again
         except NotFound:
-            pass
+            self._uncache(key)
+
+
+class _AllQueues:
+    """`controller.queue.add(key)`: enqueue on the key's kind queue (reason "manual")."""
+
+    def __init__(self, c: Controller) -> None:
+        self._c = c
+
+    def add(self, key: Key) -> None:
+        self._c.enqueue(key, "manual")
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._c.queues.values())

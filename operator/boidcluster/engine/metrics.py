@@ -23,7 +23,12 @@ class Metrics:
         self.errors = Counter("boid_reconcile_errors_total", "Reconciles that raised", ["kind", "reason"], registry=r)
         self.latency = Histogram("boid_reconcile_seconds", "Reconcile latency", ["kind"], registry=r,
                                  buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.queue_depth = Gauge("boid_workqueue_depth", "Keys waiting in the work queue", registry=r)
+        self.queue_depth = Gauge("boid_workqueue_depth", "Keys waiting in the kind's work queue", ["kind"], registry=r)
+        self.reasons = Counter("boid_reconcile_reasons_total", "Why objects were reconciled (watch, resync, event, "
+                               "notify, requeue, backoff, conflict)", ["kind", "reason"], registry=r)
+        self.phases = Histogram("boid_reconcile_phase_seconds", "Time per reconcile phase (read, observe, compare, "
+                                "act, report, status)", ["kind", "phase"], registry=r,
+                                buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
         self.leader = Gauge("boid_leader", "1 while this replica leads and reconciles", registry=r)
 
     def watch_backend(self, health: Callable[[], dict[str, Any]]) -> None:

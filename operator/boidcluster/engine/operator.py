@@ -68,7 +68,7 @@ class Operator:
         c = self.controller
         if c is None:
             return False
-        c.queue.add((kind, name))
+        c.enqueue((kind, name), "manual")
         return True
 
     def start(self) -> "Operator":

@@ -9,10 +9,23 @@ reconciler reports the matching condition as not applicable instead of failing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from boidcluster.adapters.backend import Backend
 from boidcluster.adapters.store import Store
+
+from .index import Index
+
+if TYPE_CHECKING:  # typing only: the engine never calls these itself
+    from boidcluster.adapters.chain.blocking import BlockingChain
+    from boidcluster.adapters.marathon import MarathonClient
+    from boidcluster.adapters.storage import Storage
+
+
+class Ledger(Protocol):
+    """The chain side of contributed time (reconcilers.ledger.ChainLedger implements it)."""
+
+    def record_units(self, protocol: Any, job: Any, credits: Any) -> Any: ...
 
 
 @dataclass
@@ -28,10 +41,11 @@ class Settings:
 @dataclass
 class World:
     store: Store
-    storage: Any = None      # adapters.storage.Storage
-    chain: Any = None        # adapters.chain.boid.BoidChain
-    marathon: Any = None     # adapters.marathon.MarathonClient
+    storage: Storage | None = None
+    chain: BlockingChain | None = None
+    marathon: MarathonClient | None = None
     backend: Backend | None = None
-    dispatcher: Any = None   # reconcilers.jobs.Dispatcher: this process's unit dispatch over `backend`
-    ledger: Any = None       # reconcilers.ledger.ChainLedger: accepted units -> chain
+    dispatcher: Any = None   # reconcilers.jobs.Dispatcher (a higher layer): unit dispatch over `backend`
+    ledger: Ledger | None = None  # accepted units -> chain
     settings: Settings = field(default_factory=Settings)
+    index: Index | None = None  # set by the engine: objects by derived keys, kept from its watch

@@ -569,6 +569,10 @@ class JobSpec(Strict):
     """Placement rules in Marathon style: [[field, operator, value?]], e.g. [hostname, UNIQUE] or
     [boid_account, LIKE, 'alice|bob']. Operators: UNIQUE, CLUSTER, GROUP_BY, LIKE, UNLIKE,
     MAX_PER, IS."""
+    ttl_seconds_after_finished: StrictInt | None = Field(default=None, ge=0)
+    """Seconds after the job succeeded or failed before the operator deletes it (as Kubernetes'
+    Job field of the same name); its compacted summary leaves ZooKeeper with it. Defaults to
+    keeping the finished job until it is deleted."""
 
 
 class UnitCounts(Strict):

@@ -175,7 +175,12 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
     ready = all(c.status != "False" for c in conditions)
     conditions.append(condition("Ready", ready, "Converged" if ready else "NotReady",
                                 "" if ready else "; ".join(c.message for c in conditions if c.status == "False")))
-    active = any(j.spec.protocol == p.name and not (j.status and j.status.phase in TERMINAL) for j in jobs)
+    index = getattr(world, "index", None)
+    if index is not None and index.covers("Job", "active-by-protocol"):  # kept by the engine's watch
+        active = bool(index.get("Job", "active-by-protocol", p.name))
+    else:
+        active = any(j.spec.protocol == p.name and not (j.status and j.status.phase in TERMINAL)
+                     for j in world.store.list(Job))
     return Result(conditions=conditions, status=status, requeue_after=ACTIVE_RESYNC if active else RESYNC)
 
 

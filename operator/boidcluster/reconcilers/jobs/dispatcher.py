@@ -2,10 +2,14 @@
 
 Several Job reconciles run at once on engine workers, but there is one backend and one stream
 of task updates; the Dispatcher is what they share. It holds only what can be rebuilt: the
-latest update per task (drained from `backend.updates()` by whichever reconcile polls first),
-which tasks this process submitted or asked the backend about, each job's record mirror
-(records.JobRecords) and each job's current demand. All durable state is in ZooKeeper, so a
-new Dispatcher (a restarted operator) starts empty and converges from the records.
+latest update per task, which job each task belongs to, which tasks changed since their job's
+last pass, each job's record mirror (records.JobRecords) and each job's current demand. All
+durable state is in ZooKeeper, so a new Dispatcher (a restarted operator) starts empty and
+converges from the records.
+
+Event driven: while the engine runs (`subscribe`), a pump thread drains `backend.updates()` and
+asks the engine to reconcile the job whose task changed (an event source, like
+controller-runtime's source.Channel), so no running job is polled on a timer.
 
 Fair share: when the backend can say how many tasks it runs at once (`capacity()`, the local
 backend), capacity is divided max-min fairly between the protocols that want work, then between
@@ -15,17 +19,21 @@ has no fixed capacity (Mesos roles share the cluster), so there only parallelism
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from boidcluster.adapters.backend import Backend, TaskSpec, TaskUpdate
 from boidcluster.adapters.store import Store
 
 from .records import JobRecords
 
+log = logging.getLogger(__name__)
+
 DEMAND_TTL = 15.0   # seconds a job's demand counts without a fresh reconcile
+PROTOCOL_TTL = 1.0  # seconds a Protocol read serves the passes of its jobs
 
 
 @dataclass
@@ -58,34 +66,123 @@ class Dispatcher:
     """Shared by all Job reconciles of one operator process.
 
     `backend`: the execution backend. `retry_backoff`/`max_backoff`: seconds before a failed
-    unit is retried (doubling per failure). `poll`: how often a running job is looked at again
-    (Result.requeue_after). `kill_grace`: seconds past unitTimeout before the dispatcher itself
+    unit is retried (doubling per failure). `poll`: how long the pump waits for an update
+    before looking whether it should stop (no job is polled on a timer). `kill_grace`: seconds past unitTimeout before the dispatcher itself
     kills an attempt the backend did not end. `overcommit`: tasks in flight per backend slot
-    (those above one wait in the backend's queue, so a slot never idles between passes)."""
+    (those above one wait in the backend's queue, so a slot never idles between passes).
+    `batch_window`: seconds the event pump gathers updates after the first one, so that a burst
+    of task ends costs its job one pass, not one each."""
 
     def __init__(self, backend: Backend, *, retry_backoff: float = 1.0, max_backoff: float = 60.0,
-                 poll: float = 0.25, kill_grace: float = 5.0, overcommit: int = 2) -> None:
+                 poll: float = 0.25, kill_grace: float = 5.0, overcommit: int = 2,
+                 batch_window: float = 0.01) -> None:
         self.backend = backend
         self.retry_backoff, self.max_backoff = retry_backoff, max_backoff
         self.poll_interval = poll
         self.kill_grace = kill_grace
         self.overcommit = overcommit
+        self.batch_window = batch_window
         self._mu = threading.RLock()
         self.latest: dict[str, TaskUpdate] = {}
         self.tracked: set[str] = set()          # submitted by us or asked about via reconcile
         self.kill_reasons: dict[str, str] = {}  # task id -> why we killed it ("timeout", ...)
         self._records: dict[str, JobRecords] = {}
         self._demand: dict[str, _Demand] = {}
+        self._owner: dict[str, tuple[str, str]] = {}   # task id -> (job name, job uid)
+        self._changed: dict[str, set[str]] = {}        # job uid -> task ids updated since its last pass
+        self._subscribers: list[Callable[[str], None]] = []
+        self._protocols: dict[str, tuple[float, Any]] = {}
+        self._waiting: dict[str, None] = {}            # job names waiting for a slot (ordered)
+        self._pump: threading.Thread | None = None
+        self._pump_stop = threading.Event()
+        self.pump_errors = 0
 
-    # -- updates -----------------------------------------------------------------------------
-    def poll(self) -> None:
-        """Drain the backend's updates into `latest` (a terminal update is never overwritten)."""
+    # -- the event source ----------------------------------------------------------------------
+    def subscribe(self, notify: Callable[[str], None]) -> Callable[[], None]:
+        """Call `notify(job name)` whenever a task of that job changes, until the returned
+        function is called. The first subscriber starts the pump thread."""
         with self._mu:
-            for u in self.backend.updates(0.0):
+            self._subscribers.append(notify)
+            if self._pump is None or not self._pump.is_alive():
+                self._pump_stop.clear()
+                self._pump = threading.Thread(target=self._pump_loop, name="boid-dispatch-events", daemon=True)
+                self._pump.start()
+
+        def unsubscribe() -> None:
+            with self._mu:
+                if notify in self._subscribers:
+                    self._subscribers.remove(notify)
+                last = not self._subscribers
+                pump = self._pump
+            if last and pump is not None:
+                self._pump_stop.set()
+                if pump is not threading.current_thread():
+                    pump.join(5.0)
+
+        return unsubscribe
+
+    def _pump_loop(self) -> None:
+        delay = 0.1
+        while not self._pump_stop.is_set():
+            try:
+                got = self.backend.updates(self.poll_interval)
+                if got and self.batch_window > 0:  # gather what ends meanwhile: one pass per batch
+                    self._pump_stop.wait(self.batch_window)
+                    got += self.backend.updates(0.0)
+                self._ingest(got)
+                delay = 0.1
+            except Exception:  # the backend failed: say so, back off, never die
+                self.pump_errors += 1
+                log.exception("reading task updates failed; retrying in %.1fs", delay)
+                self._pump_stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _ingest(self, updates: list[TaskUpdate]) -> None:
+        if not updates:
+            return
+        jobs: set[str] = set()
+        freed = 0
+        with self._mu:
+            for u in updates:
                 prev = self.latest.get(u.task_id)
                 if prev is not None and prev.terminal:
                     continue
                 self.latest[u.task_id] = u
+                freed += u.terminal
+                owner = self._owner.get(u.task_id)
+                if owner is not None:
+                    self._changed.setdefault(owner[1], set()).add(u.task_id)
+                    jobs.add(owner[0])
+            # a slot came free: wake as many jobs waiting for one (oldest first); they re-register
+            # if their fair share is still used up
+            while freed > 0 and self._waiting:
+                name = next(iter(self._waiting))
+                del self._waiting[name]
+                jobs.add(name)
+                freed -= 1
+            subs = list(self._subscribers)
+        for name in jobs:
+            for notify in subs:
+                try:
+                    notify(name)
+                except Exception:
+                    log.exception("notifying job %s failed", name)
+
+    def wait_for_slot(self, name: str) -> None:
+        """The job wants to launch but has no allowance: wake it when a task ends."""
+        with self._mu:
+            self._waiting.setdefault(name, None)
+
+    def take_changed(self, uid: str) -> set[str]:
+        """Task ids of this job with updates since the last call (the pass's work list)."""
+        with self._mu:
+            return self._changed.pop(uid, set())
+
+    # -- updates -----------------------------------------------------------------------------
+    def poll(self) -> None:
+        """Drain the backend's updates now (a terminal update is never overwritten); the pump
+        does this continuously while subscribed, this is for a pass without one."""
+        self._ingest(self.backend.updates(0.0))
 
     def update(self, task_id: str) -> TaskUpdate | None:
         with self._mu:
@@ -96,19 +193,31 @@ class Dispatcher:
         with self._mu:
             self.latest.pop(task_id, None)
             self.kill_reasons.pop(task_id, None)
+            self._owner.pop(task_id, None)
+            self.tracked.discard(task_id)
 
-    def ask(self, task_ids: list[str]) -> None:
+    def ask(self, task_ids: list[str], owner: tuple[str, str]) -> None:
         """Ask the backend about in-flight tasks this process has not seen (after a restart)."""
         with self._mu:
             new = [t for t in task_ids if t not in self.tracked]
             self.tracked.update(new)
+            for t in task_ids:
+                self._owner[t] = owner
         if new:
             self.backend.reconcile(new)
 
-    def submit(self, task: TaskSpec) -> None:
+    def submit(self, task: TaskSpec, owner: tuple[str, str]) -> None:
+        """Submit for the job `owner` = (name, uid); a refused submit raises (nothing is tracked)."""
         with self._mu:
             self.tracked.add(task.task_id)
-        self.backend.submit(task)
+            self._owner[task.task_id] = owner
+        try:
+            self.backend.submit(task)
+        except Exception:
+            with self._mu:
+                self.tracked.discard(task.task_id)
+                self._owner.pop(task.task_id, None)
+            raise
 
     def kill(self, task_id: str, reason: str) -> None:
         with self._mu:
@@ -129,10 +238,33 @@ class Dispatcher:
                 self._records[uid] = r
         return r
 
+    def protocol(self, store: Store, name: str) -> Any:
+        """The job's Protocol, read at most once per PROTOCOL_TTL seconds (every pass needs its
+        datadir and quota; a spec change reaches running jobs within that time)."""
+        from boidcluster.model.resources import Protocol
+
+        now = time.monotonic()
+        with self._mu:
+            hit = self._protocols.get(name)
+        if hit is not None and now - hit[0] < PROTOCOL_TTL:
+            return hit[1]
+        p = store.get(Protocol, name)
+        with self._mu:
+            self._protocols[name] = (now, p)
+        return p
+
+    def reset_mirrors(self) -> None:
+        """Forget every job's mirror: another leader may have written records meanwhile."""
+        with self._mu:
+            self._records.clear()
+
     def drop(self, uid: str) -> None:
         with self._mu:
             self._records.pop(uid, None)
-            self._demand.pop(uid, None)
+            gone = self._demand.pop(uid, None)
+            self._changed.pop(uid, None)
+        if gone is not None and gone.in_flight:
+            self.wake_waiting(gone.in_flight)
 
     # -- fair share ---------------------------------------------------------------------------
     def allowance(self, protocol: str, uid: str, in_flight: int, wanted: int,
@@ -157,10 +289,27 @@ class Dispatcher:
         for d in demands.values():
             by_protocol[d.protocol] = by_protocol.get(d.protocol, 0) + d.in_flight + d.wanted
         share = waterfill(capacity, by_protocol).get(protocol, 0)
-        jobs = {k: d.in_flight + d.wanted for k, d in demands.items() if d.protocol == protocol}
-        return min(limit, waterfill(share, jobs).get(uid, 0))
+        # within its protocol's share a job takes what the protocol's other jobs leave free
+        # (work conserving: with a thousand small jobs, whichever is looked at uses a free slot)
+        others = sum(d.in_flight for k, d in demands.items() if d.protocol == protocol and k != uid)
+        return min(limit, max(0, share - others))
+
+    def wake_waiting(self, n: int) -> None:
+        """`n` slots are left unused: wake as many jobs waiting for one (they ask again)."""
+        names: list[str] = []
+        with self._mu:
+            while n > 0 and self._waiting:
+                name = next(iter(self._waiting))
+                del self._waiting[name]
+                names.append(name)
+                n -= 1
+            subs = list(self._subscribers)
+        for name in names:
+            for notify in subs:
+                notify(name)
 
     def close(self) -> None:
+        self._pump_stop.set()
         self.backend.close()
 
 

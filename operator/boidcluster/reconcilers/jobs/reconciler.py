@@ -1,10 +1,14 @@
 """The Job reconciler: units -> attempts on the backend -> quorum -> amalgamated output.
 
-Level triggered, in the controller-runtime order: each pass *observes* the job's run records
-(records.py) and the backend's updates, *compares* every unit with what it needs (replicas,
-quorum, retries, timeouts, the deadline), *acts* (writes results and acceptances exactly once,
-kills, launches up to the allowance), and *reports* status. Nothing is remembered between passes
-that is not in ZooKeeper or rebuildable from it, so the operator may die at any point:
+Event driven and incremental, in the controller-runtime order: a backend update of one of the
+job's tasks enqueues the job (dispatcher.py), and each pass *observes* only what changed (the
+tasks updated since the last pass), *compares* only the units those touched (quorum.py: replicas,
+quorum, retries, repeated identical failures, backoff), *acts* (writes results and acceptances
+exactly once, a batch per ZooKeeper transaction, kills, launches up to the allowance from a
+queue of units due and a cursor over the lazily expanded units), and *reports* status from
+counters kept current by every write. A pass costs O(what changed), not O(units in the job).
+Nothing is remembered between passes that is not in ZooKeeper or rebuilt from it once (a fresh
+mirror, records.py, marks every open unit to evaluate), so the operator may die at any point:
 
 - attempt recorded, not submitted / task died with the operator -> backend says LOST -> re-queued
   (a LOST attempt never counts as a failure);
@@ -12,6 +16,11 @@ that is not in ZooKeeper or rebuildable from it, so the operator may die at any 
 - accepted, not given to the ledger -> `recorded/<unit>` is missing -> recorded on the next pass
   (the ledger is idempotent, so a crash after the chain call only repeats a no-op);
 - published, `final` not written -> published again (atomic overwrite).
+
+A finished job, once every credit is recorded, is compacted: the full record goes to storage
+next to the results manifest (`records.json`), ZooKeeper keeps one `summary` (counts and
+per-contributor totals), removed with the job: after `ttlSecondsAfterFinished` the job is deleted
+(as Kubernetes' TTL-after-finished controller does), and a deleted job leaves nothing in ZooKeeper.
 
 Replication is BOINC-style: each unit runs on `replicas` distinct contributors; its result is the
 hash of its output files; it is accepted when `quorum` distinct contributors agree. Outvoted
@@ -26,14 +35,17 @@ the job; the job is identified by job.metadata.uid), and, if the ledger has it,
 
 from __future__ import annotations
 
+import heapq
 import json
+from dataclasses import asdict
 import logging
 import posixpath
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-from boidcluster.adapters.backend import ImageUnavailable, TaskResources, TaskSpec
+from boidcluster.adapters.backend import ImageUnavailable, TaskResources, TaskSpec, TaskUpdate
+from boidcluster.adapters.storage import NotFound as StorageNotFound
 from boidcluster.adapters.store import NotFound
 from boidcluster.engine.reconciler import Result, condition
 from boidcluster.model.resources import (
@@ -47,15 +59,20 @@ from boidcluster.model.resources import (
 )
 from boidcluster.reconcilers import registry
 
+from . import quorum
 from .amalgamate import OutputInvalid, publish, result_hash
 from .dispatcher import Dispatcher, dispatcher_for
-from .records import JobRecords, now_us
-from .units import Unit, expand, input_groups, storage_path
+from .records import Acceptance, Attempt, Final, JobRecords, Summary, TaskResult, now_us, unit_index
+from .units import Unit, UnitSpace, input_groups, storage_path
 
 log = logging.getLogger(__name__)
 
 LEDGER_BATCH = 50       # units per record_units call
 LIST_LIMIT = 20         # names listed in status and messages
+LAUNCH_BATCH = 1000     # most tasks one pass submits
+RECORD_FILE = "records.json"  # a compacted job's full run record, next to its results manifest
+STATUS_EVERY = 0.5      # seconds between status writes that only move counters
+WAITING_RECHECK = 15.0  # a job waiting for a slot is also looked at this often (besides events)
 
 
 def _dt(us: int | None) -> datetime | None:
@@ -71,202 +88,298 @@ def output_path(job: Job, protocol: Protocol) -> str:
     return storage_path(protocol.spec.datadir, job.spec.output.path or f"jobs/{job.name}")
 
 
+def record_path(job: Job, protocol: Protocol) -> str:
+    """The full run record of a compacted job, next to its results manifest."""
+    return posixpath.join(output_path(job, protocol), RECORD_FILE)
+
+
+def job_tag(job: Job) -> str:
+    return f"{job.name}-{(job.metadata.uid or job.name)[:8]}"
+
+
 @registry.reconciler(Job, cleanup=True, resync=30.0)
 def reconcile_job(job: Job, world: Any) -> Result:
     """Run the job's units on the backend until every unit is accepted, then publish the output."""
     d = dispatcher_for(world)
     uid = job.metadata.uid or job.name
     if job.metadata.deletion_timestamp is not None:
-        if d is not None:
-            recs = d.records(world.store, uid)
-            for tid in recs.in_flight():
-                d.kill(tid, "deleted")
-            d.drop(uid)
-        return Result.released()
+        return _delete(job, world, d, uid)
     if d is None or world.storage is None:
         return Result(status={"phase": "Pending"}, conditions=[condition(
             "Ready", False, "NoBackend", "this operator has no execution backend or storage configured")])
     try:
-        protocol = world.store.get(Protocol, job.spec.protocol)
+        protocol = d.protocol(world.store, job.spec.protocol)
     except NotFound:
         return Result(status={"phase": "Pending"}, requeue_after=5.0, conditions=[condition(
             "Ready", False, "ProtocolNotFound", f"Protocol {job.spec.protocol!r} does not exist")])
     return _Pass(job, protocol, world, d, uid).run()
 
 
+ACTIVE_BY_PROTOCOL = "active-by-protocol"
+
+
+@registry.indexer(Job, ACTIVE_BY_PROTOCOL)
+def active_by_protocol(job: Job) -> list[str]:
+    """A Job not yet finished is found under its protocol's name (no all-Jobs scan per Protocol)."""
+    return [] if job.status and job.status.phase in ("Succeeded", "Failed") else [job.spec.protocol]
+
+
+@registry.source(Job)
+def job_events(world: Any, enqueue: Any) -> Any:
+    """Backend task updates enqueue their Job (no running job is polled on a timer)."""
+    d = dispatcher_for(world)
+    if d is None:
+        return lambda: None
+    d.reset_mirrors()   # a new term (leader change): every job's mirror is rebuilt from ZooKeeper once
+    return d.subscribe(lambda name: enqueue(name, "task-update"))
+
+
+def _delete(job: Job, world: Any, d: Dispatcher | None, uid: str) -> Result:
+    """A deleted job: kill what runs, give the ledger what it has not got, then remove every
+    record of the job from ZooKeeper (and its attempts' directories from storage)."""
+    store = world.store
+    recs = d.records(store, uid) if d is not None else JobRecords.load(store, uid)
+    if d is not None:
+        for tid in recs.in_flight():
+            d.kill(tid, "deleted")
+    if recs.summary is None and recs.unrecorded and world.ledger is not None:
+        try:
+            protocol = store.get(Protocol, job.spec.protocol)
+        except NotFound:
+            protocol = None
+        if protocol is not None:
+            _Pass(job, protocol, world, d, uid).ledger()  # raises nothing; retried below if left
+            if recs.unrecorded:
+                return Result(requeue_after=2.0, conditions=[condition(
+                    "Recorded", False, "Pending", f"{len(recs.unrecorded)} accepted units not yet recorded")])
+    if world.storage is not None:
+        try:
+            protocol = store.get(Protocol, job.spec.protocol)
+            world.storage.delete(posixpath.join(protocol.spec.datadir, ".runs", job_tag(job)), recursive=True)
+        except (NotFound, StorageNotFound):
+            pass
+    store.delete_runs(uid)
+    if d is not None:
+        d.drop(uid)
+    return Result.released()
+
+
 class _Pass:
     """One reconcile of one job."""
 
-    def __init__(self, job: Job, protocol: Protocol, world: Any, d: Dispatcher, uid: str) -> None:
+    def __init__(self, job: Job, protocol: Protocol, world: Any, d: Dispatcher | None, uid: str) -> None:
         self.job, self.protocol, self.world, self.d, self.uid = job, protocol, world, d, uid
         self.store, self.storage = world.store, world.storage
         self.spec = job.spec
-        self.recs: JobRecords = d.records(self.store, uid)
-        self.tag = f"{job.name}-{uid[:8]}"
+        self.recs: JobRecords = d.records(self.store, uid) if d is not None else JobRecords.load(self.store, uid)
+        self.tag = job_tag(job)
+        self.owner = (job.name, uid)
         self.conditions: list[Any] = []
-        self.failed_units: list[str] = []
-        self.pending_disagreements: list[Disagreement] = []
+        self.notify: list[tuple[str, str]] = []
         self.image_error = False
+        self.timings: dict[str, float] = {}
+        self.waiting = False
+        self.more = False                              # launched a full batch: look again at once
+        self.ended_now = False                         # this pass wrote the job's end
+        self.txn: list[tuple[str, bytes]] = []        # records staged by this pass, committed together
+        self.after: list[Any] = []                    # what may happen only once they are durable
+        self.aborted = False
+        rep = self.spec.replication
+        self.rules = quorum.Rules(replicas=rep.replicas, quorum=rep.quorum or rep.replicas, retries=self.spec.retries,
+                                  retry_backoff=d.retry_backoff if d else 1.0, max_backoff=d.max_backoff if d else 60.0)
+
+    def flush(self) -> bool:
+        """Commit the staged records (one transaction per RUN_BATCH), then run what waited for
+        them. A record that already exists means another writer was active: reload, stop."""
+        txn, after, self.txn, self.after = self.txn, self.after, [], []
+        if txn and not self.store.create_many(txn):
+            self.aborted = True
+            self.reload()
+            return False
+        for fn in after:
+            fn()
+        return True
+
+    def _phase(self, name: str, t0: float) -> float:
+        t = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + (t - t0)
+        return t
 
     # -- the pass ---------------------------------------------------------------------------
     def run(self) -> Result:
-        units = self.units()
+        t = time.perf_counter()
+        if self.recs.summary is not None:
+            return self.report_summary()
+        space = self.units()
+        assert self.d is not None
+        self.d.poll()
+        changed = self.d.take_changed(self.uid)
+        if self.recs.fresh:
+            self.rebuild(space)
+            changed |= set(self.recs.flying)
+        t = self._phase("observe", t)
+        self.absorb(changed)
         if self.recs.final is None:
-            self.d.poll()
-            self.absorb()
             self.enforce_timeouts()
-            wants = self.evaluate(units)
-            self.ledger()
-            self.finish_or_launch(units, wants)
+            self.evaluate(space)
+            t = self._phase("compare", t)
+            if self.recs.unrecorded and self.world.ledger is not None:
+                self.flush()   # the ledger only gets acceptances that are durable
+            if not self.aborted:
+                self.ledger()
+                self.finish_or_launch(space)
         else:
-            self.d.poll()
-            self.absorb()   # close the records of tasks killed when the job ended
-            self.release()
+            self.release()   # close the records of tasks killed when the job ended
+        if not self.aborted:
+            self.flush()
+        if self.recs.final is not None and not self.aborted:
             self.ledger()
-        return self.report(units)
+            if not self.ended_now:   # the end is reported first; compaction is the next pass's work
+                self.compact(space)
+        t = self._phase("act", t)
+        if self.aborted:
+            return Result(write_status=False, requeue_after=0.0, timings=self.timings)
+        result = self.report(space) if self.recs.summary is None else self.report_summary()
+        self._phase("report", t)
+        result.timings = self.timings
+        return result
 
-    def units(self) -> list[Unit]:
+    def units(self) -> UnitSpace:
         wu = self.spec.work_units
         if wu.inputs is None:
-            return expand(self.spec)
+            return UnitSpace(self.spec)
         groups = self.recs.inputs
         if groups is None:
             directory = storage_path(self.protocol.spec.datadir, wu.inputs.path)
             files = [e.path for e in self.storage.list(directory) if e.type == "file"]
             groups = self.recs.put_inputs(
                 self.store, [list(g) for g in input_groups(files, wu.inputs.pattern, wu.inputs.per_unit)])
-        return expand(self.spec, groups=[tuple(g) for g in groups])
+        return UnitSpace(self.spec, groups)
+
+    def rebuild(self, space: UnitSpace) -> None:
+        """A fresh mirror (restart, leader change, reload): every open unit is evaluated once."""
+        r = self.recs
+        r.fresh = False
+        r.cursor = r.launched_upto
+        r.dirty.update(r.open_results)
+        r.dirty.update(r.flying_by_unit)
+        for i in range(min(r.cursor, space.total)):  # units skipped below the cursor (none, normally)
+            uid = space.unit(i).id
+            if uid not in r.accepted and uid not in r.tries:
+                r.dirty.add(uid)
+        assert self.d is not None
+        self.d.ask([t for t in r.flying if self.d.update(t) is None], self.owner)
 
     def reload(self) -> None:
+        assert self.d is not None
         self.recs = self.d.records(self.store, self.uid, reload=True)
 
     # -- observe ----------------------------------------------------------------------------
-    def absorb(self) -> None:
-        """Turn terminal updates of in-flight attempts into result records."""
-        in_flight = self.recs.in_flight()
-        self.d.ask([t for t in in_flight if self.d.update(t) is None])
-        for tid in in_flight:
-            u = self.d.update(tid)
-            if u is None or not u.terminal:
+    def absorb(self, changed: set[str]) -> None:
+        """Turn terminal updates of in-flight attempts into result records (one transaction)."""
+        d = self.d
+        assert d is not None
+        for tid in sorted(changed):
+            attempt = self.recs.flying.get(tid)
+            u = d.update(tid)
+            if attempt is None or u is None or not u.terminal:
                 continue
-            attempt = self.recs.attempts[tid]
-            reason = self.d.kill_reason(tid)
-            digest = None
-            if u.state == "FINISHED":
-                digest = result_hash(self.storage, attempt["output"])
-            message = u.message
-            if u.state == "KILLED" and reason == "timeout":
-                message = f"killed: ran longer than unitTimeout {self.spec.unit_timeout}s"
-            # A backend enforcing TaskSpec.timeout itself reports it as FAILED (local) or as a KILLED
-            # we did not ask for, "timed out after ..." (mesos); either is the unit's failure.
-            timed_out = u.state == "KILLED" and (
-                reason == "timeout" or (reason is None and u.message.startswith("timed out")))
-            data = {
-                "unit": attempt["unit"], "state": u.state, "contributor": u.contributor,
-                "exit_code": u.exit_code, "us": u.contributed_us, "hash": digest, "message": message[:500],
-                "failure": u.state == "FAILED" or timed_out,
-                "finished_us": int(u.finished_at * 1e6) if u.finished_at else now_us(),
-            }
-            if not self.recs.put_result(self.store, tid, data):
-                self.reload()
-            self.d.forget(tid)
+            res = self._result(attempt, u, d.kill_reason(tid))
+            self.txn.append(self.recs.stage_result(tid, res))
+            self.recs.dirty.add(res.unit)
+            self.after.append(lambda tid=tid: d.forget(tid))
+
+    def _result(self, attempt: Attempt, u: TaskUpdate, reason: str | None) -> TaskResult:
+        digest = result_hash(self.storage, attempt.output) if u.state == "FINISHED" else None
+        message = u.message
+        if u.state == "KILLED" and reason == "timeout":
+            message = f"killed: ran longer than unitTimeout {self.spec.unit_timeout}s"
+        # A backend enforcing TaskSpec.timeout itself reports it as FAILED (local) or as a KILLED
+        # we did not ask for, "timed out after ..." (mesos); either is the unit's failure.
+        timed_out = u.state == "KILLED" and (reason == "timeout" or (reason is None and u.message.startswith("timed out")))
+        why = getattr(u, "reason", None)
+        if u.state == "LOST" and why:
+            message = f"{why}: {message}" if message else str(why)
+        return TaskResult(unit=attempt.unit, state=u.state, contributor=u.contributor, exit_code=u.exit_code,
+                          us=u.contributed_us, hash=digest, message=message[:500],
+                          failure=u.state == "FAILED" or timed_out,
+                          finished_us=int(u.finished_at * 1e6) if u.finished_at else now_us())
 
     def enforce_timeouts(self) -> None:
-        """Backends enforce TaskSpec.timeout; this catches one that did not."""
+        """Backends enforce TaskSpec.timeout; this catches one that did not (O(tasks in flight))."""
         limit = self.spec.unit_timeout
         if limit is None:
             return
+        assert self.d is not None
         now = time.time()
-        for tid in self.recs.in_flight():
+        for tid in list(self.recs.flying):
             u = self.d.update(tid)
             if (u is not None and u.state == "RUNNING" and u.started_at is not None
                     and now - u.started_at > limit + self.d.kill_grace and self.d.kill_reason(tid) is None):
                 self.d.kill(tid, "timeout")
 
     # -- compare ----------------------------------------------------------------------------
-    def evaluate(self, units: list[Unit]) -> list[tuple[Unit, int, frozenset[str]]]:
-        """Accept units that reached quorum; return [(unit, replicas to launch now, exclusions)]."""
-        rep = self.spec.replication
-        quorum = rep.quorum or rep.replicas
-        results: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for tid, r in sorted(self.recs.results.items(), key=lambda kv: kv[1].get("finished_us", 0)):
-            results.setdefault(r["unit"], []).append((tid, r))
-        flying: dict[str, list[str]] = {}
-        for tid in self.recs.in_flight():
-            flying.setdefault(self.recs.attempts[tid]["unit"], []).append(tid)
-        online = set(self.d.backend.contributors())
-        now = now_us()
-        wants = []
-        for unit in units:
-            rs = results.get(unit.id, [])
-            in_flight = flying.get(unit.id, [])
-            if unit.id in self.recs.accepted:
-                for tid in in_flight:
-                    if self.d.kill_reason(tid) is None:
-                        self.d.kill(tid, "accepted")  # extra replicas: the unit is decided
+    def evaluate(self, space: UnitSpace) -> None:
+        """Evaluate the units something happened to: accept (one transaction), fail, or queue."""
+        assert self.d is not None
+        r = self.recs
+        if not r.dirty:
+            return
+        online = frozenset(self.d.backend.contributors())
+        kill: list[str] = []
+        for unit in sorted(r.dirty):
+            flying = sorted(r.flying_by_unit.get(unit, ()))
+            if unit in r.accepted:
+                kill += [t for t in flying if self.d.kill_reason(t) is None]  # extra replicas: decided
                 continue
-            groups: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
-            ok = [(tid, r) for tid, r in rs if r["state"] == "FINISHED" and r["hash"] and r["contributor"]]
-            for tid, r in ok:
-                groups.setdefault(r["hash"], {}).setdefault(r["contributor"], (tid, r))
-            best_hash, best = max(groups.items(), key=lambda kv: len(kv[1]), default=(None, {}))
-            if best_hash is not None and len(best) >= quorum:
-                self.accept(unit, best_hash, best, ok, in_flight)
+            results = [(t, r.results[t]) for t in r.open_results.get(unit, ())]
+            contributors = [(self.d.update(t) or _NO_UPDATE).contributor for t in flying]
+            v = quorum.evaluate(results, contributors, self.rules, online)
+            if v.accept is not None:
+                first = v.credited[0][0]
+                r.wants.pop(unit, None)
+                self.txn.append(r.stage_accepted(unit, Acceptance(
+                    hash=v.accept, credited=tuple(c for _, c in v.credited), rejected=v.rejected,
+                    at_us=now_us(), output=r.attempts[first].output)))
+                kill += flying
                 continue
-            if len(groups) > 1:
-                self.pending_disagreements += [
-                    Disagreement(unit=unit.id, contributor=r["contributor"], hash=r["hash"], task=tid)
-                    for tid, r in ok]
-            failures = [r for _, r in rs if r.get("failure")]
-            if len(failures) > self.spec.retries:
-                self.failed_units.append(unit.id)
-                continue
-            need = max(rep.replicas - len(ok) - len(in_flight), quorum - len(best) - len(in_flight), 0)
-            if need == 0:
-                continue
-            if failures:
-                backoff = min(self.d.retry_backoff * 2 ** (len(failures) - 1), self.d.max_backoff)
-                if now < failures[-1]["finished_us"] + int(backoff * 1e6):
-                    continue
-            hard = {r["contributor"] for _, r in ok}
-            for tid in in_flight:
-                u = self.d.update(tid)
-                if u is not None and u.contributor:
-                    hard.add(u.contributor)
-            soft = hard | {r["contributor"] for _, r in rs if r["contributor"]}
-            wants.append((unit, need, frozenset(soft if not online <= soft else hard)))
-        return wants
+            if v.disagreements:
+                r.disagreeing[unit] = v.disagreements
+            else:
+                r.disagreeing.pop(unit, None)
+            if v.failed is not None:
+                r.failed[unit] = v.failed
+            elif v.launch:
+                self._want(unit, v.launch, v.not_before_us, v.exclude)
+            else:
+                r.wants.pop(unit, None)
+        r.dirty.clear()
+        d = self.d
+        self.after += [lambda tid=tid: d.kill(tid, "accepted") for tid in kill]
 
-    def accept(self, unit: Unit, digest: str, best: dict[str, tuple[str, dict[str, Any]]],
-               ok: list[tuple[str, dict[str, Any]]], in_flight: list[str]) -> None:
-        credited = [{"contributor": c, "us": int(r["us"]), "task": tid} for c, (tid, r) in best.items()]
-        rejected = [{"contributor": r["contributor"], "hash": r["hash"], "task": tid}
-                    for tid, r in ok if r["hash"] != digest]
-        data = {"hash": digest, "credited": credited, "rejected": rejected, "at_us": now_us(),
-                "output": self.recs.attempts[credited[0]["task"]]["output"]}
-        if not self.recs.put_accepted(self.store, unit.id, data):
-            self.reload()
-        for tid in in_flight:
-            self.d.kill(tid, "accepted")
+    def _want(self, unit: str, n: int, not_before: int, exclude: frozenset[str]) -> None:
+        r = self.recs
+        prev = r.wants.get(unit)
+        r.wants[unit] = (n, not_before, exclude)
+        if prev is None or prev[1] != not_before:
+            heapq.heappush(r.ready, (not_before, unit_index(unit), unit))
 
     # -- act --------------------------------------------------------------------------------
     def ledger(self) -> None:
         ledger = self.world.ledger
         if ledger is None:
             return
-        todo = sorted(u for u in self.recs.accepted if u not in self.recs.recorded)
+        todo = sorted(self.recs.unrecorded)
         try:
             for i in range(0, len(todo), LEDGER_BATCH):
                 batch = todo[i:i + LEDGER_BATCH]
                 ledger.record_units(self.protocol, self.job, [
-                    (unit, c["contributor"], int(c["us"]))
-                    for unit in batch for c in self.recs.accepted[unit]["credited"]])
-                for unit in batch:
-                    self.recs.put_recorded(self.store, unit)
+                    (unit, c.contributor, int(c.us)) for unit in batch for c in self.recs.accepted[unit].credited])
+                self.recs.put_recorded(self.store, batch)
             final = self.recs.final
-            if (final is not None and final["phase"] == "Succeeded" and not self.recs.dispatch
-                    and hasattr(ledger, "record_dispatch") and self.recs.start is not None):
-                ledger.record_dispatch(self.protocol, self.job, max(0, final["at_us"] - self.recs.start["at_us"]))
+            if (final is not None and final.phase == "Succeeded" and not self.recs.dispatch
+                    and _records_dispatch(ledger) and self.recs.start is not None):
+                ledger.record_dispatch(self.protocol, self.job, max(0, final.at_us - self.recs.start["at_us"]))
                 self.recs.put_dispatch(self.store)
         except Exception as e:  # the chain is down or refused: keep going, retry next pass
             log.info("job %s: recording contributed time failed: %s", self.job.name, e)
@@ -276,187 +389,348 @@ class _Pass:
             self.conditions.append(condition("Recorded", True, "Recorded",
                                              f"{len(self.recs.recorded)} accepted units recorded"))
 
-    def end(self, phase: str, reason: str, message: str, units: list[str] = ()) -> None:  # type: ignore[assignment]
-        self.recs.put_final(self.store, {"phase": phase, "reason": reason, "message": message[:1000],
-                                         "units": list(units)[:LIST_LIMIT], "at_us": now_us()})
+    def end(self, phase: str, reason: str, message: str, units: list[str] | tuple[str, ...] = ()) -> None:
+        if not self.flush():
+            return
+        self.ended_now = True
+        self.recs.put_final(self.store, Final(phase=phase, reason=reason, message=message[:1000],
+                                              units=list(units)[:LIST_LIMIT], at_us=now_us()))
+        self.notify.append((Protocol.KIND, self.protocol.name))  # the protocol sees its job finished
         self.release()
+        assert self.d is not None
+        self.d.allowance(self.protocol.name, self.uid, 0, 0)   # it wants nothing more
+        self.d.wake_waiting(len(self.recs.flying) or 1)
 
     def release(self) -> None:
         """A finished job gives its slots back: kill whatever is still in flight."""
+        assert self.d is not None
         for tid in self.recs.in_flight():
             if self.d.kill_reason(tid) is None:
                 self.d.kill(tid, "job ended")
 
-    def finish_or_launch(self, units: list[Unit], wants: list[tuple[Unit, int, frozenset[str]]]) -> None:
-        left = [u.id for u in units if u.id not in self.recs.accepted]
-        start = self.recs.start
+    def finish_or_launch(self, space: UnitSpace) -> None:
+        r = self.recs
+        start = r.start
         if self.spec.deadline is not None and start is not None \
                 and now_us() - start["at_us"] > self.spec.deadline * 1_000_000:
+            left = [u.id for u in self._open_units(space, LIST_LIMIT + 1)]
+            n_left = space.total - len(r.accepted)
             self.end("Failed", "DeadlineExceeded",
-                     f"deadline {self.spec.deadline}s passed with {len(left)} units unfinished: {_names(left)}", left)
+                     f"deadline {self.spec.deadline}s passed with {n_left} units unfinished: "
+                     f"{_names(left) if n_left <= LIST_LIMIT else ', '.join(left[:LIST_LIMIT]) + f' and {n_left - LIST_LIMIT} more'}",
+                     left)
             return
-        if self.failed_units:
-            last = {}
-            for r in self.recs.results.values():
-                if r["unit"] in self.failed_units and r.get("failure"):
-                    last[r["unit"]] = r["message"]
-            first = self.failed_units[0]
+        if r.failed:
+            failed = sorted(r.failed)
+            first = failed[0]
             self.end("Failed", "UnitFailed",
-                     f"{len(self.failed_units)} units failed after {self.spec.retries + 1} attempts: "
-                     f"{_names(self.failed_units)} (last error of {first}: {last.get(first, '')})",
-                     self.failed_units)
+                     f"{len(failed)} units failed: {_names(failed)} ({first} {r.failed[first]})", failed)
             return
-        if not left:
-            self.amalgamate(units)
+        if len(r.accepted) >= space.total:
+            self.amalgamate(space)
             return
-        in_flight = len(self.recs.in_flight())
-        wanted = sum(n for _, n, _ in wants)
+        self.launch(space)
+
+    def _open_units(self, space: UnitSpace, limit: int) -> list[Unit]:
+        out = []
+        for i in range(space.total):
+            u = space.unit(i)
+            if u.id not in self.recs.accepted:
+                out.append(u)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def launch(self, space: UnitSpace) -> None:
+        """Launch up to the allowance: units due in the retry queue first, then fresh units from
+        the cursor (expanded one at a time). Attempts are created in one transaction before any
+        submit, so a crash between the two leaves attempts the backend reports LOST."""
+        assert self.d is not None
+        r = self.recs
+        in_flight = len(r.flying)
+        fresh_per_unit = max(self.rules.replicas, self.rules.quorum)
+        wanted = sum(n for n, _, _ in r.wants.values()) + (space.total - r.cursor) * fresh_per_unit
         cap = self.spec.parallelism
         if cap is not None:
             wanted = max(0, min(wanted, cap - in_flight))
         quota = self.protocol.spec.quota.max_parallelism if self.protocol.spec.quota else None
-        allowed = self.d.allowance(self.protocol.name, self.uid, in_flight, wanted, quota)
-        budget = allowed - in_flight
-        counts: dict[str, int] = {}
-        for a in self.recs.attempts.values():
-            counts[a["unit"]] = counts.get(a["unit"], 0) + 1
-        if budget > 0 and wants and self.image() is None:
+        budget = self.d.allowance(self.protocol.name, self.uid, in_flight, wanted, quota) - in_flight
+        if wanted and budget <= 0:
+            self.waiting = True
+            self.d.wait_for_slot(self.job.name)
             return
-        for unit, need, exclude in wants:
-            for _ in range(need):
-                if budget <= 0:
-                    return
-                n = counts.get(unit.id, 0)
-                counts[unit.id] = n + 1
-                if not self.launch(unit, n, exclude):
-                    return
-                budget -= 1
+        if budget > LAUNCH_BATCH:   # a backend without a fixed capacity (Mesos): a bounded pass, then more
+            budget, self.more = LAUNCH_BATCH, True
+        now = now_us()
+        plan: list[tuple[Unit, int, frozenset[str]]] = []
+        while budget > 0 and r.ready and r.ready[0][0] <= now:
+            not_before, index, unit = heapq.heappop(r.ready)
+            want = r.wants.get(unit)
+            if want is None or want[1] != not_before:
+                continue   # superseded
+            n, _, exclude = want
+            take = min(n, budget)
+            u = space.unit(index)
+            for _ in range(take):
+                plan.append((u, self._next_try(u.id), exclude))
+            budget -= take
+            if take < n:
+                r.wants[unit] = (n - take, not_before, exclude)
+                heapq.heappush(r.ready, (not_before, index, unit))
+            else:
+                del r.wants[unit]
+        while budget > 0 and r.cursor < space.total:
+            u = space.unit(r.cursor)
+            r.cursor += 1
+            if u.id in r.accepted or u.id in r.tries:
+                continue
+            take = min(fresh_per_unit, budget)
+            for _ in range(take):
+                plan.append((u, self._next_try(u.id), frozenset()))
+            budget -= take
+            if take < fresh_per_unit:
+                self._want(u.id, fresh_per_unit - take, 0, frozenset())
+        if plan:
+            self._submit(plan)
+        if budget > 0 and not self.more:   # slots this job does not want: a job waiting for one may have them
+            self.after.append(lambda n=budget: self.d.wake_waiting(n))  # type: ignore[union-attr]
 
-    def image(self) -> str | None:
+    def image(self, at: int) -> str | None:
         """The image every attempt runs: `spec.image` resolved once per job to a digest by the backend
-        (kept in the start record, written once); None, with a condition, while it is unavailable."""
-        if self.recs.start is not None:
-            return self.recs.start.get("image_digest") or self.spec.image
-        resolve = getattr(self.d.backend, "resolve_image", None)
-        try:
-            digest = resolve(self.spec.image) if resolve else None
-        except ImageUnavailable as e:
-            self.image_error = True
-            self.conditions.append(condition("Ready", False, "ImageUnavailable", str(e)[:1000]))
-            return None
-        self.recs.put_start(self.store, {"at_us": now_us(), "image_digest": digest})
-        return self.recs.start.get("image_digest") or self.spec.image  # type: ignore[union-attr]
+        and kept in the start record (written once); None, with a condition, while it is unavailable."""
+        r = self.recs
+        if r.start is None:
+            resolve = getattr(self.d.backend, "resolve_image", None)
+            try:
+                digest = resolve(self.spec.image) if resolve else None
+            except ImageUnavailable as e:
+                self.image_error = True
+                self.conditions.append(condition("Ready", False, "ImageUnavailable", str(e)[:1000]))
+                return None
+            r.put_start(self.store, at, digest)
+        return (r.start or {}).get("image_digest") or self.spec.image
 
-    def launch(self, unit: Unit, n: int, exclude: frozenset[str]) -> bool:
-        tid = f"{self.tag}.{unit.id}.{n}"
-        out = posixpath.join(self.protocol.spec.datadir, ".runs", self.tag, unit.id, str(n))
-        image = self.image()
-        if not self.recs.put_attempt(self.store, tid, {"unit": unit.id, "n": n, "output": out, "at_us": now_us()}):
-            self.reload()  # someone else launched it: look again next pass
-            return False
-        spec = self.spec
+    def _next_try(self, unit: str) -> int:
+        n = self.recs.tries.get(unit, 0)
+        self.recs.tries[unit] = n + 1
+        return n
+
+    def _submit(self, plan: list[tuple[Unit, int, frozenset[str]]]) -> None:
+        assert self.d is not None
+        r, spec = self.recs, self.spec
+        at = now_us()
+        image = self.image(at)
+        if image is None:
+            return
+        tasks = []
+        for unit, n, exclude in plan:
+            tid = f"{self.tag}.{unit.id}.{n}"
+            out = posixpath.join(self.protocol.spec.datadir, ".runs", self.tag, unit.id, str(n))
+            tasks.append((unit, tid, out, exclude, Attempt(unit=unit.id, n=n, output=out, at_us=at)))
+        self.txn += [r.stage_attempt(tid, a) for _, tid, _, _, a in tasks]
+        if not self.flush():
+            return  # someone else launched one of them: look again
         command = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) else list(spec.command)
-        env = {**spec.env, "BOID_UNIT_INDEX": str(unit.index), "BOID_UNIT_PARAMS": unit.params_json,
-               "BOID_OUTPUT_DIR": out, "BOID_INPUT_FILES": _json_list(unit.inputs)}
-        r = spec.resources
-        task = TaskSpec(task_id=tid, job=self.tag, unit=unit.id, command=command, env=env, output_dir=out,
-                        image=image, network=self.protocol.spec.network,
-                        resources=TaskResources(cpus=r.cpus, mem=r.mem, disk=r.disk, gpus=r.gpus),
-                        constraints=tuple(tuple(c) for c in spec.constraints), exclude_contributors=exclude,
-                        timeout=float(spec.unit_timeout) if spec.unit_timeout else None,
-                        role=self.protocol.name)
-        try:
-            self.d.submit(task)
-        except Exception as e:
-            self.recs.put_result(self.store, tid, {"unit": unit.id, "state": "LOST", "contributor": None,
-                                                   "exit_code": None, "us": 0, "hash": None, "failure": False,
-                                                   "message": f"submit failed: {e}"[:500], "finished_us": now_us()})
-            return False
-        return True
+        res = spec.resources
+        resources = TaskResources(cpus=res.cpus, mem=res.mem, disk=res.disk, gpus=res.gpus)
+        constraints = tuple(tuple(c) for c in spec.constraints)
+        timeout = float(spec.unit_timeout) if spec.unit_timeout else None
+        refused: list[tuple[str, TaskResult]] = []
+        for unit, tid, out, exclude, _ in tasks:
+            env = {**spec.env, "BOID_UNIT_INDEX": str(unit.index), "BOID_UNIT_PARAMS": unit.params_json,
+                   "BOID_OUTPUT_DIR": out, "BOID_INPUT_FILES": json.dumps(list(unit.inputs))}
+            task = TaskSpec(task_id=tid, job=self.tag, unit=unit.id, command=command, env=env, output_dir=out,
+                            image=image, network=self.protocol.spec.network, resources=resources,
+                            constraints=constraints,
+                            exclude_contributors=exclude, timeout=timeout, role=self.protocol.name)
+            try:
+                self.d.submit(task, self.owner)
+            except Exception as e:  # recorded as a refused submit: backs off, fails the unit if it repeats
+                log.info("job %s: submit of %s failed: %s", self.job.name, tid, e)
+                refused.append((tid, _refused(unit.id, f"submit failed: {type(e).__name__}: {e}")))
+        for tid, res_ in refused:
+            self.txn.append(r.stage_result(tid, res_))
+            r.dirty.add(res_.unit)
 
-    def amalgamate(self, units: list[Unit]) -> None:
+    def amalgamate(self, space: UnitSpace) -> None:
         out = output_path(self.job, self.protocol)
+        acc = self.recs.accepted
+        units = list(space)
         manifest = {
             "job": self.job.name, "uid": self.uid, "protocol": self.protocol.name,
             "reduce": self.spec.output.reduce, "output": out, "image": self.spec.image,
             "image_digest": (self.recs.start or {}).get("image_digest"),
             "units": [{"id": u.id, "index": u.index, "params": u.params, "inputs": list(u.inputs),
-                       "hash": self.recs.accepted[u.id]["hash"], "output": self.recs.accepted[u.id]["output"],
-                       "credited": [{"contributor": c["contributor"], "microseconds": c["us"]}
-                                    for c in self.recs.accepted[u.id]["credited"]]}
+                       "hash": acc[u.id].hash, "output": acc[u.id].output,
+                       "credited": [{"contributor": c.contributor, "microseconds": c.us} for c in acc[u.id].credited]}
                       for u in units],
         }
         try:
             publish(self.storage, out, self.spec.output.reduce, self.spec.output.command,
-                    [(u.id, self.recs.accepted[u.id]["output"]) for u in units], manifest)
+                    [(u.id, acc[u.id].output) for u in units], manifest)
         except OutputInvalid as e:
             self.end("Failed", "OutputInvalid", str(e))
             return
         self.end("Succeeded", "Complete", f"{len(units)} units accepted; output in {out}")
 
+    # -- compaction ---------------------------------------------------------------------------
+    def compact(self, space: UnitSpace) -> None:
+        """Once the job ended, nothing is in flight and the ledger has every credit: the full
+        record goes to storage, one summary stays in ZooKeeper, the rest of the records go."""
+        r = self.recs
+        if r.final is None or r.flying or (self.world.ledger is not None and (
+                r.unrecorded or (r.final.phase == "Succeeded" and _records_dispatch(self.world.ledger)
+                                 and not r.dispatch))):
+            return
+        path = record_path(self.job, self.protocol)
+        full = {
+            "job": self.job.name, "uid": self.uid, "protocol": self.protocol.name,
+            "start": r.start, "final": asdict(r.final), "dispatch": r.dispatch, "inputs": r.inputs,
+            "attempts": {t: asdict(a) for t, a in sorted(r.attempts.items())},
+            "results": {t: asdict(x) for t, x in sorted(r.results.items())},
+            "accepted": {u: asdict(a) for u, a in sorted(r.accepted.items())},
+            "recorded": sorted(r.recorded),
+        }
+        self.storage.ensure_dir(posixpath.dirname(path))
+        self.storage.publish_atomic(path, json.dumps(full, sort_keys=True, separators=(",", ":")).encode())
+        status = self.report(space).status
+        summary = Summary(final=r.final, start_us=r.start["at_us"] if r.start else None, total=space.total,
+                          image_digest=(r.start or {}).get("image_digest"),
+                          validated=len(r.accepted), succeeded=len(r.finished_units),
+                          contributors=dict(sorted(r.per_contributor.items())),
+                          slowest=[(u, c, us) for us, u, c in r.slowest],
+                          disagreements=[d.model_dump() for d in status["disagreements"]], record=path,
+                          dispatch=r.dispatch)
+        self.store.create_once(f"{self.uid}/summary", summary.to_json())
+        self.store.delete_runs(self.uid, keep=("summary",))
+        assert self.d is not None
+        self.d.drop(self.uid)
+        self.recs = JobRecords(self.uid, summary=summary, final=summary.final, fresh=False)
+
     # -- report -----------------------------------------------------------------------------
-    def report(self, units: list[Unit]) -> Result:
-        recs, final = self.recs, self.recs.final
-        ids = {u.id for u in units}
-        accepted = {u: a for u, a in recs.accepted.items() if u in ids}
-        running: set[str] = set()
-        for tid in recs.in_flight():
-            u = self.d.update(tid)
-            if u is not None and u.state == "RUNNING":
-                running.add(recs.attempts[tid]["unit"])
-        finished = {r["unit"] for r in recs.results.values() if r["state"] == "FINISHED"} | set(accepted)
-        failed = set(self.failed_units) if final is None else (
-            set(final.get("units", [])) if final.get("reason") == "UnitFailed" else set())
-        running -= set(accepted)
-        total, validated = len(units), len(accepted)
+    def report(self, space: UnitSpace) -> Result:
+        assert self.d is not None
+        r, final = self.recs, self.recs.final
+        running = {a.unit for t, a in r.flying.items()
+                   if (u := self.d.update(t)) is not None and u.state == "RUNNING" and a.unit not in r.accepted}
+        failed = set(r.failed) if final is None else (set(final.units) if final.reason == "UnitFailed" else set())
+        total, validated = space.total, len(r.accepted)
         counts = UnitCounts(total=total, validated=validated, running=len(running),
-                            succeeded=len(finished & ids), failed=len(failed),
+                            succeeded=len(r.finished_units), failed=len(failed),
                             pending=max(0, total - validated - len(running) - len(failed)))
-        per: dict[str, int] = {}
-        slow: list[UnitTime] = []
-        disagreements = list(self.pending_disagreements)
-        for unit, a in sorted(accepted.items()):
-            for c in a["credited"]:
-                per[c["contributor"]] = per.get(c["contributor"], 0) + int(c["us"])
-            top = max(a["credited"], key=lambda c: c["us"])
-            slow.append(UnitTime(unit=unit, contributor=top["contributor"], microseconds=int(top["us"])))
-            disagreements += [Disagreement(unit=unit, **r) for r in a["rejected"]]
-        contributors = [ContributedTime(account=acct, seconds=us // 1_000_000, microseconds=us)
-                        for acct, us in sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CONTRIBUTORS]]
-        slow.sort(key=lambda t: -t.microseconds)
-        phase = final["phase"] if final else ("Running" if recs.start else "Pending")
-        status: dict[str, Any] = {
+        disagreements = [Disagreement(unit=u, contributor=x.contributor, hash=x.hash, task=x.task)
+                         for u in sorted(r.disagreeing)[:LIST_LIMIT] for x in r.disagreeing[u]]
+        disagreements += [Disagreement(unit=u, contributor=x.contributor, hash=x.hash, task=x.task)
+                          for u, x in r.rejections]
+        status = self._status(final, r.start["at_us"] if r.start else None, counts, r.per_contributor,
+                              [UnitTime(unit=u, contributor=c, microseconds=us) for us, u, c in r.slowest],
+                              disagreements,
+                              (list(final.units) if final and final.phase == "Failed" else sorted(failed))[:LIST_LIMIT])
+        conds = self._conditions(final, status["progress"], bool(r.start))
+        requeue = None
+        if final is None:
+            requeue = self._next_look()
+            if self.image_error:   # the image may be imported meanwhile: look again, not in a tight loop
+                requeue = 10.0 if requeue is None else max(requeue, 10.0)
+        elif r.summary is None:
+            requeue = 0.0 if self.ended_now else 2.0   # compaction waits for the ledger / the kills
+        result = Result(status=status, conditions=conds, requeue_after=requeue, notify=self.notify)
+        self._coalesce(result, final)
+        return result
+
+    def _next_look(self) -> float | None:
+        """Event driven: look again only when something is due (a backoff ends, a unit may time
+        out, the deadline passes) or, while waiting for a slot, as a safety net."""
+        r, dues = self.recs, []
+        now = now_us()
+        if r.ready:
+            dues.append(max(0.0, (r.ready[0][0] - now) / 1e6))
+        if self.spec.unit_timeout is not None and r.flying:
+            dues.append(float(self.spec.unit_timeout) + (self.d.kill_grace if self.d else 0) + 0.5)
+        if self.spec.deadline is not None and r.start is not None:
+            dues.append(max(0.0, (r.start["at_us"] + self.spec.deadline * 1_000_000 - now) / 1e6) + 0.05)
+        if self.waiting:
+            dues.append(WAITING_RECHECK)
+        if r.dirty or self.more:
+            dues.append(0.0)
+        return min(dues) if dues else None
+
+    def _coalesce(self, result: Result, final: Final | None) -> None:
+        """Counters move on every event; status is written at most every STATUS_EVERY seconds
+        unless the phase or a condition changes (the engine looks again when it is due)."""
+        key = (result.status.get("phase"), tuple((c.type, c.status, c.reason) for c in result.conditions))
+        now = time.monotonic()
+        r = self.recs
+        if final is None and key == r.status_key and now - r.status_at < STATUS_EVERY:
+            result.write_status = False
+            due = STATUS_EVERY - (now - r.status_at)
+            result.requeue_after = due if result.requeue_after is None else min(result.requeue_after, due)
+            return
+        r.status_key, r.status_at = key, now
+
+    def report_summary(self) -> Result:
+        s = self.recs.summary
+        assert s is not None
+        failed = list(s.final.units) if s.final.phase == "Failed" else []
+        counts = UnitCounts(total=s.total, validated=s.validated, succeeded=s.succeeded,
+                            failed=len(failed) if s.final.reason == "UnitFailed" else 0,
+                            pending=max(0, s.total - s.validated - (len(failed) if s.final.reason == "UnitFailed" else 0)))
+        status = self._status(s.final, s.start_us, counts, s.contributors,
+                              [UnitTime(unit=u, contributor=c, microseconds=us) for u, c, us in s.slowest],
+                              [Disagreement(**d) for d in s.disagreements], failed[:LIST_LIMIT])
+        result = Result(status=status, conditions=self._conditions(s.final, status["progress"], True),
+                        notify=self.notify)
+        ttl = self.spec.ttl_seconds_after_finished
+        if ttl is not None:
+            left = s.final.at_us / 1e6 + ttl - time.time()
+            if left <= 0:
+                log.info("job %s finished more than ttlSecondsAfterFinished=%ss ago: deleting it", self.job.name, ttl)
+                try:
+                    self.store.delete(Job, self.job.name)
+                except NotFound:
+                    pass
+            else:
+                result.requeue_after = left
+        return result
+
+    def _status(self, final: Final | None, start_us: int | None, counts: UnitCounts, per: dict[str, int],
+                slow: list[UnitTime], disagreements: list[Disagreement], failed: list[str]) -> dict[str, Any]:
+        phase = final.phase if final else ("Running" if start_us else "Pending")
+        total, validated = counts.total, counts.validated
+        top = sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CONTRIBUTORS]
+        return {
             "phase": phase, "units": counts,
             "progress": f"{validated}/{total} ({validated * 100 // total if total else 100}%)",
-            "start_time": _dt(recs.start["at_us"]) if recs.start else None,
-            "completion_time": _dt(final["at_us"]) if final else None,
+            "start_time": _dt(start_us), "completion_time": _dt(final.at_us) if final else None,
             "output": output_path(self.job, self.protocol) if phase == "Succeeded" else None,
-            "contributors": contributors, "slowest_units": slow[:5],
-            "disagreements": disagreements[:LIST_LIMIT],
-            "failed_units": (final.get("units", []) if final and phase == "Failed" else sorted(failed))[:LIST_LIMIT],
-            "image_digest": (recs.start or {}).get("image_digest"),
+            "contributors": [ContributedTime(account=a, seconds=us // 1_000_000, microseconds=us) for a, us in top],
+            "slowest_units": slow[:5], "disagreements": disagreements[:LIST_LIMIT], "failed_units": failed,
+            "image_digest": (self.recs.start or {}).get("image_digest")
+                            or (self.recs.summary.image_digest if self.recs.summary else None),
         }
+
+    def _conditions(self, final: Final | None, progress: str, started: bool) -> list[Any]:
         conds = list(self.conditions)
         if final is None:
-            conds += [condition("Complete", False, "Running" if recs.start else "Pending", status["progress"]),
+            conds += [condition("Complete", False, "Running" if started else "Pending", progress),
                       condition("Failed", False, "Running")]
-        elif phase == "Succeeded":
-            conds += [condition("Complete", True, final["reason"], final["message"]),
-                      condition("Failed", False, "Succeeded")]
+        elif final.phase == "Succeeded":
+            conds += [condition("Complete", True, final.reason, final.message), condition("Failed", False, "Succeeded")]
         else:
-            conds += [condition("Complete", False, "Failed", final["message"]),
-                      condition("Failed", True, final["reason"], final["message"])]
-        ledger = self.world.ledger
-        unrecorded = ledger is not None and (
-            any(u not in recs.recorded for u in accepted)
-            or (phase == "Succeeded" and hasattr(ledger, "record_dispatch") and not recs.dispatch))
-        requeue = self.d.poll_interval if final is None else (2.0 if unrecorded else None)
-        if self.image_error:
-            requeue = 10.0  # the image may be imported meanwhile; do not pull in a tight loop
-        if final is not None and not unrecorded and not recs.in_flight():
-            self.d.drop(self.uid)
-        return Result(status=status, conditions=conds, requeue_after=requeue)
+            conds += [condition("Complete", False, "Failed", final.message),
+                      condition("Failed", True, final.reason, final.message)]
+        return conds
 
 
-def _json_list(items: Any) -> str:
-    return json.dumps(list(items))
+_NO_UPDATE = TaskUpdate("", "STAGING")
+
+
+def _records_dispatch(ledger: Any) -> bool:
+    """The ledger records the dispatcher's time (it has the hook and an account to credit); a
+    job's dispatch record then means that time is on chain, as `boidctl report` reads it."""
+    return hasattr(ledger, "record_dispatch") and getattr(ledger, "dispatcher_account", True) is not None
+
+
+def _refused(unit: str, message: str) -> TaskResult:
+    return TaskResult(unit=unit, state="LOST", contributor=None, exit_code=None, us=0, hash=None,
+                      message=message[:500], failure=False, finished_us=now_us(), submit_error=True)

@@ -1,37 +1,158 @@
-"""A job's durable run records in ZooKeeper, and the in-process mirror of them.
+"""A job's durable run records in ZooKeeper (typed), and the incremental in-process mirror of them.
 
 Everything that must survive an operator crash is an append-only record under
-`runs/<job uid>/`, each written with `create_once` (exactly once):
+`runs/<job uid>/`, each written with create-once semantics (exactly once):
 
     start                 when the first unit was launched (the deadline counts from it)
     inputs                the file groups of an `inputs` job, fixed at its start
-    attempts/<task id>    written BEFORE the task is submitted: {unit, n}
-    results/<task id>     the attempt's end: state, contributor, exit code, µs, result hash
+    attempts/<task id>    written BEFORE the task is submitted: Attempt
+    results/<task id>     the attempt's end: TaskResult
     accepted/<unit>       the quorum's hash, the credited contributors with their µs, the outvoted
     recorded/<unit>       the ledger (chain) has the unit's credits
     dispatch              the ledger has the dispatcher's time for the job
     final                 the job's end: Succeeded or Failed, with reason and message
+    summary               the job is compacted: every record above is gone from ZooKeeper (the
+                          full record is in storage next to the results manifest); per-contributor
+                          totals and counts stay here until ttlSecondsAfterFinished or deletion
 
 An attempt without a result is "in flight": after a restart the backend is asked about it
 (`reconcile`), and a task the backend does not know comes back LOST and its unit is re-queued.
-Reading all records on every pass would cost one ZooKeeper round trip per record, so a
-`JobRecords` mirror is loaded once per process and then kept current by our own writes (the
-engine runs one reconcile per object at a time, and only the leader reconciles). A create_once
-that finds the record already there means another writer was active: the mirror reloads.
+
+The mirror (`JobRecords`) is loaded from ZooKeeper once per process (after a restart or a leader
+change) and then kept current by our own writes: the engine runs one reconcile per object at a
+time and only the leader reconciles. Besides the records it keeps the indexes a pass needs so that
+a pass costs O(what changed): the set of in-flight tasks, the results of units still open, running
+per-contributor totals, and the counters status shows. A create that finds the record already
+there means another writer was active: the caller reloads the mirror.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from boidcluster.adapters.store import Store
+
+T = TypeVar("T")
 
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _load(cls: type[T], raw: bytes | None) -> T | None:
+    """A record from its JSON (unknown keys ignored: records written by an older/newer operator)."""
+    if raw is None:
+        return None
+    data = json.loads(raw or b"null")
+    if data is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _dump(rec: Any) -> bytes:
+    return json.dumps(dataclasses.asdict(rec) if dataclasses.is_dataclass(rec) else rec,
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    unit: str
+    n: int
+    output: str
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    unit: str
+    state: str                 # FINISHED | FAILED | KILLED | LOST
+    contributor: str | None
+    exit_code: int | None
+    us: int                    # contributed microseconds
+    hash: str | None           # result hash (FINISHED only)
+    message: str
+    failure: bool              # counts against spec.retries
+    finished_us: int
+    submit_error: bool = False  # the backend refused the submit (never ran)
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    contributor: str
+    us: int
+    task: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    contributor: str
+    hash: str
+    task: str
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    hash: str
+    credited: tuple[Credit, ...]
+    rejected: tuple[Rejected, ...]
+    at_us: int
+    output: str
+
+    @classmethod
+    def from_raw(cls, raw: bytes | None) -> "Acceptance | None":
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        return cls(hash=d["hash"], credited=tuple(Credit(**c) for c in d["credited"]),
+                   rejected=tuple(Rejected(**r) for r in d["rejected"]), at_us=d["at_us"], output=d["output"])
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    phase: str                 # Succeeded | Failed
+    reason: str
+    message: str
+    units: tuple[str, ...] | list[str]
+    at_us: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What stays in ZooKeeper of a finished, compacted job (small whatever the job's size)."""
+
+    final: Final
+    start_us: int | None
+    total: int
+    validated: int
+    succeeded: int
+    contributors: dict[str, int]          # account -> contributed µs, over every accepted unit
+    slowest: list[tuple[str, str, int]]   # (unit, contributor, µs), at most 5
+    disagreements: list[dict[str, str]]   # at most 20
+    record: str                           # storage path of the full record
+    dispatch: bool = False                # the ledger has the dispatcher's time for the job
+    image_digest: str | None = None       # what the job's image resolved to (every unit ran it)
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_raw(cls, raw: bytes | None) -> "Summary | None":
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        d["final"] = Final(**d["final"])
+        d["slowest"] = [tuple(x) for x in d["slowest"]]
+        return cls(**d)
+
+
+def unit_index(unit_id: str) -> int:
+    """The index encoded in a unit id ('u000042' or 'u000042-<digest>')."""
+    return int(unit_id[1:].split("-", 1)[0])
 
 
 @dataclass
@@ -39,82 +160,199 @@ class JobRecords:
     uid: str
     start: dict[str, Any] | None = None
     inputs: list[list[str]] | None = None
-    attempts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    accepted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attempts: dict[str, Attempt] = field(default_factory=dict)
+    results: dict[str, TaskResult] = field(default_factory=dict)
+    accepted: dict[str, Acceptance] = field(default_factory=dict)
     recorded: set[str] = field(default_factory=set)
     dispatch: bool = False
-    final: dict[str, Any] | None = None
+    final: Final | None = None
+    summary: Summary | None = None
     loaded_at: float = 0.0
+    # -- indexes, maintained by the writers below ------------------------------------------------
+    flying: dict[str, Attempt] = field(default_factory=dict)          # attempts without a result
+    open_results: dict[str, list[str]] = field(default_factory=dict)  # unit -> its result tids (open units)
+    tries: dict[str, int] = field(default_factory=dict)               # unit -> attempts made (open units)
+    unrecorded: set[str] = field(default_factory=set)                 # accepted, not yet given to the ledger
+    finished_units: set[str] = field(default_factory=set)            # units with a FINISHED result
+    launched_upto: int = 0                                           # 1 + highest unit index attempted
+    per_contributor: dict[str, int] = field(default_factory=dict)    # credited µs over accepted units
+    flying_by_unit: dict[str, set[str]] = field(default_factory=dict)  # unit -> its tasks in flight
+    slowest: list[tuple[int, str, str]] = field(default_factory=list)  # (µs, unit, contributor), top 5
+    rejections: list[tuple[str, Rejected]] = field(default_factory=list)  # outvoted, first 20
+    # -- the pass's own queues (in memory only; rebuilt from the records by a fresh mirror) --------
+    fresh: bool = True                   # loaded, not yet seen by a pass
+    dirty: set[str] = field(default_factory=set)          # units to evaluate
+    ready: list[tuple[int, int, str]] = field(default_factory=list)  # heap (not_before_us, index, unit)
+    wants: dict[str, tuple[int, int, frozenset[str]]] = field(default_factory=dict)  # unit -> (n, not_before, exclude)
+    failed: dict[str, str] = field(default_factory=dict)  # unit -> why it failed for good
+    disagreeing: dict[str, tuple[Rejected, ...]] = field(default_factory=dict)  # open units
+    cursor: int = 0                      # next never-launched unit index (lazy expansion)
+    status_at: float = 0.0               # monotonic time of the last status written
+    status_key: Any = None               # phase/conditions of the last status written
 
     # -- reading ----------------------------------------------------------------------------
     @classmethod
     def load(cls, store: Store, uid: str) -> "JobRecords":
+        """Read every record of the job (one listing per directory, reads pipelined)."""
         r = cls(uid, loaded_at=time.monotonic())
-
-        def get(path: str) -> Any:
-            raw = store.get_run(f"{uid}/{path}")
-            return None if raw is None else json.loads(raw or b"null")
-
-        r.start = get("start")
-        r.inputs = get("inputs")
-        r.final = get("final")
-        r.dispatch = store.get_run(f"{uid}/dispatch") is not None
-        for tid in store.list_runs(f"{uid}/attempts"):
-            r.attempts[tid] = get(f"attempts/{tid}")
-        for tid in store.list_runs(f"{uid}/results"):
-            r.results[tid] = get(f"results/{tid}")
-        for unit in store.list_runs(f"{uid}/accepted"):
-            r.accepted[unit] = get(f"accepted/{unit}")
-        r.recorded = set(store.list_runs(f"{uid}/recorded"))
+        present = set(store.list_runs(uid))   # a new job has none: one round trip
+        if "summary" in present:
+            r.summary = Summary.from_raw(store.get_run(f"{uid}/summary"))
+            if r.summary is not None:
+                r.final = r.summary.final
+                return r
+        singles = [n for n in ("start", "inputs", "final", "dispatch") if n in present]
+        raw = dict(zip(singles, store.get_runs(*(f"{uid}/{n}" for n in singles))))
+        r.start = json.loads(raw["start"]) if raw.get("start") is not None else None
+        r.inputs = json.loads(raw["inputs"]) if raw.get("inputs") is not None else None
+        r.final = _load(Final, raw.get("final"))
+        r.dispatch = raw.get("dispatch") is not None
+        if "attempts" in present:
+            for tid, data in store.read_runs(f"{uid}/attempts"):
+                r._attempt(tid, _load(Attempt, data))  # type: ignore[arg-type]
+        if "results" in present:
+            results = [(tid, _load(TaskResult, data)) for tid, data in store.read_runs(f"{uid}/results")]
+            for tid, res in sorted(results, key=lambda kv: kv[1].finished_us):  # type: ignore[union-attr]
+                r._result(tid, res)  # type: ignore[arg-type]
+        if "recorded" in present:
+            r.recorded = set(store.list_runs(f"{uid}/recorded"))
+        if "accepted" in present:
+            for unit, data in store.read_runs(f"{uid}/accepted"):
+                r._accepted(unit, Acceptance.from_raw(data))  # type: ignore[arg-type]
         return r
 
+    @classmethod
+    def load_full(cls, store: Store, storage: Any, uid: str) -> "JobRecords":
+        """Every record of the job, from ZooKeeper or, once compacted, from the full record in
+        storage (`summary.record`, next to the results manifest)."""
+        r = cls.load(store, uid)
+        if r.summary is None:
+            return r
+        return cls.from_record(json.loads(storage.read_bytes(r.summary.record)), summary=r.summary)
+
+    @classmethod
+    def from_record(cls, full: dict[str, Any], summary: Summary | None = None) -> "JobRecords":
+        r = cls(full["uid"], start=full.get("start"), inputs=full.get("inputs"), dispatch=bool(full.get("dispatch")),
+                final=Final(**full["final"]) if full.get("final") else None, summary=summary, fresh=False)
+        for tid, a in full["attempts"].items():
+            r._attempt(tid, Attempt(**a))
+        for tid, x in sorted(full["results"].items(), key=lambda kv: kv[1]["finished_us"]):
+            r._result(tid, TaskResult(**x))
+        r.recorded = set(full["recorded"])
+        for u, a in full["accepted"].items():
+            r._accepted(u, Acceptance.from_raw(json.dumps(a).encode()))  # type: ignore[arg-type]
+        return r
+
+    def credited(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Credited µs per contributor: (given to the ledger, accepted but not yet given). A
+        compacted job's come from its summary (everything was given before compaction)."""
+        if self.summary is not None:
+            return dict(self.summary.contributors), {}
+        done: dict[str, int] = {}
+        pending: dict[str, int] = {}
+        for unit, acc in self.accepted.items():
+            target = done if unit in self.recorded else pending
+            for c in acc.credited:
+                target[c.contributor] = target.get(c.contributor, 0) + c.us
+        return done, pending
+
+    def dispatch_us(self, journaled: bool = False) -> int:
+        """The dispatcher's time for the job once the ledger has it (or, `journaled`, has it in its
+        journal: the job's own marker follows the chain's confirmation), else 0."""
+        if self.summary is not None:
+            s = self.summary
+            return max(0, s.final.at_us - s.start_us) if (s.dispatch or journaled) and s.start_us is not None else 0
+        if (self.dispatch or journaled) and self.final is not None and self.start is not None:
+            return max(0, self.final.at_us - self.start["at_us"])
+        return 0
+
     def in_flight(self) -> list[str]:
-        return [t for t in self.attempts if t not in self.results]
+        return list(self.flying)
 
-    # -- writing (each returns False when the record already existed) --------------------------
-    def _create(self, store: Store, path: str, data: Any) -> bool:
-        return store.create_once(f"{self.uid}/{path}", json.dumps(data, sort_keys=True, separators=(",", ":")))
+    def results_of(self, unit: str) -> list[TaskResult]:
+        return [self.results[t] for t in self.open_results.get(unit, ())]
 
-    def put_start(self, store: Store, data: dict[str, Any]) -> bool:
-        ok = self._create(store, "start", data)
+    # -- index maintenance ---------------------------------------------------------------------
+    def _attempt(self, tid: str, a: Attempt) -> None:
+        self.attempts[tid] = a
+        if tid not in self.results:
+            self.flying[tid] = a
+            self.flying_by_unit.setdefault(a.unit, set()).add(tid)
+        if a.unit not in self.accepted:
+            self.tries[a.unit] = max(self.tries.get(a.unit, 0), a.n + 1)
+        self.launched_upto = max(self.launched_upto, unit_index(a.unit) + 1)
+
+    def _result(self, tid: str, res: TaskResult) -> None:
+        self.results[tid] = res
+        if self.flying.pop(tid, None) is not None:
+            left = self.flying_by_unit.get(res.unit)
+            if left is not None:
+                left.discard(tid)
+                if not left:
+                    del self.flying_by_unit[res.unit]
+        if res.state == "FINISHED":
+            self.finished_units.add(res.unit)
+        if res.unit not in self.accepted:
+            self.open_results.setdefault(res.unit, []).append(tid)
+
+    def _accepted(self, unit: str, acc: Acceptance) -> None:
+        self.accepted[unit] = acc
+        self.open_results.pop(unit, None)
+        self.tries.pop(unit, None)
+        self.finished_units.add(unit)
+        if unit not in self.recorded:
+            self.unrecorded.add(unit)
+        for c in acc.credited:
+            self.per_contributor[c.contributor] = self.per_contributor.get(c.contributor, 0) + c.us
+        if acc.credited:
+            top = max(acc.credited, key=lambda c: c.us)
+            if len(self.slowest) < 5 or top.us > self.slowest[-1][0]:
+                self.slowest = sorted([*self.slowest, (top.us, unit, top.contributor)], key=lambda t: -t[0])[:5]
+        if len(self.rejections) < 20:
+            self.rejections += [(unit, r) for r in acc.rejected][:20 - len(self.rejections)]
+        self.disagreeing.pop(unit, None)
+
+    # -- staging: apply to the mirror now, return the znode to create (the caller commits all of
+    # a pass's records in one transaction, and reloads the mirror if that fails) ----------------
+    def stage_attempt(self, tid: str, a: Attempt) -> tuple[str, bytes]:
+        self._attempt(tid, a)
+        return f"{self.uid}/attempts/{tid}", _dump(a)
+
+    def stage_result(self, tid: str, r: TaskResult) -> tuple[str, bytes]:
+        self._result(tid, r)
+        return f"{self.uid}/results/{tid}", _dump(r)
+
+    def stage_accepted(self, unit: str, a: Acceptance) -> tuple[str, bytes]:
+        self._accepted(unit, a)
+        return f"{self.uid}/accepted/{unit}", _dump(a)
+
+    # -- writing: each creates its znodes in one transaction; False when one already existed -----
+    def put_start(self, store: Store, at_us: int, image_digest: str | None = None) -> bool:
+        """The job's start, written once: when (the deadline counts from it) and the digest its
+        image resolved to (every unit and replica runs that one)."""
+        data: dict[str, Any] = {"at_us": at_us, "image_digest": image_digest}
+        ok = store.create_once(f"{self.uid}/start", _dump(data))
         self.start = data if ok else json.loads(store.get_run(f"{self.uid}/start") or b"null")
         return ok
 
     def put_inputs(self, store: Store, groups: list[list[str]]) -> list[list[str]]:
-        if not self._create(store, "inputs", groups):
+        if not store.create_once(f"{self.uid}/inputs", _dump(groups)):
             groups = json.loads(store.get_run(f"{self.uid}/inputs") or b"[]")
         self.inputs = groups
         return groups
 
-    def put_attempt(self, store: Store, tid: str, data: dict[str, Any]) -> bool:
-        ok = self._create(store, f"attempts/{tid}", data)
-        if ok:
-            self.attempts[tid] = data
-        return ok
-
-    def put_result(self, store: Store, tid: str, data: dict[str, Any]) -> bool:
-        ok = self._create(store, f"results/{tid}", data)
-        if ok:
-            self.results[tid] = data
-        return ok
-
-    def put_accepted(self, store: Store, unit: str, data: dict[str, Any]) -> bool:
-        ok = self._create(store, f"accepted/{unit}", data)
-        if ok:
-            self.accepted[unit] = data
-        return ok
-
-    def put_recorded(self, store: Store, unit: str) -> None:
-        self._create(store, f"recorded/{unit}", {"at_us": now_us()})
-        self.recorded.add(unit)
+    def put_recorded(self, store: Store, units: list[str]) -> None:
+        store.create_many([(f"{self.uid}/recorded/{u}", _dump({"at_us": now_us()})) for u in units],
+                          exist_ok=True)
+        self.recorded.update(units)
+        self.unrecorded.difference_update(units)
 
     def put_dispatch(self, store: Store) -> None:
-        self._create(store, "dispatch", {"at_us": now_us()})
+        store.create_once(f"{self.uid}/dispatch", _dump({"at_us": now_us()}))
         self.dispatch = True
 
-    def put_final(self, store: Store, data: dict[str, Any]) -> dict[str, Any]:
-        if not self._create(store, "final", data):
-            data = json.loads(store.get_run(f"{self.uid}/final") or b"null")
-        self.final = data
-        return data
+    def put_final(self, store: Store, final: Final) -> Final:
+        if not store.create_once(f"{self.uid}/final", _dump(final)):
+            final = _load(Final, store.get_run(f"{self.uid}/final")) or final
+        self.final = final
+        return final

@@ -15,7 +15,7 @@ import hashlib
 import json
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from boidcluster.model.resources import JobSpec
 
@@ -71,3 +71,53 @@ def expand(spec: JobSpec, *, datadir: str = "",
         groups = input_groups(list_files(storage_path(datadir, wu.inputs.path)),
                               wu.inputs.pattern, wu.inputs.per_unit)
     return [Unit(f"u{i:06d}-{_digest(list(g))}", i, {}, tuple(g)) for i, g in enumerate(groups)]
+
+
+class UnitSpace:
+    """The job's units by index, made on demand: a 1,000,000-unit sweep is never built up front
+    (a sweep point is decoded from its index, mixed radix over the axes, last axis fastest, the
+    same order as `expand`)."""
+
+    def __init__(self, spec: JobSpec, groups: Sequence[Sequence[str]] | None = None) -> None:
+        wu = spec.work_units
+        self._count = wu.count
+        self._groups = [tuple(g) for g in groups] if groups is not None else None
+        self._names: list[str] = []
+        self._axes: list[list[Any]] = []
+        if wu.sweep is not None:
+            for name, v in sorted(wu.sweep.items()):
+                self._names.append(name)
+                self._axes.append(list(v.range.values()) if hasattr(v, "range") else list(v))
+        if wu.count is not None:
+            self.total = wu.count
+        elif wu.sweep is not None:
+            total = 1
+            for a in self._axes:
+                total *= len(a)
+            self.total = total
+        else:
+            if self._groups is None:
+                raise ValueError("an inputs job needs its groups to expand")
+            self.total = len(self._groups)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def unit(self, i: int) -> Unit:
+        if not 0 <= i < self.total:
+            raise IndexError(i)
+        if self._count is not None:
+            return Unit(f"u{i:06d}", i)
+        if self._groups is not None:
+            g = self._groups[i]
+            return Unit(f"u{i:06d}-{_digest(list(g))}", i, {}, g)
+        point: dict[str, Any] = {}
+        rest = i
+        for name, axis in reversed(list(zip(self._names, self._axes))):
+            rest, k = divmod(rest, len(axis))
+            point[name] = axis[k]
+        point = {n: point[n] for n in self._names}
+        return Unit(f"u{i:06d}-{_digest(point)}", i, point)
+
+    def __iter__(self):
+        return (self.unit(i) for i in range(self.total))
