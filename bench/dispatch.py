@@ -15,12 +15,21 @@ the first). `--jobs M` instead applies M jobs of `--units` units each at once.
 
     .venv/bin/python bench/dispatch.py [-n 1000 -n 10000] [--slots 4] [--runtime host]
     .venv/bin/python bench/dispatch.py --jobs 1000 --units 2
+
+With `--runtime container` every unit is a sandboxed podman container of the demo image (built on
+first use) running `true`, and the bare baseline is the same number of `podman run --rm` of the
+same image with the same sandbox options, as many at a time as there are slots, measured before
+and after the dispatched run and averaged (the machine's load drifts). It also prints the time
+from the Job's apply to its first unit running, next to one bare `podman run --rm` of the image.
+
+    .venv/bin/python bench/dispatch.py --runtime container -n 40 --slots 2 --chain-units 0
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -44,14 +53,45 @@ from boidcluster.reconcilers.jobs import Dispatcher  # noqa: E402
 
 ACCOUNTS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 COMMAND = ["true"]
+RUNTIMES = {"host": "host", "container": "podman"}   # bench flag -> the local backend's runtime
+
+
+class _FirstRunning(LocalBackend):
+    """Bench instrumentation: when the first task since `first_running` was reset reported RUNNING,
+    and each task's span from RUNNING to its end (how busy the slots were kept)."""
+
+    first_running: float | None = None
+    spans: dict[str, list[float]]
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.spans = {}
+        super().__init__(*args, **kw)
+
+    def _emit(self, t, state, **kw):  # type: ignore[override]
+        now = time.perf_counter()
+        if state == "RUNNING":
+            if self.first_running is None:
+                self.first_running = now
+            self.spans.setdefault(t.spec.task_id, [now, now])
+        elif state in ("FINISHED", "FAILED", "KILLED", "LOST") and t.spec.task_id in self.spans:
+            self.spans[t.spec.task_id][1] = now
+        super()._emit(t, state, **kw)
+
+    def busy(self, slots: int) -> float:
+        """Fraction of slot time from the first RUNNING to the last end that a task held a slot."""
+        if not self.spans:
+            return 0.0
+        first = min(a for a, _ in self.spans.values())
+        last = max(b for _, b in self.spans.values())
+        return sum(b - a for a, b in self.spans.values()) / (slots * (last - first) or 1)
 
 
 def make_backend(runtime: str, root: Path, slots: int) -> Any:
     """The backend a run uses, by runtime (one slot per contributor, round robin)."""
     contributors = [ACCOUNTS[i % len(ACCOUNTS)] for i in range(slots)]
-    if runtime == "host":
-        return LocalBackend(root, contributors)
-    raise SystemExit(f"unknown runtime {runtime!r}")
+    if runtime not in RUNTIMES:
+        raise SystemExit(f"unknown runtime {runtime!r}")
+    return _FirstRunning(root, contributors, runtime=RUNTIMES[runtime])
 
 
 def rss_mb() -> float:
@@ -73,7 +113,23 @@ def bare(n: int, parallel: int) -> float:
     return time.perf_counter() - start
 
 
-def backend_alone(runtime: str, n: int, slots: int, root: Path, overcommit: int = 2) -> float:
+def bare_podman(n: int, parallel: int, image: str) -> tuple[float, float]:
+    """N `podman run --rm IMAGE true` with the runtime's sandbox options; (total, one run alone)."""
+    from boidcluster.adapters.backend import TaskResources
+    from boidcluster.adapters.local.runtime import PodmanRuntime
+
+    rt = PodmanRuntime()
+    argv = rt._cmd("run", "--rm", *rt.sandbox_args(TaskResources(), network=False, timeout=None), image, *COMMAND)
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, env=rt._base_env())
+    one = time.perf_counter() - t0
+    start = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda _: subprocess.run(argv, check=True, env=rt._base_env()), range(n)))
+    return time.perf_counter() - start, one
+
+
+def backend_alone(runtime: str, n: int, slots: int, root: Path, overcommit: int = 2, image: str | None = None) -> float:
     """The backend with a minimal driver (no records, no engine): its own ceiling."""
     b = make_backend(runtime, root / "alone", slots)
     try:
@@ -81,7 +137,7 @@ def backend_alone(runtime: str, n: int, slots: int, root: Path, overcommit: int 
         while done < n:
             while sub < n and flying < slots * overcommit:
                 b.submit(TaskSpec(task_id=f"t{sub}", job="alone", unit=f"u{sub}", command=COMMAND, env={},
-                                  output_dir=f"alone/{sub}"))
+                                  output_dir=f"alone/{sub}", image=image))
                 sub, flying = sub + 1, flying + 1
             for u in b.updates(1.0):
                 if u.terminal:
@@ -111,11 +167,12 @@ class Site:
         while not self.op.leading:
             time.sleep(0.01)
 
-    def run(self, names: list[str], units: int, replicas: int) -> float:
-        """Apply the jobs at once; seconds until every one Succeeded."""
+    def run(self, names: list[str], units: int, replicas: int, image: str = "none") -> tuple[float, float | None]:
+        """Apply the jobs at once; (seconds until every one Succeeded, seconds to the first RUNNING)."""
+        self.backend.first_running, self.backend.spans = None, {}
         start = time.perf_counter()
         jobs = [Job.model_validate({"metadata": {"name": name}, "spec": {
-            "protocol": "bench", "image": "none", "command": COMMAND, "workUnits": {"count": units},
+            "protocol": "bench", "image": image, "command": COMMAND, "workUnits": {"count": units},
             "replication": {"replicas": replicas, "quorum": replicas}, "output": {"reduce": "none"}}})
             for name in names]
         left = set(names)
@@ -137,7 +194,8 @@ class Site:
                     left.discard(ev.name)
         finally:
             watch.stop()
-        return time.perf_counter() - start
+        end, first = time.perf_counter(), self.backend.first_running
+        return end - start, None if first is None else first - start
 
     def compacted(self, zk: LocalZooKeeper, want: int, timeout: float) -> tuple[float, int]:
         """Seconds until the finished jobs are compacted (ZooKeeper down to `want` znodes)."""
@@ -226,7 +284,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=0, help="instead: this many jobs at once, of --units units each")
     ap.add_argument("--units", type=int, default=2, help="units per job with --jobs")
     ap.add_argument("--slots", type=int, default=4, help="backend slots = the parallelism of every measurement")
-    ap.add_argument("--runtime", default="host", choices=["host"], help="what runs a unit")
+    ap.add_argument("--runtime", default="host", choices=list(RUNTIMES),
+                    help="what runs a unit: host processes, or sandboxed podman containers of the demo image")
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--overcommit", type=int, default=Dispatcher(None).overcommit,  # type: ignore[arg-type]
                     help="tasks in flight per slot (the dispatcher's default)")
@@ -234,9 +293,13 @@ def main() -> None:
     ap.add_argument("--chain-units", type=int, default=0, help="completions recorded on chain (0: skip)")
     args = ap.parse_args()
     sizes = args.n or [1000]
+    image = "none"
+    if args.runtime == "container":
+        from boidcluster.adapters.local.images import ensure_demo_image
+        image = ensure_demo_image(progress=print)
     with LocalZooKeeper(fsync=False, die_with_parent=True) as zk, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        print(f"runtime={args.runtime} slots={args.slots} replicas={args.replicas} cpus={os.cpu_count()} "
+        print(f"runtime={args.runtime} image={image[:19]} slots={args.slots} replicas={args.replicas} cpus={os.cpu_count()} "
               f"load={os.getloadavg()[0]:.1f} (the machine is shared: compare ratios, not rates)")
         site = Site(args.runtime, args.slots, root, zk.hosts, args.overcommit)
         try:
@@ -247,16 +310,32 @@ def main() -> None:
             first_rate = None
             for label, names, units in plans:
                 tasks = len(names) * units * args.replicas
-                t_bare = bare(tasks, args.slots)
-                t_alone = None if args.no_alone else backend_alone(args.runtime, tasks, args.slots, root)
-                t_job = site.run(names, units, args.replicas)
+                t_one = None
+                if args.runtime == "container":   # load drifts: the baseline before and after, averaged
+                    t_before, t_one = bare_podman(tasks, args.slots, image)
+                else:
+                    t_bare = bare(tasks, args.slots)
+                t_alone = (None if args.no_alone else
+                           backend_alone(args.runtime, tasks, args.slots, root, args.overcommit,
+                                         image if args.runtime == "container" else None))
+                cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+                t_job, t_first = site.run(names, units, args.replicas, image)
+                cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+                cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+                if args.runtime == "container":
+                    t_after, _ = bare_podman(tasks, args.slots, image)
+                    t_bare = (t_before + t_after) / 2
                 z_end, rss_end = znodes(zk), rss_mb()
                 t_c, z_compact = site.compacted(zk, base_z + 4 * len(names), timeout=60 + tasks / 500)
                 t_del, z_after = site.delete(names, zk, base_z, timeout=120 + tasks / 200)  # storage too
                 rate = len(names) * units / t_job
                 first_rate = first_rate or rate
                 print(f"--- {len(names)} job(s) x {units} units ({tasks} tasks)")
-                print(f"bare launches          : {tasks / t_bare:9.1f} tasks/s ({t_bare:.2f}s)")
+                if t_one is not None:
+                    print(f"bare podman run --rm   : {tasks / t_bare:9.1f} tasks/s ({t_bare:.2f}s; "
+                          f"before {t_before:.2f}s, after {t_after:.2f}s)")
+                else:
+                    print(f"bare launches          : {tasks / t_bare:9.1f} tasks/s ({t_bare:.2f}s)")
                 if t_alone is not None:
                     print(f"backend alone          : {tasks / t_alone:9.1f} tasks/s ({t_alone:.2f}s)")
                 print(f"dispatched end to end  : {tasks / t_job:9.1f} tasks/s ({t_job:.2f}s, {rate:.1f} units/s, "
@@ -265,6 +344,11 @@ def main() -> None:
                 if t_alone is not None:
                     print(f"ratio dispatched/alone : {t_alone / t_job:9.3f}")
                 print(f"ratio units/s vs first : {rate / first_rate:9.3f}")
+                print(f"operator cpu           : {cpu:9.2f}s ({cpu / t_job:.2f} of a core); slots busy "
+                      f"{site.backend.busy(args.slots):.0%} (a task between RUNNING and its end)")
+                if t_first is not None:
+                    one = "" if t_one is None else f" (one bare podman run --rm of the image, start to exit: {t_one:.3f}s)"
+                    print(f"apply -> first unit running: {t_first:.3f}s{one}")
                 print(f"rss {rss_end:.0f} MB; znodes {base_z} before, {z_end} at the end, {z_compact} "
                       f"{t_c:.1f}s later (compacted: 4 per job), {z_after} "
                       f"{t_del:.1f}s after deleting ({'back to baseline' if z_after <= base_z else 'NOT back'})")
