@@ -156,6 +156,17 @@ class ChainLedger:
             return RecordResult()
         return self._record(protocol, "worker", entries)
 
+    def unregistered(self, protocol: Any, accounts: Iterable[str], role: str = "worker") -> set[str]:
+        """The accounts with no `role` row for the protocol on clusterjobs: recordbatch would refuse
+        a whole batch for any one of them, so their time is held back (read from the chain's table,
+        not inferred from a refusal)."""
+        wanted = set(accounts)
+        if not wanted:
+            return set()
+        j = self._journal(protocol)
+        rows = self.chain.contributor_rows(role, j.protocol_id)
+        return wanted - {r.account for r in rows}
+
     def record_dispatch(self, protocol: Any, job: Any, micros: int) -> bool:
         """The dispatcher's time for running a job, once per job."""
         if not self.dispatcher_account or micros <= 0:

