@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
 
+from boidcluster.adapters.chain import ContributorNotRegistered
 from boidcluster.adapters.chain.blocking import BlockingChain
 from boidcluster.adapters.local.backend import LocalBackend
 from boidcluster.adapters.storage import Storage
@@ -140,3 +142,24 @@ def test_an_unregistered_slot_holds_back_only_its_own_time(site, trio, zk_hosts,
     eventually(lambda: cond(store.get(Job, "mixed"), "Recorded") == "True", timeout=60)
     r = eventually(lambda: (r := report(zk_hosts, chain_world, "rec")).exit_code == 0 and r, timeout=30)
     assert "ZooKeeper records and the chain agree." in r.output
+
+
+def test_the_ledger_never_journals_a_batch_the_chain_would_refuse(site, trio):
+    """A batch with an unregistered account would be refused whole, and since the chain's batch
+    numbers are sent in order, a journaled one would block every later batch of the protocol."""
+    op, store, chain = site(contributors=1)
+    w0, _, w2 = trio.workers
+    p = store.get(Protocol, "rec")
+    ledger = ChainLedger(chain, dispatcher_account=trio.dispatcher, store=store)   # dispatcher not registered
+    uid = SimpleNamespace(metadata=SimpleNamespace(uid="job-uid-n"))
+    with pytest.raises(ContributorNotRegistered) as e:
+        ledger.record_dispatch(p, uid, 1_000_000)
+    assert (e.value.role, e.value.account) == ("dispatcher", trio.dispatcher)
+    with pytest.raises(ContributorNotRegistered) as e:
+        ledger.record_units(p, uid, [("u0", w0, 5), ("u0", w2, 7)])
+    assert (e.value.role, e.value.account) == ("worker", w2)
+    assert ledger.pending(p) == 0   # nothing journaled
+    assert ledger.record_units(p, uid, [("u0", w0, 5)]).recorded == 1   # the others are not blocked
+    row = chain.require_protocol(trio.owner, p.chain_name)
+    assert chain.contributor_row("worker", row.id, w0).total_time == 5
+    assert ledger.unregistered(p, [w0, w2]) == {w2}

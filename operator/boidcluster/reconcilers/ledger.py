@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from boidcluster.adapters.chain import BatchOutOfSequence, ChainAssertion, RecordResult, UnitTime, unit_id
+from boidcluster.adapters.chain import BatchOutOfSequence, ChainAssertion, ContributorNotRegistered, RecordResult, UnitTime, unit_id
 
 JOURNAL = "ledger"
 BATCH_UNITS = 400  # units per recordbatch: ~60 ms of the 150 ms a transaction may use on the local node
@@ -125,6 +125,11 @@ class ChainLedger:
             sent, trx = self._send_missing(j)
             new = [e for e in entries if (e[0], e[1], e[2]) not in j.units]
             result.already = len(entries) - len(new)
+            # the chain refuses a whole batch for one unregistered account: such a batch must never
+            # be journaled (it would block every later one); the caller holds that account's units
+            missing = self._missing(j, type_, {e[2] for e in new})
+            if missing:
+                raise ContributorNotRegistered(type_, sorted(missing)[0])
             for start in range(0, len(new), self.batch_units):
                 chunk = new[start:start + self.batch_units]
                 units = sorted(([uid, key, acct, unit_id(uid, key, acct), int(us)] for uid, key, acct, us in chunk),
@@ -160,12 +165,12 @@ class ChainLedger:
         """The accounts with no `role` row for the protocol on clusterjobs: recordbatch would refuse
         a whole batch for any one of them, so their time is held back (read from the chain's table,
         not inferred from a refusal)."""
-        wanted = set(accounts)
+        return self._missing(self._journal(protocol), role, set(accounts))
+
+    def _missing(self, j: _Journal, role: str, wanted: set[str]) -> set[str]:
         if not wanted:
             return set()
-        j = self._journal(protocol)
-        rows = self.chain.contributor_rows(role, j.protocol_id)
-        return wanted - {r.account for r in rows}
+        return wanted - {r.account for r in self.chain.contributor_rows(role, j.protocol_id)}
 
     def record_dispatch(self, protocol: Any, job: Any, micros: int) -> bool:
         """The dispatcher's time for running a job, once per job."""

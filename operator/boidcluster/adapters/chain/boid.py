@@ -58,8 +58,11 @@ class BatchOutOfSequence(ChainAssertion):
 class ContributorNotRegistered(ChainAssertion):
     """recordbatch refused a batch: `account` has no `role` row for the protocol on clusterjobs."""
 
-    def __init__(self, role: str, account: str, original: ChainAssertion) -> None:
-        super().__init__(original.message, action=original.action)
+    def __init__(self, role: str, account: str, original: ChainAssertion | None = None) -> None:
+        if original is None:   # found in the contributor table before sending
+            super().__init__(f"{role} not registered: {account}", action="clusterjobs::recordbatch")
+        else:
+            super().__init__(original.message, action=original.action)
         self.role = role
         self.account = account
 
