@@ -163,3 +163,32 @@ def test_the_ledger_never_journals_a_batch_the_chain_would_refuse(site, trio):
     row = chain.require_protocol(trio.owner, p.chain_name)
     assert chain.contributor_row("worker", row.id, w0).total_time == 5
     assert ledger.unregistered(p, [w0, w2]) == {w2}
+
+
+def _rows(output: str) -> dict[str, tuple[str, str]]:
+    """CONTRIBUTOR -> (ZOOKEEPER s, CHAIN TOTAL s) from the report's table."""
+    out = {}
+    for line in output.splitlines():
+        cells = line.split()
+        if len(cells) >= 4 and cells[1] in ("worker", "dispatcher"):
+            out[cells[0]] = (cells[2], cells[3])
+    return out
+
+
+def test_report_still_agrees_after_a_finished_job_is_deleted(site, trio, zk_hosts, chain_world):
+    op, store, chain = site(contributors=3, dispatcher=True)
+    store.create(job("gone", "rec", 6))
+    store.create(job("kept", "rec", 3))
+    uid = finished(store, "gone").metadata.uid
+    finished(store, "kept")
+    before = eventually(lambda: (r := report(zk_hosts, chain_world, "rec")).exit_code == 0 and r, timeout=60).output
+    rows = _rows(before)
+    assert any(float(zk) > 0 for w, (zk, _) in rows.items() if w in trio.workers), before
+    assert float(rows[trio.dispatcher][1]) > 0, before   # the dispatcher's time is on chain
+    store.delete(Job, "gone")
+    eventually(lambda: not store.client.exists(f"/boid/v1/runs/{uid}") and
+               "gone" not in [j.name for j in store.list(Job)], timeout=60)
+    after = report(zk_hosts, chain_world, "rec")
+    assert after.exit_code == 0, after.output
+    assert "ZooKeeper records and the chain agree." in after.output
+    assert _rows(after.output) == rows, (before, after.output)   # the deleted job's time still counts

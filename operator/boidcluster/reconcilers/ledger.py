@@ -224,6 +224,22 @@ class JournalSummary:
         """Uids of the jobs whose dispatcher time the journal holds (sent, or about to be re-sent)."""
         return {u[0] for b in self.batches.values() if b["type"] != "worker" for u in b["units"]}
 
+    def of_jobs_without_records(self, have_records: set[str]) -> tuple[dict[str, int], int]:
+        """(worker µs per contributor, dispatcher µs) the journal holds for jobs whose run records
+        are gone from ZooKeeper (deleted jobs): the journal is their durable record, as it has
+        every unit sent, per contributor, and a job is deleted only once all its units were sent."""
+        workers: dict[str, int] = {}
+        dispatcher = 0
+        for b in self.batches.values():
+            for u in b["units"]:
+                if u[0] in have_records:
+                    continue
+                if b["type"] == "worker":
+                    workers[u[2]] = workers.get(u[2], 0) + u[4]
+                else:
+                    dispatcher += u[4]
+        return workers, dispatcher
+
     def above(self, seq: int) -> dict[str, int]:
         """µs per contributor in journaled batches numbered above `seq` (not on chain yet)."""
         out: dict[str, int] = {}
