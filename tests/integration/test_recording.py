@@ -153,7 +153,7 @@ def test_the_ledger_never_journals_a_batch_the_chain_would_refuse(site, trio):
     ledger = ChainLedger(chain, dispatcher_account=trio.dispatcher, store=store)   # dispatcher not registered
     uid = SimpleNamespace(metadata=SimpleNamespace(uid="job-uid-n"))
     with pytest.raises(ContributorNotRegistered) as e:
-        ledger.record_dispatch(p, uid, 1_000_000)
+        ledger.record_dispatch(p, uid, 1_000_000, 2_000_000)
     assert (e.value.role, e.value.account) == ("dispatcher", trio.dispatcher)
     with pytest.raises(ContributorNotRegistered) as e:
         ledger.record_units(p, uid, [("u0", w0, 5), ("u0", w2, 7)])
@@ -192,3 +192,36 @@ def test_report_still_agrees_after_a_finished_job_is_deleted(site, trio, zk_host
     assert after.exit_code == 0, after.output
     assert "ZooKeeper records and the chain agree." in after.output
     assert _rows(after.output) == rows, (before, after.output)   # the deleted job's time still counts
+
+
+def test_the_dispatcher_is_credited_its_busy_time_never_more_than_the_wall_time(site, trio, zk_hosts, chain_world):
+    """Issue 12 item 2: jobs running at once share the dispatcher's time (each instant divided by
+    the jobs running then), so its credit is the union of the jobs' intervals, <= the wall time."""
+    from boidcluster.reconcilers.jobs.records import JobRecords
+    op, store, chain = site(contributors=3, dispatcher=True)
+    names = [f"c{i}" for i in range(8)]
+    for n in names:
+        store.create(job(n, "rec", 3, sleep=0.3))
+    intervals = []
+    for n in names:
+        uid = finished(store, n).metadata.uid
+        r = eventually(lambda uid=uid: (r := JobRecords.load(store, uid)).summary and r, timeout=60)
+        intervals.append((r.summary.start_us, r.summary.final.at_us))
+    wall = max(e for _, e in intervals) - min(s for s, _ in intervals)
+    summed = sum(e - s for s, e in intervals)
+    assert summed > 1.5 * wall, (summed, wall)   # the jobs did run at once (the old credit: summed)
+    union, cur = 0, None
+    for s, e in sorted(intervals):
+        if cur is None or s > cur[1]:
+            union += (cur[1] - cur[0]) if cur else 0
+            cur = [s, e]
+        else:
+            cur[1] = max(cur[1], e)
+    union += cur[1] - cur[0]
+    row = chain.require_protocol(trio.owner, store.get(Protocol, "rec").chain_name)
+    credited = eventually(lambda: (d := chain.contributor_row("dispatcher", row.id, trio.dispatcher)) and d.total_time,
+                          timeout=60)
+    assert credited <= union <= wall, (credited, union, wall)
+    assert credited >= union - len(names), (credited, union)   # every busy µs credited (rounding: < 1 µs a job)
+    r = report(zk_hosts, chain_world, "rec")
+    assert r.exit_code == 0 and "ZooKeeper records and the chain agree." in r.output, r.output

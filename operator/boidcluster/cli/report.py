@@ -40,7 +40,6 @@ def zookeeper_time(store, jobs: list[Job], journal: JournalSummary | None = None
     recorded: dict[str, int] = defaultdict(int)
     pending: dict[str, int] = defaultdict(int)
     dispatch = 0
-    dispatched = journal.dispatched_jobs() if journal is not None else set()
     have_records: set[str] = set()
     for j in jobs:
         if not j.metadata.uid:
@@ -54,12 +53,13 @@ def zookeeper_time(store, jobs: list[Job], journal: JournalSummary | None = None
             recorded[who] += us
         for who, us in waiting.items():
             pending[who] += us
-        dispatch += recs.dispatch_us(journaled=j.metadata.uid in dispatched)
     if journal is not None:
-        gone, gone_dispatch = journal.of_jobs_without_records(have_records)
+        gone, _ = journal.of_jobs_without_records(have_records)
         for who, us in gone.items():
             recorded[who] += us
-        dispatch += gone_dispatch
+        # the dispatcher's time is computed once per job by the ledger (its share of the busy time)
+        # and journaled: the journal is its only record, for kept and deleted jobs alike
+        dispatch = journal.dispatcher_us()
     return recorded, pending, dispatch
 
 

@@ -30,7 +30,10 @@ disagree the unit is re-issued, to contributors not yet used for it when there a
 The ledger hook (world.ledger, optional): `record_units(protocol, job, [(unit_id, contributor,
 microseconds)])` for every credited replica of newly accepted units (the unit id is unique within
 the job; the job is identified by job.metadata.uid), and, if the ledger has it,
-`record_dispatch(protocol, job, microseconds)` once when the job succeeds. Both must be idempotent.
+`record_dispatch(protocol, job, start_us, end_us)` once when the job succeeds (the ledger credits the
+dispatcher its pro rata share of that interval: each instant divided among the jobs running then,
+which it learns from `note_busy(uid, start_us, end_us or None)`, called every pass of a started
+job). Both must be idempotent.
 """
 
 from __future__ import annotations
@@ -143,6 +146,8 @@ def _delete(job: Job, world: Any, d: Dispatcher | None, uid: str) -> Result:
     if d is not None:
         for tid in recs.in_flight():
             d.kill(tid, "deleted")
+    if recs.start is not None and hasattr(world.ledger, "note_busy"):   # it stopped running now
+        world.ledger.note_busy(uid, recs.start["at_us"], recs.final.at_us if recs.final else now_us())
     if recs.summary is None and recs.unrecorded and world.ledger is not None:
         try:
             protocol = store.get(Protocol, job.spec.protocol)
@@ -374,6 +379,8 @@ class _Pass:
         ledger = self.world.ledger
         if ledger is None:
             return
+        if self.recs.start is not None and hasattr(ledger, "note_busy"):
+            ledger.note_busy(self.uid, self.recs.start["at_us"], self.recs.final.at_us if self.recs.final else None)
         todo = sorted(self.recs.unrecorded)
         held: dict[str, int] = {}   # unregistered account -> accepted units held back for it
         try:
@@ -397,7 +404,7 @@ class _Pass:
             final = self.recs.final
             if (final is not None and final.phase == "Succeeded" and not self.recs.dispatch
                     and _records_dispatch(ledger) and self.recs.start is not None):
-                ledger.record_dispatch(self.protocol, self.job, max(0, final.at_us - self.recs.start["at_us"]))
+                ledger.record_dispatch(self.protocol, self.job, self.recs.start["at_us"], final.at_us)
                 self.recs.put_dispatch(self.store)
         except ContributorNotRegistered as e:   # registered accounts were checked; one was removed since
             self.conditions.append(condition("Recorded", False, "ContributorNotRegistered",
