@@ -210,6 +210,7 @@ class ChainLedger:
             iv = dispatch_interval(u[1])
             if iv is not None and u[2] == self.dispatcher_account:
                 self._credited[u[0]] = (iv[0], iv[1], int(u[4]))
+                self._busy.pop(u[0], None)   # its interval is kept with its credit
 
     def dispatch_share(self, uid: str, start_us: int, end_us: int) -> int:
         """The dispatcher's time for job `uid`, run over [start, end]: each instant of it divided by
