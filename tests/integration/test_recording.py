@@ -131,6 +131,7 @@ def test_an_unregistered_slot_holds_back_only_its_own_time(site, trio, zk_hosts,
     assert chain.contributor_row("worker", row.id, w2) is None
     r = report(zk_hosts, chain_world, "rec")
     assert r.exit_code == 1 and f"{w2}: " in r.output and "not on chain yet" in r.output, r.output
+    assert f"{w2} is not registered as a worker of this protocol on chain" in r.output, r.output
     assert f"{w0}: " not in r.output.split("difference(s):")[1], r.output
 
     # once the account is registered its held time is recorded, and the report agrees

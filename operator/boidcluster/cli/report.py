@@ -118,7 +118,9 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
                         f"the chain {_secs(chain_dispatch)} s")
     for acct, us in sorted(pending.items()):
         if us:
-            problems.append(f"{acct}: {_secs(us)} s of accepted work is not on chain yet")
+            why = "" if (acct, "worker") in times else (
+                f" ({acct} is not registered as a worker of this protocol on chain: apply a Contributor for it)")
+            problems.append(f"{acct}: {_secs(us)} s of accepted work is not on chain yet{why}")
     # the ledger's journal: what was sent under which batch number, against the chain's totals
     on_chain = seq.seq if seq else 0
     for acct, us in sorted(journal.above(on_chain).items()):
