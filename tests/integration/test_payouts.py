@@ -102,6 +102,7 @@ def test_a_restarted_ledger_resends_exactly_what_the_chain_lacks(registered, act
         raise SystemExit("killed")
 
     crashed.chain = SimpleNamespace(require_protocol=chain.require_protocol, batch_seq=chain.batch_seq,
+                                    contributor_rows=chain.contributor_rows,
                                     record_batch=die)
     with pytest.raises(SystemExit):
         crashed.record_units(p, fake_job("job-uid-r"), [("u0", w0, H), ("u1", w0, H)])

@@ -1,7 +1,8 @@
 """`boidctl report PROTOCOL`: does the chain agree with what the cluster recorded?
 
 Contributed time is recorded twice: as accepted work-unit records in ZooKeeper (the dispatcher's
-truth) and as clusterjobs rows on chain (keyed by protocol). Money is an escrow on clusterreg: the
+truth) and as clusterjobs rows on chain (keyed by protocol). A deleted job leaves no run records;
+its time on the ZooKeeper side is what the ledger's journal (runs/ledger/...) sent for it. Money is an escrow on clusterreg: the
 report checks its books exactly in integer units (deposited = paid + owed + withdrawn + free
 escrow; owed and paid equal the sums of the contributors' rows; the registry's token balance equals
 the sum of its protocols' escrows), lists every account with accepted time not yet on chain, and
@@ -22,7 +23,7 @@ from boidcluster.adapters.store import NotFound
 from boidcluster.model.resources import Contributor, Job, Protocol
 from boidcluster.model.types import Asset
 from boidcluster.reconcilers.jobs.records import JobRecords
-from boidcluster.reconcilers.ledger import read_journal
+from boidcluster.reconcilers.ledger import JournalSummary, read_journal
 
 from .context import Ctx, Failure, friendly, read_cluster
 
@@ -31,22 +32,34 @@ def _secs(us: int) -> str:
     return f"{us / 1e6:.6f}"
 
 
-def zookeeper_time(store, jobs: list[Job], dispatched: set[str] = frozenset()) -> tuple[dict[str, int], dict[str, int], int]:
-    """(recorded µs per worker, accepted-but-not-yet-recorded µs per worker, dispatch µs recorded);
-    `dispatched`: uids of jobs whose dispatcher time the ledger journaled."""
+def zookeeper_time(store, jobs: list[Job], journal: JournalSummary | None = None
+                   ) -> tuple[dict[str, int], dict[str, int], int]:
+    """(recorded µs per worker, accepted-but-not-yet-recorded µs per worker, dispatch µs recorded).
+    A job's time comes from its run records (a compacted job's from its summary); a deleted job
+    leaves none, so the time of every job without records comes from the ledger's `journal`."""
     recorded: dict[str, int] = defaultdict(int)
     pending: dict[str, int] = defaultdict(int)
     dispatch = 0
+    have_records: set[str] = set()
     for j in jobs:
         if not j.metadata.uid:
             continue
         recs = JobRecords.load(store, j.metadata.uid)   # a compacted job: its summary's totals
+        if recs.summary is None and recs.start is None and not recs.accepted:
+            continue   # no records (a job not started, or deleted a moment ago): the journal's
+        have_records.add(j.metadata.uid)
         done, waiting = recs.credited()
         for who, us in done.items():
             recorded[who] += us
         for who, us in waiting.items():
             pending[who] += us
-        dispatch += recs.dispatch_us(journaled=j.metadata.uid in dispatched)
+    if journal is not None:
+        gone, _ = journal.of_jobs_without_records(have_records)
+        for who, us in gone.items():
+            recorded[who] += us
+        # the dispatcher's time is computed once per job by the ledger (its share of the busy time)
+        # and journaled: the journal is its only record, for kept and deleted jobs alike
+        dispatch = journal.dispatcher_us()
     return recorded, pending, dispatch
 
 
@@ -67,7 +80,7 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
     spec = p.spec
     jobs = [j for j in ctx.store.list(Job) if j.spec.protocol == p.name]
     journal = read_journal(ctx.store, spec.owner, p.chain_name)
-    recorded, pending, dispatch_us = zookeeper_time(ctx.store, jobs, journal.dispatched_jobs())
+    recorded, pending, dispatch_us = zookeeper_time(ctx.store, jobs, journal)
     contributors = sorted({(c.spec.account, c.spec.role) for c in ctx.store.list(Contributor)
                            if spec.researcher in c.spec.researchers} | {(a, "worker") for a in recorded})
     chain = BlockingChain.open(url, KeyRing())
@@ -105,7 +118,9 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
                         f"the chain {_secs(chain_dispatch)} s")
     for acct, us in sorted(pending.items()):
         if us:
-            problems.append(f"{acct}: {_secs(us)} s of accepted work is not on chain yet")
+            why = "" if (acct, "worker") in times else (
+                f" ({acct} is not registered as a worker of this protocol on chain: apply a Contributor for it)")
+            problems.append(f"{acct}: {_secs(us)} s of accepted work is not on chain yet{why}")
     # the ledger's journal: what was sent under which batch number, against the chain's totals
     on_chain = seq.seq if seq else 0
     for acct, us in sorted(journal.above(on_chain).items()):

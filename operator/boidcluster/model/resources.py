@@ -181,7 +181,10 @@ class PayRates(Strict):
     worker: Asset
     """Pay per hour of a worker's unit time, e.g. '1.0000 BOID'."""
     dispatcher: Asset
-    """Pay per hour of running this protocol's dispatcher, e.g. '0.5000 BOID'."""
+    """Pay per hour of running this protocol's dispatcher, e.g. '0.5000 BOID'. The dispatcher's
+    time is the time it was busy: the union of the running intervals of the jobs it ran, each
+    instant divided among the jobs (of any protocol) running then, so a protocol pays its share
+    and concurrent jobs never add up to more than the wall time; credited once per succeeded job."""
 
 
 class Payout(Strict):
@@ -641,7 +644,11 @@ class JobStatus(Status):
     output: str | None = None
     """Storage location of the amalgamated results."""
     contributors: list[ContributedTime] = Field(default_factory=list)
-    """The top contributors by contributed seconds (at most 10)."""
+    """The top contributors by contributed seconds (at most 10): each accepted unit's run time,
+    recorded per contributor (condition Recorded=False, reason ContributorNotRegistered, names an
+    account whose time waits for its registration). The dispatcher is credited, once the job
+    succeeds, its share of the job's running interval: each instant divided among the jobs
+    running then (busy intervals merged across jobs), never more than the wall time."""
     progress: str | None = None
     """Validated units out of all, e.g. '6/8 (75%)'."""
     slowest_units: list[UnitTime] = Field(default_factory=list)
@@ -679,7 +686,10 @@ class ContributorSpec(Strict):
     """The contributor's EOS account (paid from the protocols' funds; also the Mesos agent
     attribute boid_account)."""
     role: Literal["worker", "dispatcher"] = "worker"
-    """worker runs work units; dispatcher runs protocols' dispatchers."""
+    """worker runs work units (credited each accepted unit's run time); dispatcher runs protocols'
+    dispatchers (credited the time it was busy: the union of its running jobs' intervals, each
+    instant shared pro rata among the jobs, so never more than the wall time). Time of an account
+    not registered on chain is held back, not lost, and recorded once it is registered."""
     researchers: list[EosName] = Field(min_length=1)
     """EOS accounts of the researchers this contributor works for."""
 

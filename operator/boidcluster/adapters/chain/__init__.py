@@ -7,6 +7,7 @@ from .abi import Abi, AbiError, abi_to_bin, int_to_name, name_to_int
 from .boid import (
     AcctRow,
     BatchOutOfSequence,
+    ContributorNotRegistered,
     BatchSeqRow,
     BoidChain,
     ChainAuth,
@@ -37,7 +38,7 @@ from .rpc import (
 
 __all__ = [
     "Abi", "AbiError", "abi_to_bin", "int_to_name", "name_to_int",
-    "AcctRow", "BatchOutOfSequence", "BatchSeqRow", "EscrowTooLow", "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult",
+    "AcctRow", "BatchOutOfSequence", "ContributorNotRegistered", "BatchSeqRow", "EscrowTooLow", "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult",
     "ProtocolRow", "ProtocolTerms", "RecordResult", "UnitTime", "credit", "payment", "unit_id",
     "KeyFormatError", "KeyRing", "PrivateKey",
     "ChainAssertion", "ChainError", "ChainUnavailable", "DuplicateTransaction", "MissingAuthority", "NotFound",

@@ -24,6 +24,9 @@ from .rpc import ChainAssertion, ChainError, RpcClient, action
 H = 3_600_000_000  # µs per hour: pay rates are per hour, times are µs
 TYPES = ("worker", "dispatcher")
 _OUT_OF_SEQUENCE = re.compile(r"^batch out of sequence: expected (\d+)$")
+# clusterjobs::recordbatch's only signal for an account it has no row for is its check() text: this
+# is the one place that reads it (the ledger checks the contributor tables before sending anyway)
+_NOT_REGISTERED = re.compile(r"^(worker|dispatcher) not registered: ([a-z1-5.]{1,13})$")
 
 
 def unit_id(job_uid: str, unit_index: int | str, contributor: str) -> int:
@@ -50,6 +53,18 @@ class BatchOutOfSequence(ChainAssertion):
     def __init__(self, expected: int, original: ChainAssertion) -> None:
         super().__init__(original.message, action=original.action)
         self.expected = expected
+
+
+class ContributorNotRegistered(ChainAssertion):
+    """recordbatch refused a batch: `account` has no `role` row for the protocol on clusterjobs."""
+
+    def __init__(self, role: str, account: str, original: ChainAssertion | None = None) -> None:
+        if original is None:   # found in the contributor table before sending
+            super().__init__(f"{role} not registered: {account}", action="clusterjobs::recordbatch")
+        else:
+            super().__init__(original.message, action=original.action)
+        self.role = role
+        self.account = account
 
 
 class EscrowTooLow(ChainAssertion):
@@ -335,13 +350,17 @@ class BoidChain:
 
     async def record_batch(self, owner: str, name: str, seq: int, type: str, units: Sequence[UnitTime]) -> str:
         """Record batch `seq` (must be the chain's last + 1); returns the transaction id.
-        Raises BatchOutOfSequence (with the number the chain expects) if it is not."""
+        Raises BatchOutOfSequence (with the number the chain expects) if it is not, and
+        ContributorNotRegistered if a unit's contributor has no row for the protocol."""
         try:
             out = await self.rpc.push_transaction([self.batch_action(owner, name, seq, type, units)])
         except ChainAssertion as e:
             m = _OUT_OF_SEQUENCE.match(e.message)
             if m:
                 raise BatchOutOfSequence(int(m.group(1)), e) from None
+            m = _NOT_REGISTERED.match(e.message)
+            if m:
+                raise ContributorNotRegistered(m.group(1), m.group(2), e) from None
             raise
         return out.get("transaction_id", "")
 
@@ -393,6 +412,6 @@ def _walk_traces(traces: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
 
 
 __all__ = [
-    "AcctRow", "BatchOutOfSequence", "EscrowTooLow", "BatchSeqRow", "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult",
+    "AcctRow", "BatchOutOfSequence", "ContributorNotRegistered", "EscrowTooLow", "BatchSeqRow", "BoidChain", "ChainAuth", "ContributorRow", "PayoutResult",
     "ProtocolRow", "ProtocolTerms", "RecordResult", "UnitTime", "credit", "payment", "unit_id",
 ]

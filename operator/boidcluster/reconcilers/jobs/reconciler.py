@@ -30,7 +30,10 @@ disagree the unit is re-issued, to contributors not yet used for it when there a
 The ledger hook (world.ledger, optional): `record_units(protocol, job, [(unit_id, contributor,
 microseconds)])` for every credited replica of newly accepted units (the unit id is unique within
 the job; the job is identified by job.metadata.uid), and, if the ledger has it,
-`record_dispatch(protocol, job, microseconds)` once when the job succeeds. Both must be idempotent.
+`record_dispatch(protocol, job, start_us, end_us)` once when the job succeeds (the ledger credits the
+dispatcher its pro rata share of that interval: each instant divided among the jobs running then,
+which it learns from `note_busy(uid, start_us, end_us or None)`, called every pass of a started
+job). Both must be idempotent.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from boidcluster.adapters.backend import ImageUnavailable, TaskResources, TaskSpec, TaskUpdate
+from boidcluster.adapters.chain import ContributorNotRegistered
 from boidcluster.adapters.storage import NotFound as StorageNotFound
 from boidcluster.adapters.store import NotFound
 from boidcluster.engine.reconciler import Result, condition
@@ -142,6 +146,8 @@ def _delete(job: Job, world: Any, d: Dispatcher | None, uid: str) -> Result:
     if d is not None:
         for tid in recs.in_flight():
             d.kill(tid, "deleted")
+    if recs.start is not None and hasattr(world.ledger, "note_busy"):   # it stopped running now
+        world.ledger.note_busy(uid, recs.start["at_us"], recs.final.at_us if recs.final else now_us())
     if recs.summary is None and recs.unrecorded and world.ledger is not None:
         try:
             protocol = store.get(Protocol, job.spec.protocol)
@@ -366,11 +372,30 @@ class _Pass:
 
     # -- act --------------------------------------------------------------------------------
     def ledger(self) -> None:
+        """Give the ledger the credits of newly accepted units. Recording is per contributor: the
+        chain refuses a whole batch for one account it has no row for, so units credited to an
+        unregistered account are held back (they stay accepted, not recorded, and are recorded on
+        the first pass after the account is registered) and every other unit is recorded."""
         ledger = self.world.ledger
         if ledger is None:
             return
+        if self.recs.start is not None and hasattr(ledger, "note_busy"):
+            ledger.note_busy(self.uid, self.recs.start["at_us"], self.recs.final.at_us if self.recs.final else None)
         todo = sorted(self.recs.unrecorded)
+        held: dict[str, int] = {}   # unregistered account -> accepted units held back for it
         try:
+            if todo and hasattr(ledger, "unregistered"):
+                missing = ledger.unregistered(self.protocol, {
+                    c.contributor for u in todo for c in self.recs.accepted[u].credited})
+                if missing:
+                    keep = []
+                    for u in todo:
+                        who = {c.contributor for c in self.recs.accepted[u].credited} & missing
+                        for a in who:
+                            held[a] = held.get(a, 0) + 1
+                        if not who:
+                            keep.append(u)
+                    todo = keep
             for i in range(0, len(todo), LEDGER_BATCH):
                 batch = todo[i:i + LEDGER_BATCH]
                 ledger.record_units(self.protocol, self.job, [
@@ -379,15 +404,29 @@ class _Pass:
             final = self.recs.final
             if (final is not None and final.phase == "Succeeded" and not self.recs.dispatch
                     and _records_dispatch(ledger) and self.recs.start is not None):
-                ledger.record_dispatch(self.protocol, self.job, max(0, final.at_us - self.recs.start["at_us"]))
+                ledger.record_dispatch(self.protocol, self.job, self.recs.start["at_us"], final.at_us)
                 self.recs.put_dispatch(self.store)
+        except ContributorNotRegistered as e:   # registered accounts were checked; one was removed since
+            self.conditions.append(condition("Recorded", False, "ContributorNotRegistered",
+                                             self._not_registered({e.account: 0}, e.role)))
+            return
         except Exception as e:  # the chain is down or refused: keep going, retry next pass
             log.info("job %s: recording contributed time failed: %s", self.job.name, e)
             self.conditions.append(condition("Recorded", False, type(e).__name__, str(e)[:500]))
             return
-        if todo or self.recs.recorded:
+        if held:
+            self.conditions.append(condition("Recorded", False, "ContributorNotRegistered",
+                                             self._not_registered(held, "worker")))
+        elif todo or self.recs.recorded:
             self.conditions.append(condition("Recorded", True, "Recorded",
                                              f"{len(self.recs.recorded)} accepted units recorded"))
+
+    def _not_registered(self, held: dict[str, int], role: str) -> str:
+        names = ", ".join(f"{a} ({n} unit(s))" if n else a for a, n in sorted(held.items()))
+        return (f"the time of {names} cannot be recorded: not registered as a {role} of protocol "
+                f"{self.protocol.name} on chain; every other contributor's time is recorded. Apply a Contributor "
+                f"for it (role {role}, researchers [{self.protocol.spec.researcher}]): its time stays pending and "
+                "is recorded once it is registered")[:1000]
 
     def end(self, phase: str, reason: str, message: str, units: list[str] | tuple[str, ...] = ()) -> None:
         if not self.flush():

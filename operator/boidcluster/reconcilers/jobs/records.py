@@ -256,16 +256,6 @@ class JobRecords:
                 target[c.contributor] = target.get(c.contributor, 0) + c.us
         return done, pending
 
-    def dispatch_us(self, journaled: bool = False) -> int:
-        """The dispatcher's time for the job once the ledger has it (or, `journaled`, has it in its
-        journal: the job's own marker follows the chain's confirmation), else 0."""
-        if self.summary is not None:
-            s = self.summary
-            return max(0, s.final.at_us - s.start_us) if (s.dispatch or journaled) and s.start_us is not None else 0
-        if (self.dispatch or journaled) and self.final is not None and self.start is not None:
-            return max(0, self.final.at_us - self.start["at_us"])
-        return 0
-
     def in_flight(self) -> list[str]:
         return list(self.flying)
 
