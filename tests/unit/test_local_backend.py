@@ -259,3 +259,20 @@ def test_every_task_ends_exactly_once_and_a_slot_runs_one_task_at_a_time(tmp_pat
             ended.add(u.task_id)
             if u.contributor and running.get(u.contributor) == u.task_id:
                 del running[u.contributor]
+
+
+def test_a_task_killed_before_it_started_frees_its_slot_for_a_queued_one(tmp_path):
+    """A kill that lands between a task claiming a slot and its process starting frees the slot
+    and starts the next queued task that only that slot can take (found by the invariant above)."""
+    b = LocalBackend(tmp_path, ["alice", "bob"], runtime="host", kill_grace=0.1, limits=Limits(log_bytes=4096))
+    try:
+        b.submit(task("t0", ["sh", "-c", "true"], unit="u0", timeout=5))
+        b.submit(task("t1", ["sh", "-c", "true"], unit="u1", exclude_contributors=frozenset({"bob"}), timeout=5))
+        b.kill("t0")
+        got, end = [], time.monotonic() + 10
+        while time.monotonic() < end and not {u.task_id for u in got if u.terminal} >= {"t0", "t1"}:
+            got += b.updates(timeout=0.1)
+        ends = {u.task_id: u.state for u in got if u.terminal}
+        assert ends.get("t0") == "KILLED" and ends.get("t1") == "FINISHED", got
+    finally:
+        b.close()

@@ -352,6 +352,7 @@ class LocalBackend:
                 self._busy[t.slot] = None
                 self._emit(t, t.end_state or "KILLED", message=t.end_message or "backend closed",
                            finished_at=time.time())
+                self._schedule()  # the slot is free again: a queued task may take it
                 return
         try:
             out = self._local(spec.output_dir)
