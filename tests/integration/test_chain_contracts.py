@@ -407,6 +407,70 @@ async def test_withdraw_only_the_free_escrow_and_only_by_the_owner(w):
     assert await w.balance(t.owner) == before + boid("3.0000 BOID")
 
 
+# --- reservation: escrow kept for running jobs (issue 9: "withdraw what is neither owed nor reserved") ---
+
+
+async def test_owner_cannot_withdraw_escrow_reserved_for_a_running_job(w):
+    """Attack: the owner pulls the escrow a running job will still owe; contributors mid-job are short."""
+    t = await w.protocol(deposit="10.0000 BOID")
+    await w.record(t, [(w.a.workers[0], 2 * H)])  # owed 2
+    await w.op.reserve(t.owner, t.name, boid("6.0000 BOID"))  # running jobs can still owe 6
+    row = await w.row(t)
+    assert (row.owed, row.reserved, row.withdrawable) == (boid("2.0000 BOID"), boid("6.0000 BOID"), boid("2.0000 BOID"))
+    with pytest.raises(ChainAssertion, match="free escrow: 2.0000 BOID is neither owed nor reserved"):
+        await w.user.withdraw(t.owner, t.name, boid("2.0001 BOID"))
+    assert await w.row(t) == row
+    await w.user.withdraw(t.owner, t.name, boid("2.0000 BOID"))  # what is free, and not a unit more
+    with pytest.raises(ChainAssertion, match="free escrow: 0.0000 BOID"):
+        await w.user.withdraw(t.owner, t.name, boid("0.0001 BOID"))
+    # the job's work is recorded: it consumes the reservation, owed + reserved stays covered
+    await w.record(t, [(w.a.workers[1], 5 * H)])
+    row = await w.row(t)
+    assert (row.balance, row.owed, row.reserved) == (boid("8.0000 BOID"), boid("7.0000 BOID"), boid("1.0000 BOID"))
+    for wk in w.a.workers:  # everyone who worked is paid in full
+        await w.op.payout(t.owner, t.name, wk)
+    # the job finished: the operator lowers the reservation and the owner takes the rest
+    await w.op.reserve(t.owner, t.name, boid("0.0000 BOID"))
+    await w.user.withdraw(t.owner, t.name, boid("1.0000 BOID"))
+    row = await w.row(t)
+    assert (row.balance, row.owed, row.reserved, row.paid, row.withdrawn) == (
+        boid("0.0000 BOID"), boid("0.0000 BOID"), boid("0.0000 BOID"), boid("7.0000 BOID"), boid("3.0000 BOID"))
+    assert row.invariant_holds()
+
+
+async def test_only_the_operator_can_reserve_and_it_moves_no_money(w):
+    t = await w.protocol(deposit="5.0000 BOID")
+    for signer in (f"{t.owner}@active", f"{t.researcher}@active", f"{w.a.workers[0]}@active", f"{w.a.fund}@active"):
+        with pytest.raises(MissingAuthority):  # the owner cannot lower it to withdraw; outsiders cannot raise it
+            await w.user.reserve(t.owner, t.name, boid("1.0000 BOID"), signer=signer)
+    assert (await w.row(t)).reserved == boid("0.0000 BOID")
+    before = {a: await w.balance(a) for a in (REG, t.owner, w.cw.accounts.operator)}
+    await w.op.reserve(t.owner, t.name, boid("5.0000 BOID"))
+    assert {a: await w.balance(a) for a in (REG, t.owner, w.cw.accounts.operator)} == before
+    row = await w.row(t)
+    assert (row.balance, row.reserved, row.deposited, row.withdrawn) == (
+        boid("5.0000 BOID"), boid("5.0000 BOID"), boid("5.0000 BOID"), boid("0.0000 BOID"))
+    with pytest.raises(MissingAuthority):  # the operator's key still cannot withdraw
+        await w.op.withdraw(t.owner, t.name, boid("1.0000 BOID"), signer=f"{w.cw.accounts.operator}@operate")
+
+
+async def test_reserve_sets_never_adds_and_cannot_exceed_the_free_escrow(w):
+    t = await w.protocol(deposit="5.0000 BOID")
+    await w.record(t, [(w.a.workers[0], 2 * H)])  # free = 3
+    with pytest.raises(ChainAssertion, match=r"reservation exceeds the free escrow \(balance - owed\)"):
+        await w.op.reserve(t.owner, t.name, boid("3.0001 BOID"))
+    for q in ("2.0000 BOID", "3.0000 BOID", "1.5000 BOID"):  # set, not added: the last one holds
+        await w.op.reserve(t.owner, t.name, boid(q))
+    assert (await w.row(t)).reserved == boid("1.5000 BOID")
+    with pytest.raises(ChainAssertion, match="reservation must not be negative"):
+        await w.op.reserve(t.owner, t.name, boid("-0.0001 BOID"))
+    with pytest.raises(ChainAssertion, match="symbol"):
+        await w.op.reserve(t.owner, t.name, Asset.parse("1.000 BOID"))
+    with pytest.raises(ChainAssertion, match="unknown protocol"):
+        await w.op.reserve(t.owner, "nosuchproto", boid("0.0000 BOID"))
+    assert (await w.row(t)).reserved == boid("1.5000 BOID")
+
+
 async def test_researcher_consent(w):
     t = await w.protocol(accept=False, deposit=None)
     with pytest.raises(ChainAssertion, match="has not accepted"):
@@ -443,13 +507,15 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("rate"), st.integers(0, 30_000), st.integers(0, 30_000)),
     st.tuples(st.just("payout"), st.integers(0, 2)),
     st.tuples(st.just("withdraw"), st.integers(1, 60_000)),
+    st.tuples(st.just("reserve"), st.integers(0, 60_000)),
 ), min_size=1, max_size=10)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=ops)
 def test_money_invariant_after_random_sequences(chain_world, steps):
-    """deposited = paid + owed + withdrawn + free escrow, exactly, after every step; owed equals the
+    """deposited = paid + owed + withdrawn + free escrow, exactly, after every step; a withdrawal takes
+    at most balance - owed - reserved, a reservation at most balance - owed; owed equals the
     sum of the contributors' rows and an exact Python model (pay fixed at each record's rate with
     carry); the registry's token balance equals the sum of its eosio.token protocols' balances."""
     asyncio.run(_random_sequence(chain_world, steps))
@@ -466,7 +532,7 @@ async def _random_sequence(chain_world, steps):
             rates = {"worker": 100, "dispatcher": 33}
             owed = dict.fromkeys(contributors, 0)
             carry = dict.fromkeys(contributors, 0)
-            model = {"deposited": 0, "paid": 0, "withdrawn": 0, "balance": 0}
+            model = {"deposited": 0, "paid": 0, "withdrawn": 0, "balance": 0, "reserved": 0}
             for step in steps:
                 kind = step[0]
                 try:
@@ -479,6 +545,7 @@ async def _random_sequence(chain_world, steps):
                         await w.record(t, [(who, step[2])], type=step[3])
                         amount, carry[who] = divmod(step[2] * rates[step[3]] + carry[who], H)
                         owed[who] += amount
+                        model["reserved"] = max(0, model["reserved"] - amount)  # recorded work consumes it
                     elif kind == "rate":
                         rates = {"worker": step[1], "dispatcher": step[2]}
                         await w.user.update_protocol(terms(actors, name=t.name, worker=str(Asset(step[1], sym)),
@@ -497,15 +564,22 @@ async def _random_sequence(chain_world, steps):
                             model["balance"] -= due
                     elif kind == "withdraw":
                         await w.user.withdraw(t.owner, t.name, Asset(step[1], sym))
-                        assert step[1] <= model["balance"] - sum(owed.values()), "withdrew escrow that is owed"
+                        assert step[1] <= model["balance"] - sum(owed.values()) - model["reserved"], \
+                            "withdrew escrow that is owed or reserved"
                         model["withdrawn"] += step[1]
                         model["balance"] -= step[1]
+                    elif kind == "reserve":
+                        await w.op.reserve(t.owner, t.name, Asset(step[1], sym))
+                        assert step[1] <= model["balance"] - sum(owed.values()), "reserved more than the free escrow"
+                        model["reserved"] = step[1]
                 except ChainAssertion as e:
                     # refused: only where the model says it must be
                     if kind == "payout":
                         due = owed[contributors[step[1]]]
                         assert due == 0 or due > model["balance"], e
                     elif kind == "withdraw":
+                        assert step[1] > model["balance"] - sum(owed.values()) - model["reserved"], e
+                    elif kind == "reserve":
                         assert step[1] > model["balance"] - sum(owed.values()), e
                     else:
                         raise
@@ -514,6 +588,8 @@ async def _random_sequence(chain_world, steps):
                 assert row.deposited.amount == model["deposited"]
                 assert row.paid.amount == model["paid"] and row.withdrawn.amount == model["withdrawn"]
                 assert row.balance.amount == model["balance"]
+                assert row.reserved.amount == model["reserved"]
+                assert row.reserved.amount == 0 or row.owed.amount + row.reserved.amount <= row.balance.amount
                 accts = {a.account: a for a in await w.user.acct_rows(row.id)}
                 assert row.owed.amount == sum(owed.values()) == sum(a.owed.amount for a in accts.values())
                 assert {a: x.owed.amount for a, x in accts.items()} == {a: v for a, v in owed.items() if a in accts}

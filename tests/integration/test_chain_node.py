@@ -44,7 +44,7 @@ async def test_operator_permissions_are_linked_as_interface_md_says(local_chain)
 
         op = await rpc.get_account("boidoperator")
         assert links(op, "operate") == {("clusterjobs", a) for a in (
-            "regworker", "delworker", "regdisptch", "deldisptch", "recordbatch")} | {("clusterreg", "payout")}
+            "regworker", "delworker", "regdisptch", "deldisptch", "recordbatch")} | {("clusterreg", a) for a in ("payout", "reserve")}
         # contracts v2: no owner or fund account delegates anything to the operator
         for user in ("boidteam", "boidfund", "researcher1"):
             acct = await rpc.get_account(user)

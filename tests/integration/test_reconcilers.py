@@ -6,13 +6,18 @@ Every test gets fresh chain accounts, so tests never share chain state.
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 
+from click.testing import CliRunner
+
+from boidcluster.adapters.chain import ProtocolRow
+from boidcluster.cli.main import cli
 from boidcluster.model.resources import Contributor, Job, Protocol
 from boidcluster.model.types import Asset
-from boidcluster.reconcilers.protocol import can_still_owe
+from boidcluster.reconcilers.protocol import can_still_owe, reservation
 from fixtures.netproxy import Proxy
 from fixtures.operator import cond, eventually, protocol_obj as protocol
 
@@ -66,6 +71,57 @@ def test_funded_compares_free_escrow_with_what_running_jobs_can_still_owe(actors
     assert can_still_owe(p, [job]) is None  # no bound
     job.status.phase = "Succeeded"
     assert can_still_owe(p, [job]) == Asset.parse("0.0000 BOID")
+
+
+def test_reservation_is_what_running_jobs_can_still_owe_capped_at_the_free_escrow(actors):
+    sym = Asset.parse("0.0000 BOID").symbol
+    row = ProtocolRow(name="p", owner=actors.owner, researcher=actors.researcher, id=1, accepted=True, title="t",
+                      datadir="/p", tokencontract="eosio.token", worker_pay_rate=Asset(10_000, sym),
+                      dispatcher_pay_rate=Asset(5_000, sym), deposited=Asset(100_000, sym),
+                      balance=Asset(100_000, sym), owed=Asset(30_000, sym), paid=Asset(0, sym),
+                      withdrawn=Asset(0, sym))
+    assert reservation(row, Asset(60_000, sym)) == Asset(60_000, sym)  # the bound
+    assert reservation(row, Asset(90_000, sym)) == Asset(70_000, sym)  # capped at balance - owed
+    assert reservation(row, None) == Asset(70_000, sym)  # no bound: all the free escrow
+    assert reservation(row, Asset(0, sym)) == Asset(0, sym)  # no running job
+    short = dataclasses.replace(row, owed=Asset(120_000, sym))
+    assert reservation(short, None) == Asset(0, sym)  # a shortfall has nothing to reserve
+
+
+def test_operator_reserves_escrow_for_running_jobs_and_withdraw_all_takes_only_the_rest(
+        world_factory, actors, chain_world, zk_hosts, tmp_path):
+    op, store, chain = world_factory()
+    store.create(protocol("pi", actors))
+    chain_world.fund_protocol(store.get(Protocol, "pi"), "40.0000 BOID")
+    op.enqueue("Protocol", "pi")
+    p = eventually(lambda: (o := store.get(Protocol, "pi")) and cond(o, "Registered") == "True"
+                   and o.status.reserved is not None and o)
+    assert str(p.status.reserved) == "0.0000 BOID"  # no job: nothing reserved
+    # a running job without unitTimeout can owe anything: all the free escrow is kept from the owner
+    store.create(Job.model_validate({
+        "apiVersion": "cluster.boid.com/v1alpha1", "kind": "Job", "metadata": {"name": "j"},
+        "spec": {"protocol": "pi", "image": "x", "command": ["true"], "workUnits": {"count": 10}}}))
+    op.enqueue("Protocol", "pi")
+    eventually(lambda: str(chain.protocol_row(actors.owner, "pi").reserved) == "40.0000 BOID")
+    eventually(lambda: str(store.get(Protocol, "pi").status.reserved) == "40.0000 BOID")
+    keys = tmp_path / "owner.keys"
+    keys.write_text(f"{actors.owner}@active {chain_world.keys.key(chain_world.demo_key).reveal()}\n")
+    keys.chmod(0o600)
+    withdraw = ["--zk", zk_hosts, "withdraw", "pi", "--all", "--chain-url", chain_world.url, "--key-file", str(keys)]
+    r = CliRunner().invoke(cli, withdraw)
+    assert r.exit_code == 0 and "nothing free to withdraw" in r.output, r.output
+    assert "reserved for running jobs 40.0000 BOID, free to withdraw 0.0000 BOID" in r.output, r.output
+    r = CliRunner().invoke(cli, ["--zk", zk_hosts, "report", "pi", "--chain-url", chain_world.url])
+    assert "reserved for running jobs 40.0000 BOID, withdrawable 0.0000 BOID" in r.output, r.output
+    # the job is gone: the operator lowers the reservation to 0 and the owner takes everything
+    store.delete(Job, "j")
+    eventually(lambda: store.list(Job) == [])
+    op.enqueue("Protocol", "pi")
+    eventually(lambda: str(chain.protocol_row(actors.owner, "pi").reserved) == "0.0000 BOID")
+    r = CliRunner().invoke(cli, withdraw)
+    assert r.exit_code == 0 and "withdrew 40.0000 BOID" in r.output, r.output
+    row = chain.protocol_row(actors.owner, "pi")
+    assert (str(row.balance), str(row.withdrawn)) == ("0.0000 BOID", "40.0000 BOID") and row.invariant_holds()
 
 
 def test_shortfall_is_a_condition_with_the_amount(world_factory, actors, chain_world):

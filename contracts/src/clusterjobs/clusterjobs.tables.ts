@@ -92,7 +92,8 @@ export class RegistryProtocol extends Table {
         public balance: Asset = new Asset(),
         public owed: Asset = new Asset(),
         public paid: Asset = new Asset(),
-        public withdrawn: Asset = new Asset()
+        public withdrawn: Asset = new Asset(),
+        public reserved: Asset = new Asset()
     ) { super() }
 
     @primary

@@ -14,8 +14,8 @@
  *   lost to rounding. A later rate change affects only later work.
  * - State changes before any inline transfer (which runs after this action returns): a hostile token
  *   contract re-entering payout finds nothing owed.
- * - Payout pays a contributor everything owed or nothing ("escrow too low ... short by"); the owner may
- *   withdraw only balance - owed; delprotocol only when nothing is owed and the balance is zero.
+ * - Payout pays a contributor everything owed or nothing ("escrow too low ... short by"); the operator
+ *   reserves (sets) what running jobs can still owe; the owner may withdraw only balance - owed - reserved; delprotocol only when nothing is owed and the balance is zero.
  */
 import {
     Contract, Name, Asset, Symbol, check, requireAuth, hasAuth, isAccount, TableStore, SAME_PAYER, EMPTY_NAME,
@@ -134,7 +134,7 @@ class ClusterReg extends Contract {
         this.configTable.update(config, SAME_PAYER)
         const zero = money(0, sym)
         protocols.store(new Protocol(name, owner, researcher, id, hasAuth(researcher), title, datadir, tokencontract,
-            worker_pay_rate, dispatcher_pay_rate, zero, zero, zero, zero, zero), owner)
+            worker_pay_rate, dispatcher_pay_rate, zero, zero, zero, zero, zero, zero), owner)
     }
 
     /** The researcher's consent to a protocol naming them; work is recorded only for accepted protocols. */
@@ -217,7 +217,35 @@ class ClusterReg extends Contract {
             if (isNew) accts.store(a!, this.receiver)
             else accts.update(a!, SAME_PAYER)
         }
+        // recorded work consumes the reservation made for it: owed + reserved stays what it was (or the
+        // reservation is used up), so a withdrawal still leaves what running jobs can owe
+        const credited = owed - amountOf(p.owed)
+        const reserved = amountOf(p.reserved)
+        p.reserved = money(reserved > credited ? reserved - credited : 0, sym)
         p.owed = money(owed, sym)
+        protocols.update(p, SAME_PAYER)
+    }
+
+    /**
+     * The operator SETS (not adds) the escrow kept from withdrawal for what the protocol's running jobs can
+     * still owe: repeats and crashes converge. Refused above the free escrow (balance - owed): a reservation
+     * never pretends to hold money that is not there. Moves no token; only limits `withdraw`.
+     */
+    @action("reserve")
+    reserve(owner: Name, name: Name, quantity: Asset): void {
+        const config = this.configTable.requireGet(0, "jobs contract not connected: run conntojobs first")
+        requireAuth(config.operator)
+        const protocols = this.protocols(owner)
+        const p = protocols.requireGet(name.N, "unknown protocol")
+        const sym = p.balance.symbol
+        check(quantity.isValid() && quantity.symbol.value == sym.value, "quantity symbol must be the protocol's symbol")
+        check(quantity.amount >= 0, "reservation must not be negative")
+        const want = amountOf(quantity)
+        const balance = amountOf(p.balance)
+        const owed = amountOf(p.owed)
+        const free: u64 = balance > owed ? balance - owed : 0
+        check(want <= free, "reservation exceeds the free escrow (balance - owed)")
+        p.reserved = quantity
         protocols.update(p, SAME_PAYER)
     }
 
@@ -251,7 +279,7 @@ class ClusterReg extends Contract {
             "boid cluster payout " + owner.toString() + "/" + name.toString())
     }
 
-    /** The owner takes back escrow nobody is owed: quantity <= balance - owed. */
+    /** The owner takes back escrow nobody is owed nor reserved for running jobs: quantity <= balance - owed - reserved. */
     @action("withdraw")
     withdraw(owner: Name, name: Name, quantity: Asset): void {
         requireAuth(owner)
@@ -263,8 +291,11 @@ class ClusterReg extends Contract {
         const want = amountOf(quantity)
         const balance = amountOf(p.balance)
         const owed = amountOf(p.owed)
-        const free: u64 = balance > owed ? balance - owed : 0
-        check(want <= free, `withdraw exceeds the free escrow: ${money(free, sym).toString()} is not owed to anyone`)
+        const reserved = amountOf(p.reserved)
+        const kept = owed + reserved  // both <= balance <= 2^62 - 1 when set: no overflow
+        const free: u64 = balance > kept ? balance - kept : 0
+        check(want <= free, `withdraw exceeds the free escrow: ${money(free, sym).toString()} is neither owed ` +
+            `nor reserved for running jobs`)
         p.balance = money(balance - want, sym)
         p.withdrawn = money(addAmount(amountOf(p.withdrawn), want, "withdrawn"), sym)
         protocols.update(p, SAME_PAYER)

@@ -23,7 +23,10 @@ export class Config extends Table {
  * Money, all in the protocol's symbol: `deposited` (every transfer in), `balance` (tokens held now for the
  * protocol), `owed` (recorded work not yet paid), `paid`, `withdrawn`. Always
  * deposited = paid + withdrawn + balance, and owed = the sum of the protocol's `acct` rows' owed;
- * the escrow not owed (what the owner may withdraw) is balance - owed (negative: a shortfall).
+ * the escrow not owed is balance - owed (negative: a shortfall). `reserved` (set by the operator with
+ * `reserve`, an upper bound of what the protocol's running jobs can still owe, consumed by recorded work)
+ * is kept from withdrawal: the owner may withdraw at most balance - owed - reserved. When set it is at most
+ * balance - owed, and recording, payouts, deposits and withdrawals keep reserved = 0 or owed + reserved <= balance.
  * clusterjobs reads this layout.
  */
 @table("protocol")
@@ -43,7 +46,8 @@ export class Protocol extends Table {
         public balance: Asset = new Asset(),
         public owed: Asset = new Asset(),
         public paid: Asset = new Asset(),
-        public withdrawn: Asset = new Asset()
+        public withdrawn: Asset = new Asset(),
+        public reserved: Asset = new Asset()
     ) { super() }
 
     @primary

@@ -97,7 +97,7 @@ def _run(coro):
 
 def _escrow_line(row) -> str:
     return (f"escrow of {row.owner}/{row.name}: holds {row.balance}, owed to contributors {row.owed}, "
-            f"free {row.free}; deposited {row.deposited}, paid {row.paid}, withdrawn {row.withdrawn}")
+            f"reserved for running jobs {row.reserved}, free to withdraw {row.withdrawable}; deposited {row.deposited}, paid {row.paid}, withdrawn {row.withdrawn}")
 
 
 async def fund_protocol(p: Protocol, quantity: Asset | None, ring: KeyRing, source: str, url: str,
@@ -153,7 +153,8 @@ def fund(ctx: Ctx, protocol: str, amount: str, sender: str | None, key_file: str
 @click.command("withdraw")
 @click.argument("protocol")
 @click.argument("amount", required=False)
-@click.option("--all", "all_", is_flag=True, help="Withdraw all the free escrow (what no contributor is owed).")
+@click.option("--all", "all_", is_flag=True, help="Withdraw all the free escrow (what no contributor is owed and no running "
+                                                   "job can still owe: balance - owed - reserved).")
 @click.option("--delete", is_flag=True, help="Then remove the protocol from the registry (needs nothing owed "
                                              "and an empty escrow).")
 @click.option("--key-file", type=click.Path(dir_okay=False), help=f"Your key file (else ${KEY_FILE_ENV}).")
@@ -162,7 +163,7 @@ def fund(ctx: Ctx, protocol: str, amount: str, sender: str | None, key_file: str
 @friendly
 def withdraw(ctx: Ctx, protocol: str, amount: str | None, all_: bool, delete: bool, key_file: str | None,
              chain_url: str | None) -> None:
-    """Take back escrow of PROTOCOL that no contributor is owed (signed by the owner), to the owner."""
+    """Take back escrow of PROTOCOL that no contributor is owed nor reserved for running jobs (signed by the owner)."""
     if (amount is None) == (not all_):
         raise Failure("give an AMOUNT or --all (not both)")
     p = _protocol(ctx, protocol)
@@ -175,7 +176,7 @@ def withdraw(ctx: Ctx, protocol: str, amount: str | None, all_: bool, delete: bo
         async with RpcClient(_chain_url(chain_url), ring) as rpc:
             chain = BoidChain(rpc)
             row = await chain.require_protocol(spec.owner, p.chain_name)
-            take = quantity if quantity is not None else row.free
+            take = quantity if quantity is not None else row.withdrawable
             took = None
             if take.amount > 0:
                 await chain.withdraw(spec.owner, p.chain_name, take, owner_signer)

@@ -141,6 +141,7 @@ def report(ctx: Ctx, protocol: str, chain_url: str | None) -> None:
     # the escrow's books, exactly, in integer units
     click.echo(f"escrow: deposited {reg.deposited} = paid {reg.paid} + owed {reg.owed} + withdrawn {reg.withdrawn} "
                f"+ free {reg.free}")
+    click.echo(f"of the free escrow: reserved for running jobs {reg.reserved}, withdrawable {reg.withdrawable}")
     problems += books.differences()
     if not holding.balanced:
         problems.append(holding.difference())

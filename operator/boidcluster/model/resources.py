@@ -279,6 +279,8 @@ class ProtocolStatus(Status):
     """Escrow nobody is owed yet (balance - owed; negative: a shortfall), as last read."""
     owed: Asset | None = None
     """Recorded work not yet paid, fixed at the rates in force when it was recorded."""
+    reserved: Asset | None = None
+    """Escrow kept from withdrawal for what running jobs can still owe (set by the operator on chain)."""
     paid_total: Asset | None = None
     """Everything the registry has paid contributors of this protocol."""
     deposited: Asset | None = None

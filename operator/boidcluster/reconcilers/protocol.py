@@ -1,8 +1,11 @@
 """Protocol: observe the registry row and escrow, pay contributors, converge datadir and dispatcher app.
 
 Observe (registry row, escrow, contributors' owed/paid rows, app), compare with the spec, act once
-(pay what is owed, re-send batches the chain lost), report: status shows escrow, owed and paid as
-the chain has them, and Funded compares the free escrow with what running jobs can still owe.
+(pay what is owed, re-send batches the chain lost, reserve what running jobs can still owe),
+report: status shows escrow, owed, reserved and paid as the chain has them, and Funded compares the
+free escrow with what running jobs can still owe. The reservation (clusterreg::reserve, set not
+added, signed with the operator's `operate`) keeps the owner from withdrawing escrow that
+contributors mid-job will be owed; it moves no money.
 The operator holds no key of any owner, researcher or fund account (contracts v2), so it never
 registers, funds or deletes a protocol on chain: it says what the owner should run (`boidctl
 fund`, `boidctl withdraw`). Deletion pays every owed amount first. Chain and storage failures
@@ -60,6 +63,30 @@ def can_still_owe(p: Protocol, jobs: list[Job]) -> Asset | None:
     return Asset(total, rate.symbol)
 
 
+def reservation(row, bound: Asset | None) -> Asset:
+    """What to keep from withdrawal: what running jobs can still owe, capped at the free escrow
+    (balance - owed; the contract refuses more). No bound (a job without unitTimeout): all of it."""
+    free = max(0, row.free.amount)
+    return Asset(free if bound is None else min(bound.amount, free), row.symbol)
+
+
+def _reserve(world: World, p: Protocol, row, bound: Asset | None):
+    """Set the on-chain reservation to `reservation(row, bound)` when it differs; the row after.
+    Work recorded between our read and the action can lower the free escrow below the target (the
+    contract refuses): read again and set once more from the fresh row."""
+    for attempt in (1, 2):
+        want = reservation(row, bound)
+        if row.reserved == want:
+            return row
+        try:
+            world.chain.reserve(p.spec.owner, row.name, want)
+        except ChainAssertion:
+            if attempt == 2:
+                raise
+        row = world.chain.protocol_row(p.spec.owner, row.name) or row
+    return row
+
+
 def _registered(p: Protocol, row) -> tuple[bool, str, str]:
     spec = p.spec
     fund_hint = f"`boidctl fund {p.name} AMOUNT` with the owner's key"
@@ -112,6 +139,10 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
                     if shortfall:
                         raise Retry(f"final payout before removal failed: {shortfall[0].message}",
                                     reason="CleanupFailed", conditions=shortfall)
+                    # release the reservation (to what jobs still running can owe, 0 when none) so
+                    # the owner's `boidctl withdraw --all --delete` can empty the escrow
+                    _reserve(world, p, world.chain.protocol_row(spec.owner, p.chain_name) or row,
+                             can_still_owe(p, world.store.list(Job)))
             except ChainError as e:
                 raise Retry(f"final payout failed: {e}", reason="CleanupFailed") from e
         return Result.released()
@@ -152,9 +183,14 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
                 row = world.chain.protocol_row(spec.owner, p.chain_name) or row
             except ChainError as e:
                 raise _chain_failure(e, "paying contributors", conditions) from e
-            status.update(fund_balance=row.balance, escrow=row.free, owed=row.owed, paid_total=row.paid,
-                          deposited=row.deposited, withdrawn=row.withdrawn)
-            conditions.append(shortfall[0] if shortfall else _funded(row, can_still_owe(p, jobs)))
+            bound = can_still_owe(p, jobs)
+            try:
+                row = _reserve(world, p, row, bound)
+            except ChainError as e:
+                raise _chain_failure(e, "reserving escrow for running jobs", conditions) from e
+            status.update(fund_balance=row.balance, escrow=row.free, owed=row.owed, reserved=row.reserved,
+                          paid_total=row.paid, deposited=row.deposited, withdrawn=row.withdrawn)
+            conditions.append(shortfall[0] if shortfall else _funded(row, bound))
 
     if world.marathon is not None:
         app = dispatcher_app(p.name, world.settings.dispatcher_image,

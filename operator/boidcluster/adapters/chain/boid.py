@@ -90,6 +90,11 @@ class ProtocolRow:
     owed: Asset
     paid: Asset
     withdrawn: Asset
+    reserved: Asset | None = None  # None: 0 in the protocol's symbol (set in __post_init__)
+
+    def __post_init__(self) -> None:
+        if self.reserved is None:
+            object.__setattr__(self, "reserved", Asset(0, self.balance.symbol))
 
     @classmethod
     def from_chain(cls, row: dict[str, Any]) -> "ProtocolRow":
@@ -103,6 +108,12 @@ class ProtocolRow:
     def free(self) -> Asset:
         """Escrow nobody is owed (negative: the balance is short of what is owed)."""
         return self.balance - self.owed
+
+    @property
+    def withdrawable(self) -> Asset:
+        """What the owner may withdraw: escrow neither owed nor reserved for running jobs (>= 0)."""
+        left = self.balance - self.owed - self.reserved
+        return left if left.amount > 0 else Asset(0, self.balance.symbol)
 
     def invariant_holds(self) -> bool:
         """deposited = paid + withdrawn + balance (= paid + owed + withdrawn + free), exactly."""
@@ -289,6 +300,12 @@ class BoidChain:
         """The owner takes back escrow nobody is owed (the contract refuses more)."""
         return await self.rpc.push_action(self.reg, "withdraw", {"owner": owner, "name": name, "quantity": quantity},
                                           signer or f"{owner}@active")
+
+    async def reserve(self, owner: str, name: str, quantity: Asset, signer: str | None = None) -> dict[str, Any]:
+        """SET the escrow kept from withdrawal for what running jobs can still owe (the operator's
+        `operate`; idempotent, moves no token; the contract refuses more than balance - owed)."""
+        return await self.rpc.push_action(self.reg, "reserve", {"owner": owner, "name": name, "quantity": quantity},
+                                          signer or self._op)
 
     async def delete_protocol(self, owner: str, name: str, signer: str | None = None) -> bool:
         """Remove the registration (owner; nothing owed, escrow empty); False when already gone."""

@@ -55,6 +55,9 @@ class ProtocolBooks:
             out.append(f"the protocol owes {r.owed} but its contributors' rows add up to {self.owed_by_rows}")
         if self.paid_by_rows != r.paid:
             out.append(f"the protocol paid {r.paid} but its contributors' rows add up to {self.paid_by_rows}")
+        if r.reserved.amount and r.owed.amount + r.reserved.amount > r.balance.amount:
+            out.append(f"reserved {r.reserved} + owed {r.owed} exceed the balance {r.balance} (a reservation is "
+                       "set at most to the free escrow and recorded work consumes it)")
         return out
 
 

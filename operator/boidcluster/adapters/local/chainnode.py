@@ -44,8 +44,8 @@ TOKEN_SYMBOL = "4,BOID"
 MAX_SUPPLY = "1000000000.0000 BOID"
 
 OPERATOR_ACTIONS = ("regworker", "delworker", "regdisptch", "deldisptch", "recordbatch")  # on clusterjobs
-OPERATOR_REG_ACTIONS = ("payout",)  # on clusterreg: pays only what the chain says is owed
-V2_ACTION = "acceptprot"  # an ABI of clusterreg without it is v1 (rows of another layout)
+OPERATOR_REG_ACTIONS = ("payout", "reserve")  # on clusterreg: pays only what is owed; reserve only limits withdrawals
+V2_ACTION = "reserve"  # an ABI of clusterreg without it is v1 or v2 before reservations (rows of another layout)
 
 
 @dataclass(frozen=True)
@@ -623,8 +623,9 @@ class Bootstrapper:
         page = await self.rpc.call("/v1/chain/get_table_by_scope", {"code": self.a.reg, "table": "protocol", "limit": 1})
         if page.get("rows"):
             raise RuntimeError(
-                f"the chain in {self.chain.state_dir} holds protocols of contracts v1 (funds in fund accounts), "
-                "which contracts v2 (escrow) cannot read: pay and remove them with the old version, or start a "
+                f"the chain in {self.chain.state_dir} holds protocols of older contracts (v1: funds in fund "
+                "accounts; or v2 before reservations: a shorter protocol row), which these contracts cannot read: "
+                "pay, withdraw and remove them with the old version, or start a "
                 f"fresh chain (stop the cluster and delete {self.chain.state_dir / 'data'})")
 
     async def ensure_permissions(self) -> None:
