@@ -4,7 +4,6 @@ exactly for the time recorded — never twice. A real `boidctl operator run` pro
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal

@@ -396,7 +396,7 @@ def test_unit_that_always_fails_fails_the_job_and_is_named(env):
 
 
 def test_cheating_contributor_is_outvoted_and_not_credited(env):
-    c = env.start([Slot("alice"), Slot("bob"), Slot("mallory", corrupt_output=True)])
+    env.start([Slot("alice"), Slot("bob"), Slot("mallory", corrupt_output=True)])
     env.store.create(job("vote", ["sh", "-c", 'sleep 0.2; echo "unit $BOID_UNIT_INDEX" > "$BOID_OUTPUT_DIR/r.txt"'],
                          {"count": 2}, replication={"replicas": 2, "quorum": 2}, output={"reduce": "concat"}))
     j = env.wait("vote")

@@ -14,7 +14,6 @@ host subprocesses, the ledger sending batches to the session's node, `boidctl re
 from __future__ import annotations
 
 import asyncio
-import time
 from types import SimpleNamespace
 
 import pytest

@@ -64,7 +64,6 @@ How it is shaped (docs/scheduler-http-api.md, docs/reconciliation.md):
 
 from __future__ import annotations
 
-import base64
 import collections
 import json
 import logging

@@ -224,7 +224,6 @@ def chain_status() -> None:
 
 # -- the embedded cluster ---------------------------------------------------------------------------
 # The supervisor itself (and `boidctl status`) live in supervisor.py.
-_supervisor_alive = supervisor_alive
 
 
 @click.group("cluster", hidden=True)
@@ -256,7 +255,7 @@ def ensure_cluster(timeout: float = 240.0, runtime: str = "podman") -> dict:
     state = boid_home()
     state.mkdir(parents=True, exist_ok=True)
     info = read_cluster()
-    if _supervisor_alive(info):
+    if supervisor_alive(info):
         if info.get("ready"):
             click.echo(f"embedded cluster already running (state {state})", err=True)
             healed = _components_line(info)
@@ -294,7 +293,7 @@ def _wait_ready(state: Path, pid: int, proc: subprocess.Popen | None, timeout: f
                 break
         if proc is not None and proc.poll() is not None:
             break
-        if proc is None and not _supervisor_alive({"pid": pid}):
+        if proc is None and not supervisor_alive({"pid": pid}):
             break
         time.sleep(0.2)
     tail = "\n".join((state / "cluster.log").read_text(errors="replace").splitlines()[-15:])
@@ -310,15 +309,15 @@ def _wait_ready(state: Path, pid: int, proc: subprocess.Popen | None, timeout: f
 
 def stop_cluster(timeout: float = 60.0) -> bool:
     info = read_cluster()
-    if not _supervisor_alive(info):
+    if not supervisor_alive(info):
         cluster_file().unlink(missing_ok=True)
         return False
     pid = int(info["pid"])
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _supervisor_alive(info):
+    while time.monotonic() < deadline and supervisor_alive(info):
         time.sleep(0.2)
-    if _supervisor_alive(info):
+    if supervisor_alive(info):
         os.killpg(pid, signal.SIGKILL)
     cluster_file().unlink(missing_ok=True)
     return True

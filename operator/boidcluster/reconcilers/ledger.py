@@ -290,10 +290,6 @@ class JournalSummary:
         """µs credited to dispatchers in every journaled batch."""
         return sum(u[4] for b in self.batches.values() if b["type"] != "worker" for u in b["units"])
 
-    def dispatched_jobs(self) -> set[str]:
-        """Uids of the jobs whose dispatcher time the journal holds (sent, or about to be re-sent)."""
-        return {u[0] for b in self.batches.values() if b["type"] != "worker" for u in b["units"]}
-
     def of_jobs_without_records(self, have_records: set[str]) -> tuple[dict[str, int], int]:
         """(worker µs per contributor, dispatcher µs) the journal holds for jobs whose run records
         are gone from ZooKeeper (deleted jobs): the journal is their durable record, as it has
