@@ -54,7 +54,7 @@ def test_example_protocol_money_is_integer():
     assert isinstance(proto, Protocol)
     assert proto.spec.fund.quantity == Asset(10_000_000, Symbol("BOID", 4))
     assert proto.spec.pay_rates.worker.amount == 3_600_000  # 360.0000 BOID per hour
-    assert proto.spec.payout.interval == 86_400
+    assert proto.spec.payout.interval == 60
 
 
 def _job(**spec) -> Job:

@@ -147,7 +147,7 @@ def cluster_events(info: dict) -> set[str]:
             for name, c in (info.get("components") or {}).items() if c.get("restarts") and c.get("message")}
 
 
-def wait_for_payouts(store: Store, jobs: list[Job], timeout: float = 30.0) -> None:
+def wait_for_payouts(store: Store, jobs: list[Job], timeout: float = 90.0) -> None:
     """Recording and payouts run on the job's and the protocol's next passes after the units were
     accepted: wait a little until every accepted unit is on chain and its contributors were paid, so
     the summary (and a `boidctl report` right after) shows the settled books."""
