@@ -208,6 +208,10 @@ def test_page_follows_a_job_live_and_agrees_with_get_and_report(browser, cluster
                              for f in ("deposited", "paidTotal", "owed", "withdrawn", "free")) == books.groups(),
                timeout=15)
     assert text(browser, f"{proto} [data-field=balance]") == got["status"]["fundBalance"]
+    kept = re.search(rf"^of the free escrow: reserved for running jobs {asset}, withdrawable {asset}$", report, re.M)
+    assert kept, report  # what the owner may take back: as `report` computes it from the chain's row
+    assert (text(browser, f"{proto} [data-field=reserved]"),
+            text(browser, f"{proto} [data-field=withdrawable]")) == kept.groups()
     assert "exactly" in text(browser, f"{proto} [data-field=books]")
     for w in actors.workers:
         assert tuple(text(browser, f'[data-testid="paid-dash-{w}"] [data-field={f}]')

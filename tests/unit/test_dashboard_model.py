@@ -58,17 +58,19 @@ def worker(account: str) -> Contributor:
 
 BOID = Asset.parse("0.0000 BOID").symbol
 ACCOUNTS = ("alice", "bob", "carol")
-# one step on the books: deposit, record time (fixing pay at the rate then), pay out, withdraw free escrow
+# one step on the books: deposit, record time (fixing pay at the rate then), pay out, reserve for running
+# jobs, withdraw free escrow
 step = st.one_of(
     st.tuples(st.just("deposit"), st.integers(1, 10**12)),
+    st.tuples(st.just("reserve"), st.integers(0, 10**12)),
     st.tuples(st.just("record"), st.sampled_from(ACCOUNTS), st.integers(0, 10**13), st.integers(1, 10**9)),
     st.tuples(st.just("payout"), st.sampled_from(ACCOUNTS)),
     st.tuples(st.just("withdraw"), st.integers(0, 10**12)))
 
 
 def run_books(steps) -> tuple[ProtocolRow, dict[str, AcctRow], dict[str, int]]:
-    """The contract's bookkeeping in integer units (clusterreg: credit, payout, withdraw)."""
-    deposited = paid = withdrawn = balance = owed = 0
+    """The contract's bookkeeping in integer units (clusterreg: credit, payout, reserve, withdraw)."""
+    deposited = paid = withdrawn = balance = owed = reserved = 0
     accts = {a: [0, 0, 0] for a in ACCOUNTS}  # owed, paid, carry
     times = {a: 0 for a in ACCOUNTS}
     for s in steps:
@@ -80,6 +82,7 @@ def run_books(steps) -> tuple[ProtocolRow, dict[str, AcctRow], dict[str, int]]:
             amount, accts[a][2] = credit(us, Asset(rate, BOID), accts[a][2])
             accts[a][0] += amount.amount
             owed += amount.amount
+            reserved = max(0, reserved - amount.amount)  # recorded work consumes its reservation
             times[a] += us
         elif s[0] == "payout":
             x = accts[s[1]][0]
@@ -88,14 +91,18 @@ def run_books(steps) -> tuple[ProtocolRow, dict[str, AcctRow], dict[str, int]]:
                 owed -= x
                 paid += x
                 accts[s[1]][0], accts[s[1]][1] = 0, accts[s[1]][1] + x
+        elif s[0] == "reserve":
+            if s[1] <= balance - owed:  # sets, never adds; refused above the free escrow
+                reserved = s[1]
         else:
-            x = min(s[1], max(0, balance - owed))  # only what nobody is owed
+            x = min(s[1], max(0, balance - owed - reserved))  # only what nobody is owed nor reserved
             balance -= x
             withdrawn += x
     b = lambda n: Asset(n, BOID)  # noqa: E731
     row = ProtocolRow(name="p", owner="owner", researcher="res", id=7, accepted=True, title="t", datadir="/p",
                       tokencontract="eosio.token", worker_pay_rate=b(36000), dispatcher_pay_rate=b(5000),
-                      deposited=b(deposited), balance=b(balance), owed=b(owed), paid=b(paid), withdrawn=b(withdrawn))
+                      deposited=b(deposited), balance=b(balance), owed=b(owed), paid=b(paid), withdrawn=b(withdrawn),
+                      reserved=b(reserved))
     return row, {a: AcctRow(a, b(o), b(p), c) for a, (o, p, c) in accts.items() if o or p or c}, times
 
 
@@ -121,6 +128,9 @@ def test_money_views_are_the_chain_books_in_integer_units(steps):
     assert e["deposited"]["amount"] == e["paid"]["amount"] + e["owed"]["amount"] + e["withdrawn"]["amount"] \
         + e["free"]["amount"]
     assert e["free"]["amount"] == row.balance.amount - row.owed.amount
+    # what the owner may take back is what is neither owed nor reserved for running jobs, never < 0
+    assert e["reserved"]["amount"] == row.reserved.amount
+    assert e["withdrawable"]["amount"] == max(0, row.balance.amount - row.owed.amount - row.reserved.amount)
     assert (e["shortfall"] is None) == (row.free.amount >= 0)
     assert e["shortfall"] is None or e["shortfall"]["amount"] == -e["free"]["amount"] > 0
     assert e["holding"]["balanced"] is True

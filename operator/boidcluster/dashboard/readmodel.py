@@ -202,6 +202,7 @@ def _escrow(p: Protocol, b: ProtocolBooks | None, facts: ChainFacts) -> dict[str
         return {"source": "chain", "balance": asset_json(r.balance), "deposited": asset_json(r.deposited),
                 "owed": asset_json(r.owed), "paid": asset_json(r.paid), "withdrawn": asset_json(r.withdrawn),
                 "free": asset_json(r.free), "shortfall": asset_json(r.owed - r.balance) if r.free.amount < 0 else None,
+                "reserved": asset_json(r.reserved), "withdrawable": asset_json(r.withdrawable),
                 "balances": not b.differences(), "differences": b.differences(),
                 "holding": None if holding is None else {
                     "registry": holding.registry, "held": asset_json(holding.held),
@@ -214,6 +215,7 @@ def _escrow(p: Protocol, b: ProtocolBooks | None, facts: ChainFacts) -> dict[str
             "owed": asset_json(st.owed), "paid": asset_json(st.paid_total), "withdrawn": asset_json(st.withdrawn),
             "free": asset_json(free), "shortfall": asset_json(Asset(-free.amount, free.symbol))
             if free is not None and free.amount < 0 else None,
+            "reserved": asset_json(st.reserved) if st.reserved is not None else None, "withdrawable": None,
             "balances": None, "differences": [], "holding": None}
 
 

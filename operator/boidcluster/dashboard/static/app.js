@@ -204,6 +204,8 @@ function escrowBlock(p) {
       h("dt", {}, "owed"), h("dd", {"data-field": "owed"}, amount(e.owed)),
       h("dt", {}, "withdrawn"), h("dd", {"data-field": "withdrawn"}, amount(e.withdrawn)),
       h("dt", {}, e.shortfall ? "shortfall" : "free escrow"), free,
+      h("dt", {}, "reserved for running jobs"), h("dd", {"data-field": "reserved"}, amount(e.reserved)),
+      h("dt", {}, "the owner may withdraw"), h("dd", {"data-field": "withdrawable"}, amount(e.withdrawable)),
       h("dt", {}, "running jobs can still owe"), h("dd", {"data-field": "canStillOwe"}, p.canStillOwe ? p.canStillOwe.text : "no bound (a job has no unitTimeout)")),
     books,
     e.holding ? h("div", {class: "small muted", "data-field": "holding"},
