@@ -1,0 +1,282 @@
+"""Authenticated workers on the `mesos` backend (issue 14): a contributor's agents prove who they
+are, and work is credited to the account whose role the agent's resources are statically
+reserved for -- never to the free `boid_account` attribute.
+
+The Mesos master TEST DOUBLE (tests/doubles/mesos_master.py) is configured the way
+`boidctl mesos agent-credentials` configures a real master: --authenticate_agents, the agent
+principals' credentials and the generated --acls, evaluated by the double as Mesos' local
+authorizer does. Every test ends by asserting the double recorded no validation or event errors.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from boidcluster.adapters.backend import TaskResources, TaskSpec, TaskUpdate
+from boidcluster.adapters.mesos import (MesosBackend, agent_acls, agent_credentials, contributor_role,
+                                        credit_offer, Offer)
+from doubles.mesos_master import AgentRegistrationRefused, MesosCluster, MesosMasterDouble
+
+ROLE = "proto-a"
+CONTRIBUTORS = ("alice", "bob")
+
+
+def secrets_of(creds: dict) -> dict[str, str]:
+    return {c["principal"]: c["secret"] for c in creds["credentials"]}
+
+
+def secure(cluster: MesosCluster, accounts=CONTRIBUTORS) -> dict[str, str]:
+    """Configure the master as the generator says; the agent principals' secrets."""
+    creds = agent_credentials(accounts)
+    cluster.configure_agent_auth(secrets_of(creds), agent_acls(accounts))
+    return secrets_of(creds)
+
+
+def honest_agent(cluster: MesosCluster, secrets: dict[str, str], account: str, **kw):
+    return cluster.add_agent(account, principal=account, secret=secrets[account],
+                             reserve_for=contributor_role(account), **kw)
+
+
+@pytest.fixture
+def master() -> Iterator[MesosMasterDouble]:
+    m = MesosMasterDouble(heartbeat_interval=0.2, task_seconds=None, update_retry_seconds=0.5)
+    yield m
+    m.stop()
+    assert m.validation_errors == []
+    assert m.cluster.event_errors == []
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., MesosBackend]]:
+    made: list[MesosBackend] = []
+
+    def make(url: str, **kw: object) -> MesosBackend:
+        kw.setdefault("roles", [ROLE])
+        kw.setdefault("refuse_seconds", 0.1)
+        b = MesosBackend(url, **kw)  # type: ignore[arg-type]
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def spec(task_id: str, *, unit: str = "u0", job: str = "job1") -> TaskSpec:
+    return TaskSpec(task_id=task_id, job=job, unit=unit, command=["sh", "-c", "echo hi"], role=ROLE,
+                    resources=TaskResources(cpus=1, mem=64), env={}, output_dir=f"/out/{task_id}")
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Updates:
+    def __init__(self, b: MesosBackend) -> None:
+        self.b, self.seen = b, []  # type: ignore[var-annotated]
+
+    def wait_state(self, task_id: str, state: str, timeout: float = 10.0) -> TaskUpdate:
+        deadline = time.monotonic() + timeout
+        while True:
+            hit = [u for u in self.seen if u.task_id == task_id and u.state == state]
+            if hit:
+                return hit[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{task_id} never {state}; updates: {self.seen}")
+            self.seen += self.b.updates(timeout=0.1)
+
+
+def task_agents(cluster: MesosCluster) -> dict[str, str]:
+    with cluster.lock:
+        return {t.id: t.agent_id for t in cluster.tasks.values()}
+
+
+# -- the attack: an agent claiming alice by its attribute ----------------------------------------
+
+def test_attribute_mode_credits_whoever_claims_the_account(master, backends) -> None:
+    """The attack as it works in the unauthenticated (attribute) mode, the only mode before issue
+    14: mallory's agent says boid_account=alice and is credited as alice."""
+    c = master.cluster
+    forged = c.add_agent("alice", hostname="mallory.example")
+    b = backends(master.url)   # no contributors=: the attribute mode
+    assert b.health()["worker_identity"] == "attribute"
+    ups = Updates(b)
+    b.submit(spec("t1"))
+    assert ups.wait_state("t1", "RUNNING").contributor == "alice"
+    assert task_agents(c)["t1"] == forged.id
+
+
+def test_forged_boid_account_agent_is_refused_credit(master, backends) -> None:
+    """The same forged agent against a backend of authenticated workers: its offers (unreserved
+    resources, offered to alice's role too, resources.cpp:1190-1200) are declined and reported
+    once; the task waits for alice's real agent and is credited to alice only there."""
+    c = master.cluster
+    secrets = secure(c, ("alice", "bob", "mallory"))
+    # mallory is a contributor too: her agent authenticates as herself and leaves its resources
+    # unreserved (she may not reserve alice's role), claiming alice by the attribute
+    forged = c.add_agent("alice", principal="mallory", secret=secrets["mallory"], hostname="mallory.example")
+    b = backends(master.url, contributors=CONTRIBUTORS)
+    assert b.health()["worker_identity"] == "reservation"
+    ups = Updates(b)
+    b.submit(spec("t1"))
+    wait_for(lambda: forged.id in b.health()["uncredited_agents"], "the forged agent reported")
+    assert "no resources statically reserved" in b.health()["uncredited_agents"][forged.id]
+    assert not c.calls_of("ACCEPT") and b.contributors() == []
+    honest = honest_agent(c, secrets, "alice")
+    u = ups.wait_state("t1", "RUNNING")
+    assert u.contributor == "alice" and task_agents(c)["t1"] == honest.id
+    info = c.calls_of("ACCEPT")[0]["accept"]["operations"][0]["launch"]["task_infos"][0]
+    assert {r["reservations"][0]["role"] for r in info["resources"]} == {"boid-contributors/alice"}
+    assert {r["allocation_info"]["role"] for r in info["resources"]} == {"boid-contributors/alice"}
+    assert b.contributors() == ["alice"]
+    assert forged.id in b.health()["uncredited_agents"]
+
+
+def test_agent_reserving_another_contributors_role_is_refused_registration(master) -> None:
+    c = master.cluster
+    secrets = secure(c, ("alice", "bob", "mallory"))
+    alice_role = contributor_role("alice")
+    for kw in ({"principal": "mallory", "secret": secrets["mallory"]},   # authenticated as mallory
+               {"principal": "alice", "secret": "guessed"},              # alice's name, wrong secret
+               {}):                                                       # not authenticated at all
+        with pytest.raises(AgentRegistrationRefused, match="Refusing registration"):
+            c.add_agent("alice", reserve_for=alice_role, **kw)
+    with pytest.raises(AgentRegistrationRefused, match="Not authorized"):
+        c.add_agent("x", principal="mallory", secret=secrets["mallory"], reserve_for=alice_role + "/sub")
+    assert len(c.registration_refusals) == 4 and not c.agents
+    # mallory may bring her own machine, reserved for her own role only
+    mine = c.add_agent(None, principal="mallory", secret=secrets["mallory"], reserve_for=contributor_role("mallory"))
+    assert mine.reserved_role == "boid-contributors/mallory"
+    # roles outside boid's prefix keep the master's other rules (permissive by default)
+    c.add_agent(None, principal="mallory", secret=secrets["mallory"], reserve_for="analytics")
+    # every secret-bearing message names the principal, never the secret
+    assert not any(s in m for s in secrets.values() for m in c.registration_refusals)
+
+
+def test_two_agents_of_one_contributor_cannot_make_a_quorum(master, backends) -> None:
+    """Replicas of one unit need distinct authenticated contributors: alice's two machines run one
+    replica; the second waits for bob."""
+    c = master.cluster
+    secrets = secure(c)
+    a1, a2 = honest_agent(c, secrets, "alice"), honest_agent(c, secrets, "alice")
+    b = backends(master.url, contributors=CONTRIBUTORS)
+    ups = Updates(b)
+    b.submit(spec("r1"))
+    b.submit(spec("r2"))
+    wait_for(lambda: len(task_agents(c)) >= 1, "one replica launched")
+    first = next(iter(task_agents(c)))
+    ups.wait_state(first, "RUNNING")
+    with c.lock:
+        offers_before = c.offers_sent
+    wait_for(lambda: c.offers_sent >= offers_before + 4, "alice's agents offered again")
+    assert len(task_agents(c)) == 1, "a second replica ran on alice's other machine"
+    bob = honest_agent(c, secrets, "bob")
+    other = "r2" if first == "r1" else "r1"
+    ups.wait_state(other, "RUNNING")
+    placed = task_agents(c)
+    assert placed[first] in (a1.id, a2.id) and placed[other] == bob.id
+    contributors = {u.task_id: u.contributor for u in ups.seen if u.state == "RUNNING"}
+    assert contributors == {first: "alice", other: "bob"}
+
+
+def test_honest_contributors_are_credited_and_finish(master, backends) -> None:
+    c = master.cluster
+    secrets = secure(c)
+    agents = {a: honest_agent(c, secrets, a) for a in CONTRIBUTORS}
+    b = backends(master.url, contributors=CONTRIBUTORS)
+    ups = Updates(b)
+    b.submit(spec("r1"))
+    b.submit(spec("r2"))
+    for t in ("r1", "r2"):
+        ups.wait_state(t, "RUNNING")
+    for tid in ("r1", "r2"):
+        c.finish_task(tid)
+    done = {t: ups.wait_state(t, "FINISHED") for t in ("r1", "r2")}
+    assert {u.contributor for u in done.values()} == set(CONTRIBUTORS)
+    by_agent = {v: k for k, v in ((a, ag.id) for a, ag in agents.items())}
+    assert {by_agent[task_agents(c)[t]] for t in done} == set(CONTRIBUTORS)
+    assert b.contributors() == ["alice", "bob"]
+    sub = c.calls_of("SUBSCRIBE")[-1]["subscribe"]["framework_info"]
+    assert sub["roles"] == ["boid-contributors/alice", "boid-contributors/bob"]
+
+
+def test_new_contributor_is_subscribed_without_losing_tasks(master, backends) -> None:
+    c = master.cluster
+    secrets = secure(c, ("alice", "bob", "carol"))
+    honest_agent(c, secrets, "alice", cpus=1)
+    carol = honest_agent(c, secrets, "carol", cpus=1)
+    b = backends(master.url, contributors=["alice"])
+    ups = Updates(b)
+    b.submit(spec("t1", unit="u1"))
+    ups.wait_state("t1", "RUNNING")
+    b.submit(spec("t2", unit="u2"))            # alice is full; carol's role is not subscribed yet
+    subs = len(c.calls_of("SUBSCRIBE"))
+    b.set_contributors(["alice", "carol"])
+    wait_for(lambda: len(c.calls_of("SUBSCRIBE")) > subs, "re-subscribed")
+    assert ups.wait_state("t2", "RUNNING").contributor == "carol"
+    assert task_agents(c)["t2"] == carol.id
+    assert c.tasks["t1"].state == "TASK_RUNNING"
+    assert c.calls_of("SUBSCRIBE")[-1]["subscribe"]["framework_info"]["roles"] == [
+        "boid-contributors/alice", "boid-contributors/carol"]
+
+
+# -- invariants, randomized --------------------------------------------------------------------
+
+_ACCOUNTS = ["alice", "bob", "mallory"]
+_resource = st.fixed_dictionaries(
+    {"name": st.sampled_from(["cpus", "mem"]), "type": st.just("SCALAR"),
+     "scalar": st.fixed_dictionaries({"value": st.integers(1, 8)})},
+    optional={"reservations": st.lists(st.fixed_dictionaries({
+        "type": st.sampled_from(["STATIC", "DYNAMIC"]),
+        "role": st.sampled_from([contributor_role(a) for a in _ACCOUNTS] + ["*", "other"])}), max_size=2)})
+
+
+@given(role=st.sampled_from([contributor_role(a) for a in _ACCOUNTS] + ["*", "proto-a"]),
+       attr=st.sampled_from(_ACCOUNTS + [None]),
+       resources=st.lists(_resource, max_size=4))
+def test_credit_is_the_static_reservations_role_never_the_attribute(role, attr, resources) -> None:
+    """For any offer: credited to X only if X is a known contributor, the offer is allocated to X's
+    role and every usable resource is statically (by the agent's principal) reserved for it."""
+    known = {contributor_role(a): a for a in ("alice", "bob")}
+    offer = Offer("o", "a", "h", role, resources, {"boid_account": attr} if attr else {})
+    credit_offer(offer, known)
+    if offer.contributor is None:
+        assert offer.usable == [] and offer.why_not
+    else:
+        assert known[role] == offer.contributor
+        assert offer.usable and all(r["reservations"] == [{"type": "STATIC", "role": role}] for r in offer.usable)
+        assert [r for r in resources if r.get("reservations") == [{"type": "STATIC", "role": role}]] == offer.usable
+
+
+_agent = st.tuples(st.sampled_from(_ACCOUNTS + [None]),           # principal it authenticates as
+                   st.booleans(),                                  # with the right secret
+                   st.sampled_from(_ACCOUNTS + [None]))            # whose role it reserves for
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(agents=st.lists(_agent, min_size=1, max_size=6))
+def test_only_a_contributors_own_principal_registers_its_reservation(master, agents) -> None:
+    """Whatever agents try: one registered with a reservation for X's role authenticated as X."""
+    c = master.cluster
+    with c.lock:
+        c.agents.clear()
+    secrets = secure(c, _ACCOUNTS)
+    for principal, right, reserve in agents:
+        kw = {"principal": principal, "secret": secrets[principal] if right else "wrong"} if principal else {}
+        try:
+            agent = c.add_agent("alice", reserve_for=contributor_role(reserve) if reserve else None, **kw)
+        except AgentRegistrationRefused:
+            assert not (principal and right and reserve in (principal, None))
+            continue
+        assert principal is not None and right          # --authenticate_agents
+        if agent.reserved_role is not None:
+            assert agent.reserved_role == contributor_role(principal)
