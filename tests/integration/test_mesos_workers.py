@@ -280,3 +280,56 @@ def test_only_a_contributors_own_principal_registers_its_reservation(master, age
         assert principal is not None and right          # --authenticate_agents
         if agent.reserved_role is not None:
             assert agent.reserved_role == contributor_role(principal)
+
+
+# -- boidctl mesos agent-credentials -------------------------------------------------------------
+
+def _cli(*args: str, code: int = 0):
+    from click.testing import CliRunner
+
+    from boidcluster.cli.main import cli
+
+    r = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert r.exit_code == code, r.output
+    return r
+
+
+def test_agent_credentials_configure_a_master_that_refuses_forgers(master, tmp_path, zk_hosts, monkeypatch) -> None:
+    """The command's files, loaded into the master double as a real master loads them, let each
+    contributor's agent reserve its own role only; no secret is printed; re-running keeps them."""
+    import json
+
+    from boidcluster.adapters.store import Store
+    from boidcluster.model.kinds import parse_resource
+
+    monkeypatch.delenv("BOID_CONTEXT", raising=False)
+    monkeypatch.setenv("BOID_HOME", str(tmp_path / "home"))
+    store = Store(zk_hosts)
+    try:
+        for acct, role in (("alice", "worker"), ("mallory", "worker"), ("dave", "dispatcher")):
+            store.create(parse_resource({"apiVersion": "cluster.boid.com/v1alpha1", "kind": "Contributor",
+                                         "metadata": {"name": acct},
+                                         "spec": {"account": acct, "role": role, "researchers": ["r1"]}}))
+    finally:
+        store.close()
+    out = tmp_path / "mesos"
+    r = _cli("--zk", zk_hosts, "mesos", "agent-credentials", "--out", str(out))   # worker Contributors
+    creds = json.loads((out / "master" / "credentials.json").read_text())
+    assert sorted(c["principal"] for c in creds["credentials"]) == ["alice", "mallory"]
+    assert not any(c["secret"] in r.output for c in creds["credentials"])
+    for f in [out / "master" / "credentials.json", out / "master" / "acls.json", *(out / "agents").iterdir()]:
+        assert f.stat().st_mode & 0o077 == 0, f"{f} readable by others"
+    again = _cli("mesos", "agent-credentials", "--out", str(out), "--contributor", "alice",
+                 "--contributor", "mallory", "--contributor", "bob")
+    creds2 = json.loads((out / "master" / "credentials.json").read_text())
+    assert creds2["credentials"][:2] == creds["credentials"] and len(creds2["credentials"]) == 3
+    assert not any(c["secret"] in again.output for c in creds2["credentials"])
+    c = master.cluster
+    c.configure_agent_auth(secrets_of(creds2), json.loads((out / "master" / "acls.json").read_text()))
+    mallory = json.loads((out / "agents" / "mallory.json").read_text())
+    with pytest.raises(AgentRegistrationRefused):
+        c.add_agent(None, reserve_for=contributor_role("alice"), **mallory)
+    alice = json.loads((out / "agents" / "alice.json").read_text())
+    assert c.add_agent(None, reserve_for=contributor_role("alice"), **alice).principal == "alice"
+    bad = _cli("mesos", "agent-credentials", "--out", str(out), "--contributor", "../x", code=1)
+    assert "cannot name a Mesos role component" in bad.output

@@ -1,7 +1,17 @@
 """The `mesos` execution backend: a Mesos framework on the v1 scheduler HTTP API (JSON).
 
-Volunteers' machines are Mesos agents; an agent's attribute `boid_account` names the contributor
-credited for the work it runs, so agents without it are declined. One framework per protocol
+Volunteers' machines are Mesos agents. Who is credited for the work an agent runs
+(`credit_offer`), with `contributors=` (authenticated workers): the account whose contributor role
+(`boid-contributors/<account>`) the agent's resources are statically reserved for. The master
+authorizes static reservations against the agent's authenticated principal when it registers
+(src/master/authorization.cpp:80-101 "helps prevent agents from advertising reserved resources of
+arbitrary roles"), and `agent_acls` lets principal P reserve only P's role, so such a reservation
+is proof. A parent role is not offered its children's reservations (resources.cpp:1190-1200), so
+the framework subscribes to every contributor role; tasks of all its task roles are matched to
+any of those offers. Unreserved or foreign resources earn nobody credit: declined for
+`unusable_refuse_seconds`, logged once per agent and listed in `health()`. Without
+`contributors=` (development only) the agent's free attribute `boid_account` names the
+contributor, so any agent can claim any account. One framework per protocol
 dispatcher (`boidctl dispatcher run`), one Mesos role per protocol (fair share and quota per
 protocol): such a backend's roles are explicit and a task whose `TaskSpec.role` is not one of them
 fails at submit. A backend whose roles are exactly ("*",) (the default; `boidctl operator run
