@@ -630,7 +630,9 @@ class MesosCluster:
         return bool(self.acls.get("permissive", True))
 
     def agent_by_account(self, account: str) -> Agent:
-        return next(a for a in self.agents.values() if a.attributes.get("boid_account") == account)
+        """The agent authenticated as `account`, else the one whose boid_account attribute names it."""
+        return next((a for a in self.agents.values() if a.principal == account), None) or \
+            next(a for a in self.agents.values() if a.attributes.get("boid_account") == account)
 
     def lose_agent(self, agent_id: str, *, partitioned: bool = False) -> None:
         """The agent is marked unreachable and removed: FAILURE, RESCIND of its offers, and per
