@@ -509,6 +509,7 @@ class MesosCluster:
         self.acls: dict | None = None
         self.registration_refusals: list[str] = []  # the master's "Refusing registration ..." log lines
         self.offers_sent = 0
+        self.offers_log: dict[str, tuple[str, str]] = {}   # every offer made: id -> (agent id, role) (tests)
         self.hold_offers = False                    # stop making new offers (tests)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mesos-double-allocator", daemon=True)
@@ -838,6 +839,7 @@ class MesosCluster:
                     oid = f"{fw.id}-O{self.offers_sent}"
                     self.offers_sent += 1
                     self.offers[oid] = (fw.id, agent.id, role, free, now)
+                    self.offers_log[oid] = (agent.id, role)
                     offers_by_fw.setdefault(fw.id, []).append({
                         "id": {"value": oid}, "framework_id": {"value": fw.id},
                         "agent_id": {"value": agent.id}, "hostname": agent.hostname,

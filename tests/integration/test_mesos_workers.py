@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from boidcluster.adapters.backend import TaskResources, TaskSpec, TaskUpdate
+from boidcluster.engine.metrics import Metrics
 from boidcluster.adapters.mesos import (MesosBackend, agent_acls, agent_credentials, contributor_role,
                                         credit_offer, Offer)
 from doubles.mesos_master import AgentRegistrationRefused, MesosCluster, MesosMasterDouble
@@ -115,7 +116,7 @@ def test_attribute_mode_credits_whoever_claims_the_account(master, backends) -> 
     assert task_agents(c)["t1"] == forged.id
 
 
-def test_forged_boid_account_agent_is_refused_credit(master, backends) -> None:
+def test_forged_boid_account_agent_is_refused_credit(master, backends, caplog) -> None:
     """The same forged agent against a backend of authenticated workers: its offers (unreserved
     resources, offered to alice's role too, resources.cpp:1190-1200) are declined and reported
     once; the task waits for alice's real agent and is credited to alice only there."""
@@ -130,7 +131,18 @@ def test_forged_boid_account_agent_is_refused_credit(master, backends) -> None:
     b.submit(spec("t1"))
     wait_for(lambda: forged.id in b.health()["uncredited_agents"], "the forged agent reported")
     assert "no resources statically reserved" in b.health()["uncredited_agents"][forged.id]
+    metrics = Metrics()
+    metrics.watch_backend(b.health)          # what an operator's /metrics shows
+    assert "boid_backend_uncredited_agents 1.0" in metrics.exposition().decode()
     assert not c.calls_of("ACCEPT") and b.contributors() == []
+
+    def forged_declined() -> set[str]:   # the roles the forged agent was offered to and declined
+        with c.lock:
+            offered = {o["value"] for call in c.calls_of("DECLINE") for o in call["decline"]["offer_ids"]}
+            return {c.offers_log[o][1] for o in offered if c.offers_log.get(o, ("", ""))[0] == forged.id}
+
+    wait_for(lambda: forged_declined() == {contributor_role("alice"), contributor_role("bob")},
+             "the forged agent offered to both contributor roles and declined")
     honest = honest_agent(c, secrets, "alice")
     u = ups.wait_state("t1", "RUNNING")
     assert u.contributor == "alice" and task_agents(c)["t1"] == honest.id
@@ -139,6 +151,8 @@ def test_forged_boid_account_agent_is_refused_credit(master, backends) -> None:
     assert {r["allocation_info"]["role"] for r in info["resources"]} == {"boid-contributors/alice"}
     assert b.contributors() == ["alice"]
     assert forged.id in b.health()["uncredited_agents"]
+    said = [r for r in caplog.records if forged.id in r.getMessage()]
+    assert len(said) == 1 and "earns nobody credit" in said[0].getMessage()   # once per agent
 
 
 def test_agent_reserving_another_contributors_role_is_refused_registration(master) -> None:
