@@ -669,6 +669,12 @@ class MesosBackend:
         """The subscribed roles whose offers can run a task queued under `task_role`."""
         return self.subscribed_roles() if self._role_accounts else [task_role]
 
+    def _idle_roles(self) -> list[str]:
+        """Subscribed roles no queued task could use: to SUPPRESS (lock held)."""
+        if self._role_accounts:
+            return [] if any(self._queued[r] for r in self.roles) else self.subscribed_roles()
+        return [r for r in self.roles if not self._queued[r]]
+
     def _queues_for(self, offer_role: str) -> list[dict[str, _Task]]:
         """The queues an offer of `offer_role` serves, in order (lock held)."""
         if self._role_accounts:
@@ -992,7 +998,7 @@ class MesosBackend:
         url = self._detect()
         with self._lock:
             roles = self.subscribed_roles()
-            suppressed = [r for r in roles if not any(self._queues_for(r))]
+            suppressed = self._idle_roles()
             self._suppressed = set(suppressed)
             self._declined.clear()
         body: dict[str, Any] = {"type": "SUBSCRIBE", "subscribe": {
@@ -1235,8 +1241,10 @@ class MesosBackend:
             self.offers_seen += 1
             with self._lock:
                 credit_offer(offer, self._role_accounts)
-                if not offer.contributor and offer.agent_id not in self._uncredited:
-                    # once per agent, not per offer: declined for `unusable_refuse_seconds` per role
+                if not offer.contributor and offer.agent_id not in self._uncredited \
+                        and offer.agent_id not in self._agent_accounts:
+                    # once per agent, not per offer (each is declined for `unusable_refuse_seconds`
+                    # per role); an agent credited before only has some unreserved resources too
                     self._uncredited[offer.agent_id] = offer.why_not
                     log.warning("mesos: agent %s (%s) earns nobody credit, its offers are declined: %s",
                                 offer.agent_id, offer.hostname, offer.why_not)
@@ -1279,7 +1287,7 @@ class MesosBackend:
                             t.state, t.agent_id, t.contributor, t.launched_at = "QUEUED", None, None, None
                             self._queued[t.role][t.id] = t
         with self._lock:
-            idle = [r for r in self.subscribed_roles() if not any(self._queues_for(r)) and r not in self._suppressed]
+            idle = [r for r in self._idle_roles() if r not in self._suppressed]
             if idle and not self._closing:
                 self._suppressed |= set(idle)
                 self._outbox.put({"type": "SUPPRESS", "suppress": {"roles": idle}})
