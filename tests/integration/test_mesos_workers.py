@@ -347,3 +347,72 @@ def test_agent_credentials_configure_a_master_that_refuses_forgers(master, tmp_p
     assert c.add_agent(None, reserve_for=contributor_role("alice"), **alice).principal == "alice"
     bad = _cli("mesos", "agent-credentials", "--out", str(out), "--contributor", "../x", code=1)
     assert "cannot name a Mesos role component" in bad.output
+
+
+_WORKER = st.tuples(st.sampled_from(["alice", "bob", "carol"]),     # who runs the machine
+                    st.booleans())                                  # honest (reserved) or forged (attribute only)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(workers=st.lists(_WORKER, min_size=1, max_size=5),
+       ops=st.lists(st.tuples(st.sampled_from(["submit", "finish", "add"]), st.integers(0, 4)), min_size=3, max_size=12),
+       late=_WORKER)
+def test_random_agents_credit_only_their_authenticated_contributor(workers, ops, late) -> None:
+    """Whatever machines join (honest ones reserved for their owner's role, forged ones claiming
+    an account by attribute) and whatever runs and ends: every task ran on a reserved agent and
+    was credited to that agent's principal, and the live replicas of a unit never share one."""
+    master = MesosMasterDouble(heartbeat_interval=0.2, task_seconds=None, update_retry_seconds=0.5)
+    c = master.cluster
+    accounts = ["alice", "bob", "carol"]
+    secrets = secure(c, accounts)
+
+    def join(owner: str, honest: bool) -> None:
+        if honest:
+            honest_agent(c, secrets, owner, cpus=2)
+        else:   # authenticated as its owner, unreserved, claiming someone else by attribute
+            claim = accounts[(accounts.index(owner) + 1) % 3]
+            c.add_agent(claim, principal=owner, secret=secrets[owner], cpus=2)
+
+    for w in workers:
+        join(*w)
+    b = MesosBackend(master.url, roles=[ROLE], refuse_seconds=0.05, contributors=accounts)
+    credited: dict[str, str] = {}
+    n = 0
+
+    def check() -> None:
+        for u in b.updates(timeout=0.05):
+            if u.contributor is not None:
+                assert credited.setdefault(u.task_id, u.contributor) == u.contributor
+        with c.lock:
+            live: dict[str, list[str]] = {}
+            for t in c.tasks.values():
+                agent = c.agents[t.agent_id]
+                assert agent.reserved_role == contributor_role(agent.principal), "ran on an unreserved agent"
+                if t.id in credited:
+                    assert credited[t.id] == agent.principal
+                if t.state not in ("TASK_FINISHED", "TASK_KILLED", "TASK_FAILED", "TASK_LOST"):
+                    live.setdefault(t.info["labels"]["labels"][1]["value"], []).append(agent.principal)
+            for unit, principals in live.items():
+                assert len(principals) == len(set(principals)), f"unit {unit}: replicas on {principals}"
+
+    try:
+        for op, k in ops:
+            if op == "submit":
+                for r in range(2):                 # two replicas of one unit
+                    b.submit(spec(f"t{n}-{r}", unit=f"u{n}"))
+                n += 1
+            elif op == "finish":
+                running = [t.id for t in c.running()]
+                if running:
+                    c.finish_task(running[k % len(running)])
+            elif op == "add":
+                join(*late)
+            check()
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:        # let what can launch launch, checking all along
+            check()
+        check()
+    finally:
+        b.close()
+        master.stop()
+    assert master.validation_errors == [] and c.event_errors == []
