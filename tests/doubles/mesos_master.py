@@ -316,7 +316,9 @@ class Agent:
     isolation: tuple[str, ...] = WORKER_ISOLATION
     # The agent's --credential principal (None: it does not authenticate) and the role every one
     # of its --resources is statically reserved for, as in --resources="cpus(ROLE):4;mem(ROLE):..."
-    # (docs/reservation.md:17-30; None: all unreserved, "*").
+    # or --default_role=ROLE (docs/reservation.md:17-30; None: all unreserved, "*"). Simplification:
+    # no agent mixes reserved and unreserved resources (Mesos allows it; registration then also
+    # authorizes reserving "*", authorization.cpp:116-123, 167-191).
     principal: str | None = None
     reserved_role: str | None = None
 
