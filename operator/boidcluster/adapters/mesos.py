@@ -641,10 +641,6 @@ class MesosBackend:
                            if aid not in self._lost_agents and aid in self._agent_accounts})
 
     # -- authenticated workers ---------------------------------------------------------------
-    @property
-    def authenticated_workers(self) -> bool:
-        return self._role_accounts is not None
-
     def subscribed_roles(self) -> list[str]:
         """FrameworkInfo.roles: the contributor roles (a parent role is not offered its children's
         reservations, resources.cpp:1190-1200, so each must be subscribed), else the task roles."""
