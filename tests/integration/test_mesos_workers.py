@@ -416,3 +416,25 @@ def test_random_agents_credit_only_their_authenticated_contributor(workers, ops,
         b.close()
         master.stop()
     assert master.validation_errors == [] and c.event_errors == []
+
+
+def test_register_agents_acl_and_first_match_semantics(master) -> None:
+    """The double's local authorizer on a hand-written --acls: `register_agents` (object ANY)
+    and first-match order, as authorizer.cpp evaluates them."""
+    c = master.cluster
+    c.configure_agent_auth({"alice": "a", "bob": "b"}, {
+        "register_agents": [{"principals": {"values": ["alice"]}, "agents": {"type": "ANY"}},
+                            {"principals": {"type": "ANY"}, "agents": {"type": "NONE"}}],
+        "reserve_resources": [{"principals": {"values": ["bob"]}, "roles": {"type": "NONE"}},   # bob: nothing
+                              {"principals": {"type": "ANY"}, "roles": {"type": "ANY"}}]})
+    assert c.add_agent(None, principal="alice", secret="a", reserve_for="anything").principal == "alice"
+    with pytest.raises(AgentRegistrationRefused, match="Not authorized.*with principal 'bob'"):
+        c.add_agent(None, principal="bob", secret="b")
+    c.configure_agent_auth({"alice": "a", "bob": "b"}, {
+        "reserve_resources": [{"principals": {"values": ["bob"]}, "roles": {"type": "NONE"}},
+                              {"principals": {"type": "ANY"}, "roles": {"type": "ANY"}}]})
+    assert c.add_agent(None, principal="bob", secret="b").reserved_role is None     # no reservation: no check
+    with pytest.raises(AgentRegistrationRefused, match="Not authorized"):
+        c.add_agent(None, principal="bob", secret="b", reserve_for="x")
+    with pytest.raises(ValueError, match="does not evaluate"):
+        c.configure_agent_auth({}, {"run_tasks": []})
