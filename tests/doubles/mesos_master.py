@@ -22,7 +22,15 @@ and proto/v1/scheduler/scheduler.proto + proto/v1/mesos.proto (message shapes).
   the others answer 307 with a Location naming the leader (`cluster.elect(master)`).
 * Agents have resources and attributes (incl. `boid_account`); an allocator thread offers each
   agent's free resources to each subscribed, non-suppressed role, honouring DECLINE/ACCEPT filters
-  (`refuse_seconds`), cleared by REVIVE. Launched tasks go TASK_STARTING -> TASK_RUNNING ->
+  (`refuse_seconds`), cleared by REVIVE.
+* Agent identity as the master enforces it: `configure_agent_auth` turns on --authenticate_agents
+  with the agents' credentials and --acls; `add_agent(principal=, secret=, reserve_for=ROLE)`
+  registers an agent whose resources are statically reserved for ROLE, refused (raising
+  `AgentRegistrationRefused`) when unauthenticated or when the local authorizer's
+  `register_agents` / `reserve_resources` rules deny its principal (`_registration_refusal`).
+  Reserved resources are offered only to their role and its subroles, with
+  `Resource.reservations` [{type: STATIC, role}] as the real master sends them, and a launch must
+  use them as offered. Launched tasks go TASK_STARTING -> TASK_RUNNING ->
   TASK_FINISHED after `task_seconds` (None: they run until `finish_task`/`fail_task`).
   Status updates carry a uuid and are delivered one at a time per task, re-sent until
   ACKNOWLEDGEd (the agent's status update manager; first retry after 10 s as in Mesos, tests
@@ -306,6 +314,18 @@ class Agent:
     containerizers: tuple[str, ...] = WORKER_CONTAINERIZERS
     image_providers: tuple[str, ...] = WORKER_IMAGE_PROVIDERS
     isolation: tuple[str, ...] = WORKER_ISOLATION
+    # The agent's --credential principal (None: it does not authenticate) and the role every one
+    # of its --resources is statically reserved for, as in --resources="cpus(ROLE):4;mem(ROLE):..."
+    # or --default_role=ROLE (docs/reservation.md:17-30; None: all unreserved, "*"). Simplification:
+    # no agent mixes reserved and unreserved resources (Mesos allows it; registration then also
+    # authorizes reserving "*", authorization.cpp:116-123, 167-191).
+    principal: str | None = None
+    reserved_role: str | None = None
+
+    def reservations_json(self) -> list[dict]:
+        """Resource.reservations (mesos.proto:1420-1480) of every resource of this agent: one
+        STATIC ReservationInfo for its role (a static reservation carries no principal)."""
+        return [{"type": "STATIC", "role": self.reserved_role}] if self.reserved_role else []
 
     def attributes_json(self) -> list[dict]:
         out = []
@@ -378,6 +398,65 @@ class _Stream:
                 pass
 
 
+class AgentRegistrationRefused(RuntimeError):
+    """The master refused an agent's registration (its log line is the message)."""
+
+
+@dataclass(frozen=True)
+class _Entity:
+    """acls.proto ACL.Entity: type SOME (the default, with values), ANY or NONE."""
+
+    type: str
+    values: tuple[str, ...]
+
+    @classmethod
+    def of(cls, j: dict) -> "_Entity":
+        return cls(j.get("type", "SOME"), tuple(j.get("values", [])))
+
+    def matches(self, acl: "_Entity") -> bool:
+        """The request matches the ACL's entity (authorizer.cpp:66-117, the match matrix)."""
+        if self.type == "NONE":
+            return acl.type == "NONE"
+        if self.type == "ANY":
+            return acl.type in ("ANY", "NONE")
+        return acl.type in ("ANY", "NONE") or set(self.values) <= set(acl.values)
+
+    def allowed_by(self, acl: "_Entity") -> bool:
+        """The ACL's entity allows the request (authorizer.cpp:119-175, the allow matrix)."""
+        if self.type == "NONE":
+            return acl.type == "NONE"
+        if self.type == "ANY":
+            return acl.type == "ANY"
+        if acl.type == "ANY":
+            return True
+        return acl.type != "NONE" and set(self.values) <= set(acl.values)
+
+
+_ROLE_BAD_CHARS = re.compile(r"[\x09\x0a\x0b\x0c\x0d\x20\x7f]")   # roles.cpp:76-82 INVALID_CHARACTERS
+
+
+def role_error(role: str) -> str | None:
+    """Why Mesos refuses a role name, or None (src/common/roles.cpp:85-141)."""
+    if role == "*":
+        return None
+    if role.startswith("/"):
+        return f"Role '{role}' cannot start with a slash"
+    if role.endswith("/"):
+        return f"Role '{role}' cannot end with a slash"
+    if "//" in role:
+        return f"Role '{role}' cannot contain two adjacent slashes"
+    if not role:
+        return "Role names cannot be the empty string"
+    for c in role.split("/"):
+        if c in (".", "..", "*"):
+            return f"Role '{role}' cannot include '{c}' as a component"
+        if c.startswith("-"):
+            return f"Role component '{c}' is invalid because it starts with a dash"
+        if _ROLE_BAD_CHARS.search(c):
+            return f"Role component '{c}' is invalid because it contains backspace or whitespace"
+    return None
+
+
 class MesosCluster:
     """Agents, frameworks, offers and tasks shared by the master doubles of one cluster."""
 
@@ -425,26 +504,63 @@ class MesosCluster:
         self.event_errors: list[str] = []
         self.acks: list[tuple[str, str]] = []       # (task_id, state acknowledged)
         self.agent_refusals: list[str] = []         # tasks an agent could not start (user, container)
+        # Agent authentication and authorization (see `configure_agent_auth`): off by default,
+        # as in Mesos (--authenticate_agents defaults to false, no --acls: everything allowed).
+        self.authenticate_agents = False
+        self.agent_credentials: dict[str, str] = {}
+        self.acls: dict | None = None
+        self.registration_refusals: list[str] = []  # the master's "Refusing registration ..." log lines
         self.offers_sent = 0
+        self.offers_log: dict[str, tuple[str, str]] = {}   # every offer made: id -> (agent id, role) (tests)
         self.hold_offers = False                    # stop making new offers (tests)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mesos-double-allocator", daemon=True)
         self._thread.start()
 
     # -- agents -----------------------------------------------------------------------------
+    def configure_agent_auth(self, credentials: dict[str, str], acls: dict | None, *,
+                             authenticate_agents: bool = True) -> None:
+        """The master's --authenticate_agents, the agents' entries of --credentials (principal ->
+        secret; one file for frameworks and agents in Mesos, kept apart here so tests of framework
+        authentication need no agent entries) and --acls (the JSON form of acls.proto `ACLs`; only
+        `permissive`, `register_agents` and `reserve_resources` are evaluated, the others are
+        rejected so a test cannot believe an unevaluated rule protects it)."""
+        if acls is not None:
+            unknown = set(acls) - {"permissive", "register_agents", "reserve_resources"}
+            if unknown:
+                raise ValueError(f"ACLs the double does not evaluate: {sorted(unknown)}")
+        with self.lock:
+            self.authenticate_agents = authenticate_agents
+            self.agent_credentials = dict(credentials)
+            self.acls = acls
+
     def add_agent(self, account: str | None, *, cpus: float = 4, mem: float = 4096, disk: float = 10000,
                   gpus: float = 0, hostname: str | None = None, corrupt_output: bool = False,
                   switch_user: bool = True, users: frozenset[str] | set[str] = frozenset({"root", "nobody"}),
                   containerizers: tuple[str, ...] = WORKER_CONTAINERIZERS,
                   image_providers: tuple[str, ...] = WORKER_IMAGE_PROVIDERS,
                   isolation: tuple[str, ...] = WORKER_ISOLATION,
+                  principal: str | None = None, secret: str | None = None, reserve_for: str | None = None,
                   **attributes: str | float) -> Agent:
-        """`corrupt_output`: FAULT INJECTION, a cheating agent (see the module docstring)."""
+        """An agent starts and registers. `account` becomes its free `boid_account` attribute
+        (None: none). `principal`/`secret`: its --credential; `reserve_for`: the role all its
+        resources are statically reserved for. A registration the master refuses raises
+        `AgentRegistrationRefused` and the agent never appears (see `_registration_refusal`).
+        `corrupt_output`: FAULT INJECTION, a cheating agent (see the module docstring)."""
         if image_providers and "filesystem/linux" not in isolation:
             # the agent refuses to start (src/slave/containerizer/mesos/containerizer.cpp:310-316)
             raise ValueError("The 'filesystem/linux' isolator must be enabled for container image support")
+        if reserve_for is not None:
+            error = role_error(reserve_for)
+            if error is not None or reserve_for == "*":   # the agent fails to parse --resources
+                raise ValueError(error or "'*' is the unreserved role, not a reservation")
         with self.lock:
             n = len(self.agents)
+            host = hostname or f"agent{n}.example"
+            refusal = self._registration_refusal(host, principal, secret, reserve_for)
+            if refusal is not None:
+                self.registration_refusals.append(refusal)
+                raise AgentRegistrationRefused(refusal)
             agent_id = f"{uuid.uuid4()}-S{n}"
             attrs: dict[str, Any] = dict(attributes)
             if account is not None:
@@ -452,14 +568,74 @@ class MesosCluster:
             res = {"cpus": float(cpus), "mem": float(mem), "disk": float(disk)}
             if gpus:
                 res["gpus"] = float(gpus)
-            agent = Agent(agent_id, hostname or f"agent{n}.example", res, attrs, corrupt_output=corrupt_output,
+            agent = Agent(agent_id, host, res, attrs, corrupt_output=corrupt_output,
                           switch_user=switch_user, users=frozenset(users), containerizers=tuple(containerizers),
-                          image_providers=tuple(image_providers), isolation=tuple(isolation))
+                          image_providers=tuple(image_providers), isolation=tuple(isolation),
+                          principal=principal, reserved_role=reserve_for)
             self.agents[agent_id] = agent
             return agent
 
+    def _registration_refusal(self, hostname: str, principal: str | None, secret: str | None,
+                              reserved_role: str | None) -> str | None:
+        """What the master logs when it refuses this agent's registration, or None.
+
+        Authentication: an agent with a --credential authenticates first (CRAM-MD5 against the
+        master's --credentials); a failed authentication is retried by the agent and it never
+        registers. With --authenticate_agents an unauthenticated agent is refused
+        (master.cpp:6236-6243). Authorization: `ActionObject::agentRegistration`
+        (src/master/authorization.cpp:80-101) asks RESERVE_RESOURCES for the static reservations,
+        with the agent's principal as subject ("helps prevent agents from advertising reserved
+        resources of arbitrary roles"), and REGISTER_AGENT; refused ones are logged and dropped
+        (master.cpp:6309-6328)."""
+        pid = f"slave(1)@{hostname}:5051"
+        if principal is not None and self.agent_credentials.get(principal) != secret:
+            return f"Refusing registration of agent at {pid} because it is not authenticated" \
+                   f" (authentication of '{principal}' failed)"
+        if principal is None and self.authenticate_agents:
+            return f"Refusing registration of agent at {pid} because it is not authenticated"
+        ok = self._authorized("register_agents", "agents", principal, None, hierarchical=False)
+        if ok and reserved_role is not None:
+            ok = self._authorized("reserve_resources", "roles", principal, reserved_role, hierarchical=True)
+        if ok:
+            return None
+        return (f"Refusing registration of agent at {pid} ({hostname}): Not authorized to register agent "
+                f"providing resources '{reserved_role or '*'}' "
+                + (f"with principal '{principal}'" if principal else "without a principal"))
+
+    def _authorized(self, acl_name: str, object_key: str, principal: str | None, obj: str | None, *,
+                    hierarchical: bool) -> bool:
+        """The local authorizer (src/authorizer/local/authorizer.cpp): no --acls authorizes
+        everything; else the first ACL whose subject and object *match* decides by whether they
+        *allow* (approved(), :453-466 and :769-797; match/allow matrices :66-175), and when none
+        matches, `permissive` (default true, acls.proto:647). The subject is SOME{principal}, or ANY
+        without one (:587-600). REGISTER_AGENT's object is ANY (:411-429); RESERVE_RESOURCES' is
+        SOME{role} and its ACL values ending in "/%" match every strictly nested role
+        (createHierarchicalRoleACLs :857-904, isNestedHierarchy :808-813)."""
+        if self.acls is None:
+            return True
+        subject = _Entity("SOME", (principal,)) if principal is not None else _Entity("ANY", ())
+        target = _Entity("SOME", (obj,)) if obj is not None else _Entity("ANY", ())
+        for acl in self.acls.get(acl_name, []):
+            subjects, objects = _Entity.of(acl["principals"]), _Entity.of(acl[object_key])
+            parts = [objects]
+            if hierarchical and objects.type == "SOME":
+                plain = tuple(v for v in objects.values if not v.endswith("/%"))
+                parts = [_Entity("SOME", (v,)) for v in objects.values if v.endswith("/%")]
+                if plain:
+                    parts.insert(0, _Entity("SOME", plain))   # order within one ACL does not matter (:861-864)
+            for part in parts:
+                if part.type == "SOME" and len(part.values) == 1 and part.values[0].endswith("/%"):
+                    if target.type == "SOME" and target.values[0].startswith(part.values[0][:-1]):
+                        if subject.matches(subjects):
+                            return subject.allowed_by(subjects)
+                elif subject.matches(subjects) and target.matches(part):
+                    return subject.allowed_by(subjects) and target.allowed_by(part)
+        return bool(self.acls.get("permissive", True))
+
     def agent_by_account(self, account: str) -> Agent:
-        return next(a for a in self.agents.values() if a.attributes.get("boid_account") == account)
+        """The agent authenticated as `account`, else the one whose boid_account attribute names it."""
+        return next((a for a in self.agents.values() if a.principal == account), None) or \
+            next(a for a in self.agents.values() if a.attributes.get("boid_account") == account)
 
     def lose_agent(self, agent_id: str, *, partitioned: bool = False) -> None:
         """The agent is marked unreachable and removed: FAILURE, RESCIND of its offers, and per
@@ -650,6 +826,11 @@ class MesosCluster:
                         continue
                     if any(a == agent.id and f == fw.id for f, a, _r, _res, _t in self.offers.values()):
                         continue
+                    # reserved resources go only to their role and its strict subroles, unreserved
+                    # ones to any role (Resources::isAllocatableTo, src/common/resources.cpp:1190-1200)
+                    reserved = agent.reserved_role
+                    if reserved is not None and role != reserved and not role.startswith(reserved + "/"):
+                        continue
                     used = self._used(agent.id)
                     free = {k: v - used.get(k, 0.0) for k, v in agent.resources.items()}
                     if free.get("cpus", 0) < 0.01 or free.get("mem", 0) < 1:
@@ -660,12 +841,15 @@ class MesosCluster:
                     oid = f"{fw.id}-O{self.offers_sent}"
                     self.offers_sent += 1
                     self.offers[oid] = (fw.id, agent.id, role, free, now)
+                    self.offers_log[oid] = (agent.id, role)
                     offers_by_fw.setdefault(fw.id, []).append({
                         "id": {"value": oid}, "framework_id": {"value": fw.id},
                         "agent_id": {"value": agent.id}, "hostname": agent.hostname,
                         "allocation_info": {"role": role},
-                        "resources": [{"name": k, "type": "SCALAR", "scalar": {"value": v},
-                                       "allocation_info": {"role": role}} for k, v in free.items()],
+                        "resources": [dict({"name": k, "type": "SCALAR", "scalar": {"value": v},
+                                            "allocation_info": {"role": role}},
+                                           **({"reservations": agent.reservations_json()} if reserved else {}))
+                                      for k, v in free.items()],
                         "attributes": agent.attributes_json(),
                     })
         for fw_id, offers in offers_by_fw.items():
@@ -821,9 +1005,16 @@ class MesosCluster:
             return reject("TASK_ERROR", "REASON_TASK_INVALID", "Task uses invalid agent")
         role = offers[0][2]
         need: dict[str, float] = {}
+        offered_reservations = self.agents[agent_id].reservations_json()
         for r in info.get("resources", []):
             if (r.get("allocation_info") or {}).get("role") != role:
                 return reject("TASK_ERROR", "REASON_TASK_INVALID", f"resource {r['name']} not allocated to role {role}")
+            if r.get("reservations", []) != offered_reservations:
+                # the offered Resources must contain the task's (validation.cpp:1819-1822), and
+                # Resource equality includes the reservations
+                return reject("TASK_ERROR", "REASON_TASK_INVALID",
+                              f"Task uses resource {r['name']} with reservations {r.get('reservations', [])} "
+                              f"that were not offered (offered: {offered_reservations})")
             need[r["name"]] = need.get(r["name"], 0.0) + r.get("scalar", {}).get("value", 0.0)
         if any(v > avail.get(k, 0.0) + 1e-9 for k, v in need.items()):
             return reject("TASK_ERROR", "REASON_TASK_INVALID", f"Task uses more resources {need} than available {avail}")
@@ -1168,4 +1359,4 @@ def register_master(zk: KazooClient, path: str, master: MesosMasterDouble, *, ep
                      ephemeral=ephemeral, sequence=True)
 
 
-__all__ = ["MesosCluster", "MesosMasterDouble", "ProtoChecker", "proto_checker", "register_master"]
+__all__ = ["AgentRegistrationRefused", "MesosCluster", "role_error", "MesosMasterDouble", "ProtoChecker", "proto_checker", "register_master"]

@@ -3,8 +3,10 @@ execution backends.
 
 Every test runs twice (`backend_kind`): on `local` (LocalBackend slots) and on `mesos` (a
 MesosBackend subscribed to the in-process Mesos master TEST DOUBLE, tests/doubles/mesos_master.py,
-whose agents mirror the local slots: one agent per contributor with its `boid_account` attribute
-and one cpu per slot). On mesos the double's executor hook plays the agents' command executor
+whose agents mirror the local slots: one authenticated agent per contributor, its principal the
+contributor's account and its resources, one cpu per slot, statically reserved for the
+contributor's role, as `boidctl mesos agent-credentials` configures master and agents; the
+backend credits the reservation, never an attribute). On mesos the double's executor hook plays the agents' command executor
 (`CommandExecutor`): it really runs the TaskInfo's command with the TaskInfo's environment,
 storage paths mapped under the test's storage root (as an agent with the storage mounted sees
 them), so outputs land in storage exactly as on `local`.
@@ -43,7 +45,7 @@ from pathlib import Path
 import pytest
 
 from boidcluster.adapters.local.backend import CORRUPTION, LocalBackend, Slot
-from boidcluster.adapters.mesos import MesosBackend
+from boidcluster.adapters.mesos import MesosBackend, agent_acls, agent_credentials, contributor_role
 from boidcluster.adapters.storage import Storage
 from boidcluster.adapters.store import Store
 from boidcluster.engine.operator import Operator
@@ -190,6 +192,11 @@ class MesosSite:
         self.master = MesosMasterDouble(heartbeat_interval=0.5, task_seconds=None, update_retry_seconds=1.0,
                                         executor=self.executor, on_kill=self.executor.kill)
         self.cluster = self.master.cluster
+        self.credentials: dict = {"credentials": []}
+
+    @property
+    def accounts(self) -> list[str]:
+        return sorted(c["principal"] for c in self.credentials["credentials"])
 
     def add_agents(self, slots) -> None:
         """One agent per contributor, one cpu per local slot; a corrupt slot makes a cheating agent."""
@@ -197,11 +204,15 @@ class MesosSite:
         for s in slots:
             s = s if isinstance(s, Slot) else Slot(s)
             per.setdefault(s.contributor, []).append(s)
+        self.credentials = agent_credentials([*self.accounts, *per], self.credentials)
+        secret = {c["principal"]: c["secret"] for c in self.credentials["credentials"]}
         with self.cluster.lock:
-            have = {a.attributes.get("boid_account") for a in self.cluster.agents.values() if a.active}
+            self.cluster.configure_agent_auth(secret, agent_acls(self.accounts))
+            have = {a.principal for a in self.cluster.agents.values() if a.active}
             for name, ss in per.items():
                 if name not in have:
-                    self.cluster.add_agent(name, cpus=len(ss), mem=1024 * len(ss),
+                    self.cluster.add_agent(None, cpus=len(ss), mem=1024 * len(ss), principal=name,
+                                           secret=secret[name], reserve_for=contributor_role(name),
                                            corrupt_output=any(s.corrupt_output for s in ss))
 
     def live_tasks(self) -> list[str]:
@@ -224,7 +235,8 @@ class Cluster:
             assert site is not None
             site.add_agents(slots)
             self.backend = MesosBackend(site.master.url, roles=ROLES, zk=self.store.client,
-                                        framework_id_path=FRAMEWORK_ID_PATH, refuse_seconds=0.2)
+                                        framework_id_path=FRAMEWORK_ID_PATH, refuse_seconds=0.2,
+                                        contributors=site.accounts)
         self.world = World(store=self.store, storage=Storage(f"file://{root}"), backend=self.backend,
                            dispatcher=Dispatcher(self.backend, retry_backoff=0.05, poll=0.05, kill_grace=1.0),
                            ledger=ledger)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from boidcluster.adapters.store import Store
+from boidcluster.adapters.mesos import agent_acls, contributor_role
 from boidcluster.cli.wiring import OperatorOptions, build_world, close_world
 from doubles.mesos_master import MesosMasterDouble
 
@@ -19,7 +20,8 @@ def test_each_protocols_dispatcher_is_its_own_framework(zk_hosts, tmp_path):
         for proto in ("alpha", "beta"):
             opts = OperatorOptions(zk=zk_hosts, storage=f"file://{tmp_path}", backend="mesos",
                                    mesos_master=master.url, mesos_roles=[proto],
-                                   mesos_state=f"/boid/v1/dispatchers/{proto}/mesos")
+                                   mesos_state=f"/boid/v1/dispatchers/{proto}/mesos",
+                                   mesos_insecure_attributes=True)
             worlds.append(build_world(opts, store))
         deadline = time.monotonic() + 10
         while len(master.cluster.frameworks) < 2 and time.monotonic() < deadline:
@@ -58,15 +60,18 @@ def test_a_dispatcher_stop_is_a_failover_until_its_protocol_is_deleted(zk_hosts,
 
     master = MesosMasterDouble(heartbeat_interval=0.2, task_seconds=None)
     master.cluster.credentials = {"boid-dispatcher": "s3cret"}
-    master.cluster.add_agent("alice")
+    master.cluster.configure_agent_auth({"alice": "agent-secret"}, agent_acls(["alice"]))
+    master.cluster.add_agent(None, principal="alice", secret="agent-secret", reserve_for=contributor_role("alice"))
     secret = tmp_path / "mesos-secret"
     secret.write_text("s3cret")
     monkeypatch.setenv("BOID_MESOS_PRINCIPAL", "boid-dispatcher")
     monkeypatch.setenv("BOID_MESOS_SECRET_FILE", str(secret))
     store = Store(zk_hosts)
     store.create(_protocol("gamma"))
+    monkeypatch.setenv("BOID_MESOS_CONTRIBUTORS", "alice")       # as the operator hands it to a dispatcher app
     opts = OperatorOptions(zk=zk_hosts, storage=f"file://{tmp_path}", backend="mesos", mesos_master=master.url,
                            mesos_roles=["gamma"], mesos_state="/boid/v1/dispatchers/gamma/mesos", protocol="gamma")
+    assert opts.mesos_contributors == ["alice"]
     task = TaskSpec(task_id="g1", job="j", unit="u", command=["sleep", "60"], env={}, output_dir="/o",
                     resources=TaskResources(cpus=0.5, mem=64), role="gamma")
     try:
@@ -96,3 +101,20 @@ def test_a_dispatcher_stop_is_a_failover_until_its_protocol_is_deleted(zk_hosts,
     finally:
         store.close()
         master.stop()
+
+
+def test_mesos_backend_without_trusted_contributors_is_refused(zk_hosts, tmp_path, monkeypatch):
+    """Safe default: no contributor list and no explicit insecure flag, no Mesos backend (a
+    clear error naming both options), so nobody runs the attribute mode by accident."""
+    import pytest
+
+    monkeypatch.delenv("BOID_MESOS_CONTRIBUTORS", raising=False)
+    monkeypatch.delenv("BOID_MESOS_INSECURE_ATTRIBUTES", raising=False)
+    store = Store(zk_hosts)
+    try:
+        opts = OperatorOptions(zk=zk_hosts, storage=f"file://{tmp_path}", backend="mesos",
+                               mesos_master="http://127.0.0.1:9")
+        with pytest.raises(ValueError, match="--mesos-contributor.*--mesos-insecure-agent-attributes"):
+            build_world(opts, store)
+    finally:
+        store.close()

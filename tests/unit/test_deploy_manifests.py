@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from boidcluster.adapters.marathon import dispatcher_app
+from boidcluster.adapters.mesos import contributor_role
 from doubles.marathon import app_schema_validator
 from doubles.mesos_master import WORKER_CONTAINERIZERS, WORKER_IMAGE_PROVIDERS, WORKER_ISOLATION
 
@@ -69,6 +70,10 @@ def test_dispatcher_actor_runs_zookeeper_mesos_marathon_and_the_operator():
     assert "--keys" in op["command"] and not any("KEYS" in k and not k.endswith("_FILE") for k in op["environment"])
     master = svc["mesos-master"]["environment"]
     assert master["MESOS_AUTHENTICATE_HTTP_FRAMEWORKS"] == "true" and master["MESOS_CREDENTIALS"].startswith("/etc/boid/secrets/")
+    # authenticated workers: agents authenticate, and the ACLs (generated) bind reservations to principals
+    assert master["MESOS_AUTHENTICATE_AGENTS"] == "true" and master["MESOS_ACLS"].startswith("/etc/boid/secrets/")
+    # the dispatcher apps get the trusted contributors from the operator (else they refuse to start)
+    assert op["environment"]["BOID_MESOS_CONTRIBUTORS"].startswith("${BOID_MESOS_CONTRIBUTORS:?")
 
 
 def test_worker_agent_uses_docker_and_carries_the_account_attribute():
@@ -84,6 +89,13 @@ def test_worker_agent_uses_docker_and_carries_the_account_attribute():
     assert env["MESOS_LAUNCHER"] == "linux"   # image support needs it (containerizer.cpp:318-321)
     assert env["MESOS_SWITCH_USER"] == "true"
     assert re.search(r"(^|;)boid_account:\$\{BOID_ACCOUNT[:?}]", env["MESOS_ATTRIBUTES"])
+    # credited by reservation: everything it lends is statically reserved for its contributor's
+    # role, as an authenticated principal (the credential file, never an environment value)
+    assert env["MESOS_DEFAULT_ROLE"] == "boid-contributors/${BOID_ACCOUNT}"
+    assert contributor_role("${BOID_ACCOUNT}") == env["MESOS_DEFAULT_ROLE"]
+    assert "(" not in env["MESOS_RESOURCES"]      # no explicit role: all of it goes to the default role
+    assert env["MESOS_CREDENTIAL"].startswith("/etc/boid/secrets/")
+    assert "/etc/boid/secrets:/etc/boid/secrets:ro" in agent["volumes"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in agent["volumes"]
 
 

@@ -1,7 +1,17 @@
 """The `mesos` execution backend: a Mesos framework on the v1 scheduler HTTP API (JSON).
 
-Volunteers' machines are Mesos agents; an agent's attribute `boid_account` names the contributor
-credited for the work it runs, so agents without it are declined. One framework per protocol
+Volunteers' machines are Mesos agents. Who is credited for the work an agent runs
+(`credit_offer`), with `contributors=` (authenticated workers): the account whose contributor role
+(`boid-contributors/<account>`) the agent's resources are statically reserved for. The master
+authorizes static reservations against the agent's authenticated principal when it registers
+(src/master/authorization.cpp:80-101 "helps prevent agents from advertising reserved resources of
+arbitrary roles"), and `agent_acls` lets principal P reserve only P's role, so such a reservation
+is proof. A parent role is not offered its children's reservations (resources.cpp:1190-1200), so
+the framework subscribes to every contributor role; tasks of all its task roles are matched to
+any of those offers. Unreserved or foreign resources earn nobody credit: declined for
+`unusable_refuse_seconds`, logged once per agent and listed in `health()`. Without
+`contributors=` (development only) the agent's free attribute `boid_account` names the
+contributor, so any agent can claim any account. One framework per protocol
 dispatcher (`boidctl dispatcher run`), one Mesos role per protocol (fair share and quota per
 protocol): such a backend's roles are explicit and a task whose `TaskSpec.role` is not one of them
 fails at submit. A backend whose roles are exactly ("*",) (the default; `boidctl operator run
@@ -69,6 +79,7 @@ import json
 import logging
 import queue
 import re
+import secrets
 import socket
 import threading
 import time
@@ -113,6 +124,8 @@ DEFAULT_USER = "nobody"
 # instead of a catch-all TASK_LOST, master.cpp:10992-11025, slave.cpp:2860-2866).
 CAPABILITIES = ("MULTI_ROLE", "GPU_RESOURCES", "PARTITION_AWARE")
 MAX_ERRORS = 50   # errors kept for status (oldest dropped first)
+# The parent of the contributor roles: contributor `alice`'s agents reserve for "boid-contributors/alice".
+CONTRIBUTOR_ROLE_PREFIX = "boid-contributors"
 
 
 @dataclass
@@ -146,6 +159,9 @@ class Offer:
     role: str
     resources: list[dict]
     attributes: dict[str, str]
+    contributor: str | None = None      # who is credited for work on it (`credit_offer`), None: nobody
+    usable: list[dict] = field(default_factory=list)   # the resources tasks may take (`credit_offer`)
+    why_not: str = ""                   # why nobody is credited
 
     @classmethod
     def from_json(cls, o: dict) -> "Offer":
@@ -153,16 +169,101 @@ class Offer:
         return cls(o["id"]["value"], o["agent_id"]["value"], o.get("hostname", ""), role,
                    list(o.get("resources", [])), attributes_of(o.get("attributes", [])))
 
-    @property
-    def contributor(self) -> str | None:
-        return self.attributes.get("boid_account") or None
-
     def scalars(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for r in self.resources:
+        for r in self.usable:
             if r.get("type", "SCALAR") == "SCALAR" and "scalar" in r:
                 out[r["name"]] = out.get(r["name"], 0.0) + float(r["scalar"]["value"])
         return out
+
+
+def contributor_role(account: str, prefix: str = CONTRIBUTOR_ROLE_PREFIX) -> str:
+    """The Mesos role a contributor's agents statically reserve their resources for. An EOS name
+    ([a-z1-5.], at most 13 characters, never "." alone) is a valid role component
+    (src/common/roles.cpp:85-141: no "/", ".", "..", "*", leading "-" or whitespace)."""
+    if not account or "/" in account or account in (".", "..") or account.startswith("-") \
+            or any(c.isspace() for c in account):
+        raise ValueError(f"{account!r} cannot name a Mesos role component")
+    return f"{prefix}/{account}"
+
+
+def static_reservation_role(resource: dict) -> str | None:
+    """The role a resource is statically reserved for by its agent, else None (unreserved, or
+    reserved dynamically by a framework or operator). Resource.reservations is a stack, the last
+    entry the most refined (mesos.proto:1420-1480): only a single STATIC entry counts, i.e. the
+    reservation the agent's principal made and the master authorized at registration."""
+    res = resource.get("reservations") or []
+    if len(res) == 1 and res[0].get("type") == "STATIC" and res[0].get("role"):
+        return str(res[0]["role"])
+    return None
+
+
+def credit_offer(offer: Offer, role_accounts: dict[str, str] | None) -> Offer:
+    """Decide who an offer's work is credited to and which of its resources tasks may use.
+
+    `role_accounts` None: the unauthenticated mode, the agent's free `boid_account` attribute
+    (development clusters only: any agent can claim any account). Otherwise the offer's role must
+    be a contributor role and only the resources statically reserved for exactly that role are
+    used: reserving them needed the contributor's agent principal (the master's
+    `reserve_resources` ACL, checked at registration), whereas unreserved resources are offered to
+    every role (resources.cpp:1190-1200) and say nothing about who runs the agent."""
+    if role_accounts is None:
+        offer.contributor = offer.attributes.get("boid_account") or None
+        offer.usable = list(offer.resources) if offer.contributor else []
+        offer.why_not = "" if offer.contributor else "no boid_account attribute"
+        return offer
+    account = role_accounts.get(offer.role)
+    usable = [r for r in offer.resources if static_reservation_role(r) == offer.role] if account else []
+    offer.contributor, offer.usable = (account, usable) if usable else (None, [])
+    if not usable:
+        offer.why_not = (f"role {offer.role!r} is no contributor role" if account is None else
+                         f"no resources statically reserved for {offer.role!r}")
+    return offer
+
+
+def agent_principal(account: str) -> str:
+    """The principal a contributor's agents authenticate as: the account itself."""
+    return account
+
+
+def agent_acls(accounts: Iterable[str], existing: dict | None = None,
+               prefix: str = CONTRIBUTOR_ROLE_PREFIX) -> dict:
+    """The master's --acls (acls.proto `ACLs` as JSON) for authenticated workers: principal P may
+    statically reserve only P's contributor role, nobody else any role under `prefix`.
+
+    The local authorizer takes the first rule whose subject and object match
+    (src/authorizer/local/authorizer.cpp:769-797): each contributor's rule allows its own role;
+    the last one, a recursive "<prefix>/%" rule with principals NONE, denies every other
+    principal (and an agent without one) any role below the prefix (isNestedHierarchy, :808-813).
+    Roles outside the prefix and every other action stay as `existing` has them (default
+    permissive, acls.proto:647), so a shared Mesos cluster keeps its own rules. Applied by the
+    master to an agent's static reservations at registration (ActionObject::agentRegistration,
+    src/master/authorization.cpp:80-101; refusal master.cpp:6309-6328)."""
+    out = dict(existing or {})
+    ours = [{"principals": {"values": [agent_principal(a)]}, "roles": {"values": [contributor_role(a, prefix)]}}
+            for a in sorted(set(accounts))]
+    ours.append({"principals": {"type": "NONE"}, "roles": {"values": [prefix + "/%"]}})
+
+    def foreign(rule: dict) -> bool:
+        return not any(str(v).startswith(prefix + "/") for v in (rule.get("roles") or {}).get("values", []))
+
+    out["reserve_resources"] = ours + [r for r in out.get("reserve_resources", []) if foreign(r)]
+    out.setdefault("permissive", True)
+    return out
+
+
+def agent_credentials(accounts: Iterable[str], existing: dict | None = None,
+                      new_secret: Any = None) -> dict:
+    """The master's --credentials ({"credentials": [{principal, secret}]}, docs/authentication.md):
+    entries already there are kept (framework principals, secrets already handed to agents), an
+    agent principal missing gets a fresh random secret. Idempotent: regenerating changes nothing."""
+    make = new_secret or (lambda: secrets.token_urlsafe(32))
+    entries = [dict(c) for c in (existing or {}).get("credentials", [])]
+    have = {c.get("principal") for c in entries}
+    for a in sorted(set(accounts)):
+        if agent_principal(a) not in have:
+            entries.append({"principal": agent_principal(a), "secret": make()})
+    return {"credentials": entries}
 
 
 def attributes_of(attrs: Iterable[dict]) -> dict[str, str]:
@@ -322,9 +423,14 @@ class MesosBackend:
         reconcile_interval: float = 600.0,
         revive_interval: float = 300.0,
         orphan_grace: float = 300.0,
+        contributors: Iterable[str] | None = None,
         start: bool = True,
     ) -> None:
         self.roles = list(roles) or ["*"]
+        # Authenticated workers (`contributors` given): role -> account of the contributor roles
+        # this framework subscribes to; None: the unauthenticated `boid_account` attribute mode.
+        self._role_accounts: dict[str, str] | None = (
+            None if contributors is None else {contributor_role(a): a for a in contributors})
         if not user:
             raise ValueError("FrameworkInfo.user must be set (the HTTP API does not default it): an account "
                              "that exists on every agent, e.g. 'nobody'")
@@ -404,6 +510,7 @@ class MesosBackend:
         self.framework_id: str | None = self._load_framework_id()
         self._fid_saved = self.framework_id is not None
         self._agent_accounts: dict[str, str] = self._load_agent_accounts()
+        self._uncredited: dict[str, str] = {}   # agent id -> why its offers earn nobody credit (logged once)
         self.master_url: str | None = None
         self.stream_id: str | None = None
         self.heartbeat_interval = 15.0
@@ -463,11 +570,12 @@ class MesosBackend:
                 self._finish(t, "FAILED", message=error, ts=time.time())
                 return
             self._queued[role][task.task_id] = t
-            if role in self._suppressed or role in self._declined:
-                self._suppressed.discard(role)
-                self._declined.discard(role)
+            stale = [r for r in self._offer_roles(role) if r in self._suppressed or r in self._declined]
+            if stale:
+                self._suppressed -= set(stale)
+                self._declined -= set(stale)
                 self.revived_at = time.monotonic()
-                self._outbox.put({"type": "REVIVE", "revive": {"roles": [role]}})
+                self._outbox.put({"type": "REVIVE", "revive": {"roles": stale}})
 
     def updates(self, timeout: float = 0.0) -> list[TaskUpdate]:
         deadline = time.monotonic() + timeout
@@ -529,8 +637,46 @@ class MesosBackend:
 
     def contributors(self) -> list[str]:
         with self._lock:
-            return sorted({a["boid_account"] for aid, (_h, a) in self._agents.items()
-                           if aid not in self._lost_agents and a.get("boid_account")})
+            return sorted({self._agent_accounts[aid] for aid in self._agents
+                           if aid not in self._lost_agents and aid in self._agent_accounts})
+
+    # -- authenticated workers ---------------------------------------------------------------
+    def subscribed_roles(self) -> list[str]:
+        """FrameworkInfo.roles: the contributor roles (a parent role is not offered its children's
+        reservations, resources.cpp:1190-1200, so each must be subscribed), else the task roles."""
+        if self._role_accounts:
+            return sorted(self._role_accounts)
+        return list(self.roles)
+
+    def set_contributors(self, accounts: Iterable[str]) -> None:
+        """Follow the known contributors: a changed set re-subscribes with the new roles (the
+        same FrameworkID; running tasks are unaffected)."""
+        if self._role_accounts is None:
+            raise ValueError("set_contributors needs a backend made with contributors=")
+        new = {contributor_role(a): a for a in accounts}
+        with self._lock:
+            if new == self._role_accounts:
+                return
+            self._role_accounts = new
+        log.info("mesos: contributor roles changed (%d), re-subscribing", len(new))
+        self._cut_stream()
+
+    def _offer_roles(self, task_role: str) -> list[str]:
+        """The subscribed roles whose offers can run a task queued under `task_role`."""
+        return self.subscribed_roles() if self._role_accounts else [task_role]
+
+    def _idle_roles(self) -> list[str]:
+        """Subscribed roles no queued task could use: to SUPPRESS (lock held)."""
+        if self._role_accounts:
+            return [] if any(self._queued[r] for r in self.roles) else self.subscribed_roles()
+        return [r for r in self.roles if not self._queued[r]]
+
+    def _queues_for(self, offer_role: str) -> list[dict[str, _Task]]:
+        """The queues an offer of `offer_role` serves, in order (lock held)."""
+        if self._role_accounts:
+            return [self._queued[r] for r in self.roles]
+        q = self._queued.get(offer_role)
+        return [q] if q is not None else []
 
     def close(self, remove: bool = False, kill_running: bool = False) -> None:
         """Stop. Queued tasks are dropped. Running tasks keep running (the default: a SIGTERM
@@ -600,11 +746,17 @@ class MesosBackend:
             return None
         return data.decode() or None
 
+    @property
+    def _agents_path(self) -> str:
+        """Agent id -> account beside the framework id; its own znode per mode, so accounts once
+        read from attributes are never trusted as reservation-proven ones."""
+        return self.framework_id_path + ("-agents" if self._role_accounts is None else "-reserved-agents")  # type: ignore[operator]
+
     def _load_agent_accounts(self) -> dict[str, str]:
         if not self.framework_id_path or self._zk is None:
             return {}
         try:
-            data, _ = self._zk.get(self.framework_id_path + "-agents")
+            data, _ = self._zk.get(self._agents_path)
             return dict(json.loads(data or b"{}"))
         except (NoNodeError, ValueError):
             return {}
@@ -616,7 +768,7 @@ class MesosBackend:
         self._agent_accounts[agent_id] = account
         if not self.framework_id_path or self._zk is None:
             return
-        path, data = self.framework_id_path + "-agents", json.dumps(self._agent_accounts).encode()
+        path, data = self._agents_path, json.dumps(self._agent_accounts).encode()
         try:
             self._zk.set(path, data)
         except NoNodeError:
@@ -778,8 +930,9 @@ class MesosBackend:
         return f"{parts.scheme}://{parts.netloc}"
 
     # -- the subscription stream ------------------------------------------------------------
-    def _framework_info(self) -> dict:
-        info: dict[str, Any] = {"user": self.user, "name": self.framework_name, "roles": self.roles,
+    def _framework_info(self, roles: list[str] | None = None) -> dict:
+        info: dict[str, Any] = {"user": self.user, "name": self.framework_name,
+                                "roles": self.subscribed_roles() if roles is None else roles,
                                 "capabilities": [{"type": c} for c in CAPABILITIES],
                                 "failover_timeout": float(self.failover_timeout), "checkpoint": True}
         if self.principal:
@@ -832,17 +985,20 @@ class MesosBackend:
                 "master": self.master_url, "subscriptions": self.subscriptions,
                 "offers_seen": self.offers_seen, "tasks_launched": self.tasks_launched,
                 "orphans_killed": self.orphans_killed, "errors": list(self.errors)[-5:],
+                "worker_identity": "reservation" if self._role_accounts is not None else "attribute",
+                "uncredited_agents": dict(self._uncredited),
                 "threads": {n: dict(vars(h)) for n, h in self._health.items()},
             }
 
     def _subscribe_once(self) -> None:
         url = self._detect()
         with self._lock:
-            suppressed = [r for r in self.roles if not self._queued[r]]
+            roles = self.subscribed_roles()
+            suppressed = self._idle_roles()
             self._suppressed = set(suppressed)
             self._declined.clear()
         body: dict[str, Any] = {"type": "SUBSCRIBE", "subscribe": {
-            "framework_info": self._framework_info(), "suppressed_roles": suppressed}}
+            "framework_info": self._framework_info(roles), "suppressed_roles": suppressed}}
         if self.framework_id:
             body["framework_id"] = {"value": self.framework_id}
         for _hop in range(8):
@@ -1018,8 +1174,9 @@ class MesosBackend:
             self._release(t)
             t.state, t.agent_id, t.contributor, t.launched_at = "QUEUED", None, None, None
             self._queued[t.role][t.id] = t
-            self._suppressed.discard(t.role)
-            self._outbox.put({"type": "REVIVE", "revive": {"roles": [t.role]}})
+            roles = self._offer_roles(t.role)
+            self._suppressed -= set(roles)
+            self._outbox.put({"type": "REVIVE", "revive": {"roles": roles}})
             return
         agent = (st.get("agent_id") or {}).get("value")
         if agent and t.agent_id is None:
@@ -1027,7 +1184,9 @@ class MesosBackend:
         if t.agent_id and t.contributor is None:
             if t.agent_id in self._agents:
                 t.hostname, t.attributes = self._agents[t.agent_id]
-            t.contributor = t.attributes.get("boid_account") or self._agent_accounts.get(t.agent_id)
+            t.contributor = self._agent_accounts.get(t.agent_id)
+            if t.contributor is None and self._role_accounts is None:
+                t.contributor = t.attributes.get("boid_account")
         state = map_state(mstate)
         message = st.get("message", "")
         if state == "RUNNING" and t.started_at is None:
@@ -1077,7 +1236,16 @@ class MesosBackend:
         for offer in offers:
             self.offers_seen += 1
             with self._lock:
+                credit_offer(offer, self._role_accounts)
+                if not offer.contributor and offer.agent_id not in self._uncredited \
+                        and offer.agent_id not in self._agent_accounts:
+                    # once per agent, not per offer (each is declined for `unusable_refuse_seconds`
+                    # per role); an agent credited before only has some unreserved resources too
+                    self._uncredited[offer.agent_id] = offer.why_not
+                    log.warning("mesos: agent %s (%s) earns nobody credit, its offers are declined: %s",
+                                offer.agent_id, offer.hostname, offer.why_not)
                 if offer.contributor:
+                    self._uncredited.pop(offer.agent_id, None)
                     self._agents[offer.agent_id] = (offer.hostname, offer.attributes)
                     self._lost_agents.discard(offer.agent_id)
                     self._remember_agent(offer.agent_id, offer.contributor)
@@ -1086,7 +1254,7 @@ class MesosBackend:
                     infos: list[dict] = []
                 else:
                     plan, infos = self._plan(offer)
-                queued_left = bool(self._queued.get(offer.role))
+                queued_left = any(self._queues_for(offer.role))
             if not offer.contributor:
                 self._post_offer_call({"type": "DECLINE", "decline": {
                     "offer_ids": [{"value": offer.id}], "filters": {"refuse_seconds": self.unusable_refuse_seconds}}})
@@ -1115,14 +1283,14 @@ class MesosBackend:
                             t.state, t.agent_id, t.contributor, t.launched_at = "QUEUED", None, None, None
                             self._queued[t.role][t.id] = t
         with self._lock:
-            idle = [r for r in self.roles if not self._queued[r] and r not in self._suppressed]
+            idle = [r for r in self._idle_roles() if r not in self._suppressed]
             if idle and not self._closing:
                 self._suppressed |= set(idle)
                 self._outbox.put({"type": "SUPPRESS", "suppress": {"roles": idle}})
 
     def _plan(self, offer: Offer) -> tuple[list[_Task], list[dict]]:
         """Tasks that fit this offer (lock held); they are marked STAGING on the offer's agent."""
-        queued = self._queued.get(offer.role)
+        queued = [t for q in self._queues_for(offer.role) for t in q.values()]
         if not queued:
             return [], []
         avail = offer.scalars()
@@ -1130,7 +1298,7 @@ class MesosBackend:
         contributor = offer.contributor
         plan: list[_Task] = []
         infos: list[dict] = []
-        for t in list(queued.values()):
+        for t in queued:
             spec = t.spec
             assert spec is not None
             if avail.get("cpus", 0.0) - used.get("cpus", 0.0) < 0.01:
@@ -1146,12 +1314,12 @@ class MesosBackend:
                          for i in self._job_live.get(spec.job, ())]
                 if not constraints_ok(spec.constraints, offer.hostname, offer.attributes, peers):
                     continue
-            resources = pick_resources(offer.resources, need, used)
+            resources = pick_resources(offer.usable, need, used)
             if resources is None:
                 continue
             for k, v in need.items():
                 used[k] = used.get(k, 0.0) + v
-            del queued[t.id]
+            del self._queued[t.role][t.id]
             t.state, t.agent_id, t.contributor = "STAGING", offer.agent_id, contributor
             t.hostname, t.attributes = offer.hostname, offer.attributes
             t.launched_at = time.monotonic()
@@ -1336,7 +1504,7 @@ class MesosBackend:
                 self._recon_start, self._recon_next, self._recon_backoff = now, 0.0, 0.5
             # REVIVE safety net: work queued and no launch for `revive_interval`: a lost REVIVE or
             # a filter the master kept would otherwise starve the queue
-            waiting = [r for r in self.roles if self._queued[r]]
+            waiting = sorted({o for r in self.roles if self._queued[r] for o in self._offer_roles(r)})
             if waiting and now - self.revived_at >= self.revive_interval:
                 self.revived_at = now
                 self._suppressed -= set(waiting)

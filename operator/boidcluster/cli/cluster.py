@@ -82,6 +82,13 @@ def operator_group() -> None:
                    "makes the framework run each task under its protocol's role, and a protocol not listed "
                    "fails at submit; for one role (fair share, quota) per protocol run `boidctl dispatcher "
                    "run` per protocol with `--backend none` here.")
+@click.option("--mesos-contributor", "mesos_contributors", multiple=True, metavar="ACCOUNT",
+              help="Mesos backend: a contributor whose agents are trusted, credited for what runs on resources "
+                   "its agents statically reserved for boid-contributors/ACCOUNT; repeatable. Default: "
+                   "$BOID_MESOS_CONTRIBUTORS (comma-separated). See `boidctl mesos agent-credentials`.")
+@click.option("--mesos-insecure-agent-attributes", "mesos_insecure", is_flag=True,
+              help="Mesos backend, development only: credit the agents' boid_account attribute (any agent can "
+                   "claim any account) instead of authenticated contributors.")
 @click.option("--dispatcher-account", metavar="ACCOUNT", help="EOS account credited for dispatching jobs.")
 @click.option("--workers", default=4, show_default=True, help="Objects reconciled concurrently.")
 @click.option("--health-port", type=int, default=None, help="Serve /healthz, /readyz, /metrics on PORT.")
@@ -94,13 +101,17 @@ def operator_group() -> None:
 @click.pass_obj
 @friendly
 def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, slot_count, runtime, mesos_master,
-                 mesos_roles, dispatcher_account, workers, health_port, health_address, dashboard_port,
-                 slot_report) -> None:
+                 mesos_roles, mesos_contributors, mesos_insecure, dispatcher_account, workers, health_port,
+                 health_address, dashboard_port, slot_report) -> None:
     """Reconcile until stopped (SIGTERM or Ctrl-C). Several replicas elect one leader."""
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file,
                            marathon=marathon, backend=backend, slots=list(slots), slot_count=slot_count,
                            runtime=runtime, mesos_master=mesos_master, mesos_roles=list(mesos_roles) or ["*"],
                            dispatcher_account=dispatcher_account, workers=workers)
+    if mesos_contributors:
+        opts.mesos_contributors = list(mesos_contributors)
+    if mesos_insecure:
+        opts.mesos_insecure_attributes = True
     op, world = start_operator(opts, ctx.store, health_port, health_address)
     slot_lines = runtime_report(world)
     for line in slot_lines:

@@ -379,13 +379,14 @@ from .cluster import chain_group, cluster_group, dispatcher_group, down, operato
 from .dashboard import dashboard  # noqa: E402
 from .funds import fund, withdraw  # noqa: E402
 from .image import image_group  # noqa: E402
+from .mesos import mesos_group  # noqa: E402
 from .report import report  # noqa: E402
 from .supervisor import status  # noqa: E402
 from .sync import sync_command  # noqa: E402
 from .up import up  # noqa: E402
 
 for _command in (operator_group, dispatcher_group, chain_group, cluster_group, up, down, status, sync_command,
-                 report, config_group, auth_group, dashboard, fund, withdraw, image_group):
+                 report, config_group, auth_group, dashboard, fund, withdraw, image_group, mesos_group):
     cli.add_command(_command)
 
 

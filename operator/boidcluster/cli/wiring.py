@@ -6,6 +6,7 @@ This is the one place that decides which concrete adapters exist: the embedded l
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,19 @@ class OperatorOptions:
     # TaskInfo.limits (hard cpu/mem caps equal to the requests) need Mesos >= 1.11 masters and
     # agents; on older ones the agents' cgroups isolation with CFS enforces the requests instead
     mesos_task_limits: bool = field(default_factory=lambda: os.environ.get("BOID_MESOS_TASK_LIMITS") == "true")
+    # Authenticated workers: the contributor accounts whose agents reserve `boid-contributors/<account>`
+    # (the list `boidctl mesos agent-credentials` made the master's credentials and ACLs for).
+    # None, and `mesos_insecure_attributes` not set, refuses the mesos backend: crediting the
+    # agents' free `boid_account` attribute lets any agent claim any account (development only).
+    mesos_contributors: list[str] | None = field(default_factory=lambda: _env_list("BOID_MESOS_CONTRIBUTORS"))
+    mesos_insecure_attributes: bool = field(
+        default_factory=lambda: os.environ.get("BOID_MESOS_INSECURE_ATTRIBUTES") == "true")
     protocol: str | None = None         # a protocol's dispatcher: its framework is torn down with the protocol
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    return None if value is None else [v for v in value.replace(",", " ").split() if v]
 
 
 SLOT_MEMORY_MB = 512   # memory one local slot is sized for (ResourceRequest's default is 128 MiB)
@@ -88,11 +101,23 @@ def load_keys(keys_file: str | None) -> KeyRing:
 
 
 def build_world(opts: OperatorOptions, store: Store) -> World:
+    if opts.backend == "mesos" and opts.mesos_contributors is None and not opts.mesos_insecure_attributes:
+        raise ValueError("the mesos backend needs the contributors whose agents are trusted: --mesos-contributor "
+                         "ACCOUNT (repeatable; $BOID_MESOS_CONTRIBUTORS), the accounts `boidctl mesos "
+                         "agent-credentials` configured the master for; --mesos-insecure-agent-attributes "
+                         "credits the agents' boid_account attribute instead (development only: any agent "
+                         "can claim any account)")
+    if opts.backend == "mesos" and opts.mesos_contributors is None:
+        logging.getLogger(__name__).warning(
+            "mesos: crediting agents by their boid_account attribute (--mesos-insecure-agent-attributes): "
+            "any agent can claim any contributor account")
     env = {"BOID_ZK": opts.zk, "BOID_STORAGE": opts.storage, "BOID_CHAIN_URL": opts.chain_url,
            "BOID_MESOS_MASTER": opts.mesos_master, "BOID_DISPATCHER_ACCOUNT": opts.dispatcher_account,
            "BOID_MESOS_USER": opts.mesos_user if opts.mesos_user != "nobody" else None,
            "BOID_MESOS_PRINCIPAL": opts.mesos_principal,
-           "BOID_MESOS_TASK_LIMITS": "true" if opts.mesos_task_limits else None}
+           "BOID_MESOS_TASK_LIMITS": "true" if opts.mesos_task_limits else None,
+           "BOID_MESOS_CONTRIBUTORS": ",".join(opts.mesos_contributors) if opts.mesos_contributors is not None else None,
+           "BOID_MESOS_INSECURE_ATTRIBUTES": "true" if opts.mesos_insecure_attributes else None}
     world = World(store=store, settings=Settings(dispatcher_env={k: v for k, v in env.items() if v}))
     closers: list[Any] = []
     if opts.storage:
@@ -128,7 +153,8 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
                                      framework_name="boid-" + ("-".join(opts.mesos_roles)
                                                                if opts.mesos_roles != ["*"] else "operator"),
                                      user=opts.mesos_user, principal=opts.mesos_principal,
-                                     secret_file=secret_file, task_limits=opts.mesos_task_limits)
+                                     secret_file=secret_file, task_limits=opts.mesos_task_limits,
+                                     contributors=opts.mesos_contributors)
         closers.append(world.backend)
     if world.chain is not None:
         from boidcluster.reconcilers.ledger import ChainLedger

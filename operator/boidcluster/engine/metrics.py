@@ -58,6 +58,11 @@ class _BackendCollector:
             backoff.add_metric([name], float(t.get("backoff", 0.0)))
         yield fails
         yield backoff
+        if "uncredited_agents" in h:   # Mesos: agents whose offers earn nobody credit (declined)
+            unc = GaugeMetricFamily("boid_backend_uncredited_agents",
+                                    "Agents offering resources no contributor is credited for (declined)")
+            unc.add_metric([], float(len(h["uncredited_agents"])))
+            yield unc
 
 
 class HealthServer:

@@ -685,8 +685,10 @@ class ContributorSpec(Strict):
     """A volunteer's account and the researchers it lends its machine or dispatcher to."""
 
     account: EosName
-    """The contributor's EOS account (paid from the protocols' funds; also the Mesos agent
-    attribute boid_account)."""
+    """The contributor's EOS account (paid from the protocols' funds). Its Mesos agents
+    authenticate as this principal and statically reserve their resources for the role
+    boid-contributors/<account> (`boidctl mesos agent-credentials`); local slots name it with
+    `operator run --slot`."""
     role: Literal["worker", "dispatcher"] = "worker"
     """worker runs work units (credited each accepted unit's run time); dispatcher runs protocols'
     dispatchers (credited the time it was busy: the union of its running jobs' intervals, each
