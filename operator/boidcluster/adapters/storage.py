@@ -32,6 +32,7 @@ import posixpath
 import shutil
 import stat as statmod
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -109,10 +110,13 @@ class _Backend(Protocol):
 class Storage:
     """Files under one root, on local disk (``file://``) or HDFS (``webhdfs://``)."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0, user: str | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, user: str | None = None,
+                 dir_ttl: float = 60.0) -> None:
         parts = urlsplit(url)
         scheme = parts.scheme or "file"
         self.url = url
+        self.dir_ttl = dir_ttl
+        self._dirs: dict[str, float] = {}  # directory -> when ensure_dir last made sure it exists
         self._backend: _Backend
         if scheme == "file":
             if parts.netloc not in ("", "localhost"):
@@ -163,8 +167,19 @@ class Storage:
     # -- operations --------------------------------------------------------------------------
 
     def ensure_dir(self, path: str) -> None:
-        """Create the directory and its parents; no-op if it exists; error if a file is in the way."""
-        self._backend.mkdirs(self.resolve(path))
+        """Create the directory and its parents; no-op if it exists; error if a file is in the way.
+
+        A directory this Storage made sure of in the last `dir_ttl` seconds (and has not deleted
+        since) is not asked for again: a reconciler ensures every protocol's datadir on every
+        pass, and on WebHDFS each ask is a round trip. One removed behind our back is made again
+        by the first call after `dir_ttl`."""
+        full = self.resolve(path)
+        now = time.monotonic()
+        seen = self._dirs.get(full)
+        if seen is not None and now - seen < self.dir_ttl:
+            return
+        self._backend.mkdirs(full)
+        self._dirs[full] = now
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write (create or overwrite) a file, creating parent directories. Not atomic: see publish_atomic."""
@@ -203,7 +218,11 @@ class Storage:
         full = self.resolve(path)
         if full == self.root:
             raise InvalidPath(f"refusing to delete the storage root {self.url!r}")
-        return self._backend.remove(full, recursive)
+        try:
+            return self._backend.remove(full, recursive)
+        finally:  # whatever happened, directories under it must be looked at again
+            for d in [d for d in list(self._dirs) if d == full or d.startswith(full + "/")]:
+                self._dirs.pop(d, None)
 
     def publish_atomic(self, path: str, data: Payload) -> None:
         """Write ``data`` (bytes, or a callable that writes into a binary file) to ``path`` so that

@@ -289,6 +289,7 @@ class Controller:
             if not deleting and reg.finalizer not in obj.metadata.finalizers:
                 obj = self.store.add_finalizer(reg.kind, name, reg.finalizer)
                 self._remember(key, obj)
+                self._seen[key] = _trigger(obj)  # this pass sees it: its watch event needs none
         elif deleting:
             return
         started = time.perf_counter()
