@@ -39,6 +39,8 @@ def test_one_scan_serves_every_caller_until_our_own_write(chain_world, actors, o
         rows = list(pool.map(lambda n: op_chain.recent_protocol_row(actors.owner, n, 3600), names * 8))
     assert {r.name for r in rows} == set(names) and all(r is not None for r in rows)
     assert op_chain.scans == before + 1
+    for r in rows:  # the node's JSON of a row reads as our own decoder reads its binary form
+        assert r == op_chain.protocol_row(actors.owner, r.name)
     assert op_chain.recent_protocol_row(actors.owner, "nosuch", 3600) is None
     assert op_chain.scans == before + 1
 

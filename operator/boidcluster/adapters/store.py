@@ -865,13 +865,19 @@ class Store:
             _set_read_state(out, _Raw(raw.data, raw.stat, wire, stat))
         return _set_status_version(out, stat.version)
 
-    def _cas_loop(self, kind: type[Resource], name: str, change: Any, verb: str = "update") -> Resource | None:
+    def _cas_loop(self, kind: type[Resource], name: str, change: Any, verb: str = "update",
+                  current: Resource | None = None) -> Resource | None:
         """Read, let `change(data)` return the new stored form (or None: nothing to do), CAS-write;
-        retry on conflict. Returns the result (None once deleted)."""
+        retry on conflict. Returns the result (None once deleted). `current`, an object as this
+        store read it, saves the first read: a conflict means it was stale, and the loop reads."""
+        first = getattr(current, "_stored", None) if type(current) is kind and current.name == name else None
         for _ in range(20):
-            raw = self._must_read(kind, name)
+            fresh = not isinstance(first, _Raw)
+            raw, first = (self._must_read(kind, name) if fresh else first), None
             new = change(_json_copy(raw.data))
             if new is None or new == raw.data:
+                if not fresh:
+                    continue  # nothing to do by what we had: say so only from a fresh read
                 return self._decode_raw(kind, raw)
             try:
                 stat = self._write_meta(kind, name, new, raw.stat.version, verb)
@@ -896,8 +902,10 @@ class Store:
 
         return self._cas_loop(kind, name, mark, "delete")
 
-    def add_finalizer(self, kind: type[Resource], name: str, finalizer: str) -> Resource:
-        """Add a finalizer (no-op if present). Refused while the object is being deleted."""
+    def add_finalizer(self, kind: type[Resource], name: str, finalizer: str, *,
+                      current: Resource | None = None) -> Resource:
+        """Add a finalizer (no-op if present). Refused while the object is being deleted.
+        `current`: the object as read from this store (one round trip fewer while it is current)."""
 
         def add(d: dict[str, Any]) -> dict[str, Any] | None:
             fins = d["metadata"].setdefault("finalizers", [])
@@ -908,7 +916,7 @@ class Store:
             fins.append(finalizer)
             return d
 
-        out = self._cas_loop(kind, name, add)
+        out = self._cas_loop(kind, name, add, current=current)
         assert out is not None
         return out
 

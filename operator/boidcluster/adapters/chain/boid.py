@@ -103,6 +103,17 @@ class ProtocolRow:
     def from_chain(cls, row: dict[str, Any]) -> "ProtocolRow":
         return cls(**{k: (int(v) if k == "id" else v) for k, v in row.items() if k in cls.__dataclass_fields__})
 
+    @classmethod
+    def from_node_json(cls, row: dict[str, Any]) -> "ProtocolRow":
+        """A row as the node itself decodes it (get_table_rows json=true): assets as text."""
+        def value(k: str, v: Any) -> Any:
+            if k == "id":
+                return int(v)
+            if k == "accepted":
+                return v in (True, 1, "1", "true")
+            return Asset.parse(v) if isinstance(v, str) and k in _ASSET_FIELDS else v
+        return cls(**{k: value(k, v) for k, v in row.items() if k in cls.__dataclass_fields__})
+
     @property
     def symbol(self) -> Symbol:
         return self.balance.symbol
@@ -121,6 +132,9 @@ class ProtocolRow:
     def invariant_holds(self) -> bool:
         """deposited = paid + withdrawn + balance (= paid + owed + withdrawn + free), exactly."""
         return self.deposited == self.paid + self.withdrawn + self.balance
+
+
+_ASSET_FIELDS = frozenset(f for f, t in ProtocolRow.__annotations__.items() if "Asset" in str(t))
 
 
 @dataclass(frozen=True)
@@ -217,7 +231,8 @@ class _Scan:
 
     gen: int
     started: float
-    rows: "asyncio.Future[dict[str, ProtocolRow]]"
+    rows: "asyncio.Future[dict[str, dict[str, Any]]]"  # name -> the node's JSON of the row
+    typed: dict[str, ProtocolRow] = field(default_factory=dict)  # rows asked for, decoded once
 
 
 class BoidChain:
@@ -264,12 +279,17 @@ class BoidChain:
             if self._scans.get(owner) is scan:  # the next caller reads again
                 del self._scans[owner]
             raise
-        return rows.get(name)
+        row = scan.typed.get(name)
+        if row is None and name in rows:
+            row = scan.typed[name] = ProtocolRow.from_node_json(rows[name])
+        return row
 
-    async def _scan(self, owner: str) -> dict[str, ProtocolRow]:
+    async def _scan(self, owner: str) -> dict[str, dict[str, Any]]:
+        """Every row of the scope as the node decodes it (its C++ ABI decoder, not ours: a
+        scan of thousands of rows for one pass must not decode them all in Python)."""
         self.scans += 1
-        rows = self.rpc.table_rows(self.reg, owner, "protocol", page_size=500)
-        return {r.name: r for r in [ProtocolRow.from_chain(row) async for row in rows]}
+        return {r["name"]: r async for r in self.rpc.table_rows(self.reg, owner, "protocol", page_size=500,
+                                                                decode=False)}
 
     async def _writes(self, owner: str, push: Awaitable[T]) -> T:
         """Await a push that changes (or, failing ambiguously, may have changed) a row of
