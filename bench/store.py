@@ -2,9 +2,11 @@
 
 Why: the Store adds JSON, pydantic validation, a second read (the status znode) per get and a
 transaction per create on top of kazoo. This prints what that costs next to raw kazoo doing
-the same znode writes in the same run, the two alternating in ten slices (so machine noise
-affects both alike), and how long a write
-takes to come back as a watch event (what bounds the engine's reaction time).
+the same znode operations in the same run, for each operation (create, get, get+update, status
+update), the two alternating in ten slices (so machine noise affects both alike), and how long
+a write takes to come back as a watch event (what bounds the engine's reaction time).
+What each side does is printed under the table: the raw side writes the same bytes to the same
+znodes, with the same conditions (transaction, version), and neither encodes nor validates.
 
     .venv/bin/python bench/store.py [-n 500] [--events 300] [--no-fsync]
 """
@@ -80,6 +82,7 @@ def main() -> None:
 
         # Store and raw kazoo alternate in ROUNDS slices, so a busy machine slows both alike.
         store_create = raw_create = store_update = raw_update = 0.0
+        store_get = raw_get = store_status = raw_status = 0.0
         new_payload = [json.dumps(obj(i, 16).to_dict(with_status=False)).encode() for i in range(n)]
         slices = [range(k * n // ROUNDS, (k + 1) * n // ROUNDS) for k in range(ROUNDS)]
 
@@ -97,6 +100,19 @@ def main() -> None:
                 txn.commit()
             raw_create += time.perf_counter() - t
 
+        # -- get: object + status znodes, decoded and validated vs raw reads of both ---------
+        for part in slices:
+            t = time.perf_counter()
+            for i in part:
+                store.get(BenchJob, f"job-{i:05d}")
+            store_get += time.perf_counter() - t
+            t = time.perf_counter()
+            for i in part:
+                path = f"/raw/benchjobs/job-{i:05d}"
+                raw.get(path)
+                raw.get(f"{path}/status")
+            raw_get += time.perf_counter() - t
+
         # -- read-modify-write: get + CAS update (spec change) vs raw get + set(version) -----
         for part in slices:
             t = time.perf_counter()
@@ -111,6 +127,21 @@ def main() -> None:
                 _, stat = raw.get(path)
                 raw.set(path, new_payload[i], version=stat.version)
             raw_update += time.perf_counter() - t
+
+        # -- status write on an object as read: CAS on its status version vs raw set(version) --
+        held = {i: store.get(BenchJob, f"job-{i:05d}") for i in range(n)}
+        status_payload = json.dumps({"phase": "Running", "seq": 1}).encode()
+        for part in slices:
+            t = time.perf_counter()
+            for i in part:
+                o = held[i]
+                o.status = BenchStatus(phase="Running", seq=1)
+                store.update_status(o)
+            store_status += time.perf_counter() - t
+            t = time.perf_counter()
+            for i in part:
+                raw.set(f"/raw/benchjobs/job-{i:05d}/status", status_payload, version=0)
+            raw_status += time.perf_counter() - t
 
         # -- watch latency: status write -> WatchEvent ----------------------------------------
         w = store.watch(BenchJob, send_initial=False)
@@ -140,9 +171,15 @@ def main() -> None:
     fsync = "off" if args.no_fsync else "on"
     print(f"ZooKeeper 3.8 standalone on loopback, fsync {fsync}, {n} objects, sequential calls")
     print(f"{'':28}{'Store':>10}{'raw kazoo':>12}{'Store/raw':>11}")
-    for label, s, r in (("create/s (2 znodes, txn)", store_create, raw_create),
-                        ("get+update/s (CAS)", store_update, raw_update)):
+    for label, s, r in (("create/s", store_create, raw_create),
+                        ("get/s", store_get, raw_get),
+                        ("get+update/s", store_update, raw_update),
+                        ("status update/s", store_status, raw_status)):
         print(f"{label:28}{rate(n, s):10.0f}{rate(n, r):12.0f}{rate(n, s) / rate(n, r):11.2f}")
+    print("  create: Store.create (validate, uid/timestamps, JSON) vs a raw transaction creating the same 2 znodes")
+    print("  get: Store.get (both znodes at once, JSON, pydantic) vs raw get of the object then its status znode")
+    print("  get+update: Store.get + Store.update (spec change, CAS on the version read) vs raw get + set(version)")
+    print("  status update: Store.update_status (validate, JSON, CAS on the status version read) vs raw set(version)")
     print(f"watch latency, status write start -> event: p50 {pct(from_start, 50):.2f} ms, "
           f"p99 {pct(from_start, 99):.2f} ms ({len(from_start)} writes)")
     print(f"watch latency, write acknowledged -> event: p50 {pct(from_ack, 50):.2f} ms, "

@@ -179,8 +179,11 @@ def _dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)  # built once: building one costs more than a write
+
+
 def _now_json() -> str:
-    return TypeAdapter(datetime).dump_python(utcnow(), mode="json")
+    return _DATETIME.dump_python(utcnow(), mode="json")
 
 
 _status_adapters: dict[type[Resource], TypeAdapter[Any]] = {}
@@ -688,8 +691,10 @@ class Store:
         )
 
     @staticmethod
-    def _fresh_meta(obj: Resource) -> dict[str, Any]:
-        d = obj.to_dict(with_status=False)
+    def _fresh_meta(obj: Resource, wire: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The stored form of a new object: its wire form (`wire`, made for this call and changed
+        in place, or made here) with server fields."""
+        d = wire if wire is not None else obj.to_dict(with_status=False)
         m = d["metadata"]
         for k in ("resourceVersion", "deletionTimestamp"):
             m.pop(k, None)
@@ -731,10 +736,10 @@ class Store:
         """Store a new object: assigns uid, generation 1, creationTimestamp. AlreadyExists if taken.
 
         A status given on `obj` is stored as the initial status (apply ignores it)."""
-        kind = self._check(obj)
+        kind, wire = self._checked_wire(obj)  # the status is validated by _status_dict below
         self._require_login(f"create {kind.KIND} {obj.name}")
         self._ensure(self._path(kind))
-        data = self._fresh_meta(obj)
+        data = self._fresh_meta(obj, wire)
         status = _status_dict(kind, obj.status)
         txn = self._client.transaction()
         self._create_object_ops(txn, kind, obj.name, data, status, self._owner_id(None))
