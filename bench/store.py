@@ -3,7 +3,7 @@
 Why: the Store adds JSON, pydantic validation, a second read (the status znode) per get and a
 transaction per create on top of kazoo. This prints what that costs next to raw kazoo doing
 the same znode operations in the same run, for each operation (create, get, get+update, status
-update), the two alternating in ten slices (so machine noise affects both alike), and how long
+update), the two alternating in fifty slices (so machine noise affects both alike), and how long
 a write takes to come back as a watch event (what bounds the engine's reaction time).
 What each side does is printed under the table: the raw side writes the same bytes to the same
 znodes, with the same conditions (transaction, version), and neither encodes nor validates.
@@ -54,7 +54,7 @@ def obj(i: int, parallelism: int = 8) -> BenchJob:
                     spec=BenchSpec(parallelism=parallelism))
 
 
-ROUNDS = 10
+ROUNDS = 50  # slices of 10 calls at -n 500: a burst of load on this shared machine hits both sides
 
 
 def rate(n: int, seconds: float) -> float:
