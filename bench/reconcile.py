@@ -34,6 +34,7 @@ from boidcluster.engine.reconciler import Registry, Result, condition  # noqa: E
 from boidcluster.engine.world import World  # noqa: E402
 from boidcluster.model.resources import Protocol  # noqa: E402
 from boidcluster.cli.cluster import load_reconcilers  # noqa: E402
+from boidcluster.reconcilers.ledger import ChainLedger  # noqa: E402
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz12345"
 
@@ -162,8 +163,11 @@ def main() -> None:
                 return Result(conditions=[condition("Ready", True, "NoOp")])
 
             t_noop, p_noop = run(zk, "/noop", objs, lambda s: World(store=s), noop, args.workers)
-            t_real, p_real = run(zk, "/real", objs, lambda s: World(store=s, storage=Storage(f"file://{tmp}/storage"),
-                                                                  chain=bchain), load_reconcilers(), args.workers)
+            def real_world(s: Store) -> World:  # as `boidctl operator run` wires it (cli/wiring.py)
+                return World(store=s, storage=Storage(f"file://{tmp}/storage"), chain=bchain,
+                             ledger=ChainLedger(bchain, store=s))
+
+            t_real, p_real = run(zk, "/real", objs, real_world, load_reconcilers(), args.workers)
             scans = getattr(bchain, "scans", "?")  # "?": a chain adapter that does not count them
             bchain.close()
         finally:

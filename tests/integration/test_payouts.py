@@ -156,6 +156,7 @@ def test_a_restarted_ledger_resends_exactly_what_the_chain_lacks(registered, act
         raise SystemExit("killed")
 
     crashed.chain = SimpleNamespace(require_protocol=chain.require_protocol, batch_seq=chain.batch_seq,
+                                    recent_protocol_row=chain.recent_protocol_row,
                                     contributor_rows=chain.contributor_rows,
                                     record_batch=die)
     with pytest.raises(SystemExit):
