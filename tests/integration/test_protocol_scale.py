@@ -12,7 +12,10 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from boidcluster.adapters.chain import ChainAssertion
 from boidcluster.adapters.chain.blocking import BlockingChain
 from boidcluster.adapters.chain.boid import BoidChain
 from boidcluster.model.resources import Protocol
@@ -103,3 +106,41 @@ def test_a_protocol_the_owner_registers_after_a_scan_is_seen_on_the_next_pass(
     p = eventually(lambda: (o := store.get(Protocol, "second")) and cond(o, "Ready") == "True" and o)
     assert str(p.status.escrow) == "1.0000 BOID"
     assert chain.scans == scans  # none of this needed a new scan: the misses were read one by one
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["reserve", "deposit", "read"]), st.sampled_from(["ra", "rb"]),
+                         st.integers(0, 30_000)), min_size=1, max_size=10)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_a_scan_is_never_older_than_our_last_write(chain_world, actors, op_chain, ops):
+    """Invariant over random sequences of our writes (reserve, accepted or refused), others' writes
+    (the owner's deposits) and reads, scans never expiring: a read after our write equals a fresh
+    read of every row; with no write of ours since the last scan, it is that scan's row."""
+    for n in ("ra", "rb"):
+        if op_chain.protocol_row(actors.owner, n) is None:
+            chain_world.fund_protocol(protocol(n, actors), "1.0000 BOID")
+    dirty, snapshot = True, {}
+
+    async def deposit(name: str, amount: Asset) -> None:
+        async with chain_world.client() as rpc:
+            await BoidChain(rpc).deposit(actors.owner, actors.owner, name, amount)
+
+    for op, name, amount in ops:
+        quantity = Asset(amount, Asset.parse("0.0000 BOID").symbol)
+        if op == "reserve":
+            try:
+                op_chain.reserve(actors.owner, name, quantity)
+            except ChainAssertion:
+                pass  # more than the free escrow: refused, and still counts as a write of ours
+            dirty = True
+        elif op == "deposit" and amount > 0:
+            asyncio.run(deposit(name, quantity))
+        else:
+            got = {n: op_chain.recent_protocol_row(actors.owner, n, 3600) for n in ("ra", "rb")}
+            if dirty:
+                assert got == {n: op_chain.protocol_row(actors.owner, n) for n in ("ra", "rb")}
+                snapshot, dirty = got, False
+            else:
+                assert got == snapshot
