@@ -2,7 +2,7 @@
 file storage), against the same N with a no-op reconciler (the engine's own overhead).
 
 The operator runs every reconciler `boidctl operator run` loads (so the engine keeps its Job
-index, as in production). Readiness is observed by a watch in a separate process (its own
+index, as in production), with the storage, chain and ledger that command wires. Readiness is observed by a watch in a separate process (its own
 ZooKeeper session and CPU time), so the observer neither shares the operator's connection and
 interpreter nor re-lists N objects a second; it reports the monotonic time (one clock for every
 process on the machine) at which the last object turned Ready.
