@@ -110,12 +110,10 @@ class _Backend(Protocol):
 class Storage:
     """Files under one root, on local disk (``file://``) or HDFS (``webhdfs://``)."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0, user: str | None = None,
-                 dir_ttl: float = 60.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, user: str | None = None) -> None:
         parts = urlsplit(url)
         scheme = parts.scheme or "file"
         self.url = url
-        self.dir_ttl = dir_ttl
         self._dirs: dict[str, float] = {}  # directory -> when ensure_dir last made sure it exists
         self._backend: _Backend
         if scheme == "file":
@@ -166,17 +164,17 @@ class Storage:
 
     # -- operations --------------------------------------------------------------------------
 
-    def ensure_dir(self, path: str) -> None:
+    def ensure_dir(self, path: str, *, known_for: float = 0.0) -> None:
         """Create the directory and its parents; no-op if it exists; error if a file is in the way.
 
-        A directory this Storage made sure of in the last `dir_ttl` seconds (and has not deleted
-        since) is not asked for again: a reconciler ensures every protocol's datadir on every
-        pass, and on WebHDFS each ask is a round trip. One removed behind our back is made again
-        by the first call after `dir_ttl`."""
+        `known_for` > 0: a directory this Storage made sure of in the last `known_for` seconds
+        (and has not deleted since) is not asked for again. Why: the Protocol reconciler ensures
+        every protocol's datadir on every pass, and on WebHDFS each ask is a round trip. One
+        removed behind this Storage's back is made again by the first call after `known_for`."""
         full = self.resolve(path)
         now = time.monotonic()
         seen = self._dirs.get(full)
-        if seen is not None and now - seen < self.dir_ttl:
+        if seen is not None and now - seen < known_for:
             return
         self._backend.mkdirs(full)
         self._dirs[full] = now

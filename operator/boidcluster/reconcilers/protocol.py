@@ -16,7 +16,7 @@ the owner's rows shared by every pass within ROW_MAX_AGE (our own chain writes i
 is read fresh whenever it would make a condition False, so a registration, acceptance or deposit
 by the owner is never reported missing from an old read; contributors' rows are read only when
 someone is owed or the chain's paid total moved (payouts.settle); the jobs come from the engine's
-index, not an all-Jobs list; the datadir is created once (Storage remembers it).
+index, not an all-Jobs list; the datadir is looked at once per DATADIR_RECHECK (Storage remembers).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ RESYNC = 30.0  # chain balances and Marathon apps do not notify us
 ACTIVE_RESYNC = 5.0  # while a job of the protocol runs, look (and pay) more often
 TERMINAL = ("Succeeded", "Failed")
 ROW_MAX_AGE = 2.0  # a registry row that shows all is well may come from a scan this old (seconds)
+DATADIR_RECHECK = 60.0  # a datadir made sure of is looked at again after this long (seconds)
 ACTIVE_JOBS = "active-by-protocol"  # the Job index kept by the engine (reconcilers.jobs)
 
 
@@ -194,7 +195,7 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
         conditions.append(condition("StorageReady", None, "NoStorage", "no storage configured"))
     else:
         try:
-            world.storage.ensure_dir(spec.datadir)
+            world.storage.ensure_dir(spec.datadir, known_for=DATADIR_RECHECK)
         except StorageError as e:
             raise Retry(f"datadir {spec.datadir}: {e}", reason="StorageUnavailable",
                         conditions=[condition("StorageReady", False, "StorageUnavailable", str(e)),
