@@ -250,9 +250,11 @@ class ChainLedger:
     def sync(self, protocol: Any) -> int:
         """Re-send journaled batches the chain lacks (after a node or operator crash); units sent.
         Reads batches journaled by another process (a protocol's dispatcher) first."""
-        j = self._journal(protocol)
+        with self._lock:
+            known = (protocol.spec.owner, protocol.chain_name) in self._journals
+        j = self._journal(protocol)  # a journal made just now has just read what is journaled
         with j.lock:
-            if self.store is not None:
+            if self.store is not None and known:
                 for seq in self.store.list_runs(j.path):
                     if int(seq) not in j.batches:
                         self._load(j, int(seq))
