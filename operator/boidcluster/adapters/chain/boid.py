@@ -327,12 +327,14 @@ class BoidChain:
         data = {"owner": terms.owner, "name": terms.name, "researcher": terms.researcher, "title": terms.title,
                 "datadir": terms.datadir, "tokencontract": terms.tokencontract,
                 "worker_pay_rate": terms.worker_pay_rate, "dispatcher_pay_rate": terms.dispatcher_pay_rate}
-        return await self._writes(terms.owner, self.rpc.push_action(self.reg, "addprotocol", data, *(signers or (f"{terms.owner}@active",))))
+        signed = signers or (f"{terms.owner}@active",)
+        return await self._writes(terms.owner, self.rpc.push_action(self.reg, "addprotocol", data, *signed))
 
     async def update_protocol(self, terms: ProtocolTerms, signer: str | None = None) -> dict[str, Any]:
         data = {"owner": terms.owner, "name": terms.name, "title": terms.title, "datadir": terms.datadir,
                 "worker_pay_rate": terms.worker_pay_rate, "dispatcher_pay_rate": terms.dispatcher_pay_rate}
-        return await self._writes(terms.owner, self.rpc.push_action(self.reg, "updprotocol", data, signer or f"{terms.owner}@active"))
+        return await self._writes(terms.owner, self.rpc.push_action(self.reg, "updprotocol", data,
+                                                                    signer or f"{terms.owner}@active"))
 
     async def register_protocol(self, terms: ProtocolTerms, *, researcher_signs: bool = False,
                                 owner_signer: str | None = None, researcher_signer: str | None = None) -> list[str]:
@@ -443,7 +445,8 @@ class BoidChain:
         Raises BatchOutOfSequence (with the number the chain expects) if it is not, and
         ContributorNotRegistered if a unit's contributor has no row for the protocol."""
         try:
-            out = await self._writes(owner, self.rpc.push_transaction([self.batch_action(owner, name, seq, type, units)]))
+            out = await self._writes(owner, self.rpc.push_transaction(
+                [self.batch_action(owner, name, seq, type, units)]))
         except ChainAssertion as e:
             m = _OUT_OF_SEQUENCE.match(e.message)
             if m:
