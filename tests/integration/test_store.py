@@ -136,6 +136,30 @@ def test_finalizers_block_deletion_until_removed(store: Store) -> None:
         store.get(Widget, "a")
 
 
+def test_add_finalizer_from_an_object_as_read_loses_no_change_made_since(store: Store) -> None:
+    """The controller passes the object it holds (one round trip fewer): when someone changed it
+    since, the write conflicts and is redone on a fresh read, keeping their change."""
+    store.create(widget("a"))
+    held = store.get(Widget, "a")
+    out = store.add_finalizer(Widget, "a", CLEANUP_FINALIZER, current=held)  # still current
+    assert out.metadata.finalizers == [CLEANUP_FINALIZER] and out.metadata.resource_version == 1
+    assert store.get(Widget, "a").metadata.finalizers == [CLEANUP_FINALIZER]
+
+    store.create(widget("b", finalizers=["x/gone-soon"]))
+    held = store.get(Widget, "b")
+    other = store.get(Widget, "b")
+    other.spec.size = 7
+    other.metadata.finalizers = []
+    store.update(other)  # someone else: a spec change, and the finalizer `held` shows removed
+    out = store.add_finalizer(Widget, "b", "x/gone-soon", current=held)  # stale: it "has" it
+    got = store.get(Widget, "b")
+    assert got.spec.size == 7 and got.metadata.finalizers == ["x/gone-soon"] == out.metadata.finalizers
+    out = store.add_finalizer(Widget, "b", CLEANUP_FINALIZER, current=held)
+    got = store.get(Widget, "b")
+    assert got.spec.size == 7 and got.metadata.finalizers == ["x/gone-soon", CLEANUP_FINALIZER]
+    assert got == out
+
+
 def test_finalizer_without_deletion_just_goes(store: Store) -> None:
     store.create(widget("a", finalizers=[CLEANUP_FINALIZER]))
     out = store.remove_finalizer(Widget, "a", CLEANUP_FINALIZER)

@@ -294,3 +294,49 @@ def test_webhdfs_unreachable_is_storage_unavailable():
     with Storage(f"webhdfs://127.0.0.1:{port}/boid", timeout=2) as s:
         with pytest.raises(StorageUnavailable):
             s.ensure_dir("x")
+
+
+# -- ensure_dir remembers what it made sure of ------------------------------------------------------
+
+
+def test_ensure_dir_asks_the_namenode_once_until_the_directory_is_deleted(webhdfs):
+    """A reconciler ensures every protocol's datadir on every pass: on WebHDFS each ask is a round
+    trip, so a directory made sure of is not asked for again; deleting it through the Storage
+    forgets it (and everything under it), so the next ensure_dir makes it again."""
+    s = Storage(webhdfs.url(f"/t/{uuid.uuid4().hex}/boid"), user="boid", timeout=5)
+    webhdfs.clear_requests()
+    for _ in range(5):
+        s.ensure_dir("protocols/pi", known_for=60)
+    s.ensure_dir("protocols/pi/sub", known_for=60)
+    mkdirs = [p for op, p, _ in webhdfs.ops() if op == "MKDIRS"]
+    assert len(mkdirs) == 2 and mkdirs[0].endswith("/protocols/pi") and mkdirs[1].endswith("/protocols/pi/sub")
+    assert s.delete("protocols", recursive=True)
+    assert not s.exists("protocols/pi")
+    s.ensure_dir("protocols/pi/sub", known_for=60)
+    assert s.exists("protocols/pi/sub")
+    assert len([1 for op, _, _ in webhdfs.ops() if op == "MKDIRS"]) == 3
+    s.ensure_dir("protocols/pi/sub")  # without known_for (the default): always asked
+    assert len([1 for op, _, _ in webhdfs.ops() if op == "MKDIRS"]) == 4
+
+
+def test_ensure_dir_looks_again_after_known_for(tmp_path):
+    """A directory removed behind the Storage's back is made again once `known_for` has passed,
+    and at once by a caller that does not accept a remembered answer."""
+    import shutil
+
+    s = Storage(f"file://{tmp_path}/root")
+    s.ensure_dir("pi", known_for=3600)
+    shutil.rmtree(tmp_path / "root" / "pi")
+    s.ensure_dir("pi", known_for=3600)  # remembered: not looked at again within known_for
+    assert not (tmp_path / "root" / "pi").exists()
+    s.ensure_dir("pi")
+    assert (tmp_path / "root" / "pi").is_dir()
+
+
+def test_ensure_dir_over_a_file_fails_every_time(tmp_path):
+    """Only success is remembered: a file in the way keeps failing."""
+    s = Storage(f"file://{tmp_path}/root")
+    s.write_bytes("a", b"x")
+    for _ in range(2):
+        with pytest.raises(StorageError):
+            s.ensure_dir("a", known_for=60)

@@ -32,6 +32,7 @@ import posixpath
 import shutil
 import stat as statmod
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ class Storage:
         parts = urlsplit(url)
         scheme = parts.scheme or "file"
         self.url = url
+        self._dirs: dict[str, float] = {}  # directory -> when ensure_dir last made sure it exists
         self._backend: _Backend
         if scheme == "file":
             if parts.netloc not in ("", "localhost"):
@@ -162,9 +164,20 @@ class Storage:
 
     # -- operations --------------------------------------------------------------------------
 
-    def ensure_dir(self, path: str) -> None:
-        """Create the directory and its parents; no-op if it exists; error if a file is in the way."""
-        self._backend.mkdirs(self.resolve(path))
+    def ensure_dir(self, path: str, *, known_for: float = 0.0) -> None:
+        """Create the directory and its parents; no-op if it exists; error if a file is in the way.
+
+        `known_for` > 0: a directory this Storage made sure of in the last `known_for` seconds
+        (and has not deleted since) is not asked for again. Why: the Protocol reconciler ensures
+        every protocol's datadir on every pass, and on WebHDFS each ask is a round trip. One
+        removed behind this Storage's back is made again by the first call after `known_for`."""
+        full = self.resolve(path)
+        now = time.monotonic()
+        seen = self._dirs.get(full)
+        if seen is not None and now - seen < known_for:
+            return
+        self._backend.mkdirs(full)
+        self._dirs[full] = now
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write (create or overwrite) a file, creating parent directories. Not atomic: see publish_atomic."""
@@ -203,7 +216,11 @@ class Storage:
         full = self.resolve(path)
         if full == self.root:
             raise InvalidPath(f"refusing to delete the storage root {self.url!r}")
-        return self._backend.remove(full, recursive)
+        try:
+            return self._backend.remove(full, recursive)
+        finally:  # whatever happened, directories under it must be looked at again
+            for d in [d for d in list(self._dirs) if d == full or d.startswith(full + "/")]:
+                self._dirs.pop(d, None)
 
     def publish_atomic(self, path: str, data: Payload) -> None:
         """Write ``data`` (bytes, or a callable that writes into a binary file) to ``path`` so that

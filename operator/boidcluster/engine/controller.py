@@ -287,8 +287,9 @@ class Controller:
             if deleting and reg.finalizer not in obj.metadata.finalizers:
                 return  # our cleanup is already done
             if not deleting and reg.finalizer not in obj.metadata.finalizers:
-                obj = self.store.add_finalizer(reg.kind, name, reg.finalizer)
+                obj = self.store.add_finalizer(reg.kind, name, reg.finalizer, current=obj)
                 self._remember(key, obj)
+                self._seen[key] = _trigger(obj)  # this pass sees it: its watch event needs none
         elif deleting:
             return
         started = time.perf_counter()

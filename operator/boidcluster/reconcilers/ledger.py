@@ -71,7 +71,8 @@ class ChainLedger:
         with self._lock:
             j = self._journals.get(key)
             if j is None:
-                row = self.chain.require_protocol(*key)
+                # its id, from the scan of the owner's rows the Protocol pass just made, if any
+                row = self.chain.recent_protocol_row(*key, 2.0) or self.chain.require_protocol(*key)
                 j = _Journal(key[0], key[1], row.id)
                 if self.store is not None:
                     for seq in self.store.list_runs(j.path):
@@ -249,12 +250,16 @@ class ChainLedger:
     def sync(self, protocol: Any) -> int:
         """Re-send journaled batches the chain lacks (after a node or operator crash); units sent.
         Reads batches journaled by another process (a protocol's dispatcher) first."""
-        j = self._journal(protocol)
+        with self._lock:
+            known = (protocol.spec.owner, protocol.chain_name) in self._journals
+        j = self._journal(protocol)  # a journal made just now has just read what is journaled
         with j.lock:
-            if self.store is not None:
+            if self.store is not None and known:
                 for seq in self.store.list_runs(j.path):
                     if int(seq) not in j.batches:
                         self._load(j, int(seq))
+            if not j.batches:
+                return 0  # nothing journaled, nothing the chain can lack: no chain read per pass
             sent, trx = self._send_missing(j)
             self._confirm(j, trx)
         return sent

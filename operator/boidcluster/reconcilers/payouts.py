@@ -6,6 +6,11 @@ transaction, so repeating a payout can never pay twice; this module only decides
 *whom*. What was paid is read back from those rows every time, never accumulated in status, so a
 later failure of the same pass cannot lose it. An escrow that cannot cover what a contributor is
 owed pays them nothing and says by how much it is short (Funded=False), instead of failing in a loop.
+
+The contributors' rows are read only when they can tell something new: the protocol row's `owed`
+is the sum of theirs and its `paid` the sum of theirs (clusterreg::credit and ::payout move both
+in one action; acct rows are never removed and each one's `paid` only grows), so with nothing
+owed and the paid total equal to the status's per-contributor sum, the rows hold what status has.
 """
 
 from __future__ import annotations
@@ -25,13 +30,18 @@ def settle(p: Protocol, world: Any, row: ProtocolRow, *, final: bool = False) ->
     `final` (protocol deletion) pays every positive amount now, ignoring the interval and the minimum."""
     chain, spec = world.chain, p.spec
     status = p.status
-    accts = chain.acct_rows(row.id)
     update: dict[str, Any] = {}
     conditions: list[Condition] = []
     now = utcnow()
     last = status.last_payout_time if status else None
     due_now = final or last is None or now - last >= timedelta(seconds=spec.payout.interval)
-    if world.settings.payout_enabled and due_now:
+    paying = world.settings.payout_enabled and due_now and row.owed.amount > 0
+    known = dict(status.paid) if status else {}
+    if not paying and _same_total(known, row.paid):
+        update["paid"] = known
+        return conditions, update
+    accts = chain.acct_rows(row.id)
+    if paying:
         minimum = spec.payout.minimum or Asset(1, row.symbol)
         made = False
         for a in sorted(accts, key=lambda a: a.account):
@@ -48,3 +58,9 @@ def settle(p: Protocol, world: Any, row: ProtocolRow, *, final: bool = False) ->
             accts = chain.acct_rows(row.id)
     update["paid"] = {a.account: a.paid for a in accts if a.paid.amount > 0}
     return conditions, update
+
+
+def _same_total(paid: dict[str, Asset], total: Asset) -> bool:
+    """Status's per-contributor paid amounts add up to the registry's paid total."""
+    return all(a.symbol == total.symbol for a in paid.values()) and \
+        sum(a.amount for a in paid.values()) == total.amount

@@ -10,14 +10,24 @@ The operator holds no key of any owner, researcher or fund account (contracts v2
 registers, funds or deletes a protocol on chain: it says what the owner should run (`boidctl
 fund`, `boidctl withdraw`). Deletion pays every owed amount first. Chain and storage failures
 raise Retry with the condition that explains them: the engine backs off per protocol.
+
+Cost per pass (1,000 protocols must be Ready in seconds): the registry row comes from a scan of
+the owner's rows shared by every pass within ROW_MAX_AGE (our own chain writes invalidate it) and
+is read fresh whenever it would make a condition False, so a registration, acceptance or deposit
+by the owner is never reported missing from an old read; contributors' rows are read only when
+someone is owed or the chain's paid total moved (payouts.settle); the jobs come from the engine's
+index, not an all-Jobs list; the datadir is looked at once per DATADIR_RECHECK (Storage remembers).
 """
 
 from __future__ import annotations
+
+import time
 
 from boidcluster.adapters.chain import ChainAssertion, ChainError, MissingAuthority, ProtocolTerms
 from boidcluster.adapters.chain.boid import H
 from boidcluster.adapters.marathon import MarathonError, dispatcher_app
 from boidcluster.adapters.storage import StorageError
+from boidcluster.adapters.store import NotFound
 from boidcluster.engine.reconciler import Result, Retry, condition
 from boidcluster.engine.world import World
 from boidcluster.model.resources import Job, Protocol
@@ -30,6 +40,9 @@ from .payouts import settle
 RESYNC = 30.0  # chain balances and Marathon apps do not notify us
 ACTIVE_RESYNC = 5.0  # while a job of the protocol runs, look (and pay) more often
 TERMINAL = ("Succeeded", "Failed")
+ROW_MAX_AGE = 2.0  # a registry row that shows all is well may come from a scan this old (seconds)
+DATADIR_RECHECK = 60.0  # a datadir made sure of is looked at again after this long (seconds)
+ACTIVE_JOBS = "active-by-protocol"  # the Job index kept by the engine (reconcilers.jobs)
 
 
 def app_id(p: Protocol) -> str:
@@ -87,6 +100,33 @@ def _reserve(world: World, p: Protocol, row, bound: Asset | None):
     return row
 
 
+def active_jobs(p: Protocol, world: World) -> list[Job]:
+    """The protocol's unfinished Jobs: by the engine's index once it covers Jobs (O(the
+    protocol's jobs)), else by listing every Job (before the engine's first resync)."""
+    index = getattr(world, "index", None)
+    if index is not None and index.covers("Job", ACTIVE_JOBS):
+        jobs = []
+        for name in sorted(index.get("Job", ACTIVE_JOBS, p.name)):
+            try:
+                jobs.append(world.store.get(Job, name))
+            except NotFound:
+                continue  # deleted since the index saw it
+    else:
+        jobs = world.store.list(Job)
+    return [j for j in jobs if j.spec.protocol == p.name and not (j.status and j.status.phase in TERMINAL)]
+
+
+def _observe_row(world: World, p: Protocol, bound: Asset | None):
+    """The registry row for this pass. A recent shared scan is trusted only when it shows the
+    protocol registered, accepted, with the spec's terms and funded for `bound`; anything else
+    is confirmed by a fresh read, so what the owner just did on chain is seen at once."""
+    owner, name = p.spec.owner, p.chain_name
+    row = world.chain.recent_protocol_row(owner, name, ROW_MAX_AGE)
+    if row is not None and _registered(p, row)[0] and _funded(row, bound).status != "False":
+        return row
+    return world.chain.protocol_row(owner, name)
+
+
 def _registered(p: Protocol, row) -> tuple[bool, str, str]:
     spec = p.spec
     fund_hint = f"`boidctl fund {p.name} AMOUNT` with the owner's key"
@@ -142,32 +182,38 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
                     # release the reservation (to what jobs still running can owe, 0 when none) so
                     # the owner's `boidctl withdraw --all --delete` can empty the escrow
                     _reserve(world, p, world.chain.protocol_row(spec.owner, p.chain_name) or row,
-                             can_still_owe(p, world.store.list(Job)))
+                             can_still_owe(p, active_jobs(p, world)))
             except ChainError as e:
                 raise Retry(f"final payout failed: {e}", reason="CleanupFailed") from e
         return Result.released()
 
-    conditions, status = [], {}
+    conditions, status, timings = [], {}, {}
+    t0 = time.perf_counter()
 
     # storage first: it does not depend on the chain
     if world.storage is None:
         conditions.append(condition("StorageReady", None, "NoStorage", "no storage configured"))
     else:
         try:
-            world.storage.ensure_dir(spec.datadir)
+            world.storage.ensure_dir(spec.datadir, known_for=DATADIR_RECHECK)
         except StorageError as e:
             raise Retry(f"datadir {spec.datadir}: {e}", reason="StorageUnavailable",
                         conditions=[condition("StorageReady", False, "StorageUnavailable", str(e)),
                                     condition("Ready", False, "StorageUnavailable", str(e))]) from e
         conditions.append(condition("StorageReady", True, "DirectoryExists", f"{spec.datadir} exists"))
+    t1 = time.perf_counter()
+    timings["storage"] = t1 - t0
 
-    jobs = world.store.list(Job)
+    jobs = active_jobs(p, world)
+    t2 = time.perf_counter()
+    timings["jobs"] = t2 - t1
     if world.chain is None:
         conditions += [condition("Registered", None, "NoChain", "no chain configured"),
                        condition("Funded", None, "NoChain", "no chain configured")]
     else:
+        bound = can_still_owe(p, jobs)
         try:
-            row = world.chain.protocol_row(spec.owner, p.chain_name)
+            row = _observe_row(world, p, bound)
         except ChainError as e:
             raise _chain_failure(e, f"reading {spec.owner}/{p.chain_name} on clusterreg", conditions, reading=True) from e
         ok, reason, msg = _registered(p, row)
@@ -180,10 +226,10 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
                     world.ledger.sync(p)  # re-send batches the chain lost (node or operator crash)
                 shortfall, paid = settle(p, world, row)
                 status.update(paid)
-                row = world.chain.protocol_row(spec.owner, p.chain_name) or row
+                if "last_payout_time" in paid:  # paid someone: the row moved
+                    row = world.chain.protocol_row(spec.owner, p.chain_name) or row
             except ChainError as e:
                 raise _chain_failure(e, "paying contributors", conditions) from e
-            bound = can_still_owe(p, jobs)
             try:
                 row = _reserve(world, p, row, bound)
             except ChainError as e:
@@ -191,6 +237,7 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
             status.update(fund_balance=row.balance, escrow=row.free, owed=row.owed, reserved=row.reserved,
                           paid_total=row.paid, deposited=row.deposited, withdrawn=row.withdrawn)
             conditions.append(shortfall[0] if shortfall else _funded(row, bound))
+        timings["chain"] = time.perf_counter() - t2
 
     if world.marathon is not None:
         app = dispatcher_app(p.name, world.settings.dispatcher_image,
@@ -211,12 +258,7 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
     ready = all(c.status != "False" for c in conditions)
     conditions.append(condition("Ready", ready, "Converged" if ready else "NotReady",
                                 "" if ready else "; ".join(c.message for c in conditions if c.status == "False")))
-    index = getattr(world, "index", None)
-    if index is not None and index.covers("Job", "active-by-protocol"):  # kept by the engine's watch
-        active = bool(index.get("Job", "active-by-protocol", p.name))
-    else:
-        active = any(j.spec.protocol == p.name and not (j.status and j.status.phase in TERMINAL)
-                     for j in world.store.list(Job))
-    return Result(conditions=conditions, status=status, requeue_after=ACTIVE_RESYNC if active else RESYNC)
+    return Result(conditions=conditions, status=status, requeue_after=ACTIVE_RESYNC if jobs else RESYNC,
+                  timings=timings)
 
 

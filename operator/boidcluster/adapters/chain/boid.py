@@ -11,16 +11,19 @@ The operator signs with least privilege: its own `operate` permission.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Iterable, Sequence, TypeVar
 
 from boidcluster.model.types import Asset, Symbol
 
 from .abi import name_to_int
 from .rpc import ChainAssertion, ChainError, RpcClient, action
 
+T = TypeVar("T")
 H = 3_600_000_000  # µs per hour: pay rates are per hour, times are µs
 TYPES = ("worker", "dispatcher")
 _OUT_OF_SEQUENCE = re.compile(r"^batch out of sequence: expected (\d+)$")
@@ -100,6 +103,17 @@ class ProtocolRow:
     def from_chain(cls, row: dict[str, Any]) -> "ProtocolRow":
         return cls(**{k: (int(v) if k == "id" else v) for k, v in row.items() if k in cls.__dataclass_fields__})
 
+    @classmethod
+    def from_node_json(cls, row: dict[str, Any]) -> "ProtocolRow":
+        """A row as the node itself decodes it (get_table_rows json=true): assets as text."""
+        def value(k: str, v: Any) -> Any:
+            if k == "id":
+                return int(v)
+            if k == "accepted":
+                return v in (True, 1, "1", "true")
+            return Asset.parse(v) if isinstance(v, str) and k in _ASSET_FIELDS else v
+        return cls(**{k: value(k, v) for k, v in row.items() if k in cls.__dataclass_fields__})
+
     @property
     def symbol(self) -> Symbol:
         return self.balance.symbol
@@ -118,6 +132,9 @@ class ProtocolRow:
     def invariant_holds(self) -> bool:
         """deposited = paid + withdrawn + balance (= paid + owed + withdrawn + free), exactly."""
         return self.deposited == self.paid + self.withdrawn + self.balance
+
+
+_ASSET_FIELDS = frozenset(f for f, t in ProtocolRow.__annotations__.items() if "Asset" in str(t))
 
 
 @dataclass(frozen=True)
@@ -207,6 +224,17 @@ class ChainAuth:
     operator_permission: str = "operate"
 
 
+@dataclass
+class _Scan:
+    """One read of an owner's whole `protocol` scope: when it started, the owner's write
+    generation then, and the rows (a future shared by every caller that asks meanwhile)."""
+
+    gen: int
+    started: float
+    rows: "asyncio.Future[dict[str, dict[str, Any]]]"  # name -> the node's JSON of the row
+    typed: dict[str, ProtocolRow] = field(default_factory=dict)  # rows asked for, decoded once
+
+
 class BoidChain:
     """The contracts on one chain, as the operator and the CLI see them."""
 
@@ -217,6 +245,9 @@ class BoidChain:
         self.reg = reg
         self.auth = auth or ChainAuth()
         self.batch_size = batch_size
+        self._scans: dict[str, _Scan] = {}   # owner -> latest scan of its protocol rows
+        self._gen: dict[str, int] = {}       # owner -> count of our writes touching its rows
+        self.scans = 0                       # scans sent (for benchmarks and tests)
 
     @property
     def _op(self) -> str:
@@ -226,6 +257,48 @@ class BoidChain:
     async def protocol_row(self, owner: str, name: str) -> ProtocolRow | None:
         row = await self.rpc.get_row(self.reg, owner, "protocol", name_to_int(name))
         return ProtocolRow.from_chain(row) if row else None
+
+    async def recent_protocol_row(self, owner: str, name: str, max_age: float) -> ProtocolRow | None:
+        """The row as of a read of the owner's whole `protocol` scope started at most `max_age`
+        seconds ago and after our last write to the owner's protocols (none since: one read).
+
+        Why: reconciling N protocols of one owner reads one scope once per `max_age` instead of
+        N rows; callers waiting at the same time share one read. A row written by someone
+        else (the owner's `boidctl fund`, the researcher's accept) shows up within `max_age`, so a
+        caller that finds something missing or wrong should confirm with `protocol_row`."""
+        now = time.monotonic()
+        gen = self._gen.get(owner, 0)
+        scan = self._scans.get(owner)
+        if scan is None or scan.gen != gen or (scan.rows.done() and (
+                scan.rows.cancelled() or scan.rows.exception() is not None or now - scan.started > max_age)):
+            scan = _Scan(gen, now, asyncio.ensure_future(self._scan(owner)))
+            self._scans[owner] = scan
+        try:
+            rows = await asyncio.shield(scan.rows)
+        except BaseException:
+            if self._scans.get(owner) is scan:  # the next caller reads again
+                del self._scans[owner]
+            raise
+        row = scan.typed.get(name)
+        if row is None and name in rows:
+            row = scan.typed[name] = ProtocolRow.from_node_json(rows[name])
+        return row
+
+    async def _scan(self, owner: str) -> dict[str, dict[str, Any]]:
+        """Every row of the scope as the node decodes it (its C++ ABI decoder, not ours: a
+        scan of thousands of rows for one pass must not decode them all in Python)."""
+        self.scans += 1
+        return {r["name"]: r async for r in self.rpc.table_rows(self.reg, owner, "protocol", page_size=500,
+                                                                decode=False)}
+
+    async def _writes(self, owner: str, push: Awaitable[T]) -> T:
+        """Await a push that changes (or, failing ambiguously, may have changed) a row of
+        `owner`'s protocols: afterwards, scans from before are stale."""
+        try:
+            return await push
+        finally:
+            self._gen[owner] = self._gen.get(owner, 0) + 1
+            self._scans.pop(owner, None)
 
     async def require_protocol(self, owner: str, name: str) -> ProtocolRow:
         row = await self.protocol_row(owner, name)
@@ -254,12 +327,14 @@ class BoidChain:
         data = {"owner": terms.owner, "name": terms.name, "researcher": terms.researcher, "title": terms.title,
                 "datadir": terms.datadir, "tokencontract": terms.tokencontract,
                 "worker_pay_rate": terms.worker_pay_rate, "dispatcher_pay_rate": terms.dispatcher_pay_rate}
-        return await self.rpc.push_action(self.reg, "addprotocol", data, *(signers or (f"{terms.owner}@active",)))
+        signed = signers or (f"{terms.owner}@active",)
+        return await self._writes(terms.owner, self.rpc.push_action(self.reg, "addprotocol", data, *signed))
 
     async def update_protocol(self, terms: ProtocolTerms, signer: str | None = None) -> dict[str, Any]:
         data = {"owner": terms.owner, "name": terms.name, "title": terms.title, "datadir": terms.datadir,
                 "worker_pay_rate": terms.worker_pay_rate, "dispatcher_pay_rate": terms.dispatcher_pay_rate}
-        return await self.rpc.push_action(self.reg, "updprotocol", data, signer or f"{terms.owner}@active")
+        return await self._writes(terms.owner, self.rpc.push_action(self.reg, "updprotocol", data,
+                                                                    signer or f"{terms.owner}@active"))
 
     async def register_protocol(self, terms: ProtocolTerms, *, researcher_signs: bool = False,
                                 owner_signer: str | None = None, researcher_signer: str | None = None) -> list[str]:
@@ -287,31 +362,31 @@ class BoidChain:
         return done
 
     async def accept_protocol(self, owner: str, name: str, researcher: str, signer: str | None = None) -> dict[str, Any]:
-        return await self.rpc.push_action(self.reg, "acceptprot", {"owner": owner, "name": name},
-                                          signer or f"{researcher}@active")
+        return await self._writes(owner, self.rpc.push_action(self.reg, "acceptprot", {"owner": owner, "name": name},
+                                                              signer or f"{researcher}@active"))
 
     async def deposit(self, sender: str, owner: str, name: str, quantity: Asset, *, token: str = "eosio.token",
                       signer: str | None = None) -> dict[str, Any]:
         """A token transfer into the registry naming the protocol: its escrow grows by `quantity`."""
         data = {"from": sender, "to": self.reg, "quantity": quantity, "memo": f"{owner}/{name}"}
-        return await self.rpc.push_action(token, "transfer", data, signer or f"{sender}@active")
+        return await self._writes(owner, self.rpc.push_action(token, "transfer", data, signer or f"{sender}@active"))
 
     async def withdraw(self, owner: str, name: str, quantity: Asset, signer: str | None = None) -> dict[str, Any]:
         """The owner takes back escrow nobody is owed (the contract refuses more)."""
-        return await self.rpc.push_action(self.reg, "withdraw", {"owner": owner, "name": name, "quantity": quantity},
-                                          signer or f"{owner}@active")
+        return await self._writes(owner, self.rpc.push_action(
+            self.reg, "withdraw", {"owner": owner, "name": name, "quantity": quantity}, signer or f"{owner}@active"))
 
     async def reserve(self, owner: str, name: str, quantity: Asset, signer: str | None = None) -> dict[str, Any]:
         """SET the escrow kept from withdrawal for what running jobs can still owe (the operator's
         `operate`; idempotent, moves no token; the contract refuses more than balance - owed)."""
-        return await self.rpc.push_action(self.reg, "reserve", {"owner": owner, "name": name, "quantity": quantity},
-                                          signer or self._op)
+        return await self._writes(owner, self.rpc.push_action(
+            self.reg, "reserve", {"owner": owner, "name": name, "quantity": quantity}, signer or self._op))
 
     async def delete_protocol(self, owner: str, name: str, signer: str | None = None) -> bool:
         """Remove the registration (owner; nothing owed, escrow empty); False when already gone."""
         try:
-            await self.rpc.push_action(self.reg, "delprotocol", {"owner": owner, "name": name},
-                                       signer or f"{owner}@active")
+            await self._writes(owner, self.rpc.push_action(self.reg, "delprotocol", {"owner": owner, "name": name},
+                                                           signer or f"{owner}@active"))
         except ChainAssertion as e:
             if e.message == "unknown protocol":
                 return False
@@ -370,7 +445,8 @@ class BoidChain:
         Raises BatchOutOfSequence (with the number the chain expects) if it is not, and
         ContributorNotRegistered if a unit's contributor has no row for the protocol."""
         try:
-            out = await self.rpc.push_transaction([self.batch_action(owner, name, seq, type, units)])
+            out = await self._writes(owner, self.rpc.push_transaction(
+                [self.batch_action(owner, name, seq, type, units)]))
         except ChainAssertion as e:
             m = _OUT_OF_SEQUENCE.match(e.message)
             if m:
@@ -385,8 +461,8 @@ class BoidChain:
     async def payout(self, owner: str, name: str, contributor: str, signer: str | None = None) -> PayoutResult | None:
         """Pay everything the protocol owes `contributor`; None if nothing is owed."""
         try:
-            out = await self.rpc.push_action(self.reg, "payout", {"owner": owner, "name": name, "contributor": contributor},
-                                             signer or self._op)
+            out = await self._writes(owner, self.rpc.push_action(
+                self.reg, "payout", {"owner": owner, "name": name, "contributor": contributor}, signer or self._op))
         except ChainAssertion as e:
             if e.message == "nothing to pay":
                 return None
