@@ -30,8 +30,12 @@ from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
 ROOT = "/boid/v1"
 POLICY = f"{ROOT}/policy"
 USERS = f"{ROOT}/users"
+RUNS = f"{ROOT}/runs"
+DISPATCHERS = f"{ROOT}/dispatchers"     # dispatchers/<protocol>: that dispatcher's leader lock, Mesos state
+DISPATCHER_PREFIX = "dispatcher."       # dispatcher.<protocol>: a protocol's dispatcher identity (reserved)
 WORLD = Id("world", "anyone")
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+_WRITER = Permissions.READ | Permissions.WRITE | Permissions.CREATE | Permissions.DELETE  # all but ADMIN
 
 
 class _RedactAuth(logging.Filter):
@@ -90,6 +94,17 @@ class Credentials:
 
 def user_of(digest_id: str) -> str:
     return digest_id.split(":", 1)[0]
+
+
+def dispatcher_user(protocol: str) -> str:
+    """The identity of a protocol's dispatcher. Users cannot be created with this prefix."""
+    return check_user_name(DISPATCHER_PREFIX + protocol)
+
+
+def status_writer(kind_dir: str, data: dict[str, Any]) -> str | None:
+    """Who besides the admins may write an object's status: a Job's protocol's dispatcher."""
+    proto = (data.get("spec") or {}).get("protocol") if kind_dir == "jobs" else None
+    return DISPATCHER_PREFIX + proto if isinstance(proto, str) and proto else None
 
 
 @dataclass(frozen=True)
@@ -152,15 +167,37 @@ class Policy:
         return self.system_acl()
 
     def runs_acl(self) -> list[ACL]:
-        """Run records: written by the admins (the operator) only. A per-protocol dispatcher with
-        an identity of its own would need create rights on its own jobs' records only, granted
-        when the operator admits a job; not built yet, so dispatchers run as an admin."""
+        """runs/ itself: only admins create a job's run directory (the operator's grant, see
+        grant_job); dispatchers may remove an emptied one (added by ensure_dispatcher)."""
         return self.system_acl()
 
+    def default_acl(self, my_id: str | None) -> list[ACL]:
+        """What a client's znodes get unless it names an ACL: a non-admin (a dispatcher: its run
+        records, leader lock, Mesos state) keeps the rights to what it created; admins all; world reads."""
+        if my_id is None or my_id in self.admins:
+            return self.system_acl()
+        return [ACL(_WRITER, Id("digest", my_id)), *self._admins(), ACL(Permissions.READ, WORLD)]
+
+    # -- a protocol's dispatcher: write rights on its own jobs only (granted by the operator) ----
+    def granted_status_acl(self, dispatcher_id: str) -> list[ACL]:
+        return [*self._admins(), ACL(Permissions.READ | Permissions.WRITE, Id("digest", dispatcher_id)),
+                ACL(Permissions.READ, WORLD)]
+
+    def granted_runs_acl(self, dispatcher_id: str) -> list[ACL]:
+        """runs/<job uid>: the dispatcher creates and removes records in it; its data (the grant)
+        is the admins' alone."""
+        return [*self._admins(), ACL(Permissions.READ | Permissions.CREATE | Permissions.DELETE,
+                                     Id("digest", dispatcher_id)), ACL(Permissions.READ, WORLD)]
+
+    def dispatcher_dir_acl(self, dispatcher_id: str) -> list[ACL]:
+        return [ACL(_WRITER, Id("digest", dispatcher_id)), *self._admins(), ACL(Permissions.READ, WORLD)]
+
     def user_dir_acl(self, user_id: str) -> list[ACL]:
-        """users/<name>: readable (the login check) and markers creatable only by that user."""
-        own = [] if user_id in self.admins else [
-            ACL(Permissions.READ | Permissions.CREATE | Permissions.DELETE, Id("digest", user_id))]
+        """users/<name>: readable (the login check) and markers creatable only by that user. A
+        dispatcher only reads it: it creates no objects (it owns none)."""
+        rights = Permissions.READ if user_of(user_id).startswith(DISPATCHER_PREFIX) else \
+            Permissions.READ | Permissions.CREATE | Permissions.DELETE
+        own = [] if user_id in self.admins else [ACL(rights, Id("digest", user_id))]
         return [*own, *self._admins()]
 
     def marker_acl(self, owner_id: str) -> list[ACL]:
@@ -184,9 +221,10 @@ def secure_cluster(client: Any, policy: Policy, kind_dirs: Iterable[str]) -> Non
     before the policy), and get the admins-only ACLs here."""
     system = policy.system_acl()
     first = client.exists(POLICY) is None
-    for path in ("/boid", ROOT, f"{ROOT}/objects", f"{ROOT}/runs", USERS):
+    for path in ("/boid", ROOT, f"{ROOT}/objects", USERS):
         client.ensure_path(path, acl=system)
         client.set_acls(path, system)
+    client.ensure_path(RUNS, acl=system)
     for d in kind_dirs:
         path = f"{ROOT}/objects/{d}"
         client.ensure_path(path, acl=policy.kind_dir_acl())
@@ -195,7 +233,10 @@ def secure_cluster(client: Any, policy: Policy, kind_dirs: Iterable[str]) -> Non
             client.set_acls(f"{path}/{name}", policy.object_acl(None))
             if client.exists(f"{path}/{name}/status"):
                 client.set_acls(f"{path}/{name}/status", policy.status_acl())
-    client.set_acls(f"{ROOT}/runs", policy.runs_acl())
+    runs_acl = client.get_acls(RUNS)[0]   # keep dispatchers' right to remove emptied run dirs
+    client.set_acls(RUNS, [*policy.runs_acl(), *(a for a in runs_acl if a.perms == Permissions.DELETE
+                                                  and a.id.scheme == "digest"
+                                                  and user_of(a.id.id).startswith(DISPATCHER_PREFIX))])
     if first:  # run records, leader, Mesos state written before: admins only from now on
         for top in client.get_children(ROOT):
             if top not in ("objects", "users", "policy"):
@@ -242,3 +283,90 @@ def secure_hosts(hosts: str, admin: Credentials, kind_dirs: Iterable[str], users
         client.stop()
         client.close()
     return policy
+
+
+# -- dispatcher identities and grants (the operator's admin client; idempotent) ------------------
+def registered_id(client: Any, user: str) -> str | None:
+    """The digest id users/<user> was registered with (None: not registered). Admins only."""
+    from kazoo.exceptions import NoNodeError
+
+    try:
+        return json.loads(client.get(f"{USERS}/{user}")[0])["id"]
+    except NoNodeError:
+        return None
+
+
+def dispatcher_credentials(home: str, protocol: str) -> Credentials:
+    """`<home>/<protocol>/password` (mode 0600, made on first use): the password of the protocol's
+    dispatcher. Its dispatcher app mounts `<home>/<protocol>` read-only (adapters/marathon.py)."""
+    import os
+    from pathlib import Path
+
+    path = Path(home) / protocol / "password"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name("password.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        tmp.replace(path)
+    return Credentials(dispatcher_user(protocol), path.read_text().strip())
+
+
+def ensure_dispatcher(client: Any, policy: Policy, protocol: str, creds: Credentials | str) -> str:
+    """Register a protocol's dispatcher identity (credentials, or a digest id registered before)
+    and give it dispatchers/<protocol> (its leader lock and Mesos framework state) and the right
+    to remove emptied run directories. Returns its digest id. Safe to re-run; a new password re-keys it."""
+    did = creds.digest_id if isinstance(creds, Credentials) else creds
+    if user_of(did) != dispatcher_user(protocol):
+        raise AuthError(f"the dispatcher of protocol {protocol!r} must be user {dispatcher_user(protocol)!r}")
+    if registered_id(client, user_of(did)) != did:
+        register_user(client, policy, did)
+    client.ensure_path(DISPATCHERS, acl=policy.system_acl())
+    path = f"{DISPATCHERS}/{protocol}"
+    if client.exists(path) is None:
+        client.create(path, b"", acl=policy.dispatcher_dir_acl(did))
+    elif client.get_acls(path)[0] != policy.dispatcher_dir_acl(did):
+        _set_tree(client, path, policy.dispatcher_dir_acl(did))
+    acl, _ = client.get_acls(RUNS)
+    mine = ACL(Permissions.DELETE, Id("digest", did))
+    if mine not in acl:   # an emptied runs/<uid> of a deleted job is removed by its dispatcher
+        keep = [a for a in acl if not (a.id.scheme == "digest" and user_of(a.id.id) == user_of(did))]
+        client.set_acls(RUNS, [*keep, mine])
+    return did
+
+
+def grant_job(client: Any, policy: Policy, *, name: str, uid: str, protocol: str, dispatcher_id: str) -> None:
+    """Let the dispatcher of `protocol` run Job `name`: write its status, create and remove its
+    run records under runs/<uid>, remove the object once cleaned up. Nothing else: not its spec,
+    not other jobs' records. runs/<uid> is created here with the grant as data (only admins can
+    create children of runs/, so a dispatcher trusts it as the operator's admission)."""
+    obj = f"{ROOT}/objects/jobs/{name}"
+    acl, _ = client.get_acls(obj)   # the owner's and admins' entries stay; dispatchers' are replaced
+    keep = [a for a in acl if not (a.id.scheme == "digest" and user_of(a.id.id).startswith(DISPATCHER_PREFIX))]
+    client.set_acls(obj, [*keep, ACL(Permissions.READ | Permissions.DELETE, Id("digest", dispatcher_id))])
+    client.set_acls(f"{obj}/status", policy.granted_status_acl(dispatcher_id))
+    runs = f"{RUNS}/{uid}"
+    data = json.dumps({"protocol": protocol, "job": name}, sort_keys=True).encode()
+    from kazoo.exceptions import NodeExistsError
+
+    try:
+        client.create(runs, data, acl=policy.granted_runs_acl(dispatcher_id))
+    except NodeExistsError:
+        client.set(runs, data)
+        client.set_acls(runs, policy.granted_runs_acl(dispatcher_id))
+
+
+def read_grant(client: Any, uid: str) -> dict[str, Any] | None:
+    """The operator's grant of a job to its protocol's dispatcher (None: not granted yet)."""
+    from kazoo.exceptions import NoNodeError
+
+    try:
+        data, _ = client.get(f"{RUNS}/{uid}")
+    except NoNodeError:
+        return None
+    try:
+        d = json.loads(data or b"null")
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) and "protocol" in d else None

@@ -57,7 +57,8 @@ from kazoo.protocol.states import ZnodeStat
 from kazoo.security import Permissions
 from pydantic import TypeAdapter, ValidationError
 
-from boidcluster.adapters.auth import POLICY, TLS, USERS, Credentials, Policy, acl_ids, marker_name, user_of
+from boidcluster.adapters.auth import (POLICY, TLS, USERS, Credentials, Policy, acl_ids, marker_name, status_writer,
+                                       user_of)
 from boidcluster.model.kinds import KINDS
 from boidcluster.model.meta import Resource, Status, utcnow
 
@@ -447,7 +448,7 @@ class Store:
             self.policy = None
         if self.policy is None:
             return
-        self._client.default_acl = self.policy.system_acl()
+        self._client.default_acl = self.policy.default_acl(self.credentials.digest_id if self.credentials else None)
         if self.credentials is None:
             return
         try:
@@ -526,7 +527,13 @@ class Store:
         def admin(i: str) -> bool:  # ZooKeeper shows a digest as "user:x" to a reader without ADMIN
             return i in self.policy.admins or (i.endswith(":x") and user_of(i) in self.policy.admin_users)
 
-        if any(not admin(i) for i in acl_ids(sacls, Permissions.WRITE)) or \
+        granted = status_writer(self._dir(kind), data)  # a Job's dispatcher, granted by the operator
+
+        def writer(i: str) -> bool:
+            return admin(i) or (granted is not None and user_of(i) == granted
+                                and (i.endswith(":x") or i == self._granted_id(granted)))
+
+        if any(not writer(i) for i in acl_ids(sacls, Permissions.WRITE)) or \
                 any(a.id.scheme != "digest" and a.perms & ~Permissions.READ for a in sacls):
             return None
         if stat.czxid < self._policy_czxid:  # from before the cluster was secured: the admins'
@@ -539,6 +546,13 @@ class Store:
             if mstat is not None and mstat.czxid == stat.czxid:
                 return user_of(cid)
         return None
+
+    def _granted_id(self, user: str) -> str | None:
+        """The registered digest id of a granted status writer (an admin reads it exactly)."""
+        try:
+            return self._owner_id(user)
+        except (NotFound, Forbidden):
+            return None
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -1083,8 +1097,7 @@ class Store:
         else:
             raw = data or b""
         try:
-            self._call(f"create {path}", "create_async", self._run_path(path), raw, makepath=True,
-                       acl=self.policy.runs_acl() if self.policy else None)
+            self._call(f"create {path}", "create_async", self._run_path(path), raw, makepath=True)  # default ACL
             return True
         except NodeExistsError:
             return False
@@ -1148,6 +1161,7 @@ class Store:
                 if isinstance(err[1], NoNodeError) and attempt == 0:  # a parent was removed: again
                     self._ensured.difference_update({c[0].rsplit("/", 1)[0] for c in chunk})
                     continue
+                self._forbidden(err, "create run records")   # e.g. another protocol's job's
                 if not isinstance(err[1], NodeExistsError):
                     raise StoreUnavailable(f"create run records: {type(err[1]).__name__}")
                 if not exist_ok:

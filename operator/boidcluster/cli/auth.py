@@ -10,7 +10,7 @@ from typing import Any
 import click
 import yaml
 
-from boidcluster.adapters.auth import Credentials, register_user
+from boidcluster.adapters.auth import DISPATCHER_PREFIX, Credentials, register_user
 
 from .context import Ctx, Failure, boid_home, friendly
 from .kubeconfig import write_private
@@ -168,6 +168,9 @@ def create_user(ctx: Ctx, name: str, password_file: str | None) -> None:
         raise Failure("this cluster is open (no policy): nothing to register users in")
     if not store.is_admin:
         raise Failure(f"forbidden: user {store.whoami!r} is not an admin of this cluster")
+    if name.startswith(DISPATCHER_PREFIX):
+        raise Failure(f"user names starting with {DISPATCHER_PREFIX!r} are reserved for protocols' dispatchers "
+                      "(the operator creates them)")
     if password_file:
         ctx.config.set_user(name, **{"password-file": str(Path(password_file).resolve())})
         creds, path = ctx.config.credentials(name), Path(password_file).resolve()

@@ -56,6 +56,17 @@ def write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def read_password_file(path: Path, user: str) -> Credentials:
+    """`user`'s credentials from a password file, which must be private (mode 0600)."""
+    try:
+        _private(path, "password file")
+        return Credentials(user, path.read_text().strip())
+    except FileNotFoundError:
+        raise ConfigError(f"password file {path} does not exist") from None
+    except AuthError as e:
+        raise ConfigError(f"password file {path}: {e}") from None
+
+
 @dataclass
 class Context:
     name: str

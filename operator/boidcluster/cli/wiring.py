@@ -44,6 +44,7 @@ class OperatorOptions:
     # agents; on older ones the agents' cgroups isolation with CFS enforces the requests instead
     mesos_task_limits: bool = field(default_factory=lambda: os.environ.get("BOID_MESOS_TASK_LIMITS") == "true")
     protocol: str | None = None         # a protocol's dispatcher: its framework is torn down with the protocol
+    dispatcher_identities: str | None = None  # operator: where it keeps each protocol's dispatcher password
 
 
 SLOT_MEMORY_MB = 512   # memory one local slot is sized for (ResourceRequest's default is 128 MiB)
@@ -141,6 +142,8 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
         closers.append(world.marathon)
     world.settings.extra["closers"] = closers
     world.settings.extra["protocol"] = opts.protocol
+    if opts.dispatcher_identities:
+        world.settings.extra["dispatcher_identities"] = opts.dispatcher_identities
     return world
 
 
