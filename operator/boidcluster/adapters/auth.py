@@ -357,6 +357,24 @@ def grant_job(client: Any, policy: Policy, *, name: str, uid: str, protocol: str
         client.set_acls(runs, policy.granted_runs_acl(dispatcher_id))
 
 
+def grant_journal(client: Any, policy: Policy, path: str, dispatcher_id: str) -> None:
+    """runs/<path> (a protocol's ledger journal): the dispatcher appends batches to it, never
+    removes or rewrites one (the journal is what reaches the chain exactly once)."""
+    full = f"{RUNS}/{path.strip('/')}"
+    client.ensure_path(full.rsplit("/", 1)[0], acl=policy.system_acl())
+    acl = [ACL(Permissions.READ | Permissions.CREATE, Id("digest", dispatcher_id)), *policy._admins(),
+           ACL(Permissions.READ, WORLD)]
+    if client.exists(full) is None:
+        from kazoo.exceptions import NodeExistsError
+
+        try:
+            client.create(full, b"", acl=acl)
+            return
+        except NodeExistsError:
+            pass
+    client.set_acls(full, acl)
+
+
 def read_grant(client: Any, uid: str) -> dict[str, Any] | None:
     """The operator's grant of a job to its protocol's dispatcher (None: not granted yet)."""
     from kazoo.exceptions import NoNodeError

@@ -19,11 +19,13 @@ import time
 from typing import Any
 
 from boidcluster.adapters.auth import (DISPATCHER_PREFIX, dispatcher_credentials, dispatcher_user, ensure_dispatcher,
-                                       grant_job as grant_acls, read_grant, registered_id)
+                                       grant_job as grant_acls, grant_journal, read_grant, registered_id)
 from boidcluster.adapters.store import NotFound, Store, StoreError
 from boidcluster.engine.reconciler import Registry, Result, Retry, condition
 from boidcluster.model.meta import CLEANUP_FINALIZER, Condition
 from boidcluster.model.resources import Job, Protocol
+
+from .ledger import JOURNAL
 
 
 def submit_refusal(store: Store, user: str, protocol: str, pending: Protocol | None = None) -> str | None:
@@ -100,6 +102,11 @@ def dispatcher_identity(world: Any, protocol: str) -> str:
             raise Retry(msg, reason="NoDispatcherIdentity",
                         conditions=[condition("Granted", False, "NoDispatcherIdentity", msg)])
         ensure_dispatcher(store.client, store.policy, protocol, did)
+    try:   # the protocol's ledger journal, which its dispatcher appends accepted units to
+        p = store.get(Protocol, protocol)
+        grant_journal(store.client, store.policy, f"{JOURNAL}/{p.spec.owner}.{p.chain_name}", did)
+    except NotFound:
+        pass
     ids[protocol] = did
     return did
 
