@@ -226,3 +226,36 @@ def test_only_the_granted_dispatcher_and_admins_write_a_jobs_status_and_records(
             assert op.owner(Job, name) == "alice"
     finally:
         bob.close()
+
+
+# -- the operator's own identity (the embedded cluster) ------------------------------------------
+def test_the_embedded_operator_has_an_identity_of_its_own(zk_hosts, tmp_path):
+    """`boidctl up` makes operator@local for the operator process and admin@local for the human,
+    both admins. A cluster secured before (admin only) lets the new operator identity converge
+    what exists: it joins the ACL of every znode the admins had."""
+    from boidcluster.adapters.auth import secure_hosts
+    from boidcluster.adapters.store import kind_dir
+    from boidcluster.cli.auth import secure_embedded
+    from boidcluster.cli.kubeconfig import Config, write_private
+    from boidcluster.model.kinds import KINDS
+
+    home = tmp_path / "home"
+    admin = Credentials.generate("admin")
+    write_private(home / "credentials" / "admin", admin.password + "\n")
+    secure_hosts(zk_hosts, admin, [kind_dir(k) for k in KINDS.values()])   # as an older `boidctl up` did
+    with Store(zk_hosts, credentials=admin) as old:
+        old.create(proto("old"))
+        assert old.create_once("u-old/attempts/t1", {"n": 0})
+
+    secure_embedded(home, zk_hosts, ("alice",))
+    config = Config.load(home / "config")
+    op_creds = config.context("operator@local").credentials
+    assert op_creds.user == "operator" and op_creds.password != admin.password
+    assert config.current == "admin@local" and config.context("admin@local").credentials.user == "admin"
+    with Store(zk_hosts, credentials=op_creds) as op:
+        assert op.is_admin and op.whoami == "operator"
+        op.update_status(Protocol, "old", {"conditions": []}, expected_version=ANY_VERSION)
+        assert op.create_once("u-old/attempts/t2", {"n": 1})     # in a run directory made before
+        assert op.owner(Protocol, "old") == "admin"
+    secure_embedded(home, zk_hosts, ("alice",))                   # idempotent: same passwords
+    assert Config.load(home / "config").context("operator@local").credentials.password == op_creds.password

@@ -221,6 +221,11 @@ def secure_cluster(client: Any, policy: Policy, kind_dirs: Iterable[str]) -> Non
     before the policy), and get the admins-only ACLs here."""
     system = policy.system_acl()
     first = client.exists(POLICY) is None
+    if not first:   # an admin added (e.g. the operator's own identity): it joins every znode's ACL
+        old = Policy.from_json(client.get(POLICY)[0])
+        added = [a for a in policy.admins if a not in old.admins]
+        if added and old.admins:
+            _add_admins(client, ROOT, set(old.admins), added)
     for path in ("/boid", ROOT, f"{ROOT}/objects", USERS):
         client.ensure_path(path, acl=system)
         client.set_acls(path, system)
@@ -249,6 +254,18 @@ def secure_cluster(client: Any, policy: Policy, kind_dirs: Iterable[str]) -> Non
         register_user(client, policy, admin)
 
 
+def _add_admins(client: Any, path: str, old: set[str], added: list[str]) -> None:
+    """Give `added` admins full rights wherever the `old` admins have them (walks the tree)."""
+    acl, _ = client.get_acls(path)
+    if any(a.id.scheme == "digest" and a.id.id in old and a.perms == Permissions.ALL for a in acl):
+        have = {a.id.id for a in acl if a.id.scheme == "digest"}
+        new = [ACL(Permissions.ALL, Id("digest", i)) for i in added if i not in have]
+        if new:
+            client.set_acls(path, [*acl, *new])
+    for child in client.get_children(path):
+        _add_admins(client, f"{path}/{child}", old, added)
+
+
 def _set_tree(client: Any, path: str, acl: list[ACL]) -> None:
     client.set_acls(path, acl)
     for child in client.get_children(path):
@@ -268,11 +285,12 @@ def register_user(client: Any, policy: Policy, digest_id: str) -> None:
 
 
 def secure_hosts(hosts: str, admin: Credentials, kind_dirs: Iterable[str], users: Iterable[str] = (),
-                 timeout: float = 10.0) -> Policy:
-    """secure_cluster + register_user over a client of its own (`boidctl up`, test fixtures)."""
+                 timeout: float = 10.0, *, admins: Iterable[str] = ()) -> Policy:
+    """secure_cluster + register_user over a client of its own (`boidctl up`, test fixtures).
+    `admin` connects; `admins`: further admin digest ids (the operator's own identity)."""
     from kazoo.client import KazooClient
 
-    policy = Policy(admins=(admin.digest_id,))
+    policy = Policy(admins=(admin.digest_id, *(a for a in admins if a != admin.digest_id)))
     client = KazooClient(hosts=hosts, auth_data=admin.auth_data())
     client.start(timeout=timeout)
     try:

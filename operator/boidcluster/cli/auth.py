@@ -187,8 +187,9 @@ def create_user(ctx: Ctx, name: str, password_file: str | None) -> None:
 
 # -- the embedded cluster -------------------------------------------------------------------------
 def secure_embedded(home: Path, hosts: str, users: tuple[str, ...]) -> Credentials:
-    """Secure the embedded cluster: an admin identity (the operator's, and the default context)
-    and one identity per demo user, each password in home/credentials/<name> (0600), all in
+    """Secure the embedded cluster: two admin identities, the operator's own (operator@local, used
+    by the operator process only) and the human admin's (admin@local, the default context), and
+    one identity per demo user, each password in home/credentials/<name> (0600), all in
     home/config as contexts <name>@local. Re-running keeps existing passwords (ZooKeeper's ACLs
     were made with them)."""
     from boidcluster.adapters.auth import secure_hosts
@@ -206,17 +207,22 @@ def secure_embedded(home: Path, hosts: str, users: tuple[str, ...]) -> Credentia
         return c, path
 
     admin, admin_path = creds_for("admin")
+    operator, operator_path = creds_for(OPERATOR_USER)   # the operator's own identity, not the human's
     people = {u: creds_for(u) for u in users}
-    secure_hosts(hosts, admin, [kind_dir(k) for k in KINDS.values()], [c.digest_id for c, _ in people.values()])
+    secure_hosts(hosts, admin, [kind_dir(k) for k in KINDS.values()], [c.digest_id for c, _ in people.values()],
+                 admins=(operator.digest_id,))
     config = Config.load(home / "config")
     config.set_cluster("local", server=hosts)
-    for name, (_, path) in {"admin": (admin, admin_path), **people}.items():
+    for name, (_, path) in {"admin": (admin, admin_path), OPERATOR_USER: (operator, operator_path), **people}.items():
         config.set_user(name, **{"password-file": str(path)})
         config.set_context(f"{name}@local", cluster="local", user=name)
     if not config.current:
         config.use("admin@local")
     config.save()
     return admin
+
+
+OPERATOR_USER = "operator"   # the embedded operator's identity (context operator@local), an admin
 
 
 def embedded_admin(home: Path) -> Credentials:
