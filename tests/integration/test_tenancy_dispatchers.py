@@ -13,7 +13,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
 
-from boidcluster.adapters.auth import POLICY, RUNS, USERS, Credentials, dispatcher_credentials, marker_name, read_grant
+from boidcluster.adapters.auth import POLICY, RUN_DIRS, RUNS, USERS, Credentials, dispatcher_credentials, marker_name, read_grant
 from boidcluster.adapters.store import ANY_VERSION, OBJECTS, STATUS_NODE, Forbidden, Store, Unauthorized
 from boidcluster.engine.controller import Controller
 from boidcluster.engine.reconciler import Registry
@@ -139,7 +139,7 @@ def test_the_operator_grants_each_job_to_its_protocols_dispatcher_only(secured, 
         alice.update_status(Job, "ja", {"phase": "Succeeded"}, expected_version=ANY_VERSION)
 
     # B did nothing wrong: its records are untouched, and the owners are still proven
-    assert op.list_runs(jb) == []
+    assert all(op.list_runs(f"{jb}/{d}") == [] for d in RUN_DIRS) and set(op.list_runs(jb)) == set(RUN_DIRS)
     assert op.owner(Job, "ja") == "alice" and disp_a.owner(Job, "ja") == "alice"
     assert op.owner(Job, "jb") == "alice"
 

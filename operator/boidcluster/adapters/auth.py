@@ -32,6 +32,7 @@ POLICY = f"{ROOT}/policy"
 USERS = f"{ROOT}/users"
 RUNS = f"{ROOT}/runs"
 DISPATCHERS = f"{ROOT}/dispatchers"     # dispatchers/<protocol>: that dispatcher's leader lock, Mesos state
+RUN_DIRS = ("attempts", "results", "accepted", "recorded")   # a job's record directories (jobs/records.py)
 DISPATCHER_PREFIX = "dispatcher."       # dispatcher.<protocol>: a protocol's dispatcher identity (reserved)
 WORLD = Id("world", "anyone")
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -39,10 +40,16 @@ _WRITER = Permissions.READ | Permissions.WRITE | Permissions.CREATE | Permission
 
 
 class _RedactAuth(logging.Filter):
-    """kazoo logs every request at DEBUG, the digest login's `user:password` included: redact it."""
+    """kazoo logs every request at DEBUG, the digest login's `user:password` included: redact it.
+    And a server requiring SASL logs as an "unhandled exception" with a traceback: one line instead
+    (the Store raises the clear error)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from kazoo.exceptions import SessionClosedRequireSaslError
         from kazoo.protocol.serialization import Auth
+
+        if record.exc_info and isinstance(record.exc_info[1], SessionClosedRequireSaslError):
+            record.msg, record.args, record.exc_info = "the server requires a SASL login", (), None
 
         if isinstance(record.args, tuple) and any(isinstance(a, Auth) for a in record.args):
             record.args = tuple(f"Auth(scheme={a.scheme!r}, auth=REDACTED)" if isinstance(a, Auth) else a
@@ -70,6 +77,7 @@ class Credentials:
 
     user: str
     password: str = field(repr=False)
+    sasl: bool = False   # also log in with SASL DIGEST-MD5 (a server that requires SASL sessions)
 
     def __post_init__(self) -> None:
         check_user_name(self.user)
@@ -87,9 +95,43 @@ class Credentials:
     def auth_data(self) -> list[tuple[str, str]]:
         return [("digest", f"{self.user}:{self.password}")]
 
+    def sasl_options(self) -> dict[str, str] | None:
+        """kazoo's SASL login (pure-sasl), when the server requires SASL-authenticated sessions
+        (JAAS DigestLoginModule with the same user and password). ACLs still name the digest id:
+        ZooKeeper keeps both identities on the session."""
+        if not self.sasl:
+            return None
+        return {"mechanism": "DIGEST-MD5", "username": self.user, "password": self.password}
+
     @staticmethod
     def generate(user: str) -> "Credentials":
         return Credentials(user, secrets.token_urlsafe(32))
+
+
+def sasl_login_refused(client: Any, timeout: float) -> bool:
+    """Wait until a started kazoo client's SASL login is through: True when the server refused it.
+    (kazoo reports CONNECTED before the SASL exchange, and a refused login only as the session
+    state AUTH_FAILED; the server just drops the connection.)"""
+    import time
+
+    from kazoo.exceptions import AuthFailedError, ConnectionClosedError, ConnectionLoss
+    from kazoo.protocol.states import KeeperState
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if client.client_state == KeeperState.AUTH_FAILED:
+            return True
+        try:
+            client.exists("/")   # answered only on a logged-in session
+            return False
+        except AuthFailedError:
+            return True
+        except ConnectionClosedError:   # kazoo stops connecting only on AUTH_FAILED (then CLOSED)
+            return True                 # or on stop(), which nobody called
+        except ConnectionLoss:
+            if time.monotonic() > deadline:
+                return client.client_state == KeeperState.AUTH_FAILED
+            time.sleep(0.05)
 
 
 def user_of(digest_id: str) -> str:
@@ -373,6 +415,11 @@ def grant_job(client: Any, policy: Policy, *, name: str, uid: str, protocol: str
     except NodeExistsError:
         client.set(runs, data)
         client.set_acls(runs, policy.granted_runs_acl(dispatcher_id))
+    for d in RUN_DIRS:   # the dispatcher's, whoever writes the first record in them
+        try:
+            client.create(f"{runs}/{d}", b"", acl=policy.dispatcher_dir_acl(dispatcher_id))
+        except NodeExistsError:
+            client.set_acls(f"{runs}/{d}", policy.dispatcher_dir_acl(dispatcher_id))
 
 
 def grant_journal(client: Any, policy: Policy, path: str, dispatcher_id: str) -> None:

@@ -50,6 +50,7 @@ from kazoo.exceptions import (
     NodeExistsError,
     OperationTimeoutError,
     RolledBackError,
+    SessionClosedRequireSaslError,
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
@@ -57,8 +58,8 @@ from kazoo.protocol.states import ZnodeStat
 from kazoo.security import Permissions
 from pydantic import TypeAdapter, ValidationError
 
-from boidcluster.adapters.auth import (POLICY, TLS, USERS, Credentials, Policy, acl_ids, marker_name, status_writer,
-                                       user_of)
+from boidcluster.adapters.auth import (POLICY, TLS, USERS, Credentials, Policy, acl_ids, marker_name,
+                                       sasl_login_refused, status_writer, user_of)
 from boidcluster.model.kinds import KINDS
 from boidcluster.model.meta import Resource, Status, utcnow
 
@@ -404,6 +405,7 @@ class Store:
                 timeout=session_timeout,
                 connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 1.0},
                 auth_data=credentials.auth_data() if credentials else None,
+                sasl_options=credentials.sasl_options() if credentials else None,
                 **(tls.kazoo_kwargs() if tls else {}),
             )
         except ValueError as e:
@@ -420,10 +422,19 @@ class Store:
             self._client.close()
             raise Unauthorized(f"authentication as user {self.whoami!r} failed at {hosts}") from None
         self._connected.set()
+        if credentials is not None and credentials.sasl and sasl_login_refused(self._client, timeout):
+            self._client.stop()
+            self._client.close()
+            raise Unauthorized(f"authentication as user {self.whoami!r} failed at {hosts}: "
+                               "SASL login refused (unknown user or wrong password)")
         try:
             self._login()
             self._ensure(OBJECTS)
             self._ensure(RUNS)
+        except SessionClosedRequireSaslError:
+            self.close()
+            raise Unauthorized(f"ZooKeeper at {hosts} requires a SASL login: set `sasl: true` for the user "
+                               "of the current context in $BOID_HOME/config") from None
         except BaseException:
             self.close()
             raise

@@ -105,12 +105,17 @@ def set_cluster(ctx: Ctx, name: str, server: str | None, tls_ca: str | None, tls
 @click.option("--password-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the password (mode 0600); referenced, not copied.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin; stored in the config (0600).")
+@click.option("--sasl/--no-sasl", default=None,
+              help="Also log in with SASL DIGEST-MD5 (for a ZooKeeper that requires SASL sessions).")
 @click.pass_obj
 @friendly
-def set_credentials(ctx: Ctx, name: str, username: str | None, password_file: str | None, password_stdin: bool) -> None:
+def set_credentials(ctx: Ctx, name: str, username: str | None, password_file: str | None, password_stdin: bool,
+                    sasl: bool | None) -> None:
     """Set a user's credentials. Never a password flag: it would show in the process list."""
     if bool(password_file) == password_stdin:
         raise Failure("give exactly one of --password-file FILE or --password-stdin")
+    if sasl is not None:
+        ctx.config.set_user(name, sasl=sasl)
     if password_file:
         ctx.config.set_user(name, username=username, **{"password-file": str(Path(password_file).resolve())})
         ctx.config.credentials(name)  # checks the file's mode now, not at first use
