@@ -50,7 +50,7 @@ def raw_client(hosts: str, creds: Credentials) -> KazooClient:
 @pytest.fixture
 def granted(secured, tmp_path):
     """Protocols pa and pb (alice's), jobs ja (pa), jb (pb) and bob's refused jb-sneaky (pa); the
-    operator's grant controller has run over them. Yields (op, alice, disp_a, disp_b, ids dir)."""
+    operator's grant controller has run over them. Yields (op, alice, disp_a, disp_b, ids dir, controller)."""
     ids = tmp_path / "dispatcher-identities"
     op, alice, bob = secured.store("admin"), secured.store("alice"), secured.store("bob")
     alice.create(proto("pa"))
@@ -71,7 +71,7 @@ def granted(secured, tmp_path):
         disp_a = Store(secured.hosts, credentials=dispatcher_credentials(str(ids), "pa"))
         disp_b = Store(secured.hosts, credentials=dispatcher_credentials(str(ids), "pb"))
         stores += [disp_a, disp_b]
-        yield op, alice, disp_a, disp_b, ids
+        yield op, alice, disp_a, disp_b, ids, ctl
     finally:
         ctl.stop()
         for s in stores:
@@ -83,7 +83,7 @@ def uid(store: Store, name: str) -> str:
 
 
 def test_the_operator_grants_each_job_to_its_protocols_dispatcher_only(secured, granted):
-    op, alice, disp_a, disp_b, ids = granted
+    op, alice, disp_a, disp_b, ids, _ = granted
     ja, jb, sneaky = uid(op, "ja"), uid(op, "jb"), uid(op, "sneaky")
     assert (ids / "pa" / "password").stat().st_mode & 0o777 == 0o600
     assert disp_a.whoami == "dispatcher.pa" and not disp_a.is_admin
@@ -169,7 +169,7 @@ def test_a_forged_dispatcher_entry_proves_nothing(secured, granted):
 
 
 def test_wrong_dispatcher_password_is_a_clear_error(secured, granted):
-    *_, ids = granted
+    *_, ids, _ = granted
     good = dispatcher_credentials(str(ids), "pa")
     bad = Credentials(good.user, "not-" + good.password)
     with pytest.raises(Unauthorized) as e:
@@ -197,7 +197,7 @@ def allowed(actor: str, write: str, protocol: str) -> bool:
 @given(st.lists(st.tuples(st.sampled_from(ACTORS), st.sampled_from(WRITES), st.sampled_from(("ja", "jb"))),
                 min_size=1, max_size=12))
 def test_only_the_granted_dispatcher_and_admins_write_a_jobs_status_and_records(secured, granted, steps):
-    op, alice, disp_a, disp_b, _ = granted
+    op, alice, disp_a, disp_b, *_ = granted
     bob = secured.store("bob")
     stores = {"admin": op, "alice": alice, "bob": bob, "dispatcher.pa": disp_a, "dispatcher.pb": disp_b}
     try:
@@ -259,3 +259,21 @@ def test_the_embedded_operator_has_an_identity_of_its_own(zk_hosts, tmp_path):
         assert op.owner(Protocol, "old") == "admin"
     secure_embedded(home, zk_hosts, ("alice",))                   # idempotent: same passwords
     assert Config.load(home / "config").context("operator@local").credentials.password == op_creds.password
+
+
+def test_the_operator_deletes_a_finished_job_after_its_ttl_as_the_dispatcher_may_not(secured, granted):
+    from datetime import datetime, timedelta, timezone
+
+    op, alice, disp_a, *_, ctl = granted
+    j = job("short", "pa")
+    j.spec.ttl_seconds_after_finished = 0
+    alice.create(j)
+    eventually(lambda: CLEANUP_FINALIZER in op.get(Job, "short").metadata.finalizers)
+    with pytest.raises(Forbidden):          # the dispatcher's own attempt (jobs/reconciler.py) is refused
+        disp_a.delete(Job, "short")
+    done = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
+    disp_a.update_status(Job, "short", {"phase": "Succeeded", "completionTime": done}, expected_version=ANY_VERSION)
+    ctl.resync()   # a status write is no event for the operator: its periodic resync sees the end
+    gone = eventually(lambda: op.get(Job, "short").metadata.deletion_timestamp is not None)
+    assert gone
+    assert op.get(Job, "ja").metadata.deletion_timestamp is None   # not finished: kept
