@@ -89,7 +89,8 @@ def test_a_dispatcher_with_its_own_identity_runs_and_cleans_up_a_users_job(secur
             # the dispatcher has no context at all: only the endpoint and its mounted password file
             procs.append(Proc(["--zk", secured.hosts, "dispatcher", "run", "--protocol", "pa", "--backend", "local",
                                "--runtime", "host", "--slot", "alice", "--slot", "bob", "--storage", storage],
-                              {**env, "BOID_HOME": str(tmp_path / "empty-home"), "BOID_DISPATCHER_PASSWORD_FILE": str(pw)},
+                              {**env, "BOID_HOME": str(tmp_path / "empty-home"),
+                               "BOID_DISPATCHER_PASSWORD_FILE": str(pw)},
                               tmp_path / "dispatcher.log"))
 
             def finished():

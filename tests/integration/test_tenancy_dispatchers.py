@@ -13,7 +13,8 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
 
-from boidcluster.adapters.auth import POLICY, RUN_DIRS, RUNS, USERS, Credentials, dispatcher_credentials, marker_name, read_grant
+from boidcluster.adapters.auth import (POLICY, RUN_DIRS, RUNS, USERS, Credentials, dispatcher_credentials, marker_name,
+                                       read_grant)
 from boidcluster.adapters.store import ANY_VERSION, OBJECTS, STATUS_NODE, Forbidden, Store, Unauthorized
 from boidcluster.engine.controller import Controller
 from boidcluster.engine.reconciler import Registry

@@ -182,7 +182,8 @@ class OperatorChild:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "boidcluster.cli.main", "--zk", self.zk, "--context", "operator@local",  # its own identity
+        return [sys.executable, "-m", "boidcluster.cli.main", "--zk", self.zk,
+                "--context", "operator@local",   # its own identity, not the human's admin@local
                 "operator", "run",
                 "--storage", self.storage, "--chain-url", self.chain.url,
                 "--keys", str(self.state / "operator-keys.json"), "--backend", "local",
