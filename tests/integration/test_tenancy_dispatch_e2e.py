@@ -216,3 +216,27 @@ def test_a_dispatcher_identity_records_contributed_time_on_chain(secured, chain_
     finally:
         for c in reversed(closers):
             (c.stop if hasattr(c, "stop") and not hasattr(c, "list_runs") else c.close)()
+
+
+def test_dispatcher_run_with_a_bad_password_file_is_one_clear_line(secured, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from boidcluster.cli.main import cli
+
+    monkeypatch.setenv("BOID_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("BOID_CONTEXT", raising=False)
+    pw = tmp_path / "password"
+    pw.write_text("guessed-password\n")
+    args = ["--zk", secured.hosts, "dispatcher", "run", "--protocol", "pa", "--backend", "local", "--runtime", "host",
+            "--storage", f"file://{tmp_path}", "--password-file", str(pw)]
+    for mode, expected in ((0o644, f"error: password file {pw} is readable by other users (mode 0644): "
+                                   f"run `chmod 600 {pw}`"),
+                           (0o600, f"error: authentication as user 'dispatcher.pa' failed at {secured.hosts}: "
+                                   "unknown user or wrong password")):
+        pw.chmod(mode)
+        r = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert r.exit_code == 1 and r.output.strip().splitlines() == [expected], r.output
+        assert "guessed-password" not in r.output
+    pw.unlink()
+    r = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert r.exit_code == 1 and r.output.strip() == f"error: password file {pw} does not exist", r.output

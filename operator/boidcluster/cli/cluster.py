@@ -203,8 +203,9 @@ def dispatcher_store(ctx: Ctx, protocol: str, password_file: str) -> Store:
     """The store logged in as the protocol's own dispatcher identity (a mounted secret file, never
     an argument or environment value: only the file's path is)."""
     creds = read_password_file(Path(password_file), dispatcher_user(protocol))
-    c = ctx.context
-    return Store(ctx.zk, timeout=ctx.timeout, credentials=creds, tls=c.tls if c is not None else None)
+    c = ctx.context   # its TLS settings only if the context is this very cluster
+    tls = c.tls if c is not None and (c.server is None or c.server == ctx.zk) else None
+    return Store(ctx.zk, timeout=ctx.timeout, credentials=creds, tls=tls)
 
 
 # -- chain ------------------------------------------------------------------------------------------
