@@ -26,7 +26,8 @@ def sasl_zk(tmp_path_factory):
     zk.close()
 
 
-def test_a_sasl_login_with_the_right_credentials_works_and_wrong_ones_are_refused(sasl_zk):
+def test_a_sasl_login_with_the_right_credentials_works_and_wrong_ones_are_refused(sasl_zk, caplog):
+    caplog.set_level(1, logger="kazoo")   # every request kazoo sends, the SASL exchange included
     admin = Credentials("admin", USERS["admin"], sasl=True)
     with Store(sasl_zk.hosts, credentials=admin) as s:
         # the digest identity rides on the same session: ACLs and the policy work as without SASL
@@ -43,6 +44,8 @@ def test_a_sasl_login_with_the_right_credentials_works_and_wrong_ones_are_refuse
         assert str(e.value) == (f"authentication as user {bad.user!r} failed at {sasl_zk.hosts}: "
                                 "SASL login refused (unknown user or wrong password)")
         assert bad.password not in str(e.value)
+    assert any("SASL" in r.getMessage() for r in caplog.records)   # the exchange was logged, without a password
+    assert not any(pw in r.getMessage() for r in caplog.records for pw in USERS.values())
     with pytest.raises(Unauthorized, match="requires a SASL login: set `sasl: true`"):
         Store(sasl_zk.hosts)                       # anonymous: the server serves nothing
     with pytest.raises(Unauthorized, match="requires a SASL login"):
