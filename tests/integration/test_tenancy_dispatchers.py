@@ -133,6 +133,16 @@ def test_the_operator_grants_each_job_to_its_protocols_dispatcher_only(secured, 
         raw.stop()
         raw.close()
 
+    # `auth can-i` says the same, as the dispatcher
+    from boidcluster.cli.auth import can_i
+    from boidcluster.cli.context import Ctx
+    from click.testing import CliRunner
+    ctx = Ctx(secured.hosts, 5.0)
+    ctx._store = disp_a
+    for name, answer in (("ja", "yes"), ("jb", "no"), ("sneaky", "no")):
+        r = CliRunner().invoke(can_i, ["update", "jobs", name, "--subresource", "status"], obj=ctx)
+        assert r.output.strip() == answer, (name, r.output)
+
     # a plain user writes no run records, even of her own job, and no job status
     with pytest.raises(Forbidden):
         alice.create_once(f"{ja}/results/t2", {"forged": True})

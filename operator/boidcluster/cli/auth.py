@@ -287,6 +287,14 @@ def can_i(ctx: Ctx, verb: str, resource: str, name: str | None, protocol: str | 
         why = None
     elif subresource == "status":
         why = "status is written by the operator only"
+        if kind is Job and name and store.whoami.startswith(DISPATCHER_PREFIX):
+            from boidcluster.adapters.auth import dispatcher_user, read_grant
+
+            j = store.get(Job, name)
+            if store.whoami == dispatcher_user(j.spec.protocol) and read_grant(store.client, j.metadata.uid or ""):
+                why = None   # granted to this protocol's dispatcher by the operator
+            else:
+                why = f"job {name!r} is not granted to {store.whoami!r}"
     elif verb == "create":
         if kind is Job:
             if not protocol:
