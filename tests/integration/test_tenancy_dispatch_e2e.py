@@ -66,7 +66,17 @@ def home(secured, tmp_path):
     config.set_cluster("c", server=secured.hosts)
     config.set_user("admin", **{"password-file": str(pw)})
     config.set_context("admin@c", cluster="c", user="admin")
+    config.use("admin@c")
     config.save()
+    # the operator's own identity, made an admin by the human admin (as on a deployed cluster)
+    opw = h / "credentials" / "operator"
+    write_private(opw, "operator-" + secured.admin.password[:20] + "\n")
+    from click.testing import CliRunner
+
+    from boidcluster.cli.main import cli
+    r = CliRunner(env={"BOID_HOME": str(h), "BOID_ZK": ""}).invoke(
+        cli, ["auth", "secure-cluster", "--operator-password-file", str(opw)], catch_exceptions=False)
+    assert r.exit_code == 0 and r.output.strip() == "cluster secured: admins admin, operator", r.output
     return h
 
 
@@ -81,8 +91,9 @@ def test_a_dispatcher_with_its_own_identity_runs_and_cleans_up_a_users_job(secur
         alice.create(proto("pa"))
         alice.create(job("ja", "pa"))
         try:
-            procs.append(Proc(["--context", "admin@c", "operator", "run", "--backend", "none", "--storage", storage,
-                               "--dispatcher-identities", str(ids)], env, tmp_path / "operator.log"))
+            opw = home / "credentials" / "operator"
+            procs.append(Proc(["operator", "run", "--backend", "none", "--storage", storage, "--dispatcher-identities",
+                               str(ids), "--password-file", str(opw)], env, tmp_path / "operator.log"))
             pw = ids / "pa" / "password"
             eventually(lambda: pw.exists() or procs[0].p.poll() is not None, timeout=30)
             assert procs[0].p.poll() is None, procs[0].log.read_text()
@@ -116,7 +127,7 @@ def test_a_dispatcher_with_its_own_identity_runs_and_cleans_up_a_users_job(secur
                     return alice.client.exists(f"{RUNS}/{uid}") is None
             eventually(gone, timeout=60)
 
-            secrets = [secured.admin.password, pw.read_text().strip()]
+            secrets = [secured.admin.password, pw.read_text().strip(), opw.read_text().strip()]
             for p in procs:
                 assert p.p.poll() is None, p.log.read_text()
                 assert not any(s in p.cmdline() for s in secrets)
@@ -124,7 +135,7 @@ def test_a_dispatcher_with_its_own_identity_runs_and_cleans_up_a_users_job(secur
             for p in procs:
                 p.stop()
     logs = "".join(p.log.read_text() for p in procs)
-    assert "as dispatcher.pa" in logs
+    assert "as dispatcher.pa" in logs and "as operator" in logs
     assert not any(s in logs for s in secrets), "a password reached a log"
 
 

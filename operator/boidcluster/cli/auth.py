@@ -190,6 +190,36 @@ def create_user(ctx: Ctx, name: str, password_file: str | None) -> None:
     click.echo(f"user/{name} created (password in {path})")
 
 
+@auth_group.command("secure-cluster")
+@click.option("--operator-password-file", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The operator's own password (mode 0600); it runs with `operator run --password-file`.")
+@click.option("--operator-user", default="operator", show_default=True)
+@click.pass_obj
+@friendly
+def secure_cluster_cmd(ctx: Ctx, operator_password_file: str, operator_user: str) -> None:
+    """Make this context's cluster check identities (idempotent): its policy names the admins, you
+    (the current context's user) and the operator's own identity, separate from yours."""
+    from boidcluster.adapters.auth import Policy, secure_cluster, user_of
+    from boidcluster.adapters.store import kind_dir
+    from boidcluster.model.kinds import KINDS
+
+    from .kubeconfig import read_password_file
+
+    me = ctx.credentials
+    if me is None:
+        raise Failure("the current context has no user: `boidctl config set-credentials` and `set-context` first")
+    op = read_password_file(Path(operator_password_file), operator_user)
+    if op.user == me.user:
+        raise Failure(f"the operator needs an identity of its own, not {me.user!r}: pick another --operator-user")
+    store = ctx.store
+    if store.policy is not None and not store.is_admin:
+        raise Failure(f"forbidden: user {store.whoami!r} is not an admin of this cluster")
+    kept = [a for a in (store.policy.admins if store.policy else ()) if user_of(a) not in (me.user, op.user)]
+    policy = Policy(admins=(me.digest_id, *kept, op.digest_id))
+    secure_cluster(store.client, policy, [kind_dir(k) for k in KINDS.values()])
+    click.echo(f"cluster secured: admins {', '.join(user_of(a) for a in policy.admins)}")
+
+
 # -- the embedded cluster -------------------------------------------------------------------------
 def secure_embedded(home: Path, hosts: str, users: tuple[str, ...]) -> Credentials:
     """Secure the embedded cluster: two admin identities, the operator's own (operator@local, used

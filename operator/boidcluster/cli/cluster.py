@@ -97,12 +97,22 @@ def operator_group() -> None:
               help="Also serve the read-only web dashboard on PORT (at --health-address).")
 @click.option("--slot-report", type=click.Path(dir_okay=False), hidden=True,
               help="Write each local slot's self-test result to this file (JSON; the embedded cluster's supervisor).")
+@click.option("--password-file", envvar="BOID_OPERATOR_PASSWORD_FILE", type=click.Path(dir_okay=False),
+              help="Log in as the operator's own identity (--user) with this password file (0600, e.g. a "
+                   "mounted secret) instead of the current context's user.")
+@click.option("--user", "identity_user", default="operator", show_default=True,
+              help="With --password-file: the operator's user name (`auth secure-cluster` registers it as an admin).")
 @click.pass_obj
 @friendly
 def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, slot_count, runtime, mesos_master,
                  mesos_roles, dispatcher_account, dispatcher_identities, workers, health_port, health_address,
-                 dashboard_port, slot_report) -> None:
+                 dashboard_port, slot_report, password_file, identity_user) -> None:
     """Reconcile until stopped (SIGTERM or Ctrl-C). Several replicas elect one leader."""
+    if password_file and not Path(password_file).exists() and ctx.store.policy is None:
+        password_file = None   # an open cluster: no identities
+    if password_file:
+        ctx.close()
+        ctx._store = identity_store(ctx, identity_user, password_file)   # everything below uses it
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file,
                            marathon=marathon, backend=backend, slots=list(slots), slot_count=slot_count,
                            runtime=runtime, mesos_master=mesos_master, mesos_roles=list(mesos_roles) or ["*"],
@@ -117,7 +127,7 @@ def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slo
     dash = None if dashboard_port is None else start_dashboard(
         ctx.zk, port=dashboard_port, address=health_address, store=ctx.store, chain_url=chain_url,
         metrics_registry=op.metrics.registry)
-    click.echo(f"operator {op.identity} running against {ctx.zk}"
+    click.echo(f"operator {op.identity} running against {ctx.zk} as {ctx.store.whoami}"
                + (f"; metrics on http://127.0.0.1:{op.health.port}/metrics" if op.health else "")
                + (f"; dashboard on {dash.url}" if dash else ""), err=True)
     try:
@@ -186,7 +196,7 @@ def dispatcher_run(ctx: Ctx, protocol, mesos_master, storage, chain_url, keys_fi
     registry = load_reconcilers().subset([Job], select=lambda job: job.spec.protocol == protocol)
     if password_file and not Path(password_file).exists() and ctx.store.policy is None:
         password_file = None   # an open cluster: no identities (the app mounts an empty directory)
-    store = dispatcher_store(ctx, protocol, password_file) if password_file else ctx.store
+    store = identity_store(ctx, dispatcher_user(protocol), password_file) if password_file else ctx.store
     op, world = start_operator(opts, store, health_port, health_address, registry=registry,
                                leader_path=f"/boid/v1/dispatchers/{protocol}/leader")
     click.echo(f"dispatcher for protocol {protocol} running ({backend} backend) as {store.whoami}", err=True)
@@ -199,10 +209,10 @@ def dispatcher_run(ctx: Ctx, protocol, mesos_master, storage, chain_url, keys_fi
             store.close()
 
 
-def dispatcher_store(ctx: Ctx, protocol: str, password_file: str) -> Store:
-    """The store logged in as the protocol's own dispatcher identity (a mounted secret file, never
-    an argument or environment value: only the file's path is)."""
-    creds = read_password_file(Path(password_file), dispatcher_user(protocol))
+def identity_store(ctx: Ctx, user: str, password_file: str) -> Store:
+    """The store logged in as a process's own identity (the operator's, a dispatcher's) from a
+    mounted secret file, never an argument or environment value: only the file's path is."""
+    creds = read_password_file(Path(password_file), user)
     c = ctx.context   # its TLS settings only if the context is this very cluster
     tls = c.tls if c is not None and (c.server is None or c.server == ctx.zk) else None
     return Store(ctx.zk, timeout=ctx.timeout, credentials=creds, tls=tls)
