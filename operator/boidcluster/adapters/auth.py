@@ -87,6 +87,10 @@ class Credentials:
     def __str__(self) -> str:
         return self.user
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """Pretty printers (IPython, hypothesis' failure reports) would list every field: repr()."""
+        p.text(repr(self))
+
     @property
     def digest_id(self) -> str:
         """`user:base64(sha1(user:password))`, the id ZooKeeper derives from this login."""
