@@ -94,3 +94,33 @@ def test_a_stuck_dispatcher_deployment_is_replaced_by_the_fixed_app(zk_hosts, tm
             op.stop()
             client.close()
             store.close()
+
+
+def test_on_a_secured_cluster_the_dispatchers_identity_exists_before_its_app(secured, marathon, tmp_path):
+    """The operator creates dispatcher.<protocol> (its password file in --dispatcher-identities)
+    before it converges the app, which mounts that protocol's directory only, read-only."""
+    from boidcluster.adapters.auth import Credentials
+    from boidcluster.adapters.store import Store as S
+
+    ids = tmp_path / "identities"
+    store = secured.store("admin")
+    client = MarathonClient(marathon.url)
+    world = World(store=store, storage=Storage(f"file://{tmp_path}"), marathon=client)
+    world.settings.extra["dispatcher_identities"] = str(ids)
+    op = Operator(store, world, registry.subset([Protocol]), workers=1).start()
+    try:
+        secured.store("alice").create(protocol("researcher1"))
+        eventually(lambda: (o := store.get(Protocol, "survey")) and cond(o, "DispatcherReady") == "True")
+        pw = ids / "survey" / "password"
+        assert pw.stat().st_mode & 0o777 == 0o600
+        app = client.get_app(APP)
+        assert {"containerPath": "/etc/boid/identity", "hostPath": "/etc/boid/dispatchers/survey", "mode": "RO"} \
+            in app["container"]["volumes"]
+        assert app["env"]["BOID_DISPATCHER_PASSWORD_FILE"] == "/etc/boid/identity/password"
+        assert pw.read_text().strip() not in str(app)
+        with S(secured.hosts, credentials=Credentials("dispatcher.survey", pw.read_text().strip())) as d:
+            assert d.whoami == "dispatcher.survey" and not d.is_admin   # it logs in with that file
+    finally:
+        op.stop()
+        client.close()
+        store.close()

@@ -346,9 +346,10 @@ def test_only_owners_and_the_operator_change_objects(secured, ops):
                     owner[name], size[name] = actor, n
                 elif op == "update":
                     w = s.get(Widget, name)
-                    w.spec.size = n
+                    new = n if n != w.spec.size else n + 1000   # a real change (an unchanged one writes nothing)
+                    w.spec.size = new
                     s.update(w)
-                    ok, size[name] = allowed, n
+                    ok, size[name] = allowed, new
                 elif op == "delete":
                     s.delete(Widget, name)
                     ok = allowed

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from boidcluster.adapters.auth import Credentials
 from boidcluster.cli.main import cli
 
 CONTRIBUTOR = """apiVersion: cluster.boid.com/v1alpha1
@@ -191,3 +192,26 @@ def test_credentials_go_only_to_their_contexts_cluster(secured, home, zookeeper)
     assert boidctl("--zk", secured.hosts, "auth", "whoami").output.strip() == "alice"
     other = zookeeper.hosts  # another "cluster" (the server's root: open)
     assert boidctl("--zk", other, "auth", "whoami").output.startswith("anonymous")
+
+
+def test_secure_cluster_gives_the_operator_an_admin_identity_of_its_own(secured, home, tmp_path):
+    from boidcluster.adapters.store import Store
+
+    opw = tmp_path / "operator.pw"
+    opw.write_text("the-operators-own-password\n")
+    opw.chmod(0o600)
+    r = boidctl("auth", "secure-cluster", "--operator-password-file", str(opw), code=1)   # alice@c
+    assert r.output.strip() == "error: forbidden: user 'alice' is not an admin of this cluster"
+    r = boidctl("--context", "admin@c", "auth", "secure-cluster", "--operator-password-file", str(opw),
+                "--operator-user", "admin", code=1)
+    assert "the operator needs an identity of its own, not 'admin'" in r.output
+    for _ in range(2):   # idempotent
+        r = boidctl("--context", "admin@c", "auth", "secure-cluster", "--operator-password-file", str(opw))
+        assert r.output.strip() == "cluster secured: admins admin, operator"
+    with Store(secured.hosts, credentials=Credentials("operator", "the-operators-own-password")) as op:
+        assert op.is_admin and op.whoami == "operator"
+    assert "the-operators-own-password" not in r.output
+    r = boidctl("--context", "admin@c", "operator", "run", "--backend", "none", "--password-file", str(opw),
+                "--user", "bob", code=1)   # bob's login with the operator's password: refused, one line
+    assert r.output.strip() == (f"error: authentication as user 'bob' failed at {secured.hosts}: "
+                                "unknown user or wrong password")

@@ -120,14 +120,17 @@ def test_marathon_app_validates_against_app_definition_schema(path):
 def test_dispatcher_json_is_what_dispatcher_app_builds():
     app = json.loads((DEPLOY / "marathon" / "dispatcher.json").read_text())
     protocol = app["env"]["BOID_PROTOCOL"]
-    own = {"BOID_PROTOCOL", "BOID_CHAIN_KEYS_FILE", "BOID_MESOS_SECRET_FILE"}
+    own = {"BOID_PROTOCOL", "BOID_CHAIN_KEYS_FILE", "BOID_MESOS_SECRET_FILE", "BOID_DISPATCHER_PASSWORD_FILE"}
     built = dispatcher_app(protocol, app["container"]["docker"]["image"],
                            env={k: v for k, v in app["env"].items() if k not in own},
                            args=["dispatcher", "run", "--protocol", protocol])
     assert app == built
     # credentials come as files from the dispatcher machines, named, never inlined
-    assert app["container"]["volumes"] == [{"containerPath": "/etc/boid/secrets", "hostPath": "/etc/boid/secrets",
-                                            "mode": "RO"}]
+    # and its ZooKeeper identity: only its own protocol's directory of the operator-made passwords
+    assert app["container"]["volumes"] == [
+        {"containerPath": "/etc/boid/secrets", "hostPath": "/etc/boid/secrets", "mode": "RO"},
+        {"containerPath": "/etc/boid/identity", "hostPath": f"/etc/boid/dispatchers/{protocol}", "mode": "RO"}]
+    assert app["env"]["BOID_DISPATCHER_PASSWORD_FILE"] == "/etc/boid/identity/password"
     assert app["env"]["BOID_CHAIN_KEYS_FILE"].startswith("/etc/boid/secrets/")
     assert not any("KEY" in k and not k.endswith("_FILE") for k in app["env"])
 
@@ -142,6 +145,10 @@ def test_operator_app_runs_the_operator_with_health_on_its_port():
     assert app["args"][app["args"].index("--backend") + 1] == "none"   # the dispatcher apps run the jobs
     assert app["args"][app["args"].index("--keys") + 1].startswith("/etc/boid/secrets/")
     assert {"containerPath": "/etc/boid/secrets", "hostPath": "/etc/boid/secrets", "mode": "RO"} \
+        in app["container"]["volumes"]
+    # it makes each protocol's dispatcher identity (password file) where that dispatcher's app mounts it
+    assert app["args"][app["args"].index("--dispatcher-identities") + 1] == "/etc/boid/dispatchers"
+    assert {"containerPath": "/etc/boid/dispatchers", "hostPath": "/etc/boid/dispatchers", "mode": "RW"} \
         in app["container"]["volumes"]
 
 

@@ -49,7 +49,11 @@ def test_dispatcher_app_validates_against_the_official_schema():
                              "boid.managed-by": "boid-operator"}
     assert app["env"] == {"BOID_LOG": "info", "BOID_PROTOCOL": "alpha",
                           "BOID_CHAIN_KEYS_FILE": "/etc/boid/secrets/chain-keys.json",
-                          "BOID_MESOS_SECRET_FILE": "/etc/boid/secrets/mesos-secret"}
+                          "BOID_MESOS_SECRET_FILE": "/etc/boid/secrets/mesos-secret",
+                          "BOID_DISPATCHER_PASSWORD_FILE": "/etc/boid/identity/password"}
+    # its ZooKeeper identity: only its own protocol's directory of passwords is mounted
+    assert {"containerPath": "/etc/boid/identity", "hostPath": "/etc/boid/dispatchers/alpha", "mode": "RO"} \
+        in app["container"]["volumes"]
     assert app["healthChecks"][0]["protocol"] == "MESOS_HTTP"
     assert app["upgradeStrategy"] == {"minimumHealthCapacity": 0, "maximumOverCapacity": 0}
     assert app["container"]["docker"]["image"] == "boid/dispatcher:1.0"

@@ -72,6 +72,10 @@ AppDef = dict[str, Any]
 
 DISPATCHER_SECRETS_DIR = "/etc/boid/secrets"        # in the dispatcher's container
 DISPATCHER_SECRETS_HOST_PATH = "/etc/boid/secrets"  # on the dispatcher machines
+# each protocol's own ZooKeeper identity: <host path>/<protocol>/password, made by the operator
+# (--dispatcher-identities); only the protocol's own directory is mounted into its app
+DISPATCHER_IDENTITY_DIR = "/etc/boid/identity"
+DISPATCHER_IDENTITIES_HOST_PATH = "/etc/boid/dispatchers"
 
 # state/PathId.scala:212-213 (ID_PATH_SEGMENT_PATTERN, without its "." / ".." alternative: we
 # never send relative ids) and :219-223 (reserved last segments)
@@ -450,6 +454,7 @@ def dispatcher_app(
     args: list[str] | None = None,
     health_path: str = "/healthz",
     secrets_host_path: str = DISPATCHER_SECRETS_HOST_PATH,
+    identities_host_path: str = DISPATCHER_IDENTITIES_HOST_PATH,
 ) -> AppDef:
     """The Marathon AppDefinition of a protocol's dispatcher, ``/boid/<protocol>/dispatcher``.
 
@@ -461,7 +466,10 @@ def dispatcher_app(
     ``secrets_host_path`` of the dispatcher machines (agents with ``boid_role:dispatcher``, which
     the app is constrained to), mounted read-only at ``/etc/boid/secrets``; the app only names the
     files (``BOID_CHAIN_KEYS_FILE``, ``BOID_MESOS_SECRET_FILE``), never their contents, so no key
-    is in the app definition, the environment or the arguments (see manifests/deploy/README.md)."""
+    is in the app definition, the environment or the arguments (see manifests/deploy/README.md).
+    Its ZooKeeper identity (dispatcher.<protocol>, issue 14) is ``identities_host_path/<protocol>``
+    mounted read-only at ``/etc/boid/identity``: that protocol's password file only, named by
+    ``BOID_DISPATCHER_PASSWORD_FILE``."""
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", protocol_name or "") or len(protocol_name) > 63:
         raise ValueError(f"protocol name {protocol_name!r} is not a DNS-1123 label")
     if not image:
@@ -481,13 +489,16 @@ def dispatcher_app(
         "disk": 0,
         "container": {"type": "DOCKER", "docker": {"image": image, "forcePullImage": False},
                       "volumes": [{"containerPath": DISPATCHER_SECRETS_DIR, "hostPath": secrets_host_path,
-                                   "mode": "RO"}]},
+                                   "mode": "RO"},
+                                  {"containerPath": DISPATCHER_IDENTITY_DIR, "mode": "RO",
+                                   "hostPath": f"{identities_host_path.rstrip('/')}/{protocol_name}"}]},
         "constraints": [["boid_role", "CLUSTER", "dispatcher"]],
         "networks": [{"mode": "host"}],
         "portDefinitions": [{"port": 0, "protocol": "tcp", "name": "health"}],
         "env": {**(env or {}), "BOID_PROTOCOL": protocol_name,
                 "BOID_CHAIN_KEYS_FILE": f"{DISPATCHER_SECRETS_DIR}/chain-keys.json",
-                "BOID_MESOS_SECRET_FILE": f"{DISPATCHER_SECRETS_DIR}/mesos-secret"},
+                "BOID_MESOS_SECRET_FILE": f"{DISPATCHER_SECRETS_DIR}/mesos-secret",
+                "BOID_DISPATCHER_PASSWORD_FILE": f"{DISPATCHER_IDENTITY_DIR}/password"},
         "labels": {
             **(labels or {}),
             "boid.protocol": protocol_name,

@@ -52,6 +52,7 @@ from kazoo.exceptions import (
     NodeExistsError,
     OperationTimeoutError,
     RolledBackError,
+    SessionClosedRequireSaslError,
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
@@ -60,7 +61,8 @@ from kazoo.protocol.states import ZnodeStat
 from kazoo.security import Permissions
 from pydantic import TypeAdapter, ValidationError
 
-from boidcluster.adapters.auth import POLICY, TLS, USERS, Credentials, Policy, acl_ids, marker_name, user_of
+from boidcluster.adapters.auth import (POLICY, TLS, USERS, Credentials, Policy, acl_ids, marker_name,
+                                       sasl_login_refused, status_writer, user_of)
 from boidcluster.model.kinds import KINDS
 from boidcluster.model.meta import Resource, Status, utcnow
 
@@ -456,6 +458,7 @@ class Store:
                 timeout=session_timeout,
                 connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 1.0},
                 auth_data=credentials.auth_data() if credentials else None,
+                sasl_options=credentials.sasl_options() if credentials else None,
                 **(tls.kazoo_kwargs() if tls else {}),
             )
         except ValueError as e:
@@ -472,10 +475,19 @@ class Store:
             self._client.close()
             raise Unauthorized(f"authentication as user {self.whoami!r} failed at {hosts}") from None
         self._connected.set()
+        if credentials is not None and credentials.sasl and sasl_login_refused(self._client, timeout):
+            self._client.stop()
+            self._client.close()
+            raise Unauthorized(f"authentication as user {self.whoami!r} failed at {hosts}: "
+                               "SASL login refused (unknown user or wrong password)")
         try:
             self._login()
             self._ensure(OBJECTS)
             self._ensure(RUNS)
+        except SessionClosedRequireSaslError:
+            self.close()
+            raise Unauthorized(f"ZooKeeper at {hosts} requires a SASL login: set `sasl: true` for the user "
+                               "of the current context in $BOID_HOME/config") from None
         except BaseException:
             self.close()
             raise
@@ -500,7 +512,7 @@ class Store:
             self.policy = None
         if self.policy is None:
             return
-        self._client.default_acl = self.policy.system_acl()
+        self._client.default_acl = self.policy.default_acl(self.credentials.digest_id if self.credentials else None)
         if self.credentials is None:
             return
         try:
@@ -579,7 +591,13 @@ class Store:
         def admin(i: str) -> bool:  # ZooKeeper shows a digest as "user:x" to a reader without ADMIN
             return i in self.policy.admins or (i.endswith(":x") and user_of(i) in self.policy.admin_users)
 
-        if any(not admin(i) for i in acl_ids(sacls, Permissions.WRITE)) or \
+        granted = status_writer(self._dir(kind), data)  # a Job's dispatcher, granted by the operator
+
+        def writer(i: str) -> bool:
+            return admin(i) or (granted is not None and user_of(i) == granted
+                                and (i.endswith(":x") or i == self._granted_id(granted)))
+
+        if any(not writer(i) for i in acl_ids(sacls, Permissions.WRITE)) or \
                 any(a.id.scheme != "digest" and a.perms & ~Permissions.READ for a in sacls):
             return None
         if stat.czxid < self._policy_czxid:  # from before the cluster was secured: the admins'
@@ -592,6 +610,13 @@ class Store:
             if mstat is not None and mstat.czxid == stat.czxid:
                 return user_of(cid)
         return None
+
+    def _granted_id(self, user: str) -> str | None:
+        """The registered digest id of a granted status writer (an admin reads it exactly)."""
+        try:
+            return self._owner_id(user)
+        except (NotFound, Forbidden):
+            return None
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -1146,8 +1171,7 @@ class Store:
         else:
             raw = data or b""
         try:
-            self._call(f"create {path}", "create_async", self._run_path(path), raw, makepath=True,
-                       acl=self.policy.runs_acl() if self.policy else None)
+            self._call(f"create {path}", "create_async", self._run_path(path), raw, makepath=True)  # default ACL
             return True
         except NodeExistsError:
             return False
@@ -1211,6 +1235,7 @@ class Store:
                 if isinstance(err[1], NoNodeError) and attempt == 0:  # a parent was removed: again
                     self._ensured.difference_update({c[0].rsplit("/", 1)[0] for c in chunk})
                     continue
+                self._forbidden(err, "create run records")   # e.g. another protocol's job's
                 if not isinstance(err[1], NodeExistsError):
                     raise StoreUnavailable(f"create run records: {type(err[1]).__name__}")
                 if not exist_ok:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import yaml
 
-from boidcluster.adapters.auth import Credentials, register_user
+from boidcluster.adapters.auth import DISPATCHER_PREFIX, Credentials, register_user
 
 from .context import Ctx, Failure, boid_home, friendly
 from .kubeconfig import write_private
@@ -105,12 +105,17 @@ def set_cluster(ctx: Ctx, name: str, server: str | None, tls_ca: str | None, tls
 @click.option("--password-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the password (mode 0600); referenced, not copied.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin; stored in the config (0600).")
+@click.option("--sasl/--no-sasl", default=None,
+              help="Also log in with SASL DIGEST-MD5 (for a ZooKeeper that requires SASL sessions).")
 @click.pass_obj
 @friendly
-def set_credentials(ctx: Ctx, name: str, username: str | None, password_file: str | None, password_stdin: bool) -> None:
+def set_credentials(ctx: Ctx, name: str, username: str | None, password_file: str | None, password_stdin: bool,
+                    sasl: bool | None) -> None:
     """Set a user's credentials. Never a password flag: it would show in the process list."""
     if bool(password_file) == password_stdin:
         raise Failure("give exactly one of --password-file FILE or --password-stdin")
+    if sasl is not None:
+        ctx.config.set_user(name, sasl=sasl)
     if password_file:
         ctx.config.set_user(name, username=username, **{"password-file": str(Path(password_file).resolve())})
         ctx.config.credentials(name)  # checks the file's mode now, not at first use
@@ -168,6 +173,9 @@ def create_user(ctx: Ctx, name: str, password_file: str | None) -> None:
         raise Failure("this cluster is open (no policy): nothing to register users in")
     if not store.is_admin:
         raise Failure(f"forbidden: user {store.whoami!r} is not an admin of this cluster")
+    if name.startswith(DISPATCHER_PREFIX):
+        raise Failure(f"user names starting with {DISPATCHER_PREFIX!r} are reserved for protocols' dispatchers "
+                      "(the operator creates them)")
     if password_file:
         ctx.config.set_user(name, **{"password-file": str(Path(password_file).resolve())})
         creds, path = ctx.config.credentials(name), Path(password_file).resolve()
@@ -182,10 +190,41 @@ def create_user(ctx: Ctx, name: str, password_file: str | None) -> None:
     click.echo(f"user/{name} created (password in {path})")
 
 
+@auth_group.command("secure-cluster")
+@click.option("--operator-password-file", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The operator's own password (mode 0600); it runs with `operator run --password-file`.")
+@click.option("--operator-user", default="operator", show_default=True)
+@click.pass_obj
+@friendly
+def secure_cluster_cmd(ctx: Ctx, operator_password_file: str, operator_user: str) -> None:
+    """Make this context's cluster check identities (idempotent): its policy names the admins, you
+    (the current context's user) and the operator's own identity, separate from yours."""
+    from boidcluster.adapters.auth import Policy, secure_cluster, user_of
+    from boidcluster.adapters.store import kind_dir
+    from boidcluster.model.kinds import KINDS
+
+    from .kubeconfig import read_password_file
+
+    me = ctx.credentials
+    if me is None:
+        raise Failure("the current context has no user: `boidctl config set-credentials` and `set-context` first")
+    op = read_password_file(Path(operator_password_file), operator_user)
+    if op.user == me.user:
+        raise Failure(f"the operator needs an identity of its own, not {me.user!r}: pick another --operator-user")
+    store = ctx.store
+    if store.policy is not None and not store.is_admin:
+        raise Failure(f"forbidden: user {store.whoami!r} is not an admin of this cluster")
+    kept = [a for a in (store.policy.admins if store.policy else ()) if user_of(a) not in (me.user, op.user)]
+    policy = Policy(admins=(me.digest_id, *kept, op.digest_id))
+    secure_cluster(store.client, policy, [kind_dir(k) for k in KINDS.values()])
+    click.echo(f"cluster secured: admins {', '.join(user_of(a) for a in policy.admins)}")
+
+
 # -- the embedded cluster -------------------------------------------------------------------------
 def secure_embedded(home: Path, hosts: str, users: tuple[str, ...]) -> Credentials:
-    """Secure the embedded cluster: an admin identity (the operator's, and the default context)
-    and one identity per demo user, each password in home/credentials/<name> (0600), all in
+    """Secure the embedded cluster: two admin identities, the operator's own (operator@local, used
+    by the operator process only) and the human admin's (admin@local, the default context), and
+    one identity per demo user, each password in home/credentials/<name> (0600), all in
     home/config as contexts <name>@local. Re-running keeps existing passwords (ZooKeeper's ACLs
     were made with them)."""
     from boidcluster.adapters.auth import secure_hosts
@@ -203,17 +242,22 @@ def secure_embedded(home: Path, hosts: str, users: tuple[str, ...]) -> Credentia
         return c, path
 
     admin, admin_path = creds_for("admin")
+    operator, operator_path = creds_for(OPERATOR_USER)   # the operator's own identity, not the human's
     people = {u: creds_for(u) for u in users}
-    secure_hosts(hosts, admin, [kind_dir(k) for k in KINDS.values()], [c.digest_id for c, _ in people.values()])
+    secure_hosts(hosts, admin, [kind_dir(k) for k in KINDS.values()], [c.digest_id for c, _ in people.values()],
+                 admins=(operator.digest_id,))
     config = Config.load(home / "config")
     config.set_cluster("local", server=hosts)
-    for name, (_, path) in {"admin": (admin, admin_path), **people}.items():
+    for name, (_, path) in {"admin": (admin, admin_path), OPERATOR_USER: (operator, operator_path), **people}.items():
         config.set_user(name, **{"password-file": str(path)})
         config.set_context(f"{name}@local", cluster="local", user=name)
     if not config.current:
         config.use("admin@local")
     config.save()
     return admin
+
+
+OPERATOR_USER = "operator"   # the embedded operator's identity (context operator@local), an admin
 
 
 def embedded_admin(home: Path) -> Credentials:
@@ -273,6 +317,14 @@ def can_i(ctx: Ctx, verb: str, resource: str, name: str | None, protocol: str | 
         why = None
     elif subresource == "status":
         why = "status is written by the operator only"
+        if kind is Job and name and store.whoami.startswith(DISPATCHER_PREFIX):
+            from boidcluster.adapters.auth import dispatcher_user, read_grant
+
+            j = store.get(Job, name)
+            if store.whoami == dispatcher_user(j.spec.protocol) and read_grant(store.client, j.metadata.uid or ""):
+                why = None   # granted to this protocol's dispatcher by the operator
+            else:
+                why = f"job {name!r} is not granted to {store.whoami!r}"
     elif verb == "create":
         if kind is Job:
             if not protocol:

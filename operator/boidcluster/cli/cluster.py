@@ -22,11 +22,13 @@ from pathlib import Path
 
 import click
 
+from boidcluster.adapters.auth import dispatcher_user
 from boidcluster.adapters.store import Store
 from boidcluster.engine.operator import Operator
 from boidcluster.model.resources import Job
 
 from .context import Ctx, Failure, boid_home, cluster_file, friendly, read_cluster
+from .kubeconfig import read_password_file
 from .supervisor import DEMO_SLOTS, serve, supervisor_alive
 from .wiring import OperatorOptions, build_world, close_world, runtime_report, storage_root
 from .dashboard import start_dashboard
@@ -90,6 +92,10 @@ def operator_group() -> None:
               help="Mesos backend, development only: credit the agents' boid_account attribute (any agent can "
                    "claim any account) instead of authenticated contributors.")
 @click.option("--dispatcher-account", metavar="ACCOUNT", help="EOS account credited for dispatching jobs.")
+@click.option("--dispatcher-identities", type=click.Path(file_okay=False), envvar="BOID_DISPATCHER_IDENTITIES",
+              help="With --backend none on a secured cluster: the directory where the operator keeps each "
+                   "protocol's dispatcher password (DIR/<protocol>/password, 0600), which that protocol's "
+                   "dispatcher app mounts read-only.")
 @click.option("--workers", default=4, show_default=True, help="Objects reconciled concurrently.")
 @click.option("--health-port", type=int, default=None, help="Serve /healthz, /readyz, /metrics on PORT.")
 @click.option("--health-address", default="127.0.0.1", show_default=True,
@@ -98,16 +104,28 @@ def operator_group() -> None:
               help="Also serve the read-only web dashboard on PORT (at --health-address).")
 @click.option("--slot-report", type=click.Path(dir_okay=False), hidden=True,
               help="Write each local slot's self-test result to this file (JSON; the embedded cluster's supervisor).")
+@click.option("--password-file", envvar="BOID_OPERATOR_PASSWORD_FILE", type=click.Path(dir_okay=False),
+              help="Log in as the operator's own identity (--user) with this password file (0600, e.g. a "
+                   "mounted secret) instead of the current context's user.")
+@click.option("--user", "identity_user", default="operator", show_default=True,
+              help="With --password-file: the operator's user name (`auth secure-cluster` registers it as an admin).")
 @click.pass_obj
 @friendly
 def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, slot_count, runtime, mesos_master,
-                 mesos_roles, mesos_contributors, mesos_insecure, dispatcher_account, workers, health_port,
-                 health_address, dashboard_port, slot_report) -> None:
+                 mesos_roles, mesos_contributors, mesos_insecure, dispatcher_account, dispatcher_identities,
+                 workers, health_port, health_address, dashboard_port, slot_report, password_file,
+                 identity_user) -> None:
     """Reconcile until stopped (SIGTERM or Ctrl-C). Several replicas elect one leader."""
+    if password_file and not Path(password_file).exists() and ctx.store.policy is None:
+        password_file = None   # an open cluster: no identities
+    if password_file:
+        ctx.close()
+        ctx._store = identity_store(ctx, identity_user, password_file)   # everything below uses it
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file,
                            marathon=marathon, backend=backend, slots=list(slots), slot_count=slot_count,
                            runtime=runtime, mesos_master=mesos_master, mesos_roles=list(mesos_roles) or ["*"],
-                           dispatcher_account=dispatcher_account, workers=workers)
+                           dispatcher_account=dispatcher_account, workers=workers,
+                           dispatcher_identities=dispatcher_identities)
     if mesos_contributors:
         opts.mesos_contributors = list(mesos_contributors)
     if mesos_insecure:
@@ -121,7 +139,7 @@ def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slo
     dash = None if dashboard_port is None else start_dashboard(
         ctx.zk, port=dashboard_port, address=health_address, store=ctx.store, chain_url=chain_url,
         metrics_registry=op.metrics.registry)
-    click.echo(f"operator {op.identity} running against {ctx.zk}"
+    click.echo(f"operator {op.identity} running against {ctx.zk} as {ctx.store.whoami}"
                + (f"; metrics on http://127.0.0.1:{op.health.port}/metrics" if op.health else "")
                + (f"; dashboard on {dash.url}" if dash else ""), err=True)
     try:
@@ -136,7 +154,8 @@ def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slo
 def start_operator(opts: OperatorOptions, store: Store, health_port: int | None,
                    health_address: str = "127.0.0.1", *, registry=None,
                    leader_path: str | None = None) -> tuple[Operator, object]:
-    if store.policy is not None and not store.is_admin:  # it writes every status: admins only
+    dispatcher = opts.protocol is not None and store.whoami == dispatcher_user(opts.protocol)
+    if store.policy is not None and not store.is_admin and not dispatcher:  # it writes every status
         raise Failure(f"user {store.whoami!r} is not an admin of this cluster: run the operator with an "
                       "admin context (`--context`; `boidctl up` makes admin@local)")
     try:
@@ -146,7 +165,9 @@ def start_operator(opts: OperatorOptions, store: Store, health_port: int | None,
     if registry is None:
         registry = load_reconcilers()
         if opts.backend == "none":  # jobs are dispatched elsewhere (per-protocol dispatcher apps)
-            registry = registry.without([Job])
+            from boidcluster.reconcilers.admission import with_job_grants
+
+            registry = with_job_grants(registry.without([Job]))  # each granted to its dispatcher
     op = Operator(store, world, registry, workers=opts.workers, health_port=health_port,
                   health_host=health_address, leader_path=leader_path).start()
     return op, world
@@ -169,10 +190,13 @@ def dispatcher_group() -> None:
 @RUNTIME_OPTION
 @click.option("--health-port", type=int, envvar="PORT0", default=None, help="Health port (Marathon's $PORT0).")
 @click.option("--health-address", default="127.0.0.1", show_default=True)
+@click.option("--password-file", envvar="BOID_DISPATCHER_PASSWORD_FILE", type=click.Path(dir_okay=False),
+              help="The password (mode 0600) of this protocol's dispatcher identity, dispatcher.<protocol>, "
+                   "made by the operator (--dispatcher-identities); else the current context's user.")
 @click.pass_obj
 @friendly
 def dispatcher_run(ctx: Ctx, protocol, mesos_master, storage, chain_url, keys_file, dispatcher_account, backend,
-                   slots, runtime, health_port, health_address) -> None:
+                   slots, runtime, health_port, health_address, password_file) -> None:
     """Dispatch one protocol's jobs (a Mesos framework in the protocol's role) until stopped.
 
     Replicas of one protocol's dispatcher elect a leader among themselves; different protocols'
@@ -182,14 +206,28 @@ def dispatcher_run(ctx: Ctx, protocol, mesos_master, storage, chain_url, keys_fi
                            mesos_state=f"/boid/v1/dispatchers/{protocol}/mesos",  # its own framework
                            dispatcher_account=dispatcher_account, protocol=protocol)
     registry = load_reconcilers().subset([Job], select=lambda job: job.spec.protocol == protocol)
-    op, world = start_operator(opts, ctx.store, health_port, health_address, registry=registry,
+    if password_file and not Path(password_file).exists() and ctx.store.policy is None:
+        password_file = None   # an open cluster: no identities (the app mounts an empty directory)
+    store = identity_store(ctx, dispatcher_user(protocol), password_file) if password_file else ctx.store
+    op, world = start_operator(opts, store, health_port, health_address, registry=registry,
                                leader_path=f"/boid/v1/dispatchers/{protocol}/leader")
-    click.echo(f"dispatcher for protocol {protocol} running ({backend} backend)", err=True)
+    click.echo(f"dispatcher for protocol {protocol} running ({backend} backend) as {store.whoami}", err=True)
     try:
         _wait_for_signal()
     finally:
         op.stop()
         close_world(world)
+        if store is not ctx.store:
+            store.close()
+
+
+def identity_store(ctx: Ctx, user: str, password_file: str) -> Store:
+    """The store logged in as a process's own identity (the operator's, a dispatcher's) from a
+    mounted secret file, never an argument or environment value: only the file's path is."""
+    creds = read_password_file(Path(password_file), user)
+    c = ctx.context   # its TLS settings only if the context is this very cluster
+    tls = c.tls if c is not None and (c.server is None or c.server == ctx.zk) else None
+    return Store(ctx.zk, timeout=ctx.timeout, credentials=creds, tls=tls)
 
 
 # -- chain ------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
       cluster: {server: 127.0.0.1:2181, tls: {ca: /path/ca.pem, cert: ..., key: ...}}
     users:
     - name: alice
-      user: {username: alice, password-file: /home/alice/.boid/credentials/alice}
+      user: {username: alice, password-file: /home/alice/.boid/credentials/alice}   # sasl: true
+                                      # also logs in with SASL DIGEST-MD5 (servers requiring it)
     contexts:
     - name: alice@local
       context: {cluster: local, user: alice}
@@ -54,6 +55,17 @@ def write_private(path: Path, text: str) -> None:
         f.write(text)
     os.chmod(tmp, 0o600)
     tmp.replace(path)
+
+
+def read_password_file(path: Path, user: str) -> Credentials:
+    """`user`'s credentials from a password file, which must be private (mode 0600)."""
+    try:
+        _private(path, "password file")
+        return Credentials(user, path.read_text().strip())
+    except FileNotFoundError:
+        raise ConfigError(f"password file {path} does not exist") from None
+    except AuthError as e:
+        raise ConfigError(f"password file {path}: {e}") from None
 
 
 @dataclass
@@ -155,7 +167,10 @@ class Config:
                 password = str(body["password"])
             else:
                 raise ConfigError(f"{self.path}: {where} needs password-file (or password)")
-            return Credentials(str(body.get("username") or user), password)
+            sasl = body.get("sasl", False)
+            if not isinstance(sasl, bool):
+                raise ConfigError(f"{self.path}: {where}.sasl must be true or false")
+            return Credentials(str(body.get("username") or user), password, sasl=sasl)
         except AuthError as e:
             raise ConfigError(f"{self.path}: {where}: {e}") from None
 

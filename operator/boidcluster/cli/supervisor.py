@@ -182,7 +182,8 @@ class OperatorChild:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "boidcluster.cli.main", "--zk", self.zk, "--context", "admin@local",
+        return [sys.executable, "-m", "boidcluster.cli.main", "--zk", self.zk,
+                "--context", "operator@local",   # its own identity, not the human's admin@local
                 "operator", "run",
                 "--storage", self.storage, "--chain-url", self.chain.url,
                 "--keys", str(self.state / "operator-keys.json"), "--backend", "local",
@@ -329,7 +330,7 @@ class Supervisor:
         zk = ZooKeeperChild(self.state)
         self._first_start(zk, "starting ZooKeeper")
         self.info["zk"] = zk.address
-        secure_embedded(self.state, zk.address, tuple(self.slots))  # admin@local = the operator
+        secure_embedded(self.state, zk.address, tuple(self.slots))  # operator@local, admin@local, users
         chain = ChainChild(self.state)
         self._first_start(chain, "starting the chain node and bootstrapping it (contracts, token, demo accounts)")
         self.info["chain"] = chain.url

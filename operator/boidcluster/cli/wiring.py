@@ -52,6 +52,7 @@ class OperatorOptions:
     mesos_insecure_attributes: bool = field(
         default_factory=lambda: os.environ.get("BOID_MESOS_INSECURE_ATTRIBUTES") == "true")
     protocol: str | None = None         # a protocol's dispatcher: its framework is torn down with the protocol
+    dispatcher_identities: str | None = None  # operator: where it keeps each protocol's dispatcher password
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -167,6 +168,8 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
         closers.append(world.marathon)
     world.settings.extra["closers"] = closers
     world.settings.extra["protocol"] = opts.protocol
+    if opts.dispatcher_identities:
+        world.settings.extra["dispatcher_identities"] = opts.dispatcher_identities
     return world
 
 

@@ -34,6 +34,7 @@ from boidcluster.model.resources import Job, Protocol
 from boidcluster.model.types import Asset
 
 from . import registry
+from .admission import dispatcher_identity
 from .payouts import settle
 
 
@@ -240,6 +241,8 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
         timings["chain"] = time.perf_counter() - t2
 
     if world.marathon is not None:
+        if world.store.policy is not None and world.settings.extra.get("dispatcher_identities"):
+            dispatcher_identity(world, p.name)  # its password file exists before its app mounts it
         app = dispatcher_app(p.name, world.settings.dispatcher_image,
                              env={**world.settings.dispatcher_env,
                                   "BOID_RESEARCHER": spec.researcher, "BOID_OWNER": spec.owner},

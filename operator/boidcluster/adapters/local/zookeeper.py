@@ -22,6 +22,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from . import lock
 
@@ -113,6 +114,7 @@ class LocalZooKeeper:
         die_with_parent: bool = False,
         startup_timeout: float = 30.0,
         tls: tuple[Path, Path] | None = None,
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         self._own_dir = state_dir is None
         self.state_dir = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="boid-zk-"))
@@ -129,6 +131,9 @@ class LocalZooKeeper:
         self.secure_port = free_port() if tls else None
         if tls:
             self.classpath = (*classpath, *NETTY_CLASSPATH)
+        # {user: password}: every session must log in with SASL DIGEST-MD5 as one of them
+        # (JAAS DigestLoginModule; the passwords go to a 0600 file, never the command line)
+        self.sasl_users = dict(sasl_users) if sasl_users else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = None
 
@@ -206,8 +211,34 @@ class LocalZooKeeper:
                 "ssl.trustStore.type=PEM",
                 "ssl.clientAuth=want",
             ]
+        if self.sasl_users:
+            lines += [
+                "authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider",
+                "enforce.auth.enabled=true",      # no operation before a SASL login (3.7+)
+                "enforce.auth.schemes=sasl",
+            ]
+            self._write_jaas()
         cfg.write_text("\n".join(lines) + "\n")
         return cfg
+
+    @property
+    def jaas_path(self) -> Path:
+        return self.state_dir / "jaas.conf"
+
+    def _write_jaas(self) -> None:
+        """The server's JAAS login config (DigestLoginModule, user_<name>="<password>"), mode 0600."""
+        assert self.sasl_users
+        for user, password in self.sasl_users.items():
+            if not user.replace("-", "").replace("_", "").replace(".", "").isalnum() or '"' in password \
+                    or "\\" in password or "\n" in password:
+                raise LocalZooKeeperError(f"SASL user {user!r}: names are letters, digits, '-', '_', '.'; "
+                                          "passwords hold no quotes, backslashes or newlines")
+        body = "".join(f'    user_{u}="{pw}"\n' for u, pw in self.sasl_users.items())
+        text = f"Server {{\n    org.apache.zookeeper.server.auth.DigestLoginModule required\n{body}    ;\n}};\n"
+        fd = os.open(self.jaas_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(self.jaas_path, 0o600)
 
     def start(self) -> "LocalZooKeeper":
         """Start the server (no-op if running) and wait until it answers `imok` and serves."""
@@ -236,6 +267,7 @@ class LocalZooKeeper:
             f"-Xmx{self.heap}",
             "-XX:+UseSerialGC",
             "-Dzookeeper.admin.enableServer=false",
+            *([f"-Djava.security.auth.login.config={self.jaas_path}"] if self.sasl_users else []),  # a path
             "-cp",
             ":".join(str(p) for p in self.classpath),
             MAIN_CLASS,
