@@ -150,11 +150,14 @@ def backend_alone(runtime: str, n: int, slots: int, root: Path, overcommit: int 
 class Site:
     """One operator (engine + Job reconciler + dispatcher) over one backend and a ZooKeeper."""
 
-    def __init__(self, runtime: str, slots: int, root: Path, hosts: str, overcommit: int) -> None:
+    def __init__(self, runtime: str, slots: int, root: Path, hosts: str, overcommit: int,
+                 max_overcommit: int | None = None) -> None:
         self.store = Store(hosts, timeout=30)
         self.backend = make_backend(runtime, root, slots)
+        self.dispatcher = Dispatcher(self.backend, overcommit=overcommit,
+                                     max_overcommit=max_overcommit if max_overcommit is not None else overcommit)
         world = World(store=self.store, storage=Storage(f"file://{root}"), backend=self.backend,
-                      dispatcher=Dispatcher(self.backend, overcommit=overcommit))
+                      dispatcher=self.dispatcher)
         try:
             self.store.create(Protocol.model_validate({"metadata": {"name": "bench"}, "spec": {
                 "title": "bench", "owner": "boidteam", "researcher": "researcher1", "datadir": "protocols/bench",
@@ -288,7 +291,10 @@ def main() -> None:
                     help="what runs a unit: host processes, or sandboxed podman containers of the demo image")
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--overcommit", type=int, default=Dispatcher(None).overcommit,  # type: ignore[arg-type]
-                    help="tasks in flight per slot (the dispatcher's default)")
+                    help="tasks in flight per slot, at least (the dispatcher's default)")
+    ap.add_argument("--max-overcommit", type=int, default=Dispatcher(None).max_overcommit,  # type: ignore[arg-type]
+                    help="tasks in flight per slot while tasks are short (the dispatcher's default); "
+                         "the backend-alone driver keeps this many in flight")
     ap.add_argument("--no-alone", action="store_true", help="skip the backend-alone measurement")
     ap.add_argument("--chain-units", type=int, default=0, help="completions recorded on chain (0: skip)")
     args = ap.parse_args()
@@ -301,7 +307,8 @@ def main() -> None:
         root = Path(tmp)
         print(f"runtime={args.runtime} image={image[:19]} slots={args.slots} replicas={args.replicas} cpus={os.cpu_count()} "
               f"load={os.getloadavg()[0]:.1f} (the machine is shared: compare ratios, not rates)")
-        site = Site(args.runtime, args.slots, root, zk.hosts, args.overcommit)
+        site = Site(args.runtime, args.slots, root, zk.hosts, args.overcommit, args.max_overcommit)
+        table: list[str] = []
         try:
             base_z, base_rss = znodes(zk), rss_mb()
             print(f"baseline: znodes {base_z}, rss {base_rss:.0f} MB")
@@ -315,9 +322,12 @@ def main() -> None:
                     t_before, t_one = bare_podman(tasks, args.slots, image)
                 else:
                     t_bare = bare(tasks, args.slots)
-                t_alone = (None if args.no_alone else
-                           backend_alone(args.runtime, tasks, args.slots, root, args.overcommit,
+                cpu_a0 = resource.getrusage(resource.RUSAGE_SELF)
+                t_alone = (None if args.no_alone else   # as deep a queue as the dispatcher may keep
+                           backend_alone(args.runtime, tasks, args.slots, root, max(args.overcommit, args.max_overcommit),
                                          image if args.runtime == "container" else None))
+                cpu_a1 = resource.getrusage(resource.RUSAGE_SELF)
+                cpu_alone = cpu_a1.ru_utime + cpu_a1.ru_stime - cpu_a0.ru_utime - cpu_a0.ru_stime
                 cpu0 = resource.getrusage(resource.RUSAGE_SELF)
                 t_job, t_first = site.run(names, units, args.replicas, image)
                 cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -344,14 +354,23 @@ def main() -> None:
                 if t_alone is not None:
                     print(f"ratio dispatched/alone : {t_alone / t_job:9.3f}")
                 print(f"ratio units/s vs first : {rate / first_rate:9.3f}")
-                print(f"operator cpu           : {cpu:9.2f}s ({cpu / t_job:.2f} of a core); slots busy "
-                      f"{site.backend.busy(args.slots):.0%} (a task between RUNNING and its end)")
+                print(f"operator cpu           : {cpu:9.2f}s ({cpu / t_job:.2f} of a core, {cpu * 1e3 / tasks:.2f} ms "
+                      f"per task" + ("" if t_alone is None else f"; the backend alone {cpu_alone * 1e3 / tasks:.2f} ms")
+                      + f"); slots busy {site.backend.busy(args.slots):.0%} (a task between RUNNING and its end); "
+                      f"queue depth {site.dispatcher.depth()} per slot")
                 if t_first is not None:
                     one = "" if t_one is None else f" (one bare podman run --rm of the image, start to exit: {t_one:.3f}s)"
                     print(f"apply -> first unit running: {t_first:.3f}s{one}")
-                print(f"rss {rss_end:.0f} MB; znodes {base_z} before, {z_end} at the end, {z_compact} "
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                print(f"rss {rss_end:.0f} MB (process peak so far {peak:.0f} MB); znodes {base_z} before, {z_end} at the end, {z_compact} "
                       f"{t_c:.1f}s later (compacted: 4 per job), {z_after} "
                       f"{t_del:.1f}s after deleting ({'back to baseline' if z_after <= base_z else 'NOT back'})")
+                table.append(f"{label:>9} {tasks / t_job:9.1f} {t_bare / t_job:7.3f} "
+                             f"{'-' if t_alone is None else f'{t_alone / t_job:.3f}':>7} {rate / first_rate:9.3f} "
+                             f"{rss_end:7.0f} {z_end:9d} {z_after:7d}")
+            print("\n     size   tasks/s vs bare vs alone vs first  rss MB  znodes@end  after")
+            for row in table:
+                print(row)
         finally:
             site.close()
         if args.chain_units:

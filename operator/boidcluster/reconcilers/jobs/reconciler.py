@@ -663,6 +663,14 @@ class _Pass:
     def report(self, space: UnitSpace) -> Result:
         assert self.d is not None
         r, final = self.recs, self.recs.final
+        if final is None:   # only counters moved and status was written just now: build nothing
+            key = self._key("Running" if r.start else "Pending", self._conditions(None, "", bool(r.start)))
+            now = time.monotonic()
+            if key == r.status_key and now - r.status_at < STATUS_EVERY:
+                requeue = self._requeue(None)
+                due = STATUS_EVERY - (now - r.status_at)
+                return Result(write_status=False, notify=self.notify,
+                              requeue_after=due if requeue is None else min(requeue, due))
         running = {a.unit for t, a in r.flying.items()
                    if (u := self.d.update(t)) is not None and u.state == "RUNNING" and not r.is_accepted(a.unit)}
         failed = set(r.failed) if final is None else (set(final.units) if final.reason == "UnitFailed" else set())
@@ -679,16 +687,24 @@ class _Pass:
                               disagreements,
                               (list(final.units) if final and final.phase == "Failed" else sorted(failed))[:LIST_LIMIT])
         conds = self._conditions(final, status["progress"], bool(r.start))
-        requeue = None
+        result = Result(status=status, conditions=conds, requeue_after=self._requeue(final), notify=self.notify)
+        self._coalesce(result, final)
+        return result
+
+    def _requeue(self, final: Final | None) -> float | None:
         if final is None:
             requeue = self._next_look()
             if self.image_error:   # the image may be imported meanwhile: look again, not in a tight loop
                 requeue = 10.0 if requeue is None else max(requeue, 10.0)
-        elif r.summary is None:
-            requeue = 0.0 if self.ended_now else 2.0   # compaction waits for the ledger / the kills
-        result = Result(status=status, conditions=conds, requeue_after=requeue, notify=self.notify)
-        self._coalesce(result, final)
-        return result
+            return requeue
+        if self.recs.summary is None:
+            return 0.0 if self.ended_now else 2.0   # compaction waits for the ledger / the kills
+        return None
+
+    @staticmethod
+    def _key(phase: Any, conditions: list[Any]) -> tuple[Any, ...]:
+        """What makes a status write due at once: the phase or a condition's type/status/reason."""
+        return phase, tuple((c.type, c.status, c.reason) for c in conditions)
 
     def _next_look(self) -> float | None:
         """Event driven: look again only when something is due (a backoff ends, a unit may time
@@ -710,7 +726,7 @@ class _Pass:
     def _coalesce(self, result: Result, final: Final | None) -> None:
         """Counters move on every event; status is written at most every STATUS_EVERY seconds
         unless the phase or a condition changes (the engine looks again when it is due)."""
-        key = (result.status.get("phase"), tuple((c.type, c.status, c.reason) for c in result.conditions))
+        key = self._key(result.status.get("phase"), result.conditions)
         now = time.monotonic()
         r = self.recs
         if final is None and key == r.status_key and now - r.status_at < STATUS_EVERY:

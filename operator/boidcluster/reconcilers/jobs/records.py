@@ -59,9 +59,24 @@ def _load(cls: type[T], raw: bytes | None) -> T | None:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(x: Any) -> Any:
+    """dataclasses.asdict without its deep copies (a record is written per unit: it adds up)."""
+    names = _FIELDS.get(type(x))
+    if names is None:
+        if not dataclasses.is_dataclass(x):
+            return [_plain(v) for v in x] if isinstance(x, (tuple, list)) else x
+        names = _FIELDS[type(x)] = tuple(f.name for f in dataclasses.fields(x))  # type: ignore[arg-type]
+    return {n: v if (v := getattr(x, n)) is None or type(v) in _SCALARS else _plain(v) for n in names}
+
+
+_SCALARS = frozenset({str, int, float, bool})
+
+
 def _dump(rec: Any) -> bytes:
-    return json.dumps(dataclasses.asdict(rec) if dataclasses.is_dataclass(rec) else rec,
-                      sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(_plain(rec), sort_keys=True, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +247,8 @@ class JobRecords:
         if "accepted" in present:
             for unit, data in store.read_runs(f"{uid}/accepted"):
                 r._accepted(unit, Acceptance.from_raw(data))  # type: ignore[arg-type]
+        if present and store.get_run(f"{uid}/summary") is not None:
+            return cls.load(store, uid)   # compacted while we read (the summary comes before any delete)
         return r
 
     @classmethod
