@@ -58,32 +58,35 @@ RUNTIMES = {"host": "host", "container": "podman"}   # bench flag -> the local b
 
 class _FirstRunning(LocalBackend):
     """Bench instrumentation: when the first task since `first_running` was reset reported RUNNING,
-    and each task's span from RUNNING to its end (how busy the slots were kept)."""
+    and the slot time tasks held from RUNNING to their end (how busy the slots were kept). Only
+    running sums are kept, so the instrumentation adds nothing per task to the RSS printed."""
 
     first_running: float | None = None
-    spans: dict[str, list[float]]
 
     def __init__(self, *args: Any, **kw: Any) -> None:
-        self.spans = {}
+        self.reset_spans()
         super().__init__(*args, **kw)
+
+    def reset_spans(self) -> None:
+        self.first_running, self.last_end, self.held = None, None, 0.0
+        self.started: dict[str, float] = {}
 
     def _emit(self, t, state, **kw):  # type: ignore[override]
         now = time.perf_counter()
         if state == "RUNNING":
             if self.first_running is None:
                 self.first_running = now
-            self.spans.setdefault(t.spec.task_id, [now, now])
-        elif state in ("FINISHED", "FAILED", "KILLED", "LOST") and t.spec.task_id in self.spans:
-            self.spans[t.spec.task_id][1] = now
+            self.started.setdefault(t.spec.task_id, now)
+        elif state in ("FINISHED", "FAILED", "KILLED", "LOST") and t.spec.task_id in self.started:
+            self.held += now - self.started.pop(t.spec.task_id)
+            self.last_end = now
         super()._emit(t, state, **kw)
 
     def busy(self, slots: int) -> float:
         """Fraction of slot time from the first RUNNING to the last end that a task held a slot."""
-        if not self.spans:
+        if self.first_running is None or self.last_end is None:
             return 0.0
-        first = min(a for a, _ in self.spans.values())
-        last = max(b for _, b in self.spans.values())
-        return sum(b - a for a, b in self.spans.values()) / (slots * (last - first) or 1)
+        return self.held / (slots * (self.last_end - self.first_running) or 1)
 
 
 def make_backend(runtime: str, root: Path, slots: int) -> Any:
@@ -172,7 +175,8 @@ class Site:
 
     def run(self, names: list[str], units: int, replicas: int, image: str = "none") -> tuple[float, float | None]:
         """Apply the jobs at once; (seconds until every one Succeeded, seconds to the first RUNNING)."""
-        self.backend.first_running, self.backend.spans = None, {}
+        self.backend.reset_spans()
+        self.mirror_peak = 0
         start = time.perf_counter()
         jobs = [Job.model_validate({"metadata": {"name": name}, "spec": {
             "protocol": "bench", "image": image, "command": COMMAND, "workUnits": {"count": units},
@@ -191,6 +195,7 @@ class Site:
                             assert j.status.phase == "Succeeded", j.status
                             left.discard(j.name)
                     continue
+                self.mirror_peak = max(self.mirror_peak, self.mirror_records())
                 st = ev.obj.status
                 if ev.name in left and st is not None and st.phase in ("Succeeded", "Failed"):
                     assert st.phase == "Succeeded", st
@@ -199,6 +204,12 @@ class Site:
             watch.stop()
         end, first = time.perf_counter(), self.backend.first_running
         return end - start, None if first is None else first - start
+
+    def mirror_records(self) -> int:
+        """Records the dispatcher holds in memory over every job's mirror (settled units leave)."""
+        with self.dispatcher._mu:
+            mirrors = list(self.dispatcher._records.values())
+        return sum(len(r.accepted) + len(r.attempts) + len(r.results) for r in mirrors)
 
     def compacted(self, zk: LocalZooKeeper, want: int, timeout: float) -> tuple[float, int]:
         """Seconds until the finished jobs are compacted (ZooKeeper down to `want` znodes)."""
@@ -358,6 +369,8 @@ def main() -> None:
                       f"per task" + ("" if t_alone is None else f"; the backend alone {cpu_alone * 1e3 / tasks:.2f} ms")
                       + f"); slots busy {site.backend.busy(args.slots):.0%} (a task between RUNNING and its end); "
                       f"queue depth {site.dispatcher.depth()} per slot")
+                print(f"job mirror             : at most {site.mirror_peak} records in memory at a status event "
+                      f"({3 * tasks} written: a settled unit keeps one bit)")
                 if t_first is not None:
                     one = "" if t_one is None else f" (one bare podman run --rm of the image, start to exit: {t_one:.3f}s)"
                     print(f"apply -> first unit running: {t_first:.3f}s{one}")
