@@ -306,6 +306,7 @@ def main() -> None:
     ap.add_argument("--max-overcommit", type=int, default=Dispatcher(None).max_overcommit,  # type: ignore[arg-type]
                     help="tasks in flight per slot while tasks are short (the dispatcher's default); "
                          "the backend-alone driver keeps this many in flight")
+    ap.add_argument("--zk-heap", default="1g", help="the bench's ZooKeeper's Java heap")
     ap.add_argument("--no-alone", action="store_true", help="skip the backend-alone measurement")
     ap.add_argument("--chain-units", type=int, default=0, help="completions recorded on chain (0: skip)")
     args = ap.parse_args()
@@ -314,7 +315,8 @@ def main() -> None:
     if args.runtime == "container":
         from boidcluster.adapters.local.images import ensure_demo_image
         image = ensure_demo_image(progress=print)
-    with LocalZooKeeper(fsync=False, die_with_parent=True) as zk, tempfile.TemporaryDirectory() as tmp:
+    # ~3 znodes per unit until compaction (~0.8 kB of ZooKeeper heap each): 256 MB is not enough for 100,000 units
+    with LocalZooKeeper(fsync=False, die_with_parent=True, heap=args.zk_heap) as zk, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         print(f"runtime={args.runtime} image={image[:19]} slots={args.slots} replicas={args.replicas} cpus={os.cpu_count()} "
               f"load={os.getloadavg()[0]:.1f} (the machine is shared: compare ratios, not rates)")
