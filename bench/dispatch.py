@@ -58,32 +58,35 @@ RUNTIMES = {"host": "host", "container": "podman"}   # bench flag -> the local b
 
 class _FirstRunning(LocalBackend):
     """Bench instrumentation: when the first task since `first_running` was reset reported RUNNING,
-    and each task's span from RUNNING to its end (how busy the slots were kept)."""
+    and the slot time tasks held from RUNNING to their end (how busy the slots were kept). Only
+    running sums are kept, so the instrumentation adds nothing per task to the RSS printed."""
 
     first_running: float | None = None
-    spans: dict[str, list[float]]
 
     def __init__(self, *args: Any, **kw: Any) -> None:
-        self.spans = {}
+        self.reset_spans()
         super().__init__(*args, **kw)
+
+    def reset_spans(self) -> None:
+        self.first_running, self.last_end, self.held = None, None, 0.0
+        self.started: dict[str, float] = {}
 
     def _emit(self, t, state, **kw):  # type: ignore[override]
         now = time.perf_counter()
         if state == "RUNNING":
             if self.first_running is None:
                 self.first_running = now
-            self.spans.setdefault(t.spec.task_id, [now, now])
-        elif state in ("FINISHED", "FAILED", "KILLED", "LOST") and t.spec.task_id in self.spans:
-            self.spans[t.spec.task_id][1] = now
+            self.started.setdefault(t.spec.task_id, now)
+        elif state in ("FINISHED", "FAILED", "KILLED", "LOST") and t.spec.task_id in self.started:
+            self.held += now - self.started.pop(t.spec.task_id)
+            self.last_end = now
         super()._emit(t, state, **kw)
 
     def busy(self, slots: int) -> float:
         """Fraction of slot time from the first RUNNING to the last end that a task held a slot."""
-        if not self.spans:
+        if self.first_running is None or self.last_end is None:
             return 0.0
-        first = min(a for a, _ in self.spans.values())
-        last = max(b for _, b in self.spans.values())
-        return sum(b - a for a, b in self.spans.values()) / (slots * (last - first) or 1)
+        return self.held / (slots * (self.last_end - self.first_running) or 1)
 
 
 def make_backend(runtime: str, root: Path, slots: int) -> Any:
@@ -150,11 +153,14 @@ def backend_alone(runtime: str, n: int, slots: int, root: Path, overcommit: int 
 class Site:
     """One operator (engine + Job reconciler + dispatcher) over one backend and a ZooKeeper."""
 
-    def __init__(self, runtime: str, slots: int, root: Path, hosts: str, overcommit: int) -> None:
+    def __init__(self, runtime: str, slots: int, root: Path, hosts: str, overcommit: int,
+                 max_overcommit: int | None = None) -> None:
         self.store = Store(hosts, timeout=30)
         self.backend = make_backend(runtime, root, slots)
+        self.dispatcher = Dispatcher(self.backend, overcommit=overcommit,
+                                     max_overcommit=max_overcommit if max_overcommit is not None else overcommit)
         world = World(store=self.store, storage=Storage(f"file://{root}"), backend=self.backend,
-                      dispatcher=Dispatcher(self.backend, overcommit=overcommit))
+                      dispatcher=self.dispatcher)
         try:
             self.store.create(Protocol.model_validate({"metadata": {"name": "bench"}, "spec": {
                 "title": "bench", "owner": "boidteam", "researcher": "researcher1", "datadir": "protocols/bench",
@@ -169,7 +175,8 @@ class Site:
 
     def run(self, names: list[str], units: int, replicas: int, image: str = "none") -> tuple[float, float | None]:
         """Apply the jobs at once; (seconds until every one Succeeded, seconds to the first RUNNING)."""
-        self.backend.first_running, self.backend.spans = None, {}
+        self.backend.reset_spans()
+        self.mirror_peak = 0
         start = time.perf_counter()
         jobs = [Job.model_validate({"metadata": {"name": name}, "spec": {
             "protocol": "bench", "image": image, "command": COMMAND, "workUnits": {"count": units},
@@ -188,6 +195,7 @@ class Site:
                             assert j.status.phase == "Succeeded", j.status
                             left.discard(j.name)
                     continue
+                self.mirror_peak = max(self.mirror_peak, self.mirror_records())
                 st = ev.obj.status
                 if ev.name in left and st is not None and st.phase in ("Succeeded", "Failed"):
                     assert st.phase == "Succeeded", st
@@ -196,6 +204,12 @@ class Site:
             watch.stop()
         end, first = time.perf_counter(), self.backend.first_running
         return end - start, None if first is None else first - start
+
+    def mirror_records(self) -> int:
+        """Records the dispatcher holds in memory over every job's mirror (settled units leave)."""
+        with self.dispatcher._mu:
+            mirrors = list(self.dispatcher._records.values())
+        return sum(len(r.accepted) + len(r.attempts) + len(r.results) for r in mirrors)
 
     def compacted(self, zk: LocalZooKeeper, want: int, timeout: float) -> tuple[float, int]:
         """Seconds until the finished jobs are compacted (ZooKeeper down to `want` znodes)."""
@@ -288,7 +302,11 @@ def main() -> None:
                     help="what runs a unit: host processes, or sandboxed podman containers of the demo image")
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--overcommit", type=int, default=Dispatcher(None).overcommit,  # type: ignore[arg-type]
-                    help="tasks in flight per slot (the dispatcher's default)")
+                    help="tasks in flight per slot, at least (the dispatcher's default)")
+    ap.add_argument("--max-overcommit", type=int, default=Dispatcher(None).max_overcommit,  # type: ignore[arg-type]
+                    help="tasks in flight per slot while tasks are short (the dispatcher's default); "
+                         "the backend-alone driver keeps this many in flight")
+    ap.add_argument("--zk-heap", default="1g", help="the bench's ZooKeeper's Java heap")
     ap.add_argument("--no-alone", action="store_true", help="skip the backend-alone measurement")
     ap.add_argument("--chain-units", type=int, default=0, help="completions recorded on chain (0: skip)")
     args = ap.parse_args()
@@ -297,11 +315,13 @@ def main() -> None:
     if args.runtime == "container":
         from boidcluster.adapters.local.images import ensure_demo_image
         image = ensure_demo_image(progress=print)
-    with LocalZooKeeper(fsync=False, die_with_parent=True) as zk, tempfile.TemporaryDirectory() as tmp:
+    # ~3 znodes per unit until compaction (~0.8 kB of ZooKeeper heap each): 256 MB is not enough for 100,000 units
+    with LocalZooKeeper(fsync=False, die_with_parent=True, heap=args.zk_heap) as zk, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         print(f"runtime={args.runtime} image={image[:19]} slots={args.slots} replicas={args.replicas} cpus={os.cpu_count()} "
               f"load={os.getloadavg()[0]:.1f} (the machine is shared: compare ratios, not rates)")
-        site = Site(args.runtime, args.slots, root, zk.hosts, args.overcommit)
+        site = Site(args.runtime, args.slots, root, zk.hosts, args.overcommit, args.max_overcommit)
+        table: list[str] = []
         try:
             base_z, base_rss = znodes(zk), rss_mb()
             print(f"baseline: znodes {base_z}, rss {base_rss:.0f} MB")
@@ -315,9 +335,12 @@ def main() -> None:
                     t_before, t_one = bare_podman(tasks, args.slots, image)
                 else:
                     t_bare = bare(tasks, args.slots)
-                t_alone = (None if args.no_alone else
-                           backend_alone(args.runtime, tasks, args.slots, root, args.overcommit,
+                cpu_a0 = resource.getrusage(resource.RUSAGE_SELF)
+                t_alone = (None if args.no_alone else   # as deep a queue as the dispatcher may keep
+                           backend_alone(args.runtime, tasks, args.slots, root, max(args.overcommit, args.max_overcommit),
                                          image if args.runtime == "container" else None))
+                cpu_a1 = resource.getrusage(resource.RUSAGE_SELF)
+                cpu_alone = cpu_a1.ru_utime + cpu_a1.ru_stime - cpu_a0.ru_utime - cpu_a0.ru_stime
                 cpu0 = resource.getrusage(resource.RUSAGE_SELF)
                 t_job, t_first = site.run(names, units, args.replicas, image)
                 cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -344,14 +367,25 @@ def main() -> None:
                 if t_alone is not None:
                     print(f"ratio dispatched/alone : {t_alone / t_job:9.3f}")
                 print(f"ratio units/s vs first : {rate / first_rate:9.3f}")
-                print(f"operator cpu           : {cpu:9.2f}s ({cpu / t_job:.2f} of a core); slots busy "
-                      f"{site.backend.busy(args.slots):.0%} (a task between RUNNING and its end)")
+                print(f"operator cpu           : {cpu:9.2f}s ({cpu / t_job:.2f} of a core, {cpu * 1e3 / tasks:.2f} ms "
+                      f"per task" + ("" if t_alone is None else f"; the backend alone {cpu_alone * 1e3 / tasks:.2f} ms")
+                      + f"); slots busy {site.backend.busy(args.slots):.0%} (a task between RUNNING and its end); "
+                      f"queue depth {site.dispatcher.depth()} per slot")
+                print(f"job mirror             : at most {site.mirror_peak} records in memory at a status event "
+                      f"({3 * tasks} written: a settled unit keeps one bit)")
                 if t_first is not None:
                     one = "" if t_one is None else f" (one bare podman run --rm of the image, start to exit: {t_one:.3f}s)"
                     print(f"apply -> first unit running: {t_first:.3f}s{one}")
-                print(f"rss {rss_end:.0f} MB; znodes {base_z} before, {z_end} at the end, {z_compact} "
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                print(f"rss {rss_end:.0f} MB (process peak so far {peak:.0f} MB); znodes {base_z} before, {z_end} at the end, {z_compact} "
                       f"{t_c:.1f}s later (compacted: 4 per job), {z_after} "
                       f"{t_del:.1f}s after deleting ({'back to baseline' if z_after <= base_z else 'NOT back'})")
+                table.append(f"{label:>9} {tasks / t_job:9.1f} {t_bare / t_job:7.3f} "
+                             f"{'-' if t_alone is None else f'{t_alone / t_job:.3f}':>7} {rate / first_rate:9.3f} "
+                             f"{rss_end:7.0f} {z_end:9d} {z_after:7d}")
+            print("\n     size   tasks/s vs bare vs alone vs first  rss MB  znodes@end  after")
+            for row in table:
+                print(row)
         finally:
             site.close()
         if args.chain_units:

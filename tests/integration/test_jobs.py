@@ -584,6 +584,36 @@ def test_a_running_job_is_not_polled_and_its_task_ends_wake_it(env, tmp_path):
     eventually(lambda: m.reasons.labels("Protocol", "notify:Job")._value.get() >= 1, timeout=10)
 
 
+def test_settled_units_leave_the_operators_memory_and_the_output_stays_complete(env, tmp_path):
+    """Memory flat with job size: a unit accepted, recorded by the ledger and with nothing in flight
+    keeps one bit in the operator (its records stay in ZooKeeper); the output, the ledger and the
+    compacted record still have every unit, read back from ZooKeeper once."""
+    c = env.start()
+    gate = tmp_path / "gate"
+    env.store.create(job("lean", ["sh", "-c", f'[ "$BOID_UNIT_INDEX" != 11 ] || while [ ! -e {gate} ]; '
+                                   f'do sleep 0.05; done; echo "$BOID_UNIT_INDEX" > "$BOID_OUTPUT_DIR/o"'],
+                         {"count": 12}, output={"reduce": "concat"}))
+    uid = eventually(lambda: env.store.get(Job, "lean").metadata.uid)
+    recs = eventually(lambda: (r := c.world.dispatcher._records.get(uid)) is not None and r.n_retired == 11 and r,
+                      timeout=30)
+    assert recs.validated == 11 and not recs.accepted and not recs.is_accepted("u000011")
+    assert {a.unit for a in recs.attempts.values()} == {"u000011"} and set(recs.unit_tids) == {"u000011"}
+    assert eventually(lambda: env.store.get(Job, "lean").status.units.validated == 11)
+    gate.touch()
+    j = env.wait("lean")
+    assert j.status.units.validated == 12 and j.status.units.succeeded == 12
+    assert (env.root / DATADIR / "jobs/lean/results").read_text().split() == [str(i) for i in range(12)]
+    manifest = json.loads((env.root / DATADIR / "jobs/lean/manifest.json").read_text())
+    assert [u["id"] for u in manifest["units"]] == [f"u{i:06d}" for i in range(12)]
+    assert all(len(u["hash"]) == 64 and u["credited"] for u in manifest["units"])
+    assert sorted(env.ledger.calls.values()) == [1] * 12   # every unit given to the ledger once
+    zk = env.store.client
+    eventually(lambda: zk.get_children(f"{RUNS}/{uid}") == ["summary"], timeout=10)
+    full = env.records("lean")
+    assert sorted(full.accepted) == [f"u{i:06d}" for i in range(12)] and full.recorded == set(full.accepted)
+    assert len(full.attempts) == len(full.results) >= 12
+
+
 def test_a_finished_job_is_compacted_and_a_deleted_one_leaves_nothing(env):
     env.start()
     env.store.create(job("tidy", ["sh", "-c", 'echo "$BOID_UNIT_INDEX" > "$BOID_OUTPUT_DIR/o"'], {"count": 5},

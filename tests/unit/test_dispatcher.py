@@ -91,3 +91,24 @@ def test_task_updates_notify_their_job_and_a_freed_slot_wakes_a_waiting_job():
         assert d.update("t1").state == "FINISHED"
     finally:
         stop()
+
+
+def ended(tid: str, ran: float, at: float = 1000.0) -> TaskUpdate:
+    return TaskUpdate(tid, "FINISHED", exit_code=0, started_at=at, finished_at=at + ran)
+
+
+def test_short_tasks_get_a_deeper_queue_long_ones_keep_overcommit():
+    """A slot's next task must already be queued when its task ends; with short tasks the
+    dispatch loop's latency is many tasks long, so about queue_seconds of work is queued per
+    slot (never more than max_overcommit tasks); with long tasks a later job never waits
+    behind more than `overcommit` tasks per slot."""
+    d = Dispatcher(QueueBackend(4), overcommit=2, max_overcommit=16, queue_seconds=0.25)
+    assert d.depth() == 2 and d.allowance("p", "a", 0, 1000) == 8       # nothing measured yet
+    d._ingest([ended(f"t{i}", 0.025) for i in range(50)])               # `true`: 25 ms each
+    assert d.depth() == 11 and d.allowance("p", "a", 0, 1000) == 44
+    d._ingest([ended(f"t{i}", 0.0001) for i in range(50, 200)])         # even shorter: capped
+    assert d.depth() == 16 and d.allowance("p", "a", 0, 1000) == 64
+    d._ingest([ended(f"t{i}", 60.0) for i in range(200, 300)])          # minutes-long units
+    assert d.depth() == 2 and d.allowance("p", "a", 0, 1000) == 8
+    d._ingest([ended("t0", 0.0001)])                                    # a repeated update is ignored
+    assert d.depth() == 2

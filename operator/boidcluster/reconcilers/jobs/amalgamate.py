@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Sequence
 
 from boidcluster.adapters.local.backend import LOG_FILES
-from boidcluster.adapters.storage import NotFound, Storage
+from boidcluster.adapters.storage import TMP_PREFIX, NotFound, Storage
 
 COMMAND_TIMEOUT = 600
 
@@ -40,6 +40,10 @@ class OutputInvalid(Exception):
 
 def output_files(storage: Storage, directory: str) -> list[str]:
     """Relative paths of a unit's output files, sorted, logs excluded (recursive)."""
+    if storage.url.startswith("file:"):   # every unit's end is hashed: the short way when it is plain
+        found = _plain_local_files(storage.resolve(directory))
+        if found is not None:
+            return found
     out: list[str] = []
 
     def walk(rel: str) -> None:
@@ -55,6 +59,35 @@ def output_files(storage: Storage, directory: str) -> list[str]:
                 out.append(child)
 
     walk("")
+    return sorted(out)
+
+
+def _plain_local_files(root: str) -> list[str] | None:
+    """`output_files` of a local directory (already resolved inside the storage root) by
+    os.scandir, when it holds only regular files and directories; None when anything else is
+    there (a symlink, a fifo...): the general path through Storage then decides, as always."""
+    out: list[str] = []
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        try:
+            entries = os.scandir(os.path.join(root, rel) if rel else root)
+        except FileNotFoundError:
+            if rel:
+                return None
+            return []   # no output directory: no files (as Storage.list's NotFound)
+        with entries:
+            for e in entries:
+                if e.name.startswith(TMP_PREFIX):
+                    continue
+                child = f"{rel}/{e.name}" if rel else e.name
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(child)
+                elif e.is_file(follow_symlinks=False):
+                    if child not in LOG_FILES:
+                        out.append(child)
+                else:
+                    return None
     return sorted(out)
 
 
@@ -99,8 +132,19 @@ def publish(storage: Storage, out: str, reduce: str, command: str | list[str] | 
     elif reduce == "command":
         published += _run_reducer(storage, out, command, units)
     path = posixpath.join(out, "manifest.json")
-    storage.publish_atomic(path, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+    storage.publish_atomic(path, manifest_json(manifest))
     return published + [path]
+
+
+def manifest_json(manifest: dict[str, Any]) -> bytes:
+    """The manifest, indented, one unit per line: the same as json.dumps(indent=2, sort_keys=True)
+    reads, but made by the C encoder (the indenting one is pure Python: seconds for 100,000 units)."""
+    units = manifest.get("units")
+    if not isinstance(units, list) or not units or max(manifest) != "units":
+        return json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+    head = json.dumps({k: v for k, v in manifest.items() if k != "units"}, indent=2, sort_keys=True)
+    body = ",\n".join("    " + json.dumps(u, sort_keys=True) for u in units)
+    return f'{head[:-2]},\n  "units": [\n{body}\n  ]\n}}\n'.encode()
 
 
 def _run_reducer(storage: Storage, out: str, command: str | list[str] | None,

@@ -68,19 +68,25 @@ class Dispatcher:
     `backend`: the execution backend. `retry_backoff`/`max_backoff`: seconds before a failed
     unit is retried (doubling per failure). `poll`: how long the pump waits for an update
     before looking whether it should stop (no job is polled on a timer). `kill_grace`: seconds past unitTimeout before the dispatcher itself
-    kills an attempt the backend did not end. `overcommit`: tasks in flight per backend slot
-    (those above one wait in the backend's queue, so a slot never idles between passes).
+    kills an attempt the backend did not end. `overcommit`: tasks in flight per backend slot, at
+    least (those above one wait in the backend's queue, so a slot never idles between passes);
+    while tasks are short, up to `max_overcommit`, so that the queue holds about `queue_seconds`
+    of work per slot (see `depth`).
     `batch_window`: seconds the event pump gathers updates after the first one, so that a burst
     of task ends costs its job one pass, not one each."""
 
     def __init__(self, backend: Backend, *, retry_backoff: float = 1.0, max_backoff: float = 60.0,
                  poll: float = 0.25, kill_grace: float = 5.0, overcommit: int = 2,
+                 max_overcommit: int = 16, queue_seconds: float = 0.25,
                  batch_window: float = 0.01) -> None:
         self.backend = backend
         self.retry_backoff, self.max_backoff = retry_backoff, max_backoff
         self.poll_interval = poll
         self.kill_grace = kill_grace
         self.overcommit = overcommit
+        self.max_overcommit = max(overcommit, max_overcommit)
+        self.queue_seconds = queue_seconds
+        self.task_seconds: float | None = None   # a task's run time, moving average over recent ends
         self.batch_window = batch_window
         self._mu = threading.RLock()
         self.latest: dict[str, TaskUpdate] = {}
@@ -149,6 +155,9 @@ class Dispatcher:
                     continue
                 self.latest[u.task_id] = u
                 freed += u.terminal
+                if u.terminal and u.started_at is not None and u.finished_at is not None:
+                    ran = max(0.0, u.finished_at - u.started_at)
+                    self.task_seconds = ran if self.task_seconds is None else 0.9 * self.task_seconds + 0.1 * ran
                 owner = self._owner.get(u.task_id)
                 if owner is not None:
                     self._changed.setdefault(owner[1], set()).add(u.task_id)
@@ -284,7 +293,7 @@ class Dispatcher:
         cap_fn = getattr(self.backend, "capacity", None)
         if cap_fn is None:
             return limit
-        capacity = int(cap_fn()) * self.overcommit
+        capacity = int(cap_fn()) * self.depth()
         by_protocol: dict[str, int] = {}
         for d in demands.values():
             by_protocol[d.protocol] = by_protocol.get(d.protocol, 0) + d.in_flight + d.wanted
@@ -293,6 +302,18 @@ class Dispatcher:
         # (work conserving: with a thousand small jobs, whichever is looked at uses a free slot)
         others = sum(d.in_flight for k, d in demands.items() if d.protocol == protocol and k != uid)
         return min(limit, max(0, share - others))
+
+    def depth(self) -> int:
+        """Tasks in flight per backend slot. A slot's next task must already wait in the backend's
+        queue when its task ends, or the slot idles for the dispatch loop's latency (the end is
+        read, its job's pass records it and submits the next: milliseconds to tens of them).
+        With short tasks that latency is many tasks long, so the queue is made about
+        `queue_seconds` of work deep; with long tasks it stays `overcommit`. A job that arrives
+        later waits at most about `queue_seconds` behind the queue for its fair share."""
+        ran = self.task_seconds
+        if ran is None:
+            return self.overcommit
+        return max(self.overcommit, min(self.max_overcommit, 1 + int(self.queue_seconds / max(ran, 1e-3))))
 
     def wake_waiting(self, n: int) -> None:
         """`n` slots are left unused: wake as many jobs waiting for one (they ask again)."""

@@ -66,7 +66,18 @@ from boidcluster.reconcilers import registry
 from . import quorum
 from .amalgamate import OutputInvalid, publish, result_hash
 from .dispatcher import Dispatcher, dispatcher_for
-from .records import Acceptance, Attempt, Final, JobRecords, Summary, TaskResult, now_us, unit_index
+from .records import (
+    Acceptance,
+    Attempt,
+    Final,
+    JobRecords,
+    Summary,
+    TaskResult,
+    accepted_units,
+    full_record,
+    now_us,
+    unit_index,
+)
 from .units import Unit, UnitSpace, input_groups, storage_path
 
 log = logging.getLogger(__name__)
@@ -238,6 +249,8 @@ class _Pass:
             self.release()   # close the records of tasks killed when the job ended
         if not self.aborted:
             self.flush()
+        if not self.aborted:   # records durable: settled units leave memory (memory flat with job size)
+            self.recs.retire(ledger=self.world.ledger is not None)
         if self.recs.final is not None and not self.aborted:
             self.ledger()
             if not self.ended_now:   # the end is reported first; compaction is the next pass's work
@@ -271,7 +284,7 @@ class _Pass:
         r.dirty.update(r.flying_by_unit)
         for i in range(min(r.cursor, space.total)):  # units skipped below the cursor (none, normally)
             uid = space.unit(i).id
-            if uid not in r.accepted and uid not in r.tries:
+            if not r.is_accepted(uid, i) and uid not in r.tries:
                 r.dirty.add(uid)
         assert self.d is not None
         self.d.ask([t for t in r.flying if self.d.update(t) is None], self.owner)
@@ -335,7 +348,7 @@ class _Pass:
         kill: list[str] = []
         for unit in sorted(r.dirty):
             flying = sorted(r.flying_by_unit.get(unit, ()))
-            if unit in r.accepted:
+            if r.is_accepted(unit):
                 kill += [t for t in flying if self.d.kill_reason(t) is None]  # extra replicas: decided
                 continue
             results = [(t, r.results[t]) for t in r.open_results.get(unit, ())]
@@ -417,9 +430,9 @@ class _Pass:
         if held:
             self.conditions.append(condition("Recorded", False, "ContributorNotRegistered",
                                              self._not_registered(held, "worker")))
-        elif todo or self.recs.recorded:
+        elif todo or self.recs.n_recorded:
             self.conditions.append(condition("Recorded", True, "Recorded",
-                                             f"{len(self.recs.recorded)} accepted units recorded"))
+                                             f"{self.recs.n_recorded} accepted units recorded"))
 
     def _not_registered(self, held: dict[str, int], role: str) -> str:
         names = ", ".join(f"{a} ({n} unit(s))" if n else a for a, n in sorted(held.items()))
@@ -453,7 +466,7 @@ class _Pass:
         if self.spec.deadline is not None and start is not None \
                 and now_us() - start["at_us"] > self.spec.deadline * 1_000_000:
             left = [u.id for u in self._open_units(space, LIST_LIMIT + 1)]
-            n_left = space.total - len(r.accepted)
+            n_left = space.total - r.validated
             self.end("Failed", "DeadlineExceeded",
                      f"deadline {self.spec.deadline}s passed with {n_left} units unfinished: "
                      f"{_names(left) if n_left <= LIST_LIMIT else ', '.join(left[:LIST_LIMIT]) + f' and {n_left - LIST_LIMIT} more'}",
@@ -465,7 +478,7 @@ class _Pass:
             self.end("Failed", "UnitFailed",
                      f"{len(failed)} units failed: {_names(failed)} ({first} {r.failed[first]})", failed)
             return
-        if len(r.accepted) >= space.total:
+        if r.validated >= space.total:
             self.amalgamate(space)
             return
         self.launch(space)
@@ -474,7 +487,7 @@ class _Pass:
         out = []
         for i in range(space.total):
             u = space.unit(i)
-            if u.id not in self.recs.accepted:
+            if not self.recs.is_accepted(u.id, i):
                 out.append(u)
                 if len(out) >= limit:
                     break
@@ -521,7 +534,7 @@ class _Pass:
         while budget > 0 and r.cursor < space.total:
             u = space.unit(r.cursor)
             r.cursor += 1
-            if u.id in r.accepted or u.id in r.tries:
+            if r.is_accepted(u.id, u.index) or u.id in r.tries:
                 continue
             take = min(fresh_per_unit, budget)
             for _ in range(take):
@@ -592,21 +605,26 @@ class _Pass:
             r.dirty.add(res_.unit)
 
     def amalgamate(self, space: UnitSpace) -> None:
+        """Publish the output. Every acceptance is read back from ZooKeeper once (retired units
+        are not in memory), so this pass's own acceptances are committed first."""
+        if not self.flush():
+            return
         out = output_path(self.job, self.protocol)
-        acc = self.recs.accepted
+        acc = accepted_units(self.store, self.uid)
         units = list(space)
         manifest = {
             "job": self.job.name, "uid": self.uid, "protocol": self.protocol.name,
             "reduce": self.spec.output.reduce, "output": out, "image": self.spec.image,
             "image_digest": (self.recs.start or {}).get("image_digest"),
             "units": [{"id": u.id, "index": u.index, "params": u.params, "inputs": list(u.inputs),
-                       "hash": acc[u.id].hash, "output": acc[u.id].output,
-                       "credited": [{"contributor": c.contributor, "microseconds": c.us} for c in acc[u.id].credited]}
+                       "hash": acc[u.id]["hash"], "output": acc[u.id]["output"],
+                       "credited": [{"contributor": c["contributor"], "microseconds": c["us"]}
+                                    for c in acc[u.id]["credited"]]}
                       for u in units],
         }
         try:
             publish(self.storage, out, self.spec.output.reduce, self.spec.output.command,
-                    [(u.id, acc[u.id].output) for u in units], manifest)
+                    [(u.id, acc[u.id]["output"]) for u in units], manifest)
         except OutputInvalid as e:
             self.end("Failed", "OutputInvalid", str(e))
             return
@@ -622,20 +640,15 @@ class _Pass:
                                  and not r.dispatch))):
             return
         path = record_path(self.job, self.protocol)
-        full = {
+        full = full_record(self.store, self.uid, {
             "job": self.job.name, "uid": self.uid, "protocol": self.protocol.name,
-            "start": r.start, "final": asdict(r.final), "dispatch": r.dispatch, "inputs": r.inputs,
-            "attempts": {t: asdict(a) for t, a in sorted(r.attempts.items())},
-            "results": {t: asdict(x) for t, x in sorted(r.results.items())},
-            "accepted": {u: asdict(a) for u, a in sorted(r.accepted.items())},
-            "recorded": sorted(r.recorded),
-        }
+            "start": r.start, "final": asdict(r.final), "dispatch": r.dispatch, "inputs": r.inputs})
         self.storage.ensure_dir(posixpath.dirname(path))
-        self.storage.publish_atomic(path, json.dumps(full, sort_keys=True, separators=(",", ":")).encode())
+        self.storage.publish_atomic(path, full)
         status = self.report(space).status
         summary = Summary(final=r.final, start_us=r.start["at_us"] if r.start else None, total=space.total,
                           image_digest=(r.start or {}).get("image_digest"),
-                          validated=len(r.accepted), succeeded=len(r.finished_units),
+                          validated=r.validated, succeeded=r.succeeded,
                           contributors=dict(sorted(r.per_contributor.items())),
                           slowest=[(u, c, us) for us, u, c in r.slowest],
                           disagreements=[d.model_dump() for d in status["disagreements"]], record=path,
@@ -650,12 +663,20 @@ class _Pass:
     def report(self, space: UnitSpace) -> Result:
         assert self.d is not None
         r, final = self.recs, self.recs.final
+        if final is None:   # only counters moved and status was written just now: build nothing
+            key = self._key("Running" if r.start else "Pending", self._conditions(None, "", bool(r.start)))
+            now = time.monotonic()
+            if key == r.status_key and now - r.status_at < STATUS_EVERY:
+                requeue = self._requeue(None)
+                due = STATUS_EVERY - (now - r.status_at)
+                return Result(write_status=False, notify=self.notify,
+                              requeue_after=due if requeue is None else min(requeue, due))
         running = {a.unit for t, a in r.flying.items()
-                   if (u := self.d.update(t)) is not None and u.state == "RUNNING" and a.unit not in r.accepted}
+                   if (u := self.d.update(t)) is not None and u.state == "RUNNING" and not r.is_accepted(a.unit)}
         failed = set(r.failed) if final is None else (set(final.units) if final.reason == "UnitFailed" else set())
-        total, validated = space.total, len(r.accepted)
+        total, validated = space.total, r.validated
         counts = UnitCounts(total=total, validated=validated, running=len(running),
-                            succeeded=len(r.finished_units), failed=len(failed),
+                            succeeded=r.succeeded, failed=len(failed),
                             pending=max(0, total - validated - len(running) - len(failed)))
         disagreements = [Disagreement(unit=u, contributor=x.contributor, hash=x.hash, task=x.task)
                          for u in sorted(r.disagreeing)[:LIST_LIMIT] for x in r.disagreeing[u]]
@@ -666,16 +687,24 @@ class _Pass:
                               disagreements,
                               (list(final.units) if final and final.phase == "Failed" else sorted(failed))[:LIST_LIMIT])
         conds = self._conditions(final, status["progress"], bool(r.start))
-        requeue = None
+        result = Result(status=status, conditions=conds, requeue_after=self._requeue(final), notify=self.notify)
+        self._coalesce(result, final)
+        return result
+
+    def _requeue(self, final: Final | None) -> float | None:
         if final is None:
             requeue = self._next_look()
             if self.image_error:   # the image may be imported meanwhile: look again, not in a tight loop
                 requeue = 10.0 if requeue is None else max(requeue, 10.0)
-        elif r.summary is None:
-            requeue = 0.0 if self.ended_now else 2.0   # compaction waits for the ledger / the kills
-        result = Result(status=status, conditions=conds, requeue_after=requeue, notify=self.notify)
-        self._coalesce(result, final)
-        return result
+            return requeue
+        if self.recs.summary is None:
+            return 0.0 if self.ended_now else 2.0   # compaction waits for the ledger / the kills
+        return None
+
+    @staticmethod
+    def _key(phase: Any, conditions: list[Any]) -> tuple[Any, ...]:
+        """What makes a status write due at once: the phase or a condition's type/status/reason."""
+        return phase, tuple((c.type, c.status, c.reason) for c in conditions)
 
     def _next_look(self) -> float | None:
         """Event driven: look again only when something is due (a backoff ends, a unit may time
@@ -697,7 +726,7 @@ class _Pass:
     def _coalesce(self, result: Result, final: Final | None) -> None:
         """Counters move on every event; status is written at most every STATUS_EVERY seconds
         unless the phase or a condition changes (the engine looks again when it is due)."""
-        key = (result.status.get("phase"), tuple((c.type, c.status, c.reason) for c in result.conditions))
+        key = self._key(result.status.get("phase"), result.conditions)
         now = time.monotonic()
         r = self.recs
         if final is None and key == r.status_key and now - r.status_at < STATUS_EVERY:

@@ -24,6 +24,11 @@ time and only the leader reconciles. Besides the records it keeps the indexes a 
 a pass costs O(what changed): the set of in-flight tasks, the results of units still open, running
 per-contributor totals, and the counters status shows. A create that finds the record already
 there means another writer was active: the caller reloads the mirror.
+
+A unit that is settled (accepted, its records durable, its credits given to the ledger, no
+replica in flight) is *retired*: its records leave the mirror and only one bit (by unit index)
+and the counters stay, so the operator's memory does not grow with the job's size. The records
+stay in ZooKeeper; amalgamation and compaction read them back once.
 """
 
 from __future__ import annotations
@@ -54,9 +59,24 @@ def _load(cls: type[T], raw: bytes | None) -> T | None:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(x: Any) -> Any:
+    """dataclasses.asdict without its deep copies (a record is written per unit: it adds up)."""
+    names = _FIELDS.get(type(x))
+    if names is None:
+        if not dataclasses.is_dataclass(x):
+            return [_plain(v) for v in x] if isinstance(x, (tuple, list)) else x
+        names = _FIELDS[type(x)] = tuple(f.name for f in dataclasses.fields(x))  # type: ignore[arg-type]
+    return {n: v if (v := getattr(x, n)) is None or type(v) in _SCALARS else _plain(v) for n in names}
+
+
+_SCALARS = frozenset({str, int, float, bool})
+
+
 def _dump(rec: Any) -> bytes:
-    return json.dumps(dataclasses.asdict(rec) if dataclasses.is_dataclass(rec) else rec,
-                      sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(_plain(rec), sort_keys=True, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +199,14 @@ class JobRecords:
     flying_by_unit: dict[str, set[str]] = field(default_factory=dict)  # unit -> its tasks in flight
     slowest: list[tuple[int, str, str]] = field(default_factory=list)  # (µs, unit, contributor), top 5
     rejections: list[tuple[str, Rejected]] = field(default_factory=list)  # outvoted, first 20
+    unit_tids: dict[str, list[str]] = field(default_factory=dict)    # unit -> its attempts (not retired)
+    # -- retired units: accepted, given to the ledger, nothing in flight. Only counters and a bit
+    # per unit stay in memory (their records stay in ZooKeeper), so memory does not grow with
+    # the job's size; compaction and amalgamation read them back from ZooKeeper once. ----------
+    retired: bytearray = field(default_factory=bytearray)  # bitmap by unit index
+    n_retired: int = 0
+    n_retired_recorded: int = 0
+    settle: set[str] = field(default_factory=set)           # accepted units that may retire now
     # -- the pass's own queues (in memory only; rebuilt from the records by a fresh mirror) --------
     fresh: bool = True                   # loaded, not yet seen by a pass
     dirty: set[str] = field(default_factory=set)          # units to evaluate
@@ -219,6 +247,8 @@ class JobRecords:
         if "accepted" in present:
             for unit, data in store.read_runs(f"{uid}/accepted"):
                 r._accepted(unit, Acceptance.from_raw(data))  # type: ignore[arg-type]
+        if present and store.get_run(f"{uid}/summary") is not None:
+            return cls.load(store, uid)   # compacted while we read (the summary comes before any delete)
         return r
 
     @classmethod
@@ -256,6 +286,53 @@ class JobRecords:
                 target[c.contributor] = target.get(c.contributor, 0) + c.us
         return done, pending
 
+    def is_accepted(self, unit: str, index: int | None = None) -> bool:
+        if unit in self.accepted:
+            return True
+        i = unit_index(unit) if index is None else index
+        return (i >> 3) < len(self.retired) and bool(self.retired[i >> 3] >> (i & 7) & 1)
+
+    @property
+    def validated(self) -> int:
+        """Units accepted (in memory or retired)."""
+        return len(self.accepted) + self.n_retired
+
+    @property
+    def succeeded(self) -> int:
+        """Units with a FINISHED result (every accepted unit has one)."""
+        return len(self.finished_units) + self.n_retired
+
+    @property
+    def n_recorded(self) -> int:
+        return len(self.recorded) + self.n_retired_recorded
+
+    def retire(self, ledger: bool) -> int:
+        """Drop from memory the accepted units that need nothing more (their records are durable,
+        the ledger has their credits when there is one, no replica of theirs is in flight); only
+        a bit and the counters stay. Call only once the pass's records are committed. Looks only
+        at units that changed (`settle`): O(what changed)."""
+        n = 0
+        for unit in self.settle:
+            if unit in self.flying_by_unit or (ledger and unit in self.unrecorded) or unit not in self.accepted:
+                continue   # comes back to `settle` when its last replica ends / it is recorded
+            del self.accepted[unit]
+            self.unrecorded.discard(unit)
+            if unit in self.recorded:
+                self.recorded.discard(unit)
+                self.n_retired_recorded += 1
+            self.finished_units.discard(unit)
+            for tid in self.unit_tids.pop(unit, ()):
+                self.attempts.pop(tid, None)
+                self.results.pop(tid, None)
+            i = unit_index(unit)
+            if (i >> 3) >= len(self.retired):
+                self.retired.extend(bytes((i >> 3) + 1 - len(self.retired)))
+            self.retired[i >> 3] |= 1 << (i & 7)
+            self.n_retired += 1
+            n += 1
+        self.settle.clear()
+        return n
+
     def in_flight(self) -> list[str]:
         return list(self.flying)
 
@@ -265,6 +342,7 @@ class JobRecords:
     # -- index maintenance ---------------------------------------------------------------------
     def _attempt(self, tid: str, a: Attempt) -> None:
         self.attempts[tid] = a
+        self.unit_tids.setdefault(a.unit, []).append(tid)
         if tid not in self.results:
             self.flying[tid] = a
             self.flying_by_unit.setdefault(a.unit, set()).add(tid)
@@ -280,6 +358,8 @@ class JobRecords:
                 left.discard(tid)
                 if not left:
                     del self.flying_by_unit[res.unit]
+                    if res.unit in self.accepted:
+                        self.settle.add(res.unit)   # its last replica ended
         if res.state == "FINISHED":
             self.finished_units.add(res.unit)
         if res.unit not in self.accepted:
@@ -287,6 +367,7 @@ class JobRecords:
 
     def _accepted(self, unit: str, acc: Acceptance) -> None:
         self.accepted[unit] = acc
+        self.settle.add(unit)
         self.open_results.pop(unit, None)
         self.tries.pop(unit, None)
         self.finished_units.add(unit)
@@ -334,8 +415,13 @@ class JobRecords:
     def put_recorded(self, store: Store, units: list[str]) -> None:
         store.create_many([(f"{self.uid}/recorded/{u}", _dump({"at_us": now_us()})) for u in units],
                           exist_ok=True)
+        self.mark_recorded(units)
+
+    def mark_recorded(self, units: list[str]) -> None:
+        """The ledger has these units' credits (their `recorded` records are durable)."""
         self.recorded.update(units)
         self.unrecorded.difference_update(units)
+        self.settle.update(units)
 
     def put_dispatch(self, store: Store) -> None:
         store.create_once(f"{self.uid}/dispatch", _dump({"at_us": now_us()}))
@@ -346,3 +432,26 @@ class JobRecords:
             final = _load(Final, store.get_run(f"{self.uid}/final")) or final
         self.final = final
         return final
+
+
+def full_record(store: Store, uid: str, head: dict[str, Any]) -> bytes:
+    """A job's full run record as JSON (`head`, then every attempt, result, acceptance and
+    recorded unit), read from ZooKeeper: the records' own JSON is copied as is, never decoded,
+    so a 100,000-unit job costs bytes, not a million objects (its retired units are not in
+    memory). Same shape as JobRecords.from_record reads."""
+    def obj(items: list[tuple[str, bytes]]) -> bytes:
+        return b"{" + b",".join(json.dumps(n).encode() + b":" + (raw or b"null") for n, raw in items) + b"}"
+
+    present = set(store.list_runs(uid))
+    fields = [(json.dumps(k).encode(), json.dumps(v, sort_keys=True, separators=(",", ":")).encode())
+              for k, v in sorted(head.items())]
+    for d in ("attempts", "results", "accepted"):
+        fields.append((json.dumps(d).encode(), obj(store.read_runs(f"{uid}/{d}") if d in present else [])))
+    recorded = sorted(store.list_runs(f"{uid}/recorded")) if "recorded" in present else []
+    fields.append((b'"recorded"', json.dumps(recorded).encode()))
+    return b"{" + b",".join(k + b":" + v for k, v in fields) + b"}"
+
+
+def accepted_units(store: Store, uid: str) -> dict[str, dict[str, Any]]:
+    """Every acceptance of the job, read from ZooKeeper (unit -> its record as JSON data)."""
+    return {u: json.loads(raw) for u, raw in store.read_runs(f"{uid}/accepted")}
