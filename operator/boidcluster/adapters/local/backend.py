@@ -25,10 +25,11 @@ Why it is shaped so:
   `.stdout`/`.stderr` inside the output directory, at most `Limits.log_bytes` each (LOG_FILES: the
   dispatcher leaves them out of result hashes and amalgamation); a monitor thread enforces the
   timeout and the output directory's size limit. Over a limit, the unit fails saying which.
-- One long-lived thread (`boid-local-io`) starts every attempt (spawn.py: one posix_spawn of a
-  small helper, no fork of the operator) and runs one epoll loop over every attempt's two pipes
-  and its pidfd (the exit): no thread per task. Launching is the backend's hot path: a thread and
-  two exec'd wrappers per task cost ~5x the launch itself (bench/dispatch.py, backend alone).
+- A few long-lived launcher threads start attempts (spawn.py: one vfork + exec from compiled
+  code, no copy of the operator, no wrapper exec'd) and one thread (`boid-local-io`) runs an epoll
+  loop over every attempt's two pipes and its pidfd (the exit): no thread per task. Launching is
+  the backend's hot path: threads and two exec'd wrappers per task cost ~5x the launch itself
+  (bench/dispatch.py, backend alone).
 - Host processes die with the operator (parent-death signal); containers carry the backend's
   scope label and their operator process (owner), and a new backend on the same storage root
   removes what a dead operator (e.g. killed with SIGKILL) left running — never a live replica's —
@@ -73,6 +74,9 @@ CORRUPTION = b"\n# corrupted by fault injection\n"
 TAIL_BYTES = 300
 """How much of a failed unit's stderr its failure message quotes."""
 
+LAUNCHERS = 4
+"""Threads that start attempts (each blocks while its child is between vfork and exec)."""
+
 LINGER = 10.0
 """Seconds an ended attempt waits for its pipes' end (a background child may hold them) before it
 is reported anyway and the rest of its output is dropped."""
@@ -96,11 +100,16 @@ def slots_for(contributors: Sequence[str], per_contributor: int = 1) -> list[Slo
 
 @dataclass
 class _Stream:
-    """One log pipe of an attempt: read by the io loop into its file (`log` None: writing failed)."""
+    """One log pipe of an attempt, read by the io loop into its file. The file is created at the
+    first byte (a silent unit has none: two file creations cost more system time than starting
+    `true` itself on ext4, ~550 us against ~150 us, measured), with O_EXCL | O_NOFOLLOW, so never
+    through a link or a file the unit planted."""
 
-    name: str        # stdout | stderr
-    log: int | None  # the log file's descriptor
+    name: str             # stdout | stderr
+    path: Path            # .stdout | .stderr in the output directory
+    log: int | None = None
     kept: int = 0
+    broken: bool = False  # the log cannot be written: the rest is read and dropped
 
 
 @dataclass(eq=False)
@@ -109,6 +118,7 @@ class _Task:
     slot: int | None = None
     proc: Proc | None = None
     prepared: Prepared | None = None
+    out: Path | None = None   # the output directory (local path)
     streams: dict[int, _Stream] = field(default_factory=dict)   # pipe read end -> stream
     exited_at: float | None = None   # the leader was reaped (the task ends when its pipes are done too)
     linger_until: float = 0.0
@@ -181,12 +191,15 @@ class LocalBackend:
         self._busy: list[str | None] = [None] * len(self.slots)
         self._offline: set[str] = set()
         self._ran: dict[tuple[str, str], set[str]] = {}  # (job, unit) -> contributors that ran it
-        self._updates: queue.Queue[TaskUpdate] = queue.Queue()
+        self._updates: queue.SimpleQueue[TaskUpdate] = queue.SimpleQueue()
         self._closed = False
         self._running: dict[str, _Task] = {}           # started and not yet ended (the monitor's set)
         # The io loop's own state (only its thread touches _handlers and the epoll registrations).
         self._helper = exec_helper()
-        self._inbox: collections.deque[tuple[str, _Task]] = collections.deque()   # ("launch"|"exit", task)
+        self._inbox: collections.deque[tuple[str, _Task]] = collections.deque()   # ("started"|"exit", task)
+        self._launch_q: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._launchers = [threading.Thread(target=self._launcher, name=f"boid-local-launcher-{i}", daemon=True)
+                           for i in range(min(LAUNCHERS, len(self.slots)))]
         self._epoll = select.epoll()
         self._wake_r, wake_w = os.pipe()
         self._wake_w: int | None = wake_w
@@ -196,6 +209,8 @@ class LocalBackend:
         self._handlers: dict[int, tuple[_Task, str]] = {}   # fd -> (task, "stdout" | "stderr" | "exit")
         self._lingering: list[_Task] = []
         threading.Thread(target=self._io, name="boid-local-io", daemon=True).start()
+        for th in self._launchers:
+            th.start()
         threading.Thread(target=self._monitor, name="boid-local-monitor", daemon=True).start()
 
     # -- Backend interface ------------------------------------------------------------------
@@ -366,8 +381,7 @@ class LocalBackend:
         self._busy[slot_index] = spec.task_id
         self._ran.setdefault((spec.job, spec.unit), set()).add(slot.contributor)
         t.started_at = time.time()
-        self._inbox.append(("launch", t))
-        self._wake()
+        self._launch_q.put(t)
 
     def _wake(self) -> None:
         with self._mu:   # never a write to a closed (maybe reused) descriptor
@@ -407,8 +421,8 @@ class LocalBackend:
                         self._read(t, fd)
                 while self._inbox:
                     what, t = self._inbox.popleft()
-                    if what == "launch":
-                        self._launch(t)
+                    if what == "started":
+                        self._watch(t)
                     else:
                         self._exited(t)
                 now = time.monotonic()
@@ -417,15 +431,33 @@ class LocalBackend:
                         self._close_stream(t, fd)
                     self._finish(t)
                 with self._mu:
-                    if self._closed and not (self._handlers or self._inbox or self._lingering or self._running):
+                    done = self._closed and all(b is None for b in self._busy)
+                    if done and not (self._handlers or self._inbox or self._lingering or self._running):
                         self._epoll.close()
                         os.close(self._wake_r)
                         os.close(self._wake_w)
                         self._wake_w = None
+                        for _ in self._launchers:   # they end last: their children's parent-death signal
+                            self._launch_q.put(None)
                         return
             except Exception:  # never let the loop die: every running task depends on it
                 log.exception("local backend io loop")
                 time.sleep(0.1)
+
+    def _launcher(self) -> None:
+        """Start queued attempts. Long-lived: Linux delivers the parent-death signal when the *thread*
+        that forked the child exits, so attempts are never started from short-lived threads."""
+        while (t := self._launch_q.get()) is not None:
+            try:
+                self._launch(t)
+            except Exception as e:  # never let a launcher die; the task ends, its slot comes free
+                log.exception("local backend: starting %s", t.spec.task_id)
+                with self._mu:
+                    if t.proc is None and t.slot is not None and self._busy[t.slot] == t.spec.task_id:
+                        self._busy[t.slot] = None
+                        self._emit(t, "FAILED", message=f"the local backend could not start it: {e}",
+                                   finished_at=time.time())
+                        self._schedule()
 
     def _forget(self, fd: int) -> None:
         del self._handlers[fd]
@@ -454,10 +486,11 @@ class LocalBackend:
                 task_id=spec.task_id, job=spec.job, unit=spec.unit, attempt=attempt, contributor=slot.contributor,
                 command=list(spec.command), env=env, image=spec.image, resources=spec.resources,
                 network=spec.network, output=out, inputs=inputs, timeout=spec.timeout, scope=self.scope))
-            # The logs are opened before the unit runs, never through a link it could plant.
-            for name in (".stdout", ".stderr"):
-                fds.append(os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                   0o644))
+            for name in LOG_FILES:   # an earlier attempt's (never followed: unlink removes a link itself)
+                try:
+                    os.unlink(out / name)
+                except FileNotFoundError:
+                    pass
             r_out, w_out = os.pipe()
             fds += [r_out, w_out]
             r_err, w_err = os.pipe()
@@ -478,11 +511,10 @@ class LocalBackend:
                            finished_at=time.time())
                 self._schedule()
             return
-        t.streams = {r_out: _Stream("stdout", fds[0]), r_err: _Stream("stderr", fds[1])}
-        for fd, stream in t.streams.items():
+        t.out = out
+        t.streams = {r_out: _Stream("stdout", out / ".stdout"), r_err: _Stream("stderr", out / ".stderr")}
+        for fd in t.streams:
             os.set_blocking(fd, False)
-            self._handlers[fd] = (t, stream.name)
-            self._epoll.register(fd, select.EPOLLIN)
         with self._mu:
             t.prepared, t.proc = prepared, proc
             self._running[spec.task_id] = t
@@ -490,10 +522,19 @@ class LocalBackend:
                 self._emit(t, "RUNNING")
         if t.end_state is not None:  # killed or lost before it started
             self._signal(t, signal.SIGKILL)
+        self._inbox.append(("started", t))
+        self._wake()
+
+    def _watch(self, t: _Task) -> None:
+        """The io loop takes a started attempt: its pipes, and its exit through a pidfd."""
+        assert t.proc is not None
+        for fd, stream in t.streams.items():
+            self._handlers[fd] = (t, stream.name)
+            self._epoll.register(fd, select.EPOLLIN)
         try:
-            pidfd = os.pidfd_open(proc.pid)
+            pidfd = os.pidfd_open(t.proc.pid)   # the leader is not reaped before this loop reaps it
         except OSError:   # a kernel before 5.3: a thread waits (without reaping) and tells the loop
-            threading.Thread(target=self._await_exit, args=(t,), name=f"boid-local-{spec.task_id}",
+            threading.Thread(target=self._await_exit, args=(t,), name=f"boid-local-{t.spec.task_id}",
                              daemon=True).start()
         else:
             self._handlers[pidfd] = (t, "exit")
@@ -530,6 +571,8 @@ class LocalBackend:
             s.kept += len(keep)
             if s.name == "stderr":
                 t.stderr_tail = (t.stderr_tail + keep)[-TAIL_BYTES:]
+            if s.log is None and not s.broken:
+                s.log = self._open_log(t, s)
             if s.log is not None:
                 try:
                     view = memoryview(keep)
@@ -538,9 +581,29 @@ class LocalBackend:
                 except OSError as e:   # e.g. a full disk: keep draining the pipe, drop the rest
                     log.error("local backend: log of %s: %s", t.spec.task_id, e)
                     os.close(s.log)
-                    s.log = None
+                    s.log, s.broken = None, True
         if len(chunk) > room:
             self._over_limit(t, f"{s.name} exceeded the log limit of {self.limits.log_bytes} bytes")
+
+    @staticmethod
+    def _open_log(t: _Task, s: _Stream) -> int | None:
+        """Create the log file; whatever the unit put at its name is removed, never written through."""
+        for _ in range(2):
+            try:
+                return os.open(s.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                try:
+                    os.unlink(s.path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.error("local backend: %s of %s cannot be created: %s", s.path.name, t.spec.task_id, e)
+                    break
+            except OSError as e:
+                log.error("local backend: %s of %s cannot be created: %s", s.path.name, t.spec.task_id, e)
+                break
+        s.broken = True
+        return None
 
     def _close_stream(self, t: _Task, fd: int) -> None:
         s = t.streams.pop(fd)
@@ -594,7 +657,7 @@ class LocalBackend:
         """(total bytes, entries, why the outputs are unsafe to read or None). Nothing is followed: a symlink,
         fifo or socket the unit left would make the operator read a host file or block on it."""
         try:
-            out = self._local(t.spec.output_dir)
+            out = t.out or self._local(t.spec.output_dir)
         except ValueError:
             return 0, 0, None
         total, bad, count = 0, None, 0
@@ -651,7 +714,7 @@ class LocalBackend:
             elif code == 0:
                 state, msg = "FINISHED", ""
                 if slot.corrupt_output:
-                    self._corrupt(self._local(t.spec.output_dir))
+                    self._corrupt(t.out or self._local(t.spec.output_dir))
             else:
                 if reason == "OOMKilled":
                     msg = (f"OOMKilled: the unit went over its memory limit of {t.spec.resources.mem} MiB "
