@@ -158,7 +158,8 @@ class LocalBackend:
                  *, kill_grace: float = 2.0, runtime: Runtime | str | None = None,
                  limits: Limits | None = None) -> None:
         self.storage_root = Path(storage_root)
-        self._root = self.storage_root.resolve()
+        self._root_str = str(self.storage_root.resolve())
+        self._root_prefix = self._root_str.rstrip(os.sep) + os.sep
         self.scope = scope_of(self.storage_root)
         self.limits = limits or Limits()
         if runtime is None or isinstance(runtime, str):
@@ -368,11 +369,12 @@ class LocalBackend:
                 return
 
     def _local(self, storage_path: str) -> Path:
-        p = (self.storage_root / storage_path.lstrip("/")).resolve()
-        root = self._root
-        if p != root and root not in p.parents:
+        """The local path of a storage path, every link resolved; never outside the storage root."""
+        root = self._root_str
+        p = os.path.realpath(os.path.join(root, storage_path.lstrip("/")))   # strings: a hot path
+        if p != root and not p.startswith(self._root_prefix):
             raise ValueError(f"storage path {storage_path!r} leaves the storage root")
-        return p
+        return Path(p)
 
     def _start(self, t: _Task, slot_index: int) -> None:
         """Claim the slot (caller holds the lock); the io thread starts the process."""
@@ -477,7 +479,14 @@ class LocalBackend:
         fds: list[int] = []
         try:
             out = self._local(spec.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(out)
+                fresh = True
+            except FileExistsError:
+                fresh = False
+            except FileNotFoundError:
+                out.mkdir(parents=True, exist_ok=True)
+                fresh = False
             inputs = [self._local(p) for p in json.loads(spec.env.get("BOID_INPUT_FILES") or "[]")]
             env = {k: v for k, v in {**spec.env, **slot.env}.items() if k not in ("BOID_OUTPUT_DIR", "BOID_INPUT_FILES")}
             env.update(BOID_CONTRIBUTOR=slot.contributor, BOID_TASK_ID=spec.task_id)
@@ -486,7 +495,7 @@ class LocalBackend:
                 task_id=spec.task_id, job=spec.job, unit=spec.unit, attempt=attempt, contributor=slot.contributor,
                 command=list(spec.command), env=env, image=spec.image, resources=spec.resources,
                 network=spec.network, output=out, inputs=inputs, timeout=spec.timeout, scope=self.scope))
-            for name in LOG_FILES:   # an earlier attempt's (never followed: unlink removes a link itself)
+            for name in () if fresh else LOG_FILES:   # an earlier attempt's (unlink never follows a link)
                 try:
                     os.unlink(out / name)
                 except FileNotFoundError:
