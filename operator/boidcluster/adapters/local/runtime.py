@@ -37,7 +37,8 @@ offered work.
 `HostRuntime` is for development only and says so loudly: commands run as the operator's user
 with no isolation but a scrubbed environment (PATH, HOME=the output dir, LANG; never the
 operator's variables such as BOID_CHAIN_KEYS), its own session and process group, a parent-death
-signal and the same output file-size ulimit (all applied by spawn.py, for the podman client too).
+signal and the same output file-size ulimit (spawn.py applies them; the podman client gets its own
+session and the parent-death signal too).
 """
 
 from __future__ import annotations
