@@ -195,9 +195,9 @@ class LocalBackend:
         self._updates: queue.SimpleQueue[TaskUpdate] = queue.SimpleQueue()
         self._closed = False
         self._running: dict[str, _Task] = {}           # started and not yet ended (the monitor's set)
-        # The io loop's own state (only its thread touches _handlers and the epoll registrations).
+        # The io loop's state: launchers add handlers and registrations, only the loop removes them.
         self._helper = exec_helper()
-        self._inbox: collections.deque[tuple[str, _Task]] = collections.deque()   # ("started"|"exit", task)
+        self._inbox: collections.deque[tuple[str, _Task]] = collections.deque()   # ("exit", task) without pidfd
         self._launch_q: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._launchers = [threading.Thread(target=self._launcher, name=f"boid-local-launcher-{i}", daemon=True)
                            for i in range(min(LAUNCHERS, len(self.slots)))]
@@ -422,11 +422,8 @@ class LocalBackend:
                     else:
                         self._read(t, fd)
                 while self._inbox:
-                    what, t = self._inbox.popleft()
-                    if what == "started":
-                        self._watch(t)
-                    else:
-                        self._exited(t)
+                    _, t = self._inbox.popleft()
+                    self._exited(t)
                 now = time.monotonic()
                 for t in [t for t in self._lingering if t.linger_until <= now]:
                     for fd in list(t.streams):   # a background child still holds the pipe: drop the rest
@@ -531,13 +528,14 @@ class LocalBackend:
                 self._emit(t, "RUNNING")
         if t.end_state is not None:  # killed or lost before it started
             self._signal(t, signal.SIGKILL)
-        self._inbox.append(("started", t))
-        self._wake()
+        self._watch(t)
 
     def _watch(self, t: _Task) -> None:
-        """The io loop takes a started attempt: its pipes, and its exit through a pidfd."""
+        """Hand a started attempt to the io loop: its pipes, and its exit through a pidfd. Called by
+        the launcher: epoll registration is thread-safe, and each handler is in place before its
+        descriptor is registered (the loop only ever looks up and removes its own)."""
         assert t.proc is not None
-        for fd, stream in t.streams.items():
+        for fd, stream in list(t.streams.items()):   # the loop may end a stream before the next is added
             self._handlers[fd] = (t, stream.name)
             self._epoll.register(fd, select.EPOLLIN)
         try:
