@@ -138,13 +138,13 @@ def _build() -> Spawner:
         os.chmod(tmp, 0o700)
         lib = Spawner(str(tmp))
         r_fd, w_fd = os.pipe()
+        out = _above_stdio(w_fd)
         try:   # it must run here: start `true` once
-            pid = lib(["true"], {"PATH": os.environ.get("PATH", os.defpath)}, None, None,
-                      _above_stdio(w_fd), _above_stdio(w_fd))
+            pid = lib(["true"], {"PATH": os.environ.get("PATH", os.defpath)}, None, None, out, out)
             code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         finally:
-            os.close(r_fd)
-            os.close(w_fd)
+            for fd in {r_fd, w_fd, out}:
+                os.close(fd)
         if code != 0:
             raise OSError(f"the built {SOURCE.name} does not start `true` here (exit {code})")
         os.replace(tmp, target)   # atomic: a concurrent builder's result is identical
