@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup test demo down crds contracts bench clean container-tools
+.PHONY: setup test demo down crds contracts bench clean container-tools c-compiler
 
-setup: $(VENV)/.stamp /usr/share/java/zookeeper.jar contracts/node_modules/.stamp /usr/bin/chromedriver container-tools
+setup: $(VENV)/.stamp /usr/share/java/zookeeper.jar contracts/node_modules/.stamp /usr/bin/chromedriver container-tools c-compiler
 
 # Units run in podman containers (runc: crun fails on cgroup v1/hybrid hosts); mmdebstrap builds the
 # demo's python image from Debian packages; busybox-static makes the runtime's self-test image.
@@ -16,6 +16,10 @@ container-tools:
 	@for c in podman runc newuidmap slirp4netns fuse-overlayfs mmdebstrap busybox; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	  --no-install-recommends podman runc uidmap slirp4netns fuse-overlayfs mmdebstrap busybox-static; fi
+
+# the local backend builds its spawner (adapters/local/boid_spawn.c) with cc on first use
+c-compiler:
+	@command -v cc >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends gcc libc6-dev; }
 
 /usr/share/java/zookeeper.jar:
 	$(SUDO) apt-get update -qq

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 
@@ -31,9 +33,14 @@ def task(tid, command, unit="u0", **kw):
     return TaskSpec(task_id=tid, job="j", unit=unit, command=command, env=env, output_dir=f"out/{tid}", **kw)
 
 
-@pytest.fixture
-def backend(tmp_path):
+@pytest.fixture(params=["compiled", "fallback"])
+def backend(tmp_path, request):
+    """Both ways of starting an attempt: the compiled spawner, and setpriv + prlimit without a compiler."""
     b = LocalBackend(tmp_path, [Slot("alice"), Slot("bob")], kill_grace=0.5)
+    if request.param == "fallback":
+        b._helper = None
+    else:
+        assert b._helper is not None, "the compiled spawner could not be built here (see the log)"
     yield b
     b.close()
 
@@ -276,3 +283,144 @@ def test_a_task_killed_before_it_started_frees_its_slot_for_a_queued_one(tmp_pat
         assert ends.get("t0") == "KILLED" and ends.get("t1") == "FINISHED", got
     finally:
         b.close()
+
+
+# -- how an attempt is started: the bounds a host process gets (both spawners) -----------------------
+PROBE = """
+import ctypes, json, os, resource, signal
+libc = ctypes.CDLL(None, use_errno=True)
+pdeathsig = ctypes.c_int(-1)
+libc.prctl(2, ctypes.byref(pdeathsig), 0, 0, 0)   # PR_GET_PDEATHSIG
+fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+print(json.dumps({"pid": os.getpid(), "sid": os.getsid(0), "pgrp": os.getpgrp(), "cwd": os.getcwd(),
+                  "fsize": resource.getrlimit(resource.RLIMIT_FSIZE), "pdeathsig": pdeathsig.value,
+                  "stdin": os.readlink("/proc/self/fd/0"), "fds": fds}))
+"""
+# Python ignores SIGPIPE itself at start: the signal state is read by `cat`, exec'd before it
+PROBE_CMD = ["sh", "-c", 'cat /proc/self/status > "$BOID_OUTPUT_DIR/status"; exec "$0" -c "$1"', sys.executable, PROBE]
+
+
+def test_an_attempt_gets_its_own_session_pdeathsig_fsize_devnull_and_no_operator_descriptors(backend, tmp_path):
+    leak = os.open(tmp_path / "operator-file", os.O_WRONLY | os.O_CREAT)
+    os.set_inheritable(leak, True)   # even a descriptor the operator made inheritable stays with it
+    try:
+        backend.submit(task("t1", PROBE_CMD))
+        done = collect(backend, lambda u: u.terminal)[-1]
+    finally:
+        os.close(leak)
+    assert done.state == "FINISHED", done
+    seen = json.loads((tmp_path / "out/t1/.stdout").read_text())
+    assert seen["sid"] == seen["pgrp"] == seen["pid"]
+    assert seen["cwd"] == str(tmp_path / "out/t1")
+    assert seen["fsize"] == [Limits().output_bytes] * 2
+    assert seen["pdeathsig"] == signal.SIGKILL
+    assert seen["stdin"] == "/dev/null"
+    assert seen["fds"][:3] == [0, 1, 2] and len(seen["fds"]) <= 4   # + the one listdir itself opened
+    status = dict(line.split(":\t", 1) for line in (tmp_path / "out/t1/status").read_text().splitlines())
+    ignored, blocked = int(status["SigIgn"], 16), int(status["SigBlk"], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), status["SigIgn"]
+    assert blocked == 0, status["SigBlk"]
+
+
+def test_a_write_over_the_file_size_limit_fails_and_stops_at_the_limit(tmp_path):
+    b = LocalBackend(tmp_path, ["alice"], runtime="host", limits=Limits(output_bytes=10_000))
+    try:
+        b.submit(task("t1", ["sh", "-c", 'head -c 50000 /dev/zero > "$BOID_OUTPUT_DIR/big"']))
+        done = collect(b, lambda u: u.terminal)[-1]
+    finally:
+        b.close()
+    assert done.state == "FAILED", done
+    assert (tmp_path / "out/t1/big").stat().st_size == 10_000
+
+
+def test_a_missing_command_fails_saying_so(backend):
+    backend.submit(task("t1", ["no-such-command-boid"]))
+    done = collect(backend, lambda u: u.terminal)[-1]
+    assert done.state == "FAILED" and "no-such-command-boid" in done.message, done
+
+
+def test_logs_are_created_at_the_first_byte_never_through_what_the_unit_planted(backend, tmp_path):
+    """A silent unit leaves no log files; a link or file the unit put at a log's name is replaced,
+    never written through (a hard link to an operator file would otherwise receive the log)."""
+    secret = tmp_path / "operator-keys.json"
+    secret.write_text("5K-host-secret")
+    backend.submit(task("t0", ["true"], unit="u0"))
+    plant = f'ln -s {secret} "$BOID_OUTPUT_DIR/.stdout"; ln {secret} "$BOID_OUTPUT_DIR/.stderr"; echo out; echo err >&2'
+    backend.submit(task("t1", ["sh", "-c", plant], unit="u1"))
+    ended: set[str] = set()
+    ends = {u.task_id: u for u in collect(backend, lambda u: u.terminal and (ended.add(u.task_id) or len(ended) == 2))
+            if u.terminal}
+    assert ends["t0"].state == "FINISHED" and ends["t1"].state == "FINISHED", ends
+    assert not (tmp_path / "out/t0/.stdout").exists() and not (tmp_path / "out/t0/.stderr").exists()
+    assert secret.read_text() == "5K-host-secret"
+    for name, text in ((".stdout", "out\n"), (".stderr", "err\n")):
+        path = tmp_path / "out/t1" / name
+        assert not path.is_symlink() and path.stat().st_nlink == 1 and path.read_text() == text
+
+
+@pytest.mark.parametrize("spawner", ["compiled", "fallback"])
+def test_host_attempts_die_with_the_operator_process(tmp_path, spawner):
+    """An operator killed with SIGKILL leaves nothing running: its attempts get the parent-death signal."""
+    import subprocess
+    import textwrap
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path[:0] = {sys.path!r}
+        from boidcluster.adapters.backend import TaskSpec
+        from boidcluster.adapters.local.backend import LocalBackend
+        b = LocalBackend({str(tmp_path)!r}, ["alice", "bob"], runtime="host")
+        if {spawner!r} == "fallback":
+            b._helper = None
+        for i in range(2):
+            b.submit(TaskSpec(task_id=f"t{{i}}", job="j", unit=f"u{{i}}", command=["sh", "-c", 'echo $$ > "$BOID_OUTPUT_DIR/pid"; exec sleep 60'],
+                              env={{}}, output_dir=f"out/t{{i}}"))
+        time.sleep(60)
+    """)
+    operator = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        pids, end = [], time.monotonic() + 20
+        while len(pids) < 2 and time.monotonic() < end:
+            pids = [int(p.read_text()) for p in tmp_path.glob("out/*/pid") if p.read_text().endswith("\n")]
+            time.sleep(0.05)
+        assert len(pids) == 2, "the attempts never started"
+        time.sleep(0.2)   # `exec sleep` done
+    finally:
+        operator.kill()
+        operator.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().split(") ")[1][0] not in "ZX"
+        except FileNotFoundError:
+            return False
+    end = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)
+
+
+def test_without_pidfd_a_thread_per_attempt_waits_and_every_end_is_still_reported(tmp_path, monkeypatch):
+    """Kernels before 5.3 have no pidfd_open: each attempt's exit is awaited without reaping it (the
+    io loop still reaps), and kill, timeout and normal ends behave the same."""
+    def no_pidfd(pid, flags=0):
+        raise OSError(38, "Function not implemented")
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    b = LocalBackend(tmp_path, ["alice", "bob"], runtime="host", kill_grace=0.2)
+    try:
+        got: list = []
+
+        def until(done) -> None:   # keeps every update (collect() drops the rest of a batch)
+            end = time.monotonic() + 10
+            while not done() and time.monotonic() < end:
+                got.extend(b.updates(timeout=0.1))
+            assert done(), got
+        b.submit(task("t1", ["sh", "-c", "echo hi; exit 2"], unit="u1"))
+        b.submit(task("t2", ["sleep", "30"], unit="u2"))
+        until(lambda: any(u.task_id == "t2" and u.state == "RUNNING" for u in got))
+        b.kill("t2")
+        until(lambda: {u.task_id for u in got if u.terminal} == {"t1", "t2"})
+    finally:
+        b.close()
+    ends = {u.task_id: u for u in got if u.terminal}
+    assert ends["t1"].state == "FAILED" and ends["t1"].exit_code == 2 and ends["t2"].state == "KILLED", ends
+    assert (tmp_path / "out/t1/.stdout").read_text() == "hi\n"

@@ -25,6 +25,11 @@ Why it is shaped so:
   `.stdout`/`.stderr` inside the output directory, at most `Limits.log_bytes` each (LOG_FILES: the
   dispatcher leaves them out of result hashes and amalgamation); a monitor thread enforces the
   timeout and the output directory's size limit. Over a limit, the unit fails saying which.
+- A few long-lived launcher threads start attempts (spawn.py: one vfork + exec from compiled
+  code, no copy of the operator, no wrapper exec'd) and one thread (`boid-local-io`) runs an epoll
+  loop over every attempt's two pipes and its pidfd (the exit): no thread per task. Launching is
+  the backend's hot path: threads and two exec'd wrappers per task cost ~5x the launch itself
+  (bench/dispatch.py, backend alone).
 - Host processes die with the operator (parent-death signal); containers carry the backend's
   scope label and their operator process (owner), and a new backend on the same storage root
   removes what a dead operator (e.g. killed with SIGKILL) left running — never a live replica's —
@@ -38,11 +43,13 @@ after its command succeeds, so replication must outvote it.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
 import queue
 import re
+import select
 import signal
 import stat
 import subprocess
@@ -55,6 +62,7 @@ from typing import Sequence
 from boidcluster.adapters.backend import TaskSpec, TaskUpdate
 
 from .runtime import Launch, Limits, Prepared, Runtime, SelfTest, make_runtime, scope_of
+from .spawn import Proc, exec_helper, spawn
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,13 @@ CORRUPTION = b"\n# corrupted by fault injection\n"
 
 TAIL_BYTES = 300
 """How much of a failed unit's stderr its failure message quotes."""
+
+LAUNCHERS = 4
+"""Threads that start attempts (each blocks while its child is between vfork and exec)."""
+
+LINGER = 10.0
+"""Seconds an ended attempt waits for its pipes' end (a background child may hold them) before it
+is reported anyway and the rest of its output is dropped."""
 
 
 @dataclass(frozen=True)
@@ -84,12 +99,29 @@ def slots_for(contributors: Sequence[str], per_contributor: int = 1) -> list[Slo
 
 
 @dataclass
+class _Stream:
+    """One log pipe of an attempt, read by the io loop into its file. The file is created at the
+    first byte (a silent unit has none: two file creations cost more system time than starting
+    `true` itself on ext4, ~550 us against ~150 us, measured), with O_EXCL | O_NOFOLLOW, so never
+    through a link or a file the unit planted."""
+
+    name: str             # stdout | stderr
+    path: Path            # .stdout | .stderr in the output directory
+    log: int | None = None
+    kept: int = 0
+    broken: bool = False  # the log cannot be written: the rest is read and dropped
+
+
+@dataclass(eq=False)
 class _Task:
     spec: TaskSpec
     slot: int | None = None
-    proc: subprocess.Popen | None = None
+    proc: Proc | None = None
     prepared: Prepared | None = None
-    readers: list[threading.Thread] = field(default_factory=list)
+    out: Path | None = None   # the output directory (local path)
+    streams: dict[int, _Stream] = field(default_factory=dict)   # pipe read end -> stream
+    exited_at: float | None = None   # the leader was reaped (the task ends when its pipes are done too)
+    linger_until: float = 0.0
     limit_reason: str | None = None  # set when the attempt went over a limit (the unit fails with it)
     stderr_tail: bytes = b""         # the last bytes of stderr, kept in memory (never read back from the dir)
     timed_out: bool = False
@@ -126,6 +158,8 @@ class LocalBackend:
                  *, kill_grace: float = 2.0, runtime: Runtime | str | None = None,
                  limits: Limits | None = None) -> None:
         self.storage_root = Path(storage_root)
+        self._root_str = str(self.storage_root.resolve())
+        self._root_prefix = self._root_str.rstrip(os.sep) + os.sep
         self.scope = scope_of(self.storage_root)
         self.limits = limits or Limits()
         if runtime is None or isinstance(runtime, str):
@@ -158,10 +192,26 @@ class LocalBackend:
         self._busy: list[str | None] = [None] * len(self.slots)
         self._offline: set[str] = set()
         self._ran: dict[tuple[str, str], set[str]] = {}  # (job, unit) -> contributors that ran it
-        self._updates: queue.Queue[TaskUpdate] = queue.Queue()
+        self._updates: queue.SimpleQueue[TaskUpdate] = queue.SimpleQueue()
         self._closed = False
-        self._launches: queue.Queue[_Task | None] = queue.Queue()
-        threading.Thread(target=self._launcher, name="boid-local-launcher", daemon=True).start()
+        self._running: dict[str, _Task] = {}           # started and not yet ended (the monitor's set)
+        # The io loop's state: launchers add handlers and registrations, only the loop removes them.
+        self._helper = exec_helper()
+        self._inbox: collections.deque[tuple[str, _Task]] = collections.deque()   # ("exit", task) without pidfd
+        self._launch_q: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._launchers = [threading.Thread(target=self._launcher, name=f"boid-local-launcher-{i}", daemon=True)
+                           for i in range(min(LAUNCHERS, len(self.slots)))]
+        self._epoll = select.epoll()
+        self._wake_r, wake_w = os.pipe()
+        self._wake_w: int | None = wake_w
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(wake_w, False)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._handlers: dict[int, tuple[_Task, str]] = {}   # fd -> (task, "stdout" | "stderr" | "exit")
+        self._lingering: list[_Task] = []
+        threading.Thread(target=self._io, name="boid-local-io", daemon=True).start()
+        for th in self._launchers:
+            th.start()
         threading.Thread(target=self._monitor, name="boid-local-monitor", daemon=True).start()
 
     # -- Backend interface ------------------------------------------------------------------
@@ -231,7 +281,7 @@ class LocalBackend:
             running = [t for t in self._tasks.values() if t.slot is not None and t.last and not t.last.terminal]
         for t in running:
             self._end(t.spec.task_id, "KILLED", "backend closed")
-        self._launches.put(None)
+        self._wake()
         for t in running:
             if t.proc is not None:
                 try:
@@ -319,29 +369,98 @@ class LocalBackend:
                 return
 
     def _local(self, storage_path: str) -> Path:
-        p = (self.storage_root / storage_path.lstrip("/")).resolve()
-        root = self.storage_root.resolve()
-        if p != root and root not in p.parents:
+        """The local path of a storage path, every link resolved; never outside the storage root."""
+        root = self._root_str
+        p = os.path.realpath(os.path.join(root, storage_path.lstrip("/")))   # strings: a hot path
+        if p != root and not p.startswith(self._root_prefix):
             raise ValueError(f"storage path {storage_path!r} leaves the storage root")
-        return p
+        return Path(p)
 
     def _start(self, t: _Task, slot_index: int) -> None:
-        """Claim the slot (caller holds the lock); the launcher thread starts the process."""
+        """Claim the slot (caller holds the lock); the io thread starts the process."""
         spec, slot = t.spec, self.slots[slot_index]
         t.slot = slot_index
         self._busy[slot_index] = spec.task_id
         self._ran.setdefault((spec.job, spec.unit), set()).add(slot.contributor)
         t.started_at = time.time()
-        self._launches.put(t)
+        self._launch_q.put(t)
+
+    def _wake(self) -> None:
+        with self._mu:   # never a write to a closed (maybe reused) descriptor
+            if self._wake_w is not None:
+                try:
+                    os.write(self._wake_w, b"\0")
+                except BlockingIOError:
+                    pass  # already awake
+
+    # -- the io thread -----------------------------------------------------------------------
+    def _io(self) -> None:
+        """Start attempts, copy their output, reap them. Every child is started from this one
+        long-lived thread: Linux delivers the parent-death signal when the *thread* that forked the
+        child exits, so short-lived threads must not (it ends after close(), when nothing runs)."""
+        while True:
+            try:
+                timeout = min((t.linger_until for t in self._lingering), default=None)
+                events = self._epoll.poll(-1 if timeout is None else max(0.0, timeout - time.monotonic()) + 0.01)
+                for fd, _ in events:
+                    if fd == self._wake_r:
+                        while True:
+                            try:
+                                if not os.read(fd, 4096):
+                                    break
+                            except BlockingIOError:
+                                break
+                        continue
+                    handler = self._handlers.get(fd)
+                    if handler is None:
+                        continue
+                    t, what = handler
+                    if what == "exit":
+                        self._forget(fd)
+                        os.close(fd)
+                        self._exited(t)
+                    else:
+                        self._read(t, fd)
+                while self._inbox:
+                    _, t = self._inbox.popleft()
+                    self._exited(t)
+                now = time.monotonic()
+                for t in [t for t in self._lingering if t.linger_until <= now]:
+                    for fd in list(t.streams):   # a background child still holds the pipe: drop the rest
+                        self._close_stream(t, fd)
+                    self._finish(t)
+                with self._mu:
+                    done = self._closed and all(b is None for b in self._busy)
+                    if done and not (self._handlers or self._inbox or self._lingering or self._running):
+                        self._epoll.close()
+                        os.close(self._wake_r)
+                        os.close(self._wake_w)
+                        self._wake_w = None
+                        for _ in self._launchers:   # they end last: their children's parent-death signal
+                            self._launch_q.put(None)
+                        return
+            except Exception:  # never let the loop die: every running task depends on it
+                log.exception("local backend io loop")
+                time.sleep(0.1)
 
     def _launcher(self) -> None:
-        # Every child is started from this one long-lived thread: Linux delivers the parent-death
-        # signal when the *thread* that forked the child exits, so short-lived threads must not.
-        while True:
-            t = self._launches.get()
-            if t is None:
-                return
-            self._launch(t)
+        """Start queued attempts. Long-lived: Linux delivers the parent-death signal when the *thread*
+        that forked the child exits, so attempts are never started from short-lived threads."""
+        while (t := self._launch_q.get()) is not None:
+            try:
+                self._launch(t)
+            except Exception as e:  # never let a launcher die; the task ends, its slot comes free
+                log.exception("local backend: starting %s", t.spec.task_id)
+                with self._mu:
+                    if t.proc is None and t.slot is not None and self._busy[t.slot] == t.spec.task_id:
+                        self._busy[t.slot] = None
+                        self._emit(t, "FAILED", message=f"the local backend could not start it: {e}",
+                                   finished_at=time.time())
+                        self._schedule()
+
+    def _forget(self, fd: int) -> None:
+        del self._handlers[fd]
+        self._epoll.unregister(fd)
 
     def _launch(self, t: _Task) -> None:
         assert t.slot is not None
@@ -354,9 +473,17 @@ class LocalBackend:
                            finished_at=time.time())
                 self._schedule()  # the slot is free again: a queued task may take it
                 return
+        fds: list[int] = []
         try:
             out = self._local(spec.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(out)
+                fresh = True
+            except FileExistsError:
+                fresh = False
+            except FileNotFoundError:
+                out.mkdir(parents=True, exist_ok=True)
+                fresh = False
             inputs = [self._local(p) for p in json.loads(spec.env.get("BOID_INPUT_FILES") or "[]")]
             env = {k: v for k, v in {**spec.env, **slot.env}.items() if k not in ("BOID_OUTPUT_DIR", "BOID_INPUT_FILES")}
             env.update(BOID_CONTRIBUTOR=slot.contributor, BOID_TASK_ID=spec.task_id)
@@ -365,57 +492,146 @@ class LocalBackend:
                 task_id=spec.task_id, job=spec.job, unit=spec.unit, attempt=attempt, contributor=slot.contributor,
                 command=list(spec.command), env=env, image=spec.image, resources=spec.resources,
                 network=spec.network, output=out, inputs=inputs, timeout=spec.timeout, scope=self.scope))
-            # The logs are opened before the unit runs, never through a link it could plant.
-            logs = [os.fdopen(os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb")
-                    for name in (".stdout", ".stderr")]
+            for name in () if fresh else LOG_FILES:   # an earlier attempt's (unlink never follows a link)
+                try:
+                    os.unlink(out / name)
+                except FileNotFoundError:
+                    pass
+            r_out, w_out = os.pipe()
+            fds += [r_out, w_out]
+            r_err, w_err = os.pipe()
+            fds += [r_err, w_err]
             try:
-                proc = subprocess.Popen(prepared.argv, env=prepared.env, cwd=prepared.cwd, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-            except OSError:
-                for f in logs:
-                    f.close()
-                raise
+                proc = spawn(prepared.argv, prepared.env, cwd=prepared.cwd, fsize=prepared.fsize,
+                             stdout=w_out, stderr=w_err, helper=self._helper)
+            finally:
+                for fd in (w_out, w_err):   # the child's copies: the pipes end when it (and its children) do
+                    fds.remove(fd)
+                    os.close(fd)
         except (OSError, ValueError) as e:
+            for fd in fds:
+                os.close(fd)
             with self._mu:
                 self._busy[t.slot] = None
                 self._emit(t, "FAILED", message=f"could not start {spec.command[:1]} ({runtime.name} runtime): {e}",
                            finished_at=time.time())
                 self._schedule()
             return
+        t.out = out
+        t.streams = {r_out: _Stream("stdout", out / ".stdout"), r_err: _Stream("stderr", out / ".stderr")}
+        for fd in t.streams:
+            os.set_blocking(fd, False)
         with self._mu:
             t.prepared, t.proc = prepared, proc
+            self._running[spec.task_id] = t
             if t.end_state is None:
                 self._emit(t, "RUNNING")
-        for stream, f, name in ((proc.stdout, logs[0], "stdout"), (proc.stderr, logs[1], "stderr")):
-            th = threading.Thread(target=self._pump, args=(t, stream, f, name), daemon=True,
-                                  name=f"boid-log-{spec.task_id}.{name}")
-            th.start()
-            t.readers.append(th)
         if t.end_state is not None:  # killed or lost before it started
             self._signal(t, signal.SIGKILL)
-        threading.Thread(target=self._wait, args=(t, out), name=f"boid-local-{spec.task_id}",
-                         daemon=True).start()
+        self._watch(t)
 
-    def _pump(self, t: _Task, stream, f, name: str) -> None:
-        """Copy one log stream into its file, keeping at most `limits.log_bytes`; past that the unit
-        fails (killed) and the rest is read and dropped so the writer never blocks."""
-        limit, kept = self.limits.log_bytes, 0
-        fd = stream.fileno()
+    def _watch(self, t: _Task) -> None:
+        """Hand a started attempt to the io loop: its pipes, and its exit through a pidfd. Called by
+        the launcher: epoll registration is thread-safe, and each handler is in place before its
+        descriptor is registered (the loop only ever looks up and removes its own)."""
+        assert t.proc is not None
+        for fd, stream in list(t.streams.items()):   # the loop may end a stream before the next is added
+            self._handlers[fd] = (t, stream.name)
+            self._epoll.register(fd, select.EPOLLIN)
         try:
-            with f:
-                while chunk := os.read(fd, 1 << 16):
-                    room = limit - kept
-                    if room > 0:
-                        f.write(chunk[:room])
-                        kept += min(room, len(chunk))
-                        if name == "stderr":
-                            t.stderr_tail = (t.stderr_tail + chunk[:room])[-TAIL_BYTES:]
-                    if len(chunk) > room:
-                        self._over_limit(t, f"{name} exceeded the log limit of {limit} bytes")
+            pidfd = os.pidfd_open(t.proc.pid)   # the leader is not reaped before this loop reaps it
+        except OSError:   # a kernel before 5.3: a thread waits (without reaping) and tells the loop
+            threading.Thread(target=self._await_exit, args=(t,), name=f"boid-local-{t.spec.task_id}",
+                             daemon=True).start()
+        else:
+            self._handlers[pidfd] = (t, "exit")
+            self._epoll.register(pidfd, select.EPOLLIN)
+
+    def _await_exit(self, t: _Task) -> None:
+        assert t.proc is not None
+        try:
+            os.waitid(os.P_PID, t.proc.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
+        self._inbox.append(("exit", t))
+        self._wake()
+
+    def _read(self, t: _Task, fd: int) -> None:
+        """Copy what one log pipe holds into its file, keeping at most `limits.log_bytes`; past that
+        the unit fails (killed) and the rest is read and dropped so the writer never blocks."""
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
         except OSError as e:
             log.error("local backend: log of %s: %s", t.spec.task_id, e)
-        finally:
-            stream.close()
+            chunk = b""
+        if not chunk:
+            self._close_stream(t, fd)
+            if t.exited_at is not None and not t.streams:
+                self._finish(t)
+            return
+        s = t.streams[fd]
+        room = self.limits.log_bytes - s.kept
+        if room > 0:
+            keep = chunk[:room]
+            s.kept += len(keep)
+            if s.name == "stderr":
+                t.stderr_tail = (t.stderr_tail + keep)[-TAIL_BYTES:]
+            if s.log is None and not s.broken:
+                s.log = self._open_log(t, s)
+            if s.log is not None:
+                try:
+                    view = memoryview(keep)
+                    while view:
+                        view = view[os.write(s.log, view):]
+                except OSError as e:   # e.g. a full disk: keep draining the pipe, drop the rest
+                    log.error("local backend: log of %s: %s", t.spec.task_id, e)
+                    os.close(s.log)
+                    s.log, s.broken = None, True
+        if len(chunk) > room:
+            self._over_limit(t, f"{s.name} exceeded the log limit of {self.limits.log_bytes} bytes")
+
+    @staticmethod
+    def _open_log(t: _Task, s: _Stream) -> int | None:
+        """Create the log file; whatever the unit put at its name is removed, never written through."""
+        for _ in range(2):
+            try:
+                return os.open(s.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                try:
+                    os.unlink(s.path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.error("local backend: %s of %s cannot be created: %s", s.path.name, t.spec.task_id, e)
+                    break
+            except OSError as e:
+                log.error("local backend: %s of %s cannot be created: %s", s.path.name, t.spec.task_id, e)
+                break
+        s.broken = True
+        return None
+
+    def _close_stream(self, t: _Task, fd: int) -> None:
+        s = t.streams.pop(fd)
+        self._forget(fd)
+        os.close(fd)
+        if s.log is not None:
+            os.close(s.log)
+            s.log = None
+
+    def _exited(self, t: _Task) -> None:
+        assert t.proc is not None
+        if t.proc.reap() is None:   # not yet (a spurious wakeup): the fallback waiter never says so early
+            log.error("local backend: %s signalled its end but was not reaped; waiting again", t.spec.task_id)
+            threading.Thread(target=self._await_exit, args=(t,), daemon=True).start()
+            return
+        t.exited_at = time.monotonic()
+        if not t.streams:
+            self._finish(t)
+        else:
+            t.linger_until = t.exited_at + LINGER
+            self._lingering.append(t)
 
     def _over_limit(self, t: _Task, reason: str) -> None:
         with self._mu:
@@ -430,7 +646,7 @@ class LocalBackend:
             time.sleep(0.5)
             try:
                 with self._mu:
-                    running = [t for t in self._tasks.values()
+                    running = [t for t in self._running.values()
                                if t.proc is not None and t.proc.returncode is None and t.end_state is None]
                 now = time.time()
                 for t in running:
@@ -448,7 +664,7 @@ class LocalBackend:
         """(total bytes, entries, why the outputs are unsafe to read or None). Nothing is followed: a symlink,
         fifo or socket the unit left would make the operator read a host file or block on it."""
         try:
-            out = self._local(t.spec.output_dir)
+            out = t.out or self._local(t.spec.output_dir)
         except ValueError:
             return 0, 0, None
         total, bad, count = 0, None, 0
@@ -476,15 +692,20 @@ class LocalBackend:
             return f"its outputs exceeded the limit of {self.limits.output_files} files and directories"
         return None
 
-    def _wait(self, t: _Task, out: Path) -> None:
-        assert t.proc is not None and t.slot is not None
-        code = t.proc.wait()
-        for th in t.readers:
-            th.join(timeout=10)
+    def _finish(self, t: _Task) -> None:
+        """The attempt's leader was reaped and its pipes are done (or lingered too long): report its end."""
+        assert t.proc is not None and t.proc.returncode is not None and t.slot is not None
+        if t in self._lingering:
+            self._lingering.remove(t)
+        code = t.proc.returncode
         finished = time.time()
         runtime = self._runtime(self.slots[t.slot])
-        reason = runtime.exit_reason(t.prepared, code) if t.prepared is not None else None
-        size, count, unsafe = self._scan_output(t)
+        try:
+            reason = runtime.exit_reason(t.prepared, code) if t.prepared is not None else None
+            size, count, unsafe = self._scan_output(t)
+        except Exception as e:  # the end is reported whatever happens: the slot must come free
+            log.exception("local backend: checking the end of %s", t.spec.task_id)
+            reason, size, count, unsafe = None, 0, 0, f"the backend could not check its outputs: {e}"
         if t.limit_reason is None and t.end_state is None:
             t.limit_reason = self._output_over(size, count)
         with self._mu:
@@ -500,7 +721,7 @@ class LocalBackend:
             elif code == 0:
                 state, msg = "FINISHED", ""
                 if slot.corrupt_output:
-                    self._corrupt(out)
+                    self._corrupt(t.out or self._local(t.spec.output_dir))
             else:
                 if reason == "OOMKilled":
                     msg = (f"OOMKilled: the unit went over its memory limit of {t.spec.resources.mem} MiB "
@@ -508,6 +729,7 @@ class LocalBackend:
                 else:
                     msg = (f"{reason}: " if reason else "") + f"exited with code {code}" + self._tail(t)
                 state = "FAILED"
+            self._running.pop(t.spec.task_id, None)
             self._busy[t.slot] = None
             self._emit(t, state, exit_code=code, message=msg, finished_at=finished)
             self._schedule()

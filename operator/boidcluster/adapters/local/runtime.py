@@ -36,8 +36,9 @@ offered work.
 
 `HostRuntime` is for development only and says so loudly: commands run as the operator's user
 with no isolation but a scrubbed environment (PATH, HOME=the output dir, LANG; never the
-operator's variables such as BOID_CHAIN_KEYS), its own process group, a parent-death signal and
-the same output file-size ulimit.
+operator's variables such as BOID_CHAIN_KEYS), its own session and process group, a parent-death
+signal and the same output file-size ulimit (spawn.py applies them; the podman client gets its own
+session and the parent-death signal too).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from boidcluster.adapters.backend import ImageUnavailable, TaskResources
+
+from .spawn import Proc
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +121,13 @@ class Launch:
 
 @dataclass
 class Prepared:
+    """What the backend starts (spawn.py adds the session, the parent-death signal and `fsize`)."""
+
     argv: list[str]
     env: dict[str, str]
     cwd: Path | None = None
     container: str | None = None  # container name, for kill
+    fsize: int | None = None      # RLIMIT_FSIZE of the started process (None: inherited)
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,7 @@ class Runtime(Protocol):
     def prepare(self, launch: Launch) -> Prepared:
         """The process that runs the attempt (argv, environment, cwd)."""
 
-    def kill(self, prepared: Prepared, proc: subprocess.Popen, sig: int) -> None:
+    def kill(self, prepared: Prepared, proc: Proc, sig: int) -> None:
         """Signal the attempt's whole process tree."""
 
     def exit_reason(self, prepared: Prepared, code: int) -> str | None:
@@ -159,10 +165,6 @@ class Runtime(Protocol):
 def scope_of(storage_root: str | os.PathLike[str]) -> str:
     """Containers of one cluster (one storage root) carry this scope; others on the machine are not ours."""
     return hashlib.sha256(str(Path(storage_root).resolve()).encode()).hexdigest()[:16]
-
-
-_SETPRIV = shutil.which("setpriv")
-_PRLIMIT = shutil.which("prlimit")
 
 
 def _start_time(pid: int) -> str | None:
@@ -188,10 +190,6 @@ def owner_alive(owner: str) -> bool:
     return _start_time(int(pid)) == start
 
 
-def _pdeathsig(argv: list[str]) -> list[str]:
-    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV else argv
-
-
 # -- host ---------------------------------------------------------------------------------------
 class HostRuntime:
     """DEVELOPMENT ONLY: the unit runs on the host as the operator's user, NOT sandboxed."""
@@ -207,20 +205,10 @@ class HostRuntime:
                "LANG": "C.UTF-8", **launch.env,
                "BOID_OUTPUT_DIR": str(launch.output),
                "BOID_INPUT_FILES": json.dumps([str(p) for p in launch.inputs])}
-        argv = list(launch.command)
-        if _PRLIMIT:
-            n = self.limits.output_bytes
-            argv = [_PRLIMIT, f"--fsize={n}:{n}", "--", *argv]
-        return Prepared(_pdeathsig(argv), env, cwd=launch.output)
+        return Prepared(list(launch.command), env, cwd=launch.output, fsize=self.limits.output_bytes)
 
-    def kill(self, prepared: Prepared, proc: subprocess.Popen, sig: int) -> None:
-        # Never signal a reaped leader's group id: the pid may already belong to a new task.
-        if proc.returncode is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def kill(self, prepared: Prepared, proc: Proc, sig: int) -> None:
+        proc.signal_group(sig)   # never a reaped leader's group id: the pid may belong to a new task
 
     def exit_reason(self, prepared: Prepared, code: int) -> str | None:
         return None
@@ -372,9 +360,9 @@ class PodmanRuntime:
             self._workdirs = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
             (self._workdirs / ".owner").write_text(self.owner)
         cwd = Path(tempfile.mkdtemp(prefix=_NAME_OK.sub("_", launch.task_id)[:50] + ".", dir=self._workdirs))
-        return Prepared(_pdeathsig(argv), env, cwd=cwd, container=name)
+        return Prepared(argv, env, cwd=cwd, container=name)
 
-    def kill(self, prepared: Prepared, proc: subprocess.Popen, sig: int) -> None:
+    def kill(self, prepared: Prepared, proc: Proc, sig: int) -> None:
         """`podman kill` (the client dying does not stop the container); retried until the container
         exists or the client has ended, in a thread so the caller never waits for podman."""
         def run() -> None:
