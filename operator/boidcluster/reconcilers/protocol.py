@@ -39,7 +39,7 @@ from .payouts import settle
 
 
 RESYNC = 30.0  # chain balances and Marathon apps do not notify us
-ACTIVE_RESYNC = 5.0  # while a job of the protocol runs, look (and pay) more often
+ACTIVE_RESYNC = 5.0  # while a job of the protocol runs or it is not Ready, look (and pay) more often
 TERMINAL = ("Succeeded", "Failed")
 ROW_MAX_AGE = 2.0  # a registry row that shows all is well may come from a scan this old (seconds)
 DATADIR_RECHECK = 60.0  # a datadir made sure of is looked at again after this long (seconds)
@@ -261,7 +261,9 @@ def reconcile_protocol(p: Protocol, world: World) -> Result:
     ready = all(c.status != "False" for c in conditions)
     conditions.append(condition("Ready", ready, "Converged" if ready else "NotReady",
                                 "" if ready else "; ".join(c.message for c in conditions if c.status == "False")))
-    return Result(conditions=conditions, status=status, requeue_after=ACTIVE_RESYNC if jobs else RESYNC,
-                  timings=timings)
+    # not Ready (e.g. waiting for the owner's `boidctl fund` or acceptance, which the chain does not
+    # notify): look again soon, as while jobs run
+    return Result(conditions=conditions, status=status,
+                  requeue_after=ACTIVE_RESYNC if jobs or not ready else RESYNC, timings=timings)
 
 
