@@ -95,6 +95,23 @@ def _kill9(pid: int) -> None:
         time.sleep(0.05)
 
 
+async def _head(chain: LocalChain) -> int:
+    async with chain.client() as rpc:
+        return (await rpc.get_info())["head_block_num"]
+
+
+async def _irreversible_past(chain: LocalChain, num: int, timeout: float = 30.0) -> int:
+    """Wait until block `num` is irreversible (one producer: about a block later); the new LIB."""
+    deadline = time.monotonic() + timeout
+    async with chain.client() as rpc:
+        while True:
+            lib = (await rpc.get_info())["last_irreversible_block_num"]
+            if lib >= num:
+                return lib
+            assert time.monotonic() < deadline, f"block {num} not irreversible within {timeout}s (LIB {lib})"
+            await asyncio.sleep(0.1)
+
+
 async def _history(chain: LocalChain) -> tuple[int, bool, str]:
     """(last irreversible block, alice exists, id of block 2): what a replay must keep."""
     async with chain.client() as rpc:
@@ -118,7 +135,10 @@ def test_kill9_then_restart_replays_its_own_block_log_on_the_same_port_keeping_h
         assert lib2 >= lib and alice2 and block2_again == block2  # nothing was deleted
         assert again.bootstrap()["done"] == []
         assert sorted(os.listdir(tmp_path / "node" / "data")) == ["blocks", "snapshots", "state"]
-        # a torn last block (a write cut by the kill): every whole block is recovered, the old log kept
+        # a torn last block (a write cut by the kill): every whole block is recovered, the old log kept.
+        # The block log holds irreversible blocks only: first let the block that created alice (at
+        # or before today's head) and one more become irreversible, so the torn block is not hers.
+        lib = asyncio.run(_irreversible_past(again, asyncio.run(_head(again)) + 1))
         _kill9(again.status().pid)
         with open(tmp_path / "node" / "data" / "blocks" / "blocks.log", "r+b") as f:
             f.truncate(f.seek(0, 2) - 37)
