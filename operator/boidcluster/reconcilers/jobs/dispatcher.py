@@ -19,11 +19,12 @@ has no fixed capacity (Mesos roles share the cluster), so there only parallelism
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from boidcluster.adapters.backend import Backend, TaskSpec, TaskUpdate
 from boidcluster.adapters.store import Store
@@ -164,13 +165,20 @@ class Dispatcher:
                     jobs.add(owner[0])
             # a slot came free: wake as many jobs waiting for one (oldest first); they re-register
             # if their fair share is still used up
-            while freed > 0 and self._waiting:
-                name = next(iter(self._waiting))
-                del self._waiting[name]
-                jobs.add(name)
-                freed -= 1
+            jobs.update(self._take_waiting(freed))
             subs = list(self._subscribers)
-        for name in jobs:
+        self._notify(jobs, subs)
+
+    def _take_waiting(self, n: int) -> list[str]:
+        """Up to `n` jobs waiting for a slot, oldest first, no longer waiting (caller holds _mu)."""
+        names = list(itertools.islice(self._waiting, max(n, 0)))
+        for name in names:
+            del self._waiting[name]
+        return names
+
+    @staticmethod
+    def _notify(names: Iterable[str], subs: list[Callable[[str], None]]) -> None:
+        for name in names:
             for notify in subs:
                 try:
                     notify(name)
@@ -317,17 +325,10 @@ class Dispatcher:
 
     def wake_waiting(self, n: int) -> None:
         """`n` slots are left unused: wake as many jobs waiting for one (they ask again)."""
-        names: list[str] = []
         with self._mu:
-            while n > 0 and self._waiting:
-                name = next(iter(self._waiting))
-                del self._waiting[name]
-                names.append(name)
-                n -= 1
+            names = self._take_waiting(n)
             subs = list(self._subscribers)
-        for name in names:
-            for notify in subs:
-                notify(name)
+        self._notify(names, subs)
 
     def close(self) -> None:
         self._pump_stop.set()
