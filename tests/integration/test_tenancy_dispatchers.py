@@ -23,23 +23,8 @@ from boidcluster.model.meta import CLEANUP_FINALIZER
 from boidcluster.model.resources import Job, Protocol
 from boidcluster.reconcilers.admission import admit_job, with_job_grants
 from fixtures.operator import eventually
+from fixtures.tenancy import job, proto
 
-JOB = {"apiVersion": "cluster.boid.com/v1alpha1", "kind": "Job",
-       "spec": {"image": "python:3.11-slim", "command": ["true"], "workUnits": {"count": 1}}}
-
-
-def job(name: str, protocol: str) -> Job:
-    return Job.model_validate({**JOB, "metadata": {"name": name}, "spec": {**JOB["spec"], "protocol": protocol}})
-
-
-def proto(name: str, submitters: list[str] | None = None) -> Protocol:
-    p = Protocol.model_validate({
-        "apiVersion": "cluster.boid.com/v1alpha1", "kind": "Protocol", "metadata": {"name": name},
-        "spec": {"title": "t", "owner": "boidteam", "researcher": "researcher1", "datadir": f"/{name}",
-                 "fund": {"account": "boidfund", "quantity": "100.0000 BOID"},
-                 "payRates": {"worker": "1.0000 BOID", "dispatcher": "0.5000 BOID"}}})
-    p.spec.submitters = submitters
-    return p
 
 
 def raw_client(hosts: str, creds: Credentials) -> KazooClient:
