@@ -17,6 +17,7 @@ from kazoo.client import KazooClient
 from boidcluster.adapters.backend import Backend, TaskResources, TaskSpec, TaskUpdate
 from boidcluster.adapters.mesos import MesosBackend, check_constraints, constraints_ok
 from boidcluster.engine.metrics import Metrics
+from fixtures.mesos import backend_factory, strict_master
 from doubles.mesos_master import MesosCluster, MesosMasterDouble, effective_argv, register_master
 
 ROLE = "proto-a"
@@ -24,27 +25,14 @@ ROLE = "proto-a"
 
 @pytest.fixture
 def master() -> Iterator[MesosMasterDouble]:
-    m = MesosMasterDouble(heartbeat_interval=0.2, task_seconds=0.05, update_retry_seconds=0.5)
-    yield m
-    m.stop()
-    assert m.validation_errors == []
-    assert m.cluster.event_errors == []
+    with strict_master(task_seconds=0.05) as m:
+        yield m
 
 
 @pytest.fixture
 def backends() -> Iterator[Callable[..., MesosBackend]]:
-    made: list[MesosBackend] = []
-
-    def make(master_url: str, **kw: object) -> MesosBackend:
-        kw.setdefault("roles", [ROLE])
-        kw.setdefault("refuse_seconds", 0.2)
-        b = MesosBackend(master_url, **kw)  # type: ignore[arg-type]
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.close()
+    with backend_factory(ROLE, refuse_seconds=0.2) as make:
+        yield make
 
 
 def spec(task_id: str, *, unit: str | None = None, job: str = "job1", **kw: object) -> TaskSpec:

@@ -21,6 +21,7 @@ from boidcluster.adapters.backend import TaskResources, TaskSpec, TaskUpdate
 from boidcluster.engine.metrics import Metrics
 from boidcluster.adapters.mesos import (MesosBackend, agent_acls, agent_credentials, contributor_role,
                                         credit_offer, Offer)
+from fixtures.mesos import backend_factory, strict_master
 from doubles.mesos_master import AgentRegistrationRefused, MesosCluster, MesosMasterDouble
 
 ROLE = "proto-a"
@@ -45,27 +46,14 @@ def honest_agent(cluster: MesosCluster, secrets: dict[str, str], account: str, *
 
 @pytest.fixture
 def master() -> Iterator[MesosMasterDouble]:
-    m = MesosMasterDouble(heartbeat_interval=0.2, task_seconds=None, update_retry_seconds=0.5)
-    yield m
-    m.stop()
-    assert m.validation_errors == []
-    assert m.cluster.event_errors == []
+    with strict_master(task_seconds=None) as m:
+        yield m
 
 
 @pytest.fixture
 def backends() -> Iterator[Callable[..., MesosBackend]]:
-    made: list[MesosBackend] = []
-
-    def make(url: str, **kw: object) -> MesosBackend:
-        kw.setdefault("roles", [ROLE])
-        kw.setdefault("refuse_seconds", 0.1)
-        b = MesosBackend(url, **kw)  # type: ignore[arg-type]
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.close()
+    with backend_factory(ROLE, refuse_seconds=0.1) as make:
+        yield make
 
 
 def spec(task_id: str, *, unit: str = "u0", job: str = "job1") -> TaskSpec:
