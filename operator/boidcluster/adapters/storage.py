@@ -284,14 +284,44 @@ def _local_errors(path: str) -> Iterator[None]:
         raise StorageError(f"{path}: {e.strerror or e}") from e
 
 
+HEADS_TTL = 10.0    # seconds a directory's resolved path is trusted by check_inside
+HEADS_MAX = 4096
+
+
 class _LocalBackend:
     def __init__(self, root: str) -> None:
         self.root = root
         self.fs = fsspec.filesystem("file", auto_mkdir=True)
+        self._real_root: str | None = None
+        self._heads: dict[str, tuple[str, float]] = {}   # directory -> (its resolved path, when)
 
     def check_inside(self, full: str, given: str) -> None:
-        real_root = os.path.realpath(self.root)
-        real = os.path.realpath(full)
+        """Refuse a path that resolves outside the root through a link.
+
+        Why cached: every unit's end is hashed, and resolving a path costs a system call per
+        component. A directory's resolved path is trusted for HEADS_TTL seconds; the last
+        component is always looked at (a link there, the kind a unit can plant among its
+        outputs, is resolved in full)."""
+        real_root = self._real_root
+        if real_root is None:
+            real_root = os.path.realpath(self.root)
+            if os.path.isdir(real_root):   # a root made later may resolve elsewhere: not remembered yet
+                self._real_root = real_root
+        head, _, name = full.rpartition("/")
+        now = time.monotonic()
+        cached = self._heads.get(head)
+        if not head or name in ("", ".", ".."):
+            real = os.path.realpath(full)
+        else:
+            if cached is None or now - cached[1] > HEADS_TTL:
+                if len(self._heads) >= HEADS_MAX:
+                    self._heads.clear()
+                cached = self._heads[head] = (os.path.realpath(head), now)
+            try:
+                link = statmod.S_ISLNK(os.lstat(full).st_mode)
+            except OSError:   # not there (or unreadable): nothing to follow
+                link = False
+            real = os.path.realpath(full) if link else f"{cached[0]}/{name}"
         if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
             raise InvalidPath(f"storage path {given!r} resolves outside the storage root (symlink?)")
 

@@ -41,6 +41,9 @@ from datetime import datetime
 from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 from kazoo.client import KazooClient, KazooState
+from kazoo.protocol.paths import _prefix_root
+from kazoo.protocol.serialization import Create as _Create
+from kazoo.security import OPEN_ACL_UNSAFE
 from kazoo.exceptions import (
     BadVersionError,
     ConnectionClosedError,
@@ -1227,8 +1230,7 @@ class Store:
                 for parent in {c[0].rsplit("/", 1)[0] for c in chunk}:
                     self._ensure(parent)
                 txn = self._client.transaction()
-                for p, d in chunk:
-                    txn.create(p, d)
+                self._creates(txn, chunk)
                 err = self._txn_error(self._commit(txn, f"create {len(chunk)} run records"))
                 if err is None:
                     break
@@ -1243,6 +1245,17 @@ class Store:
                 self._create_each(chunk)
                 break
         return ok
+
+    def _creates(self, txn: Any, chunk: list[tuple[str, bytes]]) -> None:
+        """txn.create for each, without kazoo's per-call checks and path normalization (a few run
+        records are written per unit: it adds up). Run paths are normal already (_run_path)."""
+        root = self._client.chroot
+        prefix = _prefix_root(root, "") if root else ""
+        acl = self._client.default_acl or OPEN_ACL_UNSAFE
+        for p, d in chunk:
+            if not isinstance(d, bytes):
+                raise TypeError(f"run record {p}: data must be bytes")
+            txn.operations.append(_Create(prefix + p, d, acl, 0))
 
     def _create_each(self, chunk: list[tuple[str, bytes]]) -> None:
         self._ready()

@@ -62,7 +62,7 @@ from typing import Sequence
 from boidcluster.adapters.backend import TaskSpec, TaskUpdate
 
 from .runtime import Launch, Limits, Prepared, Runtime, SelfTest, make_runtime, scope_of
-from .spawn import Proc, exec_helper, spawn
+from .spawn import Proc, exec_helper, spawn_piped
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ CORRUPTION = b"\n# corrupted by fault injection\n"
 TAIL_BYTES = 300
 """How much of a failed unit's stderr its failure message quotes."""
 
-LAUNCHERS = 4
+LAUNCHERS = 2
 """Threads that start attempts (each blocks while its child is between vfork and exec)."""
 
 LINGER = 10.0
@@ -195,6 +195,7 @@ class LocalBackend:
         self._updates: queue.SimpleQueue[TaskUpdate] = queue.SimpleQueue()
         self._closed = False
         self._running: dict[str, _Task] = {}           # started and not yet ended (the monitor's set)
+        self._parents: dict[str, str] = {}             # storage dir -> its resolved local path (_fresh_dir)
         # The io loop's state: launchers add handlers and registrations, only the loop removes them.
         self._helper = exec_helper()
         self._inbox: collections.deque[tuple[str, _Task]] = collections.deque()   # ("exit", task) without pidfd
@@ -370,11 +371,54 @@ class LocalBackend:
 
     def _local(self, storage_path: str) -> Path:
         """The local path of a storage path, every link resolved; never outside the storage root."""
+        return Path(self._resolve(storage_path.lstrip("/")))
+
+    def _resolve(self, rel: str) -> str:
         root = self._root_str
-        p = os.path.realpath(os.path.join(root, storage_path.lstrip("/")))   # strings: a hot path
+        p = os.path.realpath(os.path.join(root, rel))   # strings: a hot path
         if p != root and not p.startswith(self._root_prefix):
-            raise ValueError(f"storage path {storage_path!r} leaves the storage root")
-        return Path(p)
+            raise ValueError(f"storage path {rel!r} leaves the storage root")
+        return p
+
+    def _fresh_dir(self, storage_path: str) -> tuple[str, bool]:
+        """(local path, made now) of an attempt's output directory, created if missing.
+
+        Why: this is on every launch, and resolving every component costs a system call each.
+        The parent (one per job) is resolved once and remembered; the directory itself is made
+        with mkdir, which never follows a link at its last component, so a directory made now is
+        the resolved path. One that already existed (a retried launch) is resolved in full."""
+        rel = storage_path.lstrip("/")
+        head, _, name = rel.rpartition("/")
+        parent = self._parents.get(head)
+        if parent is None or name in ("", ".", ".."):
+            parent = self._resolve(head)
+            if name in ("", ".", ".."):
+                p = self._resolve(rel)
+                os.makedirs(p, exist_ok=True)
+                return p, False
+        p = f"{parent}/{name}"
+        try:
+            os.mkdir(p)
+        except FileNotFoundError:
+            os.makedirs(parent, exist_ok=True)
+            parent = self._resolve(head)   # made now: resolved again, as it is
+            p = f"{parent}/{name}"
+            try:
+                os.mkdir(p)
+            except FileExistsError:
+                return self._existing(rel), False
+        except FileExistsError:
+            return self._existing(rel), False
+        if len(self._parents) >= 4096:   # bounded: a job's parent is looked up once per launch
+            self._parents.clear()
+        self._parents[head] = parent
+        return p, True
+
+    def _existing(self, rel: str) -> str:
+        p = self._resolve(rel)
+        if not os.path.isdir(p):
+            raise ValueError(f"storage path {rel!r} is not a directory")
+        return p
 
     def _start(self, t: _Task, slot_index: int) -> None:
         """Claim the slot (caller holds the lock); the io thread starts the process."""
@@ -473,17 +517,9 @@ class LocalBackend:
                            finished_at=time.time())
                 self._schedule()  # the slot is free again: a queued task may take it
                 return
-        fds: list[int] = []
         try:
-            out = self._local(spec.output_dir)
-            try:
-                os.mkdir(out)
-                fresh = True
-            except FileExistsError:
-                fresh = False
-            except FileNotFoundError:
-                out.mkdir(parents=True, exist_ok=True)
-                fresh = False
+            out_s, fresh = self._fresh_dir(spec.output_dir)
+            out = Path(out_s)
             inputs = [self._local(p) for p in json.loads(spec.env.get("BOID_INPUT_FILES") or "[]")]
             env = {k: v for k, v in {**spec.env, **slot.env}.items() if k not in ("BOID_OUTPUT_DIR", "BOID_INPUT_FILES")}
             env.update(BOID_CONTRIBUTOR=slot.contributor, BOID_TASK_ID=spec.task_id)
@@ -497,20 +533,9 @@ class LocalBackend:
                     os.unlink(out / name)
                 except FileNotFoundError:
                     pass
-            r_out, w_out = os.pipe()
-            fds += [r_out, w_out]
-            r_err, w_err = os.pipe()
-            fds += [r_err, w_err]
-            try:
-                proc = spawn(prepared.argv, prepared.env, cwd=prepared.cwd, fsize=prepared.fsize,
-                             stdout=w_out, stderr=w_err, helper=self._helper)
-            finally:
-                for fd in (w_out, w_err):   # the child's copies: the pipes end when it (and its children) do
-                    fds.remove(fd)
-                    os.close(fd)
+            proc, r_out, r_err, pidfd = spawn_piped(prepared.argv, prepared.env, cwd=prepared.cwd,
+                                                    fsize=prepared.fsize, helper=self._helper)
         except (OSError, ValueError) as e:
-            for fd in fds:
-                os.close(fd)
             with self._mu:
                 self._busy[t.slot] = None
                 self._emit(t, "FAILED", message=f"could not start {spec.command[:1]} ({runtime.name} runtime): {e}",
@@ -519,8 +544,6 @@ class LocalBackend:
             return
         t.out = out
         t.streams = {r_out: _Stream("stdout", out / ".stdout"), r_err: _Stream("stderr", out / ".stderr")}
-        for fd in t.streams:
-            os.set_blocking(fd, False)
         with self._mu:
             t.prepared, t.proc = prepared, proc
             self._running[spec.task_id] = t
@@ -528,24 +551,27 @@ class LocalBackend:
                 self._emit(t, "RUNNING")
         if t.end_state is not None:  # killed or lost before it started
             self._signal(t, signal.SIGKILL)
-        self._watch(t)
+        self._watch(t, pidfd)
 
-    def _watch(self, t: _Task) -> None:
-        """Hand a started attempt to the io loop: its pipes, and its exit through a pidfd. Called by
-        the launcher: epoll registration is thread-safe, and each handler is in place before its
-        descriptor is registered (the loop only ever looks up and removes its own)."""
+    def _watch(self, t: _Task, pidfd: int | None) -> None:
+        """Hand a started attempt to the io loop: its pipes, and its exit through its pidfd. Called
+        by the launcher: epoll registration is thread-safe, and every handler is in place before
+        any descriptor is registered (the loop only ever looks up and removes its own)."""
         assert t.proc is not None
-        for fd, stream in list(t.streams.items()):   # the loop may end a stream before the next is added
+        fds = list(t.streams)
+        for fd, stream in t.streams.items():
             self._handlers[fd] = (t, stream.name)
-            self._epoll.register(fd, select.EPOLLIN)
-        try:
-            pidfd = os.pidfd_open(t.proc.pid)   # the leader is not reaped before this loop reaps it
-        except OSError:   # a kernel before 5.3: a thread waits (without reaping) and tells the loop
+        if pidfd is None:   # a kernel before 5.3: a thread waits (without reaping) and tells the loop
             threading.Thread(target=self._await_exit, args=(t,), name=f"boid-local-{t.spec.task_id}",
                              daemon=True).start()
         else:
             self._handlers[pidfd] = (t, "exit")
-            self._epoll.register(pidfd, select.EPOLLIN)
+            fds.append(pidfd)
+        if self._helper is not None:
+            self._helper.epoll_add(self._epoll.fileno(), fds)
+        else:
+            for fd in fds:
+                self._epoll.register(fd, select.EPOLLIN)
 
     def _await_exit(self, t: _Task) -> None:
         assert t.proc is not None

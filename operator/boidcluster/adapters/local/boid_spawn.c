@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -28,7 +29,7 @@
 #include <unistd.h>
 
 enum { STAGE_OK, STAGE_FORK, STAGE_STDIN, STAGE_STDIO, STAGE_SETSID, STAGE_PDEATHSIG, STAGE_FSIZE,
-       STAGE_CHDIR, STAGE_EXEC };
+       STAGE_CHDIR, STAGE_EXEC, STAGE_PIPE };
 
 /* not inlined: the child's frame lies below the parent's, which it never touches */
 static __attribute__((noinline, noreturn)) void child(char *const paths[], char *const argv[], char *const envp[], const char *cwd,
@@ -110,4 +111,80 @@ pid_t boid_spawn(char *const paths[], char *const argv[], char *const envp[], co
         return -1;
     }
     return pid < 0 ? -1 : pid;
+}
+
+/* A pipe whose write end is above stdio (the child dup2s it onto 1 or 2), both ends close-on-exec. */
+static int stdio_pipe(int p[2]) {
+    if (pipe2(p, O_CLOEXEC) != 0)
+        return -1;
+    if (p[1] <= 2) {   /* the operator runs with a stdio descriptor closed */
+        int above = fcntl(p[1], F_DUPFD_CLOEXEC, 3);
+        if (above < 0) {
+            close(p[0]);
+            close(p[1]);
+            return -1;
+        }
+        close(p[1]);
+        p[1] = above;
+    }
+    return 0;
+}
+
+/* boid_launch: boid_spawn with the attempt's own stdout and stderr pipes and a pidfd, in one call
+ * (from Python, one release of the GIL instead of one per system call: a launch is the local
+ * backend's hot path). On success fds[0], fds[1] are the read ends of stdout and stderr
+ * (close-on-exec, non-blocking) and fds[2] the child's pidfd, or -1 where pidfd_open is not
+ * available (Linux < 5.3: the caller waits otherwise). On failure -1, err as boid_spawn's (stage
+ * STAGE_PIPE: the pipes), and no descriptor is left open. */
+pid_t boid_launch(char *const paths[], char *const argv[], char *const envp[], const char *cwd,
+                  long long fsize, pid_t parent, int *err, int *fds) {
+    int out[2], errp[2];
+    pid_t pid;
+
+    err[0] = STAGE_OK;
+    err[1] = 0;
+    if (stdio_pipe(out) != 0) {
+        err[0] = STAGE_PIPE;
+        err[1] = errno;
+        return -1;
+    }
+    if (stdio_pipe(errp) != 0) {
+        err[0] = STAGE_PIPE;
+        err[1] = errno;
+        close(out[0]);
+        close(out[1]);
+        return -1;
+    }
+    pid = boid_spawn(paths, argv, envp, cwd, fsize, out[1], errp[1], parent, err);
+    close(out[1]);   /* the child's copies: the pipes end when it (and its children) do */
+    close(errp[1]);
+    if (pid < 0) {
+        close(out[0]);
+        close(errp[0]);
+        return -1;
+    }
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    fcntl(errp[0], F_SETFL, O_NONBLOCK);
+    fds[0] = out[0];
+    fds[1] = errp[0];
+#ifdef SYS_pidfd_open
+    fds[2] = (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    fds[2] = -1;
+#endif
+    return pid;
+}
+
+/* Register n descriptors with an epoll instance for input (data.fd = the descriptor), in one
+ * call; 0, or the errno of the first that failed (those before it stay registered). */
+int boid_epoll_add(int epfd, const int *fds, int n) {
+    for (int i = 0; i < n; i++) {
+        struct epoll_event ev;
+        ev.events = EPOLLIN;
+        ev.data.u64 = 0;
+        ev.data.fd = fds[i];
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, fds[i], &ev) != 0)
+            return errno;
+    }
+    return 0;
 }

@@ -40,7 +40,8 @@ SOURCE = Path(__file__).with_name("boid_spawn.c")
 _SETPRIV = shutil.which("setpriv")
 _PRLIMIT = shutil.which("prlimit")
 _STAGES = {1: "vfork", 2: "open /dev/null as stdin", 3: "redirect stdout and stderr", 4: "setsid",
-           5: "set the parent-death signal", 6: "set the file-size limit", 7: "enter the working directory"}
+           5: "set the parent-death signal", 6: "set the file-size limit", 7: "enter the working directory",
+           9: "make the output pipes"}
 
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
@@ -85,6 +86,13 @@ class Spawner:
         self._fn.argtypes = [strings, strings, strings, ctypes.c_char_p, ctypes.c_longlong, ctypes.c_int,
                              ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
         self._fn.restype = ctypes.c_int
+        self._launch = lib.boid_launch
+        self._launch.argtypes = [strings, strings, strings, ctypes.c_char_p, ctypes.c_longlong, ctypes.c_int,
+                                 ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+        self._launch.restype = ctypes.c_int
+        self._epoll_add = lib.boid_epoll_add
+        self._epoll_add.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+        self._epoll_add.restype = ctypes.c_int
         self._paths: dict[tuple[str, str | None], list[bytes]] = {}   # (command, PATH) -> candidates
 
     def _candidates(self, exe: str, path: str | None) -> list[bytes]:
@@ -99,23 +107,46 @@ class Spawner:
                 self._paths[key] = found
         return found
 
-    def __call__(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, fsize: int | None,
-                 stdout: int, stderr: int) -> int:
+    def _args(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, fsize: int | None) -> tuple:
         def strings(items: Sequence[bytes]) -> ctypes.Array:
             return (ctypes.c_char_p * (len(items) + 1))(*items, None)
         def enc(s: str) -> bytes:
             return s.encode(_FS_ENCODING, _FS_ERRORS)   # os.fsencode, without its per-call checks
         paths = self._candidates(argv[0], env.get("PATH"))
         envp = [enc(f"{k}={v}") for k, v in env.items()]
+        return (strings(paths), strings([enc(a) for a in argv]), strings(envp),
+                None if cwd is None else os.fsencode(cwd), -1 if fsize is None else int(fsize))
+
+    @staticmethod
+    def _failed(argv: Sequence[str], err: ctypes.Array) -> OSError:
+        if err[0] == 8:   # the exec: like Popen's FileNotFoundError / PermissionError
+            return OSError(err[1], os.strerror(err[1]), argv[0])
+        return OSError(err[1], f"{_STAGES.get(err[0], 'spawn')}: {os.strerror(err[1])}")
+
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, fsize: int | None,
+                 stdout: int, stderr: int) -> int:
         err = (ctypes.c_int * 2)()
-        pid = self._fn(strings(paths), strings([enc(a) for a in argv]), strings(envp),
-                       None if cwd is None else os.fsencode(cwd), -1 if fsize is None else int(fsize),
-                       stdout, stderr, os.getpid(), err)
+        pid = self._fn(*self._args(argv, env, cwd, fsize), stdout, stderr, os.getpid(), err)
         if pid < 0:
-            if err[0] == 8:   # the exec: like Popen's FileNotFoundError / PermissionError
-                raise OSError(err[1], os.strerror(err[1]), argv[0])
-            raise OSError(err[1], f"{_STAGES.get(err[0], 'spawn')}: {os.strerror(err[1])}")
+            raise self._failed(argv, err)
         return pid
+
+    def launch(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
+               fsize: int | None) -> tuple[int, int, int, int | None]:
+        """(pid, stdout read end, stderr read end, pidfd or None): pipes, start and pidfd in one
+        C call (the read ends close-on-exec and non-blocking)."""
+        err, fds = (ctypes.c_int * 2)(), (ctypes.c_int * 3)()
+        pid = self._launch(*self._args(argv, env, cwd, fsize), os.getpid(), err, fds)
+        if pid < 0:
+            raise self._failed(argv, err)
+        return pid, fds[0], fds[1], None if fds[2] < 0 else fds[2]
+
+    def epoll_add(self, epfd: int, fds: Sequence[int]) -> None:
+        """Register `fds` with the epoll instance for input, in one C call."""
+        arr = (ctypes.c_int * len(fds))(*fds)
+        code = self._epoll_add(epfd, arr, len(fds))
+        if code:
+            raise OSError(code, f"epoll_ctl: {os.strerror(code)}")
 
 
 def _build() -> Spawner:
@@ -242,3 +273,37 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: Path | None, fsiz
     p = subprocess.Popen(wrapped, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                          start_new_session=True)
     return Proc(p.pid, popen=p)
+
+
+def spawn_piped(argv: Sequence[str], env: Mapping[str, str], *, cwd: Path | None, fsize: int | None,
+                helper: Spawner | None = None) -> tuple[Proc, int, int, int | None]:
+    """`spawn` with the attempt's own stdout and stderr pipes: (process, stdout read end, stderr
+    read end, pidfd or None), the read ends non-blocking. With the compiled helper it is one C
+    call; without it the same, step by step. OSError if it could not start (nothing left open)."""
+    if cwd is not None and not os.path.isabs(cwd):
+        raise ValueError(f"working directory {cwd} must be absolute")
+    if not argv:
+        raise ValueError("no command")
+    if helper is not None:
+        pid, r_out, r_err, pidfd = helper.launch(argv, env, None if cwd is None else os.fspath(cwd), fsize)
+        return Proc(pid), r_out, r_err, pidfd
+    fds: list[int] = []
+    try:
+        r_out, w_out = os.pipe()
+        fds += [r_out, w_out]
+        r_err, w_err = os.pipe()
+        fds += [r_err, w_err]
+        proc = spawn(argv, env, cwd=cwd, fsize=fsize, stdout=w_out, stderr=w_err)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    for fd in (w_out, w_err):   # the child's copies: the pipes end when it (and its children) do
+        os.close(fd)
+    for fd in (r_out, r_err):
+        os.set_blocking(fd, False)
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)   # the leader is not reaped before its owner reaps it
+    except (OSError, AttributeError):   # a kernel before 5.3
+        pidfd = None
+    return proc, r_out, r_err, pidfd

@@ -103,6 +103,12 @@ def output_path(job: Job, protocol: Protocol) -> str:
     return storage_path(protocol.spec.datadir, job.spec.output.path or f"jobs/{job.name}")
 
 
+def attempt_path(protocol: Protocol, tag: str, unit: str, n: int) -> str:
+    """An attempt's output directory: one directory per attempt, flat under its job's (a nested
+    directory per unit cost a second mkdir on every launch)."""
+    return posixpath.join(protocol.spec.datadir, ".runs", tag, f"{unit}.{n}")
+
+
 def record_path(job: Job, protocol: Protocol) -> str:
     """The full run record of a compacted job, next to its results manifest."""
     return posixpath.join(output_path(job, protocol), RECORD_FILE)
@@ -577,7 +583,7 @@ class _Pass:
         tasks = []
         for unit, n, exclude in plan:
             tid = f"{self.tag}.{unit.id}.{n}"
-            out = posixpath.join(self.protocol.spec.datadir, ".runs", self.tag, unit.id, str(n))
+            out = attempt_path(self.protocol, self.tag, unit.id, n)
             tasks.append((unit, tid, out, exclude, Attempt(unit=unit.id, n=n, output=out, at_us=at)))
         self.txn += [r.stage_attempt(tid, a) for _, tid, _, _, a in tasks]
         if not self.flush():

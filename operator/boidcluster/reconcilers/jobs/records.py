@@ -75,8 +75,11 @@ def _plain(x: Any) -> Any:
 _SCALARS = frozenset({str, int, float, bool})
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))   # json.dumps builds one per call
+
+
 def _dump(rec: Any) -> bytes:
-    return json.dumps(_plain(rec), sort_keys=True, separators=(",", ":")).encode()
+    return _ENCODER.encode(_plain(rec)).encode()
 
 
 @dataclass(frozen=True, slots=True)
