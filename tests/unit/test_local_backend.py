@@ -424,3 +424,18 @@ def test_without_pidfd_a_thread_per_attempt_waits_and_every_end_is_still_reporte
     ends = {u.task_id: u for u in got if u.terminal}
     assert ends["t1"].state == "FAILED" and ends["t1"].exit_code == 2 and ends["t2"].state == "KILLED", ends
     assert (tmp_path / "out/t1/.stdout").read_text() == "hi\n"
+
+
+def test_an_output_directory_planted_as_a_link_out_of_storage_is_never_used(backend, tmp_path):
+    """An attempt's directory is made under its job's directory, whose resolved path is
+    remembered; one that is already there (here a link planted to a directory outside the
+    storage) is resolved in full, and the attempt fails instead of writing through it."""
+    backend.submit(task("t1", ["true"]))   # out/ is resolved and remembered now
+    assert collect(backend, lambda u: u.terminal)[-1].state == "FINISHED"
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    os.symlink(outside, tmp_path / "out" / "t2")
+    backend.submit(task("t2", ["sh", "-c", "echo planted > x; echo out"]))
+    end = collect(backend, lambda u: u.terminal)[-1]
+    assert end.state == "FAILED" and "leaves the storage root" in end.message
+    assert list(outside.iterdir()) == []

@@ -233,6 +233,25 @@ def test_local_symlink_escape_is_rejected(tmp_path):
             s.read_bytes("link/secret")
 
 
+def test_a_link_planted_after_its_directory_was_resolved_is_still_refused(tmp_path):
+    """check_inside remembers a directory's resolved path (every unit's end is checked); a link
+    a unit plants among its outputs afterwards, the last component, is always looked at."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    root = tmp_path / "root"
+    (root / "out").mkdir(parents=True)
+    (root / "out" / "a").write_bytes(b"a")
+    with Storage(f"file://{root}") as s:
+        assert s.read_bytes("out/a") == b"a"          # out/ is resolved and remembered now
+        os.symlink(outside / "secret", root / "out" / "b")
+        with pytest.raises(InvalidPath, match="outside the storage root"):
+            s.read_bytes("out/b")
+        os.symlink(outside, root / "out" / "dir")
+        with pytest.raises(InvalidPath, match="outside the storage root"):
+            s.list("out/dir")
+
+
 def test_bad_urls():
     with pytest.raises(InvalidPath):
         Storage("s3://bucket/x")

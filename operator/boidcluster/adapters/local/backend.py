@@ -106,7 +106,7 @@ class _Stream:
     through a link or a file the unit planted."""
 
     name: str             # stdout | stderr
-    path: Path            # .stdout | .stderr in the output directory
+    path: str             # .stdout | .stderr in the output directory
     log: int | None = None
     kept: int = 0
     broken: bool = False  # the log cannot be written: the rest is read and dropped
@@ -461,7 +461,6 @@ class LocalBackend:
                     t, what = handler
                     if what == "exit":
                         self._forget(fd)
-                        os.close(fd)
                         self._exited(t)
                     else:
                         self._read(t, fd)
@@ -503,8 +502,13 @@ class LocalBackend:
                         self._schedule()
 
     def _forget(self, fd: int) -> None:
+        """Stop watching `fd` and close it (the io loop's own descriptors only)."""
         del self._handlers[fd]
-        self._epoll.unregister(fd)
+        if self._helper is not None:
+            self._helper.epoll_close(self._epoll.fileno(), fd)
+        else:
+            self._epoll.unregister(fd)
+            os.close(fd)
 
     def _launch(self, t: _Task) -> None:
         assert t.slot is not None
@@ -543,7 +547,7 @@ class LocalBackend:
                 self._schedule()
             return
         t.out = out
-        t.streams = {r_out: _Stream("stdout", out / ".stdout"), r_err: _Stream("stderr", out / ".stderr")}
+        t.streams = {r_out: _Stream("stdout", f"{out_s}/.stdout"), r_err: _Stream("stderr", f"{out_s}/.stderr")}
         with self._mu:
             t.prepared, t.proc = prepared, proc
             self._running[spec.task_id] = t
@@ -630,10 +634,10 @@ class LocalBackend:
                 except FileNotFoundError:
                     pass
                 except OSError as e:
-                    log.error("local backend: %s of %s cannot be created: %s", s.path.name, t.spec.task_id, e)
+                    log.error("local backend: %s of %s cannot be created: %s", s.name, t.spec.task_id, e)
                     break
             except OSError as e:
-                log.error("local backend: %s of %s cannot be created: %s", s.path.name, t.spec.task_id, e)
+                log.error("local backend: %s of %s cannot be created: %s", s.name, t.spec.task_id, e)
                 break
         s.broken = True
         return None
@@ -641,7 +645,6 @@ class LocalBackend:
     def _close_stream(self, t: _Task, fd: int) -> None:
         s = t.streams.pop(fd)
         self._forget(fd)
-        os.close(fd)
         if s.log is not None:
             os.close(s.log)
             s.log = None
@@ -694,21 +697,29 @@ class LocalBackend:
         except ValueError:
             return 0, 0, None
         total, bad, count = 0, None, 0
-        for root, dirs, files in os.walk(out):
-            count += len(files) + len(dirs)
-            if count > self.limits.output_files:  # stop early: the count alone fails the unit
-                return total, count, bad
-            for name in [*files, *dirs]:
-                path = os.path.join(root, name)
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
-                elif not stat.S_ISDIR(st.st_mode) and bad is None:
-                    kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-                    bad = f"outputs may hold only regular files and directories: {os.path.relpath(path, out)} is {kind}"
+        todo = [str(out)]
+        while todo:   # os.scandir, not os.walk: every attempt's end is scanned (a silent one: one call)
+            try:
+                entries = os.scandir(todo.pop())
+            except OSError:
+                continue
+            with entries:
+                for e in entries:
+                    count += 1
+                    if count > self.limits.output_files:  # stop early: the count alone fails the unit
+                        return total, count, bad
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        total += st.st_size
+                    elif stat.S_ISDIR(st.st_mode):
+                        todo.append(e.path)
+                    elif bad is None:
+                        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                        bad = (f"outputs may hold only regular files and directories: "
+                               f"{os.path.relpath(e.path, out)} is {kind}")
         return total, count, bad
 
     def _output_over(self, size: int, count: int) -> str | None:

@@ -188,3 +188,12 @@ int boid_epoll_add(int epfd, const int *fds, int n) {
     }
     return 0;
 }
+
+/* Remove a descriptor from an epoll instance and close it, in one call; 0 or the errno of the
+ * first step that failed (the descriptor is closed whatever happens). */
+int boid_epoll_close(int epfd, int fd) {
+    int code = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) != 0 ? errno : 0;
+    if (close(fd) != 0 && code == 0)
+        code = errno;
+    return code;
+}

@@ -93,6 +93,9 @@ class Spawner:
         self._epoll_add = lib.boid_epoll_add
         self._epoll_add.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
         self._epoll_add.restype = ctypes.c_int
+        self._epoll_close = lib.boid_epoll_close
+        self._epoll_close.argtypes = [ctypes.c_int, ctypes.c_int]
+        self._epoll_close.restype = ctypes.c_int
         self._paths: dict[tuple[str, str | None], list[bytes]] = {}   # (command, PATH) -> candidates
 
     def _candidates(self, exe: str, path: str | None) -> list[bytes]:
@@ -140,6 +143,12 @@ class Spawner:
         if pid < 0:
             raise self._failed(argv, err)
         return pid, fds[0], fds[1], None if fds[2] < 0 else fds[2]
+
+    def epoll_close(self, epfd: int, fd: int) -> None:
+        """Unregister `fd` from the epoll instance and close it, in one C call."""
+        code = self._epoll_close(epfd, fd)
+        if code:
+            raise OSError(code, f"closing a watched descriptor: {os.strerror(code)}")
 
     def epoll_add(self, epfd: int, fds: Sequence[int]) -> None:
         """Register `fds` with the epoll instance for input, in one C call."""
