@@ -439,3 +439,34 @@ def test_an_output_directory_planted_as_a_link_out_of_storage_is_never_used(back
     end = collect(backend, lambda u: u.terminal)[-1]
     assert end.state == "FAILED" and "leaves the storage root" in end.message
     assert list(outside.iterdir()) == []
+
+
+def test_ended_tasks_are_forgotten_past_a_bound_so_memory_stays_flat(tmp_path, monkeypatch):
+    """The backend keeps only the newest KEEP_ENDED ended tasks (each is kilobytes; a 100,000-unit
+    job kept ~700 MB); a recent one still answers reconcile, a long-ended one is unknown."""
+    from boidcluster.adapters.local import backend as mod
+
+    monkeypatch.setattr(mod, "KEEP_ENDED", 5)
+    b = LocalBackend(tmp_path, [Slot("alice"), Slot("bob")])
+    try:
+        for i in range(12):
+            b.submit(task(f"t{i}", ["true"], unit=f"u{i % 4}"))
+        ends = []
+        deadline = time.monotonic() + 20
+        while len(ends) < 12 and time.monotonic() < deadline:
+            ends += [u for u in b.updates(timeout=0.1) if u.terminal]
+        assert sorted(u.task_id for u in ends) == sorted(f"t{i}" for i in range(12))
+        assert all(u.state == "FINISHED" for u in ends)
+        assert len(b._tasks) == 5 and len(b._ended) == 5
+        assert set(b._ran) <= {("j", f"u{i}") for i in range(4)} and set(b._per_unit) == set(b._ran)
+        newest = ends[-1].task_id
+        b.reconcile([newest, "t0" if newest != "t0" else "t1"])
+        got = {}
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            got.update((u.task_id, u) for u in b.updates(timeout=0.1))
+        assert got[newest].state == "FINISHED"
+        old = got["t0" if newest != "t0" else "t1"]
+        assert old.state == "LOST" and "unknown to the local backend" in old.message
+    finally:
+        b.close()

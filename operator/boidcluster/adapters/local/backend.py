@@ -77,6 +77,12 @@ TAIL_BYTES = 300
 LAUNCHERS = 2
 """Threads that start attempts (each blocks while its child is between vfork and exec)."""
 
+KEEP_ENDED = 4096
+"""Ended tasks the backend still answers `reconcile` about (the newest). Older ones are dropped,
+so its memory does not grow with the number of tasks it ran (a task's record is kilobytes: a
+100,000-unit job kept ~700 MB). The dispatcher keeps a task's end itself until its result is
+durable and asks the backend only about tasks it has not seen, so it never needs a dropped one."""
+
 LINGER = 10.0
 """Seconds an ended attempt waits for its pipes' end (a background child may hold them) before it
 is reported anyway and the rest of its output is dropped."""
@@ -192,6 +198,8 @@ class LocalBackend:
         self._busy: list[str | None] = [None] * len(self.slots)
         self._offline: set[str] = set()
         self._ran: dict[tuple[str, str], set[str]] = {}  # (job, unit) -> contributors that ran it
+        self._per_unit: dict[tuple[str, str], int] = {}  # (job, unit) -> its tasks in _tasks
+        self._ended: collections.deque[str] = collections.deque()   # ended task ids, oldest first
         self._updates: queue.SimpleQueue[TaskUpdate] = queue.SimpleQueue()
         self._closed = False
         self._running: dict[str, _Task] = {}           # started and not yet ended (the monitor's set)
@@ -224,6 +232,8 @@ class LocalBackend:
                 return  # idempotent
             t = _Task(task)
             self._tasks[task.task_id] = t
+            key = (task.job, task.unit)
+            self._per_unit[key] = self._per_unit.get(key, 0) + 1
             self._queue.append(task.task_id)
             self._emit(t, "STAGING")
             self._schedule()
@@ -248,7 +258,8 @@ class LocalBackend:
             for tid in task_ids:
                 t = self._tasks.get(tid)
                 if t is None:
-                    why = self._swept.get(tid, "unknown to the local backend (it ran in an earlier operator process)")
+                    why = self._swept.get(tid, "unknown to the local backend (it ran in an earlier operator "
+                                               "process, or ended long ago)")
                     self._updates.put(TaskUpdate(tid, "LOST", message=why, finished_at=time.time()))
                 elif t.last is not None:
                     self._updates.put(t.last)
@@ -326,6 +337,23 @@ class LocalBackend:
                        message=message, started_at=t.started_at, finished_at=finished_at)
         t.last = u
         self._updates.put(u)
+        if u.terminal:   # caller holds the lock
+            self._ended.append(t.spec.task_id)
+            while len(self._ended) > KEEP_ENDED:
+                self._drop(self._ended.popleft())
+
+    def _drop(self, task_id: str) -> None:
+        """Forget an ended task (and, with its unit's last, which contributors ran the unit)."""
+        t = self._tasks.pop(task_id, None)
+        if t is None:
+            return
+        key = (t.spec.job, t.spec.unit)
+        left = self._per_unit.get(key, 1) - 1
+        if left > 0:
+            self._per_unit[key] = left
+        else:
+            self._per_unit.pop(key, None)
+            self._ran.pop(key, None)
 
     def _runtime(self, slot: Slot) -> Runtime:
         return slot.runtime or self.runtime
