@@ -45,7 +45,7 @@ from boidcluster.adapters.local.backend import LocalBackend  # noqa: E402
 from boidcluster.adapters.local.zookeeper import LocalZooKeeper, four_letter_word  # noqa: E402
 from boidcluster.adapters.storage import Storage  # noqa: E402
 from boidcluster.adapters.store import OBJECTS, Store, kind_dir  # noqa: E402
-from boidcluster.engine.operator import Operator  # noqa: E402
+from boidcluster.engine.operator import Operator, tune_gc  # noqa: E402
 from boidcluster.engine.world import World  # noqa: E402
 from boidcluster.model.resources import Job, Protocol  # noqa: E402
 from boidcluster.reconcilers import registry  # noqa: E402
@@ -169,6 +169,7 @@ class Site:
         except Exception:
             pass
         self.store.client.ensure_path(f"{OBJECTS}/{kind_dir(Job)}")   # in the baseline, as it stays
+        tune_gc()   # as `operator run` does
         self.op = Operator(self.store, world, registry, workers=4).start()   # `operator run`'s default
         while not self.op.leading:
             time.sleep(0.01)

@@ -24,7 +24,7 @@ import click
 
 from boidcluster.adapters.auth import dispatcher_user
 from boidcluster.adapters.store import Store
-from boidcluster.engine.operator import Operator
+from boidcluster.engine.operator import Operator, tune_gc
 from boidcluster.model.resources import Job
 
 from .context import Ctx, Failure, boid_home, cluster_file, friendly, read_cluster
@@ -168,6 +168,7 @@ def start_operator(opts: OperatorOptions, store: Store, health_port: int | None,
             from boidcluster.reconcilers.admission import with_job_grants
 
             registry = with_job_grants(registry.without([Job]))  # each granted to its dispatcher
+    tune_gc()
     op = Operator(store, world, registry, workers=opts.workers, health_port=health_port,
                   health_host=health_address, leader_path=leader_path).start()
     return op, world

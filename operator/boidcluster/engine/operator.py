@@ -6,6 +6,7 @@ from a clean queue and a full re-list (level triggered: nothing is carried over 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -20,6 +21,21 @@ from .metrics import HealthServer, Metrics
 from .reconciler import Registry
 
 log = logging.getLogger(__name__)
+
+GC_YOUNG = 10_000   # allocations between collections of the youngest generation (CPython: 700)
+
+
+def tune_gc() -> None:
+    """For an operator process: collect the youngest generation every GC_YOUNG allocations.
+
+    Why: a pass allocates many short-lived objects, freed by reference counting, and the cyclic
+    collector's frequent young collections find next to nothing. Measured with gc.callbacks over
+    bench/dispatch.py's operator running a 20,000-unit job: 0.74 s in 771 collections (~37 us per
+    unit, ~5% of the operator's CPU) by default. Only the threshold changes (no gc.freeze: an
+    embedding process, e.g. a test run, keeps collecting what it frees). Idempotent."""
+    young, middle, old = gc.get_threshold()
+    if young and young < GC_YOUNG:
+        gc.set_threshold(GC_YOUNG, middle, old)
 
 
 class Operator:
