@@ -14,6 +14,7 @@ from boidcluster.adapters.store import (
     OBJECTS,
     AlreadyExists,
     Conflict,
+    Forbidden,
     InvalidObject,
     InvalidSelector,
     NotFound,
@@ -308,6 +309,32 @@ def test_create_once_is_exactly_once(store: Store) -> None:
     assert store.get_run("job-1/units/0008/done") is None
     with pytest.raises(InvalidObject):
         store.create_once("../escape")
+
+
+def test_run_records_are_read_back_many_per_request_exactly(store: Store) -> None:
+    """read_runs reads RUN_BATCH records per request (ZooKeeper's multiRead, on this chroot'ed
+    store): every record, exactly, in name order; a record gone between the listing and the read
+    is left out; reading one by one (a server without multiRead) gives the same."""
+    items = [(f"job-9/accepted/u{i:04d}", f'{{"i":{i}}}'.encode()) for i in range(450)]   # over two batches
+    assert store.create_many(items)
+    want = [(p.rsplit("/", 1)[1], d) for p, d in items]
+    assert store.read_runs("job-9/accepted") == want
+    paths = [store._run_path("job-9/accepted/u0001"), store._run_path("job-9/accepted/gone")]
+    assert store._get_many(paths, "read") == [b'{"i":1}', None]
+    store._multi_read = False
+    assert store.read_runs("job-9/accepted") == want
+    assert store._get_many(paths, "read") == [b'{"i":1}', None]
+
+
+def test_a_run_record_the_user_may_not_read_is_refused_not_skipped(store: Store) -> None:
+    """A read refused by the record's ACL inside a multiRead is Forbidden, never a missing record."""
+    from kazoo.security import make_digest_acl
+
+    assert store.create_many([("job-8/accepted/a", b"{}")])
+    store.client.create(store._run_path("job-8/accepted/b"), b"{}",
+                        acl=[make_digest_acl("someone-else", "pw", all=True)])
+    with pytest.raises(Forbidden):
+        store.read_runs("job-8/accepted")
 
 
 def test_unreachable_zookeeper_is_store_unavailable_within_the_timeout() -> None:
