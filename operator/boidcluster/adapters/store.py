@@ -1201,10 +1201,12 @@ class Store:
     # -- runs and misc ----------------------------------------------------------------------
     @staticmethod
     def _run_path(path: str) -> str:
-        parts = path.strip("/").split("/")
-        if not path.strip("/") or any(p in ("", ".", "..") for p in parts):
+        p = path.strip("/")
+        # no empty, "." or ".." segment (as a split would tell, without one: a few per unit)
+        if (not p or "//" in p or p in (".", "..") or p.startswith(("./", "../")) or p.endswith(("/.", "/.."))
+                or "/./" in p or "/../" in p):
             raise InvalidObject(f"bad run path {path!r}: use 'job/segment/...'")
-        return f"{RUNS}/{'/'.join(parts)}"
+        return f"{RUNS}/{p}"
 
     def create_once(self, path: str, data: bytes | str | Mapping[str, Any] | None = None) -> bool:
         """Create runs/<path> with `data` if it does not exist: True if this call created it.

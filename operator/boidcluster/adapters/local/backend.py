@@ -552,9 +552,11 @@ class LocalBackend:
         try:
             out_s, fresh = self._fresh_dir(spec.output_dir)
             out = Path(out_s)
-            inputs = [self._local(p) for p in json.loads(spec.env.get("BOID_INPUT_FILES") or "[]")]
-            env = {k: v for k, v in {**spec.env, **slot.env}.items() if k not in ("BOID_OUTPUT_DIR", "BOID_INPUT_FILES")}
-            env.update(BOID_CONTRIBUTOR=slot.contributor, BOID_TASK_ID=spec.task_id)
+            listed = spec.env.get("BOID_INPUT_FILES")
+            inputs = [self._local(p) for p in json.loads(listed)] if listed and listed != "[]" else []
+            env = {**spec.env, **slot.env, "BOID_CONTRIBUTOR": slot.contributor, "BOID_TASK_ID": spec.task_id}
+            env.pop("BOID_OUTPUT_DIR", None)   # the runtime's own, as the unit sees it
+            env.pop("BOID_INPUT_FILES", None)
             attempt = spec.task_id.rsplit(".", 1)[-1]
             prepared = runtime.prepare(Launch(
                 task_id=spec.task_id, job=spec.job, unit=spec.unit, attempt=attempt, contributor=slot.contributor,

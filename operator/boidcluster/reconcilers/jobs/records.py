@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -64,6 +65,9 @@ _FIELDS: dict[type, tuple[str, ...]] = {}
 
 def _plain(x: Any) -> Any:
     """dataclasses.asdict without its deep copies (a record is written per unit: it adds up)."""
+    flat = _FLAT.get(type(x))
+    if flat is not None:   # every field a scalar: no per-field look at its type
+        return dict(zip(flat[0], flat[1](x)))
     names = _FIELDS.get(type(x))
     if names is None:
         if not dataclasses.is_dataclass(x):
@@ -73,6 +77,14 @@ def _plain(x: Any) -> Any:
 
 
 _SCALARS = frozenset({str, int, float, bool})
+_FLAT: dict[type, tuple[tuple[str, ...], Any]] = {}   # record class -> (field names, their getter)
+
+
+def _flat(cls: type) -> type:
+    """Register a record class whose fields are all scalars (or None) for _plain's short way."""
+    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    _FLAT[cls] = (names, operator.attrgetter(*names) if len(names) > 1 else (lambda x, n=names[0]: (getattr(x, n),)))
+    return cls
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))   # json.dumps builds one per call
@@ -82,6 +94,7 @@ def _dump(rec: Any) -> bytes:
     return _ENCODER.encode(_plain(rec)).encode()
 
 
+@_flat
 @dataclass(frozen=True, slots=True)
 class Attempt:
     unit: str
@@ -90,6 +103,7 @@ class Attempt:
     at_us: int
 
 
+@_flat
 @dataclass(frozen=True, slots=True)
 class TaskResult:
     unit: str
