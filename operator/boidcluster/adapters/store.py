@@ -103,9 +103,6 @@ class _MultiRead(tuple):
     type = 22
     _GET_DATA, _ERROR = 4, -1
 
-    def __new__(cls, paths: tuple[str, ...]) -> "_MultiRead":
-        return super().__new__(cls, paths)
-
     def serialize(self) -> bytearray:
         b = bytearray()
         for p in self:

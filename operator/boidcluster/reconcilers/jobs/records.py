@@ -83,7 +83,8 @@ _FLAT: dict[type, tuple[tuple[str, ...], Any]] = {}   # record class -> (field n
 def _flat(cls: type) -> type:
     """Register a record class whose fields are all scalars (or None) for _plain's short way."""
     names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-    _FLAT[cls] = (names, operator.attrgetter(*names) if len(names) > 1 else (lambda x, n=names[0]: (getattr(x, n),)))
+    assert len(names) > 1, "attrgetter of one name returns the value, not a tuple"
+    _FLAT[cls] = (names, operator.attrgetter(*names))
     return cls
 
 
