@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import orjson
 
 from boidcluster.adapters.store import Store
 
@@ -53,49 +54,19 @@ def _load(cls: type[T], raw: bytes | None) -> T | None:
     """A record from its JSON (unknown keys ignored: records written by an older/newer operator)."""
     if raw is None:
         return None
-    data = json.loads(raw or b"null")
+    data = orjson.loads(raw or b"null")
     if data is None:
         return None
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def _plain(x: Any) -> Any:
-    """dataclasses.asdict without its deep copies (a record is written per unit: it adds up)."""
-    flat = _FLAT.get(type(x))
-    if flat is not None:   # every field a scalar: no per-field look at its type
-        return dict(zip(flat[0], flat[1](x)))
-    names = _FIELDS.get(type(x))
-    if names is None:
-        if not dataclasses.is_dataclass(x):
-            return [_plain(v) for v in x] if isinstance(x, (tuple, list)) else x
-        names = _FIELDS[type(x)] = tuple(f.name for f in dataclasses.fields(x))  # type: ignore[arg-type]
-    return {n: v if (v := getattr(x, n)) is None or type(v) in _SCALARS else _plain(v) for n in names}
-
-
-_SCALARS = frozenset({str, int, float, bool})
-_FLAT: dict[type, tuple[tuple[str, ...], Any]] = {}   # record class -> (field names, their getter)
-
-
-def _flat(cls: type) -> type:
-    """Register a record class whose fields are all scalars (or None) for _plain's short way."""
-    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-    assert len(names) > 1, "attrgetter of one name returns the value, not a tuple"
-    _FLAT[cls] = (names, operator.attrgetter(*names))
-    return cls
-
-
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))   # json.dumps builds one per call
-
-
 def _dump(rec: Any) -> bytes:
-    return _ENCODER.encode(_plain(rec)).encode()
+    """A record's JSON. orjson encodes dataclasses (with slots) itself, 4-5x faster than json with
+    a conversion to dicts first; a record is written per unit and read back per unit, so it adds up."""
+    return orjson.dumps(rec)
 
 
-@_flat
 @dataclass(frozen=True, slots=True)
 class Attempt:
     unit: str
@@ -104,7 +75,6 @@ class Attempt:
     at_us: int
 
 
-@_flat
 @dataclass(frozen=True, slots=True)
 class TaskResult:
     unit: str
@@ -145,7 +115,7 @@ class Acceptance:
     def from_raw(cls, raw: bytes | None) -> "Acceptance | None":
         if raw is None:
             return None
-        d = json.loads(raw)
+        d = orjson.loads(raw)
         return cls(hash=d["hash"], credited=tuple(Credit(**c) for c in d["credited"]),
                    rejected=tuple(Rejected(**r) for r in d["rejected"]), at_us=d["at_us"], output=d["output"])
 
@@ -182,7 +152,7 @@ class Summary:
     def from_raw(cls, raw: bytes | None) -> "Summary | None":
         if raw is None:
             return None
-        d = json.loads(raw)
+        d = orjson.loads(raw)
         d["final"] = Final(**d["final"])
         d["slowest"] = [tuple(x) for x in d["slowest"]]
         return cls(**d)
@@ -288,7 +258,7 @@ class JobRecords:
             r._result(tid, TaskResult(**x))
         r.recorded = set(full["recorded"])
         for u, a in full["accepted"].items():
-            r._accepted(u, Acceptance.from_raw(json.dumps(a).encode()))  # type: ignore[arg-type]
+            r._accepted(u, Acceptance.from_raw(orjson.dumps(a)))  # type: ignore[arg-type]
         return r
 
     def credited(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -472,4 +442,4 @@ def full_record(store: Store, uid: str, head: dict[str, Any]) -> bytes:
 
 def accepted_units(store: Store, uid: str) -> dict[str, dict[str, Any]]:
     """Every acceptance of the job, read from ZooKeeper (unit -> its record as JSON data)."""
-    return {u: json.loads(raw) for u, raw in store.read_runs(f"{uid}/accepted")}
+    return {u: orjson.loads(raw) for u, raw in store.read_runs(f"{uid}/accepted")}
