@@ -201,10 +201,11 @@ class HostRuntime:
         self.limits = limits
 
     def prepare(self, launch: Launch) -> Prepared:
-        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(launch.output),
+        out = str(launch.output)
+        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": out,
                "LANG": "C.UTF-8", **launch.env,
-               "BOID_OUTPUT_DIR": str(launch.output),
-               "BOID_INPUT_FILES": json.dumps([str(p) for p in launch.inputs])}
+               "BOID_OUTPUT_DIR": out,
+               "BOID_INPUT_FILES": json.dumps([str(p) for p in launch.inputs]) if launch.inputs else "[]"}
         return Prepared(list(launch.command), env, cwd=launch.output, fsize=self.limits.output_bytes)
 
     def kill(self, prepared: Prepared, proc: Proc, sig: int) -> None:

@@ -39,7 +39,6 @@ job). Both must be idempotent.
 from __future__ import annotations
 
 import heapq
-import json
 from dataclasses import asdict
 import logging
 import posixpath
@@ -596,7 +595,7 @@ class _Pass:
         refused: list[tuple[str, TaskResult]] = []
         for unit, tid, out, exclude, _ in tasks:
             env = {**spec.env, "BOID_UNIT_INDEX": str(unit.index), "BOID_UNIT_PARAMS": unit.params_json,
-                   "BOID_OUTPUT_DIR": out, "BOID_INPUT_FILES": json.dumps(list(unit.inputs))}
+                   "BOID_OUTPUT_DIR": out, "BOID_INPUT_FILES": unit.inputs_json}
             task = TaskSpec(task_id=tid, job=self.tag, unit=unit.id, command=command, env=env, output_dir=out,
                             image=image, network=self.protocol.spec.network, resources=resources,
                             constraints=constraints,

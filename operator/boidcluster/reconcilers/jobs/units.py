@@ -29,7 +29,13 @@ class Unit:
 
     @property
     def params_json(self) -> str:
+        if not self.params:   # a count job's units: no encoding per launch
+            return "{}"
         return json.dumps(self.params, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def inputs_json(self) -> str:
+        return json.dumps(list(self.inputs)) if self.inputs else "[]"
 
 
 def _digest(obj: Any) -> str:
