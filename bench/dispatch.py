@@ -13,10 +13,13 @@ For each size it prints units/s, the ratios, the process's RSS (the operator run
 ZooKeeper's znode count before the job, at its end, and after deleting it (it must return to
 the first). `--jobs M` instead applies M jobs of `--units` units each at once.
 
-Before any measurement a first job of `--warmup` units (2,000) runs and is deleted, its rate
+Before any measurement a first job of `--warmup` units (10,000) runs and is deleted, its rate
 printed: a cluster's ZooKeeper has been running, and a fresh one's JVM compiles its hot paths
-during its first job (measured: ZooKeeper's CPU per unit of three 10,000-unit jobs in a row,
-0.29-0.33, 0.15-0.17, 0.09-0.11 ms), which bare launches never pay. `--warmup 0` measures cold.
+during its first jobs (measured: ZooKeeper's CPU per unit of three 10,000-unit jobs in a row,
+0.29-0.33, 0.15-0.17, 0.09-0.11 ms; sampled every second after a 2,000-unit warm-up it was still
+0.5-0.3 ms during the next job's first 4 s), which bare launches never pay. `--warmup 0` measures
+cold. The bare baseline is measured before and after each dispatched run and averaged: the
+machine's speed drifts from one minute to the next.
 
     .venv/bin/python bench/dispatch.py [-n 1000 -n 10000] [--slots 4] [--runtime host]
     .venv/bin/python bench/dispatch.py --jobs 1000 --units 2
@@ -314,7 +317,7 @@ def main() -> None:
                          "the backend-alone driver keeps this many in flight")
     ap.add_argument("--zk-heap", default="1g", help="the bench's ZooKeeper's Java heap")
     ap.add_argument("--no-alone", action="store_true", help="skip the backend-alone measurement")
-    ap.add_argument("--warmup", type=int, default=2000,
+    ap.add_argument("--warmup", type=int, default=10000,
                     help="units of a first job run, compacted and deleted before any measurement (0: none); "
                          "printed, not measured: see the module's docstring")
     ap.add_argument("--chain-units", type=int, default=0, help="completions recorded on chain (0: skip)")
@@ -348,10 +351,12 @@ def main() -> None:
             for label, names, units in plans:
                 tasks = len(names) * units * args.replicas
                 t_one = None
-                if args.runtime == "container":   # load drifts: the baseline before and after, averaged
+                # The machine's speed drifts (a shared VM: bare launches measured 2,090-2,670/s from
+                # one minute to the next): the baseline before and after the run, averaged.
+                if args.runtime == "container":
                     t_before, t_one = bare_podman(tasks, args.slots, image)
                 else:
-                    t_bare = bare(tasks, args.slots)
+                    t_before = bare(tasks, args.slots)
                 cpu_a0 = resource.getrusage(resource.RUSAGE_SELF)
                 t_alone = (None if args.no_alone else   # as deep a queue as the dispatcher may keep
                            backend_alone(args.runtime, tasks, args.slots, root, max(args.overcommit, args.max_overcommit),
@@ -362,9 +367,8 @@ def main() -> None:
                 t_job, t_first = site.run(names, units, args.replicas, image)
                 cpu1 = resource.getrusage(resource.RUSAGE_SELF)
                 cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
-                if args.runtime == "container":
-                    t_after, _ = bare_podman(tasks, args.slots, image)
-                    t_bare = (t_before + t_after) / 2
+                t_after = bare_podman(tasks, args.slots, image)[0] if args.runtime == "container" else bare(tasks, args.slots)
+                t_bare = (t_before + t_after) / 2
                 z_end, rss_end = znodes(zk), rss_mb()
                 t_c, z_compact = site.compacted(zk, base_z + 4 * len(names), timeout=60 + tasks / 500)
                 t_del, z_after = site.delete(names, zk, base_z, timeout=120 + tasks / 200)  # storage too
@@ -375,7 +379,8 @@ def main() -> None:
                     print(f"bare podman run --rm   : {tasks / t_bare:9.1f} tasks/s ({t_bare:.2f}s; "
                           f"before {t_before:.2f}s, after {t_after:.2f}s)")
                 else:
-                    print(f"bare launches          : {tasks / t_bare:9.1f} tasks/s ({t_bare:.2f}s)")
+                    print(f"bare launches          : {tasks / t_bare:9.1f} tasks/s ({t_bare:.2f}s; "
+                          f"before {t_before:.2f}s, after {t_after:.2f}s)")
                 if t_alone is not None:
                     print(f"backend alone          : {tasks / t_alone:9.1f} tasks/s ({t_alone:.2f}s)")
                 print(f"dispatched end to end  : {tasks / t_job:9.1f} tasks/s ({t_job:.2f}s, {rate:.1f} units/s, "
