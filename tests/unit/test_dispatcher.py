@@ -112,3 +112,39 @@ def test_short_tasks_get_a_deeper_queue_long_ones_keep_overcommit():
     assert d.depth() == 2 and d.allowance("p", "a", 0, 1000) == 8
     d._ingest([ended("t0", 0.0001)])                                    # a repeated update is ignored
     assert d.depth() == 2
+
+
+class Trickle(QueueBackend):
+    """Hands out the updates of `bursts` one burst per call of updates(), then nothing."""
+
+    def __init__(self, bursts: list[list[TaskUpdate]]) -> None:
+        super().__init__(1)
+        self.bursts, self.calls = list(bursts), 0
+
+    def updates(self, timeout: float = 0.0) -> list[TaskUpdate]:
+        self.calls += 1
+        return self.bursts.pop(0) if self.bursts else []
+
+
+def test_a_burst_is_gathered_while_it_lasts_and_not_a_window_longer():
+    """A stream of task ends costs one pass per window; the end of a stream is passed on after
+    one quiet gap (the job's last units are not held back a whole window)."""
+    b = Trickle([[ended("t1", 0.1)], [ended("t2", 0.1), ended("t3", 0.1)], [ended("t4", 0.1)]])
+    d = Dispatcher(b, batch_window=60.0, batch_gap=0.001)
+    assert [u.task_id for u in d._gather()] == ["t1", "t2", "t3", "t4"]   # one batch, however long it flows
+    assert b.calls == 4                                                  # and one empty look ends it
+    quiet = Trickle([])
+    d = Dispatcher(quiet, batch_window=60.0, batch_gap=0.001)
+    assert d._gather() == [] and quiet.calls == 1                        # nothing more: no window's wait
+
+
+def test_a_stream_that_never_pauses_is_still_cut_at_the_window():
+    class Endless(QueueBackend):
+        n = 0
+
+        def updates(self, timeout: float = 0.0) -> list[TaskUpdate]:
+            self.n += 1
+            return [ended(f"t{self.n}", 0.1)]
+
+    d = Dispatcher(Endless(1), batch_window=0.02, batch_gap=0.001)
+    assert len(d._gather()) >= 1   # returns: the pass is not starved by a busy backend
