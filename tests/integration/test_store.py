@@ -314,8 +314,9 @@ def test_create_once_is_exactly_once(store: Store) -> None:
 def test_run_records_are_read_back_many_per_request_exactly(store: Store) -> None:
     """read_runs reads RUN_BATCH records per request (ZooKeeper's multiRead, on this chroot'ed
     store): every record, exactly, in name order; a record gone between the listing and the read
-    is left out; reading one by one (a server without multiRead) gives the same."""
-    items = [(f"job-9/accepted/u{i:04d}", f'{{"i":{i}}}'.encode()) for i in range(450)]   # over two batches
+    is left out; reading one by one (a server without multiRead) gives the same. 1,250 records:
+    seven requests, more than the READ_AHEAD window keeps in flight."""
+    items = [(f"job-9/accepted/u{i:04d}", f'{{"i":{i}}}'.encode()) for i in range(1250)]
     assert store.create_many(items)
     want = [(p.rsplit("/", 1)[1], d) for p, d in items]
     assert store.read_runs("job-9/accepted") == want

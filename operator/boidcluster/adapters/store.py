@@ -28,6 +28,7 @@ Why it is shaped so:
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import logging
@@ -80,6 +81,7 @@ RUNS = f"{ROOT}/runs"
 LEADER_LOCK = f"{ROOT}/leader"
 STATUS_NODE = "status"
 RUN_BATCH = 200   # run records per ZooKeeper transaction / pipelined batch (well under 1 MB)
+READ_AHEAD = 4    # multiRead requests in flight beyond the one being parsed (a job's records read back)
 ANY_VERSION = -1  # ZooKeeper's "no version check"; only for a sole writer
 
 MAX_TXN_BYTES = 768 * 1024
@@ -1249,13 +1251,19 @@ class Store:
 
     def read_runs(self, path: str) -> list[tuple[str, bytes]]:
         """Every child of runs/<path> with its data, sorted by name: RUN_BATCH records per
-        request (ZooKeeper's multiRead), or pipelined reads where the server has no multiRead."""
+        request (ZooKeeper's multiRead), READ_AHEAD requests in flight, or pipelined reads where
+        the server has no multiRead."""
         names = self.list_runs(path)
         base = self._run_path(path)
+        chunks = [names[i:i + RUN_BATCH] for i in range(0, len(names), RUN_BATCH)]
         out: list[tuple[str, bytes]] = []
-        for i in range(0, len(names), RUN_BATCH):
-            chunk = names[i:i + RUN_BATCH]
-            for n, data in zip(chunk, self._get_many([f"{base}/{n}" for n in chunk], f"read {path}")):
+        sent: collections.deque[Any] = collections.deque()
+        what = f"read {path}"
+        for k, chunk in enumerate(chunks):   # a window of requests: the server reads while we parse
+            while len(sent) <= READ_AHEAD and k + len(sent) < len(chunks):
+                nxt = chunks[k + len(sent)]
+                sent.append(self._send_many([f"{base}/{n}" for n in nxt], what))
+            for n, data in zip(chunk, self._collect_many(sent.popleft(), what)):
                 if data is not None:   # None: deleted meanwhile (compaction)
                     out.append((n, data))
         return out
@@ -1264,29 +1272,39 @@ class Store:
         """The data of each path (None where there is no node), in one round trip when the
         server has multiRead (ZooKeeper 3.6+). Why: reading a job's records back (amalgamation,
         compaction, a restart) is one read per unit; kazoo spends ~100 us per single read."""
+        return self._collect_many(self._send_many(paths, what), what)
+
+    def _send_many(self, paths: list[str], what: str) -> tuple[list[str], Any]:
+        """Send the reads of `paths` (one multiRead, or one get each); `_collect_many` waits."""
         self._ready()
         if self._multi_read:
             root = self._client.chroot
             result = self._client.handler.async_result()
             self._client._call(_MultiRead(tuple(_prefix_root(root, p) if root else p for p in paths)), result)
+            return paths, result
+        return paths, [self._client.get_async(p) for p in paths]
+
+    def _collect_many(self, sent: tuple[list[str], Any], what: str) -> list[bytes | None]:
+        paths, pending = sent
+        if not isinstance(pending, list):   # one multiRead
             try:
-                got = self._wait(result, what)
+                got = self._wait(pending, what)
             except UnimplementedError:   # a server before 3.6: read one by one from now on
-                log.info("ZooKeeper at %s has no multiRead: reading records one by one", self.hosts)
+                if self._multi_read:
+                    log.info("ZooKeeper at %s has no multiRead: reading records one by one", self.hosts)
                 self._multi_read = False
-            else:
-                out: list[bytes | None] = []
-                for r in got:
-                    if isinstance(r, NoNodeError):
-                        out.append(None)
-                    elif isinstance(r, NoAuthError):
-                        raise Forbidden(f"forbidden: user {self.whoami!r} may not {what}")
-                    elif isinstance(r, Exception):
-                        raise StoreUnavailable(f"{what}: {type(r).__name__}")
-                    else:
-                        out.append(r)
-                return out
-        pending = [self._client.get_async(p) for p in paths]
+                return self._collect_many(self._send_many(paths, what), what)
+            out: list[bytes | None] = []
+            for r in got:
+                if isinstance(r, NoNodeError):
+                    out.append(None)
+                elif isinstance(r, NoAuthError):
+                    raise Forbidden(f"forbidden: user {self.whoami!r} may not {what}")
+                elif isinstance(r, Exception):
+                    raise StoreUnavailable(f"{what}: {type(r).__name__}")
+                else:
+                    out.append(r)
+            return out
         values: list[bytes | None] = []
         for res in pending:
             try:
