@@ -84,6 +84,7 @@ log = logging.getLogger(__name__)
 LEDGER_BATCH = 50       # units per record_units call
 LIST_LIMIT = 20         # names listed in status and messages
 LAUNCH_BATCH = 1000     # most tasks one pass submits
+FIRST_BATCH = 32        # most tasks a pass submits for a job with none in flight (units start sooner)
 RECORD_FILE = "records.json"  # a compacted job's full run record, next to its results manifest
 STATUS_EVERY = 0.5      # seconds between status writes that only move counters
 WAITING_RECHECK = 15.0  # a job waiting for a slot is also looked at this often (besides events)
@@ -518,6 +519,8 @@ class _Pass:
             return
         if budget > LAUNCH_BATCH:   # a backend without a fixed capacity (Mesos): a bounded pass, then more
             budget, self.more = LAUNCH_BATCH, True
+        elif in_flight == 0 and budget > FIRST_BATCH:   # the first units start after a small transaction,
+            budget, self.more = FIRST_BATCH, True       # the queue fills in the pass right after
         now = now_us()
         plan: list[tuple[Unit, int, frozenset[str]]] = []
         while budget > 0 and r.ready and r.ready[0][0] <= now:
