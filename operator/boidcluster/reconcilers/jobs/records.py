@@ -54,7 +54,7 @@ def _load(cls: type[T], raw: bytes | None) -> T | None:
     """A record from its JSON (unknown keys ignored: records written by an older/newer operator)."""
     if raw is None:
         return None
-    data = orjson.loads(raw or b"null")
+    data = _parse(raw or b"null")
     if data is None:
         return None
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -63,8 +63,24 @@ def _load(cls: type[T], raw: bytes | None) -> T | None:
 
 def _dump(rec: Any) -> bytes:
     """A record's JSON. orjson encodes dataclasses (with slots) itself, 4-5x faster than json with
-    a conversion to dicts first; a record is written per unit and read back per unit, so it adds up."""
-    return orjson.dumps(rec)
+    a conversion to dicts first; a record is written per unit and read back per unit, so it adds up.
+    orjson refuses a string that is not valid UTF-8 (a lone surrogate: a unit's file name that is
+    not UTF-8, quoted in a message): such a record is written by json with those characters as
+    '?', so that it can be read back (orjson refuses a surrogate escape too)."""
+    try:
+        return orjson.dumps(rec)
+    except orjson.JSONEncodeError:
+        plain = dataclasses.asdict(rec) if dataclasses.is_dataclass(rec) else rec
+        return json.dumps(plain, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
+def _parse(raw: bytes) -> Any:
+    """A record's data: orjson, or json for what it refuses (a surrogate escape, as json.dumps
+    wrote a non-UTF-8 string before records were written by orjson)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +131,7 @@ class Acceptance:
     def from_raw(cls, raw: bytes | None) -> "Acceptance | None":
         if raw is None:
             return None
-        d = orjson.loads(raw)
+        d = _parse(raw)
         return cls(hash=d["hash"], credited=tuple(Credit(**c) for c in d["credited"]),
                    rejected=tuple(Rejected(**r) for r in d["rejected"]), at_us=d["at_us"], output=d["output"])
 
@@ -152,7 +168,7 @@ class Summary:
     def from_raw(cls, raw: bytes | None) -> "Summary | None":
         if raw is None:
             return None
-        d = orjson.loads(raw)
+        d = _parse(raw)
         d["final"] = Final(**d["final"])
         d["slowest"] = [tuple(x) for x in d["slowest"]]
         return cls(**d)
@@ -258,7 +274,7 @@ class JobRecords:
             r._result(tid, TaskResult(**x))
         r.recorded = set(full["recorded"])
         for u, a in full["accepted"].items():
-            r._accepted(u, Acceptance.from_raw(orjson.dumps(a)))  # type: ignore[arg-type]
+            r._accepted(u, Acceptance.from_raw(_dump(a)))  # type: ignore[arg-type]
         return r
 
     def credited(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -442,4 +458,4 @@ def full_record(store: Store, uid: str, head: dict[str, Any]) -> bytes:
 
 def accepted_units(store: Store, uid: str) -> dict[str, dict[str, Any]]:
     """Every acceptance of the job, read from ZooKeeper (unit -> its record as JSON data)."""
-    return {u: orjson.loads(raw) for u, raw in store.read_runs(f"{uid}/accepted")}
+    return {u: _parse(raw) for u, raw in store.read_runs(f"{uid}/accepted")}
