@@ -77,9 +77,9 @@ class Dispatcher:
     of task ends costs its job one pass, not one each; the gathering stops after `batch_gap`
     without an update, so an end reaches its job within 10 ms once the burst is over. Measured
     with units of `true` on 2 cores, 10,000-unit jobs, three runs each (`/proc` CPU of the job
-    worker thread per unit): a window of 0.01 s with 16
-    tasks per slot 0.20-0.23 ms; 0.02 s with 32: 0.18-0.20; 0.05 s with 64: 0.15-0.18 (and
-    1,300-1,420 units/s against 1,150-1,270). The queue must hold more than a window of work."""
+    worker thread per unit): a window of 0.01 s with 16 tasks per slot 0.20-0.23 ms; 0.02 s
+    with 32: 0.18-0.20; 0.05 s with 64: 0.15-0.18 (and 1,300-1,420 units/s against 1,150-1,270).
+    The queue must hold more than a window of work."""
 
     def __init__(self, backend: Backend, *, retry_backoff: float = 1.0, max_backoff: float = 60.0,
                  poll: float = 0.25, kill_grace: float = 5.0, overcommit: int = 2,
