@@ -1262,7 +1262,7 @@ class Store:
         for k, chunk in enumerate(chunks):   # a window of requests: the server reads while we parse
             while len(sent) <= READ_AHEAD and k + len(sent) < len(chunks):
                 nxt = chunks[k + len(sent)]
-                sent.append(self._send_many([f"{base}/{n}" for n in nxt], what))
+                sent.append(self._send_many([f"{base}/{n}" for n in nxt]))
             for n, data in zip(chunk, self._collect_many(sent.popleft(), what)):
                 if data is not None:   # None: deleted meanwhile (compaction)
                     out.append((n, data))
@@ -1272,9 +1272,9 @@ class Store:
         """The data of each path (None where there is no node), in one round trip when the
         server has multiRead (ZooKeeper 3.6+). Why: reading a job's records back (amalgamation,
         compaction, a restart) is one read per unit; kazoo spends ~100 us per single read."""
-        return self._collect_many(self._send_many(paths, what), what)
+        return self._collect_many(self._send_many(paths), what)
 
-    def _send_many(self, paths: list[str], what: str) -> tuple[list[str], Any]:
+    def _send_many(self, paths: list[str]) -> tuple[list[str], Any]:
         """Send the reads of `paths` (one multiRead, or one get each); `_collect_many` waits."""
         self._ready()
         if self._multi_read:
@@ -1293,7 +1293,7 @@ class Store:
                 if self._multi_read:
                     log.info("ZooKeeper at %s has no multiRead: reading records one by one", self.hosts)
                 self._multi_read = False
-                return self._collect_many(self._send_many(paths, what), what)
+                return self._collect_many(self._send_many(paths), what)
             out: list[bytes | None] = []
             for r in got:
                 if isinstance(r, NoNodeError):
