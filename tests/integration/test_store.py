@@ -322,6 +322,8 @@ def test_run_records_are_read_back_many_per_request_exactly(store: Store) -> Non
     assert store.read_runs("job-9/accepted") == want
     paths = [store._run_path("job-9/accepted/u0001"), store._run_path("job-9/accepted/gone")]
     assert store._get_many(paths, "read") == [b'{"i":1}', None]
+    assert store.get_runs("job-9/accepted/u0002", "job-9/gone") == [b'{"i":2}', None]
+    assert store.get_runs() == []   # nothing to read: no request (an empty multiRead is not one)
     store._multi_read = False
     assert store.read_runs("job-9/accepted") == want
     assert store._get_many(paths, "read") == [b'{"i":1}', None]

@@ -29,6 +29,7 @@ Why it is shaped so:
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import math
 import logging
@@ -1238,32 +1239,27 @@ class Store:
             return []
 
     def get_runs(self, *paths: str) -> list[bytes | None]:
-        """Several run records in one pipelined round trip (None where one does not exist)."""
-        self._ready()
-        pending = [self._client.get_async(self._run_path(p)) for p in paths]
-        out: list[bytes | None] = []
-        for p, res in zip(paths, pending):
-            try:
-                out.append(self._wait(res, f"read {p}")[0])
-            except NoNodeError:
-                out.append(None)
-        return out
+        """Several run records in one round trip (None where one does not exist)."""
+        return self._get_many([self._run_path(p) for p in paths], f"read {', '.join(paths)}")
 
     def read_runs(self, path: str) -> list[tuple[str, bytes]]:
         """Every child of runs/<path> with its data, sorted by name: RUN_BATCH records per
-        request (ZooKeeper's multiRead), READ_AHEAD requests in flight, or pipelined reads where
-        the server has no multiRead."""
+        request (ZooKeeper's multiRead), READ_AHEAD requests in flight beyond the one being read
+        (the server reads the next while we parse), or pipelined reads where the server has no
+        multiRead."""
         names = self.list_runs(path)
         base = self._run_path(path)
-        chunks = [names[i:i + RUN_BATCH] for i in range(0, len(names), RUN_BATCH)]
-        out: list[tuple[str, bytes]] = []
-        sent: collections.deque[Any] = collections.deque()
         what = f"read {path}"
-        for k, chunk in enumerate(chunks):   # a window of requests: the server reads while we parse
-            while len(sent) <= READ_AHEAD and k + len(sent) < len(chunks):
-                nxt = chunks[k + len(sent)]
-                sent.append(self._send_many([f"{base}/{n}" for n in nxt]))
-            for n, data in zip(chunk, self._collect_many(sent.popleft(), what)):
+        chunks = iter([names[i:i + RUN_BATCH] for i in range(0, len(names), RUN_BATCH)])
+        sent = collections.deque((c, self._send_many([f"{base}/{n}" for n in c]))
+                                 for c in itertools.islice(chunks, READ_AHEAD + 1))
+        out: list[tuple[str, bytes]] = []
+        while sent:
+            chunk, request = sent.popleft()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                sent.append((nxt, self._send_many([f"{base}/{n}" for n in nxt])))
+            for n, data in zip(chunk, self._collect_many(request, what)):
                 if data is not None:   # None: deleted meanwhile (compaction)
                     out.append((n, data))
         return out
@@ -1272,6 +1268,8 @@ class Store:
         """The data of each path (None where there is no node), in one round trip when the
         server has multiRead (ZooKeeper 3.6+). Why: reading a job's records back (amalgamation,
         compaction, a restart) is one read per unit; kazoo spends ~100 us per single read."""
+        if not paths:   # nothing to ask (an empty multiRead is not a request to send)
+            return []
         return self._collect_many(self._send_many(paths), what)
 
     def _send_many(self, paths: list[str]) -> tuple[list[str], Any]:
