@@ -56,6 +56,23 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
+# Switches the view (the app renders in its own hashchange listener, registered first) and measures
+# in the same task: the page's width and the elements that reach past the screen.
+SWITCH_AND_MEASURE = """
+const [view, width, done] = arguments;
+window.addEventListener("hashchange", () => done({
+  page: document.documentElement.scrollWidth,
+  past: [...document.querySelectorAll("body *")].filter(e => e.getBoundingClientRect().right > width)
+    .slice(0, 5).map(e => `${e.tagName.toLowerCase()}.${e.className} ${Math.round(e.getBoundingClientRect().width)}px`)}),
+  {once: true});
+location.hash = "#" + view;
+"""
+# The visible charts: each one's drawn width and the width of the box it is drawn in (equal once
+# Chart.js has resized it to its box).
+CHART_WIDTHS = """return Object.fromEntries([...document.querySelectorAll("section:not([hidden]) canvas")]
+  .map(c => [c.getAttribute("aria-label"), [c.getBoundingClientRect().width, c.parentElement.clientWidth]]))"""
+
+
 def text(driver, css: str) -> str:
     """The rendered text of the first match, read in one step (the page re-renders as data arrives)."""
     return driver.execute_script(
@@ -230,14 +247,32 @@ def test_page_follows_a_job_live_and_agrees_with_get_and_report(browser, cluster
             shots.append(shoot(browser, view, size))
     print(f"\nscreenshots: {SHOTS}")
     assert all(p.stat().st_size > 5000 for p in shots)
-    # phone width: nothing wider than the screen (no sideways scrolling of the page itself)
+    # phone width: nothing wider than the screen (no sideways scrolling of the page itself).
+    # First the hazard, made certain: every view's charts drawn at the desktop's width, then hidden
+    # with their view (Chart.js leaves a hidden chart's size as it was)
+    desktop = {}
+    for view in VIEWS:
+        browser.get(f"{dash.url}#{view}")
+        eventually(lambda: all(abs(w - box) < 1 for w, box in browser.execute_script(CHART_WIDTHS).values()), timeout=10)
+        desktop.update({k: w for k, (w, _) in browser.execute_script(CHART_WIDTHS).items()})
+    assert {"payouts", "health", "rate-sweep"} <= desktop.keys(), desktop
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                             {"width": PHONE[0], "height": PHONE[1], "deviceScaleFactor": 1, "mobile": True})
     try:
         for view in VIEWS:
+            # measured in the task that shows the view, before any animation frame: a chart drawn
+            # for the desktop and kept while its view was hidden must not widen the page even for
+            # the frames before Chart.js resizes it (a slow phone shows those frames)
+            assert browser.execute_script("return location.hash") != f"#{view}"
+            wide = browser.execute_async_script(SWITCH_AND_MEASURE, view, PHONE[0])
+            assert wide["page"] <= PHONE[0], (view, wide)
+            assert text(browser, '[data-testid="connection"]') == "live"
+        # and each chart is then drawn to fit the phone (narrower than it was), not only clipped
+        for view in VIEWS:
             browser.get(f"{dash.url}#{view}")
-            eventually(lambda: text(browser, '[data-testid="connection"]') == "live", timeout=10)
-            assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE[0], view
+            eventually(lambda: all(abs(w - box) < 1 for w, box in browser.execute_script(CHART_WIDTHS).values()), timeout=10)
+            for name, (w, _) in browser.execute_script(CHART_WIDTHS).items():
+                assert w < desktop[name] and w <= PHONE[0], (view, name, w, desktop[name])
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 

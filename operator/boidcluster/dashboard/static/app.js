@@ -332,6 +332,10 @@ function render() {
   for (const ch of charts.values()) ch.used = false;
   const fn = {overview: renderOverview, jobs: renderJobs, contributors: renderContributors, money: renderMoney, health: renderHealth}[v];
   sec.replaceChildren(...fn(s).filter(Boolean));
+  // a chart kept while its view was hidden keeps the size it had then (Chart.js ignores a hidden
+  // box); size it to its box now, before the first frame, not a frame later (a phone turned or a
+  // window narrowed meanwhile would otherwise show the page wider than the screen)
+  for (const ch of charts.values()) if (ch.used) ch.chart.resize();
   for (const [k, ch] of charts) if (!ch.used && !document.body.contains(ch.wrap)) { ch.chart.destroy(); charts.delete(k); }
 }
 
