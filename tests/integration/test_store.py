@@ -329,6 +329,51 @@ def test_run_records_are_read_back_many_per_request_exactly(store: Store) -> Non
     assert store._get_many(paths, "read") == [b'{"i":1}', None]
 
 
+def test_deleting_a_jobs_records_takes_all_but_what_it_keeps_and_counts_each_once(store: Store, monkeypatch) -> None:
+    """delete_runs deletes records as leaves, many per transaction (DELETE_BATCH, here 100: 25
+    transactions, more than the window in flight); a node that turns out to have children, or one
+    gone meanwhile, makes its transaction fall back to one by one: nothing is left behind but what
+    was kept, the count is of the znodes that went, and running it again deletes nothing."""
+    import boidcluster.adapters.store as store_module
+
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 100)
+    leaves = [(f"job-7/attempts/u{i:04d}.0", b"{}") for i in range(2500)]
+    nested = [("job-7/results/u0001/a/b", b"{}"), ("job-7/results/u0002", b"{}")]   # u0001 has children
+    assert store.create_many(leaves + nested + [("job-7/summary", b'{"kept":1}')])
+    sent = store._send_deletes
+    gone_meanwhile = store._run_path("job-7/attempts/u1234.0")
+
+    def racing(chunk):   # another client deletes one record after the listing, before our transaction
+        if gone_meanwhile in chunk and store.client.exists(gone_meanwhile):
+            store.client.delete(gone_meanwhile)
+        return sent(chunk)
+
+    monkeypatch.setattr(store, "_send_deletes", racing)
+    # 2,499 attempts (one went meanwhile), their parent; u0001, a, b, u0002 and results
+    assert store.delete_runs("job-7", keep=("summary",)) == 2499 + 1 + 5
+    assert store.list_runs("job-7") == ["summary"]
+    assert store.get_run("job-7/summary") == b'{"kept":1}'
+    assert store.delete_runs("job-7", keep=("summary",)) == 0
+    assert store.delete_runs("job-7") == 2   # the summary, then the job's own node
+    assert store.list_runs("job-7") == [] and store.delete_runs("job-7") == 0
+    assert store.create_many([("job-7/attempts/u0000.0", b"{}")])   # its parents are made again
+
+
+def test_records_the_user_may_not_delete_are_refused_not_skipped(store: Store) -> None:
+    """A delete refused by ZooKeeper's ACL (inside a transaction) is Forbidden, never taken for a
+    record gone already; what the ACL protects stays."""
+    from kazoo.security import make_acl, make_digest_acl
+
+    assert store.create_many([("job-6/accepted/a", b"{}")])
+    store.client.create(store._run_path("job-6/theirs"), b"",
+                        acl=[make_acl("world", "anyone", read=True, write=True, create=True, admin=True),  # no delete
+                             make_digest_acl("someone-else", "pw", all=True)])
+    store.client.create(store._run_path("job-6/theirs/x"), b"{}")
+    with pytest.raises(Forbidden):
+        store.delete_runs("job-6")
+    assert store.get_run("job-6/theirs/x") == b"{}"
+
+
 def test_a_run_record_the_user_may_not_read_is_refused_not_skipped(store: Store) -> None:
     """A read refused by the record's ACL inside a multiRead is Forbidden, never a missing record."""
     from kazoo.security import make_digest_acl
