@@ -528,6 +528,27 @@ def test_inputs_job_with_a_command_reducer(env):
         [f"{DATADIR}/in/f4.txt"]]
 
 
+def test_a_reducer_given_unit_directories_in_a_file_and_one_they_cannot_reach_as_arguments(env):
+    """With output.unitDirs: file the reducer reads the accepted directories from $BOID_UNIT_DIRS
+    (no arguments); a job whose directories cannot be arguments (100,000 units: ~9 MB of paths,
+    ARG_MAX is 2 MB) fails at once, saying what to set, instead of after every unit ran."""
+    env.start()
+    reducer = ("import os,sys;ds=open(os.environ['BOID_UNIT_DIRS']).read().split();assert not sys.argv[1:];"
+               "open(os.path.join(os.environ['BOID_OUTPUT_DIR'],'all.txt'),'w')"
+               ".write('|'.join(open(os.path.join(d,'o')).read() for d in ds))")
+    env.store.create(job("listed", ["sh", "-c", 'echo -n "$BOID_UNIT_INDEX" > "$BOID_OUTPUT_DIR/o"'], {"count": 4},
+                         output={"path": "listed", "reduce": "command", "command": [PY, "-c", reducer],
+                                 "unitDirs": "file"}))
+    env.store.create(job("huge", ["true"], {"count": 100_000},
+                         output={"reduce": "command", "command": [PY, "-c", "pass"]}))
+    j = env.wait("huge", "Failed")
+    failed = j.status.condition("Failed")
+    assert failed.reason == "ReducerArgumentsTooLong" and "set output.unitDirs: file" in failed.message
+    assert j.status.units.validated == 0 and env.records("huge").attempts == {}   # nothing ran
+    env.wait("listed")
+    assert (env.root / DATADIR / "listed/all.txt").read_text() == "0|1|2|3"
+
+
 def test_protocols_share_slots_fairly_and_quota_holds(env):
     # Fairness between protocols is the dispatcher's waterfill over the local backend's capacity();
     # on Mesos it is the allocator's DRF between roles, which the double does not implement (it offers

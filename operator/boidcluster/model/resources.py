@@ -497,7 +497,13 @@ class Output(Strict):
     *.jsonl lines joined into results.jsonl, each line checked as JSON), none (unit directories
     kept as they are), command (run output.command over the unit directories)."""
     command: Command | None = None
-    """Reducer run when reduce is 'command'; it sees the unit directories as arguments."""
+    """Reducer run when reduce is 'command'; it sees the unit directories as arguments (or, with
+    unitDirs: file, in the file named by $BOID_UNIT_DIRS)."""
+    unit_dirs: Literal["arguments", "file"] = "arguments"
+    """How the reducer gets the accepted unit directories, in unit order: as arguments (a job whose
+    directories do not fit in one command line, ~2 MB on Linux, fails before any unit runs), or
+    only in the file named by $BOID_UNIT_DIRS, one per line (any number of units). The file is
+    given in both cases."""
 
     @model_validator(mode="after")
     def _command_iff_reduce_command(self) -> "Output":
@@ -506,6 +512,9 @@ class Output(Strict):
                               "give the reducer to run, e.g. command: [python3, merge.py]")
         if self.reduce != "command" and self.command is not None:
             raise field_error("command", f"is only used when reduce is 'command' (reduce is "
+                              f"'{self.reduce}')", "remove it, or set reduce: command")
+        if self.reduce != "command" and self.unit_dirs != "arguments":
+            raise field_error("unitDirs", f"is only used when reduce is 'command' (reduce is "
                               f"'{self.reduce}')", "remove it, or set reduce: command")
         return self
 

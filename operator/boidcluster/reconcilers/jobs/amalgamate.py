@@ -10,7 +10,9 @@ and the `final` record simply publishes again.
 Reducers: concat (every accepted unit's files, in unit order, joined into `results`), jsonl (the
 units' `*.jsonl` lines joined into `results.jsonl`, each line checked as JSON), none (only the
 manifest; unit directories stay where they are, listed in it), command (output.command runs on
-this machine with the accepted unit directories as arguments, in unit order, and
+this machine with the accepted unit directories as arguments, in unit order (with
+output.unitDirs: file, only in the file named by BOID_UNIT_DIRS, one per line, which is given in
+both cases: a 100,000-unit job's directories do not fit in one command line), and
 BOID_OUTPUT_DIR set to an empty scratch directory; whatever it writes there is published; it
 needs `file://` storage and is given 10 minutes).
 """
@@ -24,7 +26,7 @@ import posixpath
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO, Iterable, Sequence
 
 from boidcluster.adapters.local.backend import LOG_FILES
 from boidcluster.adapters.storage import TMP_PREFIX, NotFound, Storage
@@ -101,7 +103,7 @@ def result_hash(storage: Storage, directory: str) -> str:
 
 
 def publish(storage: Storage, out: str, reduce: str, command: str | list[str] | None,
-            units: Sequence[tuple[str, str]], manifest: dict[str, Any]) -> list[str]:
+            units: Sequence[tuple[str, str]], manifest: dict[str, Any], unit_dirs: str = "arguments") -> list[str]:
     """Amalgamate `units` ([(unit id, storage dir of its accepted output)], in unit order) into
     `out`; returns the published paths (manifest last)."""
     storage.ensure_dir(out)
@@ -130,7 +132,7 @@ def publish(storage: Storage, out: str, reduce: str, command: str | list[str] | 
         storage.publish_atomic(posixpath.join(out, "results.jsonl"), jsonl)
         published.append(posixpath.join(out, "results.jsonl"))
     elif reduce == "command":
-        published += _run_reducer(storage, out, command, units)
+        published += _run_reducer(storage, out, command, units, unit_dirs)
     path = posixpath.join(out, "manifest.json")
     storage.publish_atomic(path, manifest_json(manifest))
     return published + [path]
@@ -147,15 +149,46 @@ def manifest_json(manifest: dict[str, Any]) -> bytes:
     return f'{head[:-2]},\n  "units": [\n{body}\n  ]\n}}\n'.encode()
 
 
+def command_line_size(strings: Iterable[str]) -> int:
+    """What `strings` take of the kernel's ARG_MAX as arguments or environment: each string with
+    its NUL and its pointer (execve(2), "Limits on size of arguments and environment")."""
+    return sum(len(os.fsencode(x)) + 1 + 8 for x in strings)
+
+
+def reducer_args_too_long(n_units: int, dirs: Iterable[str], env: dict[str, str] | None = None) -> str | None:
+    """Why the reducer could not be started with these unit directories as its arguments
+    (execve's E2BIG), or None: they fit beside the environment within ARG_MAX, less xargs's
+    2,048-byte headroom, and none is longer than MAX_ARG_STRLEN (32 pages)."""
+    env = dict(os.environ) if env is None else env
+    room = os.sysconf("SC_ARG_MAX") - command_line_size(f"{k}={v}" for k, v in env.items()) - 2048
+    need = longest = 0
+    for d in dirs:
+        size = len(os.fsencode(d))
+        need, longest = need + size + 1 + 8, max(longest, size)
+    if need <= room and longest < 32 * 4096:
+        return None
+    return (f"the reducer gets the {n_units} unit directories as arguments, {need / 1e6:.1f} MB, more than one "
+            f"command line holds here ({max(room, 0) / 1e6:.1f} MB besides the environment); set "
+            "output.unitDirs: file and read them from the file named by $BOID_UNIT_DIRS, one per line")
+
+
 def _run_reducer(storage: Storage, out: str, command: str | list[str] | None,
-                 units: Sequence[tuple[str, str]]) -> list[str]:
+                 units: Sequence[tuple[str, str]], unit_dirs: str = "arguments") -> list[str]:
     if not storage.url.startswith("file:") and "://" in storage.url:
         raise OutputInvalid("reduce: command needs file:// storage (it runs on the operator's machine)")
     argv = ["/bin/sh", "-c", command + ' "$@"', "reduce"] if isinstance(command, str) else list(command or [])
     dirs = [storage.resolve(d) for _, d in units]
-    with tempfile.TemporaryDirectory(prefix="boid-reduce-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="boid-reduce-") as scratch, \
+            tempfile.TemporaryDirectory(prefix="boid-reduce-in-") as given:
+        listing = os.path.join(given, "unit-dirs")   # outside the scratch: not an output
+        with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(d + "\n" for d in dirs)
+        env = {**os.environ, "BOID_OUTPUT_DIR": scratch, "BOID_UNIT_DIRS": listing}
+        args = dirs if unit_dirs == "arguments" else []
+        if args and (why := reducer_args_too_long(len(dirs), dirs, env)):
+            raise OutputInvalid(why)
         try:
-            proc = subprocess.run(argv + dirs, cwd=scratch, env={**os.environ, "BOID_OUTPUT_DIR": scratch},
+            proc = subprocess.run(argv + args, cwd=scratch, env=env,
                                   capture_output=True, timeout=COMMAND_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise OutputInvalid(f"reduce command failed: {e}") from None

@@ -39,8 +39,10 @@ job). Both must be idempotent.
 from __future__ import annotations
 
 import heapq
+import itertools
 from dataclasses import asdict
 import logging
+import os
 import posixpath
 import time
 from datetime import datetime, timezone
@@ -63,7 +65,7 @@ from boidcluster.model.resources import (
 from boidcluster.reconcilers import registry
 
 from . import quorum
-from .amalgamate import OutputInvalid, publish, result_hash
+from .amalgamate import OutputInvalid, publish, reducer_args_too_long, result_hash
 from .dispatcher import Dispatcher, dispatcher_for
 from .records import (
     Acceptance,
@@ -469,6 +471,9 @@ class _Pass:
     def finish_or_launch(self, space: UnitSpace) -> None:
         r = self.recs
         start = r.start
+        if start is None and (why := self._reducer_cannot_start(space)):
+            self.end("Failed", "ReducerArgumentsTooLong", why)   # before any unit runs, not after all did
+            return
         if self.spec.deadline is not None and start is not None \
                 and now_us() - start["at_us"] > self.spec.deadline * 1_000_000:
             left = [u.id for u in self._open_units(space, LIST_LIMIT + 1)]
@@ -488,6 +493,17 @@ class _Pass:
             self.amalgamate(space)
             return
         self.launch(space)
+
+    def _reducer_cannot_start(self, space: UnitSpace) -> str | None:
+        """Why the reducer could not be given this job's unit directories as arguments (their
+        paths are known before any unit runs: attempt numbers counted as two digits)."""
+        out = self.spec.output
+        if out.reduce != "command" or out.unit_dirs != "arguments":
+            return None
+        prefix = self.storage.resolve(attempt_path(self.protocol, self.tag, "u", 0))[:-len("u.0")]
+        if space.total * (len(prefix) + 12) > 2 * os.sysconf("SC_ARG_MAX"):   # certain without listing them
+            return reducer_args_too_long(space.total, itertools.repeat(prefix + "u.00", space.total))
+        return reducer_args_too_long(space.total, (f"{prefix}{space.unit(i).id}.00" for i in range(space.total)))
 
     def _open_units(self, space: UnitSpace, limit: int) -> list[Unit]:
         out = []
@@ -632,7 +648,7 @@ class _Pass:
         }
         try:
             publish(self.storage, out, self.spec.output.reduce, self.spec.output.command,
-                    [(u.id, acc[u.id]["output"]) for u in units], manifest)
+                    [(u.id, acc[u.id]["output"]) for u in units], manifest, self.spec.output.unit_dirs)
         except OutputInvalid as e:
             self.end("Failed", "OutputInvalid", str(e))
             return
