@@ -49,7 +49,7 @@ from boidcluster.adapters.mesos import MesosBackend, agent_acls, agent_credentia
 from boidcluster.adapters.storage import Storage
 from boidcluster.adapters.store import Store
 from boidcluster.engine.operator import Operator
-from boidcluster.engine.world import World
+from boidcluster.engine.world import Settings, World
 from boidcluster.model.meta import ObjectMeta
 from boidcluster.model.resources import Job, Protocol
 from boidcluster.reconcilers import registry
@@ -226,7 +226,8 @@ class MesosSite:
 class Cluster:
     """One 'operator process': a store, a backend, a dispatcher and the Operator."""
 
-    def __init__(self, kind: str, zk_hosts: str, root: Path, slots, ledger, site: MesosSite | None) -> None:
+    def __init__(self, kind: str, zk_hosts: str, root: Path, slots, ledger, site: MesosSite | None,
+                 host_reducers: bool = True) -> None:
         self.kind, self.site = kind, site
         self.store = Store(zk_hosts, timeout=5.0, session_timeout=4.0)
         if kind == "local":
@@ -239,7 +240,7 @@ class Cluster:
                                         contributors=site.accounts)
         self.world = World(store=self.store, storage=Storage(f"file://{root}"), backend=self.backend,
                            dispatcher=Dispatcher(self.backend, retry_backoff=0.05, poll=0.05, kill_grace=1.0),
-                           ledger=ledger)
+                           ledger=ledger, settings=Settings(host_reducers=host_reducers))
         self.op = Operator(self.store, self.world, registry, workers=2).start()
 
     # -- the backend, whichever it is ------------------------------------------------------------
@@ -306,8 +307,8 @@ def env(backend_kind, zk_hosts, store, tmp_path):
         def __init__(self):
             self.root, self.ledger, self.store, self.kind, self.site = root, ledger, store, backend_kind, site
 
-        def start(self, slots=("alice", "bob")) -> Cluster:
-            c = Cluster(backend_kind, zk_hosts, root, list(slots), ledger, site)
+        def start(self, slots=("alice", "bob"), host_reducers=True) -> Cluster:
+            c = Cluster(backend_kind, zk_hosts, root, list(slots), ledger, site, host_reducers)
             clusters.append(c)
             return c
 
@@ -547,6 +548,39 @@ def test_a_reducer_given_unit_directories_in_a_file_and_one_they_cannot_reach_as
     assert j.status.units.validated == 0 and env.records("huge").attempts == {}   # nothing ran
     env.wait("listed")
     assert (env.root / DATADIR / "listed/all.txt").read_text() == "0|1|2|3"
+
+
+def test_a_reducer_sees_nothing_of_the_operators_environment(env, monkeypatch):
+    """The attacker is a researcher whose reducer dumps its environment into the job's output:
+    the operator's chain keys (BOID_CHAIN_KEYS, as `operator run` may be given them) must not be
+    there, nor anything else of the operator's but PATH."""
+    secret = "5KQwrPbwdL6PhXujxW37FSSQZ1JiwsST4cqQzDeyXtP79zkvFD3"
+    monkeypatch.setenv("BOID_CHAIN_KEYS", f"operator={secret}")
+    monkeypatch.setenv("BOID_SOME_PASSWORD", "hunter2")
+    env.start()
+    dump = "import os,json;json.dump(dict(os.environ),open(os.path.join(os.environ['BOID_OUTPUT_DIR'],'env.json'),'w'))"
+    env.store.create(job("nosy", ["true"], {"count": 2},
+                         output={"path": "nosy", "reduce": "command", "command": [PY, "-c", dump]}))
+    env.wait("nosy")
+    seen = (env.root / DATADIR / "nosy/env.json").read_text()
+    assert secret not in seen and "hunter2" not in seen
+    assert set(json.loads(seen)) <= {"PATH", "HOME", "TMPDIR", "LANG", "BOID_OUTPUT_DIR", "BOID_UNIT_DIRS", "LC_CTYPE"}
+
+
+def test_an_operator_that_does_not_trust_reducers_fails_such_a_job_before_any_unit_runs(env):
+    """A reducer runs unsandboxed on the operator's machine: an operator not started with
+    --allow-host-reducers refuses the job at once, saying why and what to do; other jobs run."""
+    env.start(host_reducers=False)
+    env.store.create(job("reduced", ["true"], {"count": 3},
+                         output={"reduce": "command", "command": [PY, "-c", "pass"]}))
+    env.store.create(job("joined", ["sh", "-c", 'echo "$BOID_UNIT_INDEX" > "$BOID_OUTPUT_DIR/o"'], {"count": 2},
+                         output={"reduce": "concat"}))
+    j = env.wait("reduced", "Failed")
+    failed = j.status.condition("Failed")
+    assert failed.reason == "ReducerNotAllowed" and "--allow-host-reducers" in failed.message
+    assert env.records("reduced").attempts == {}
+    env.wait("joined")
+    assert (env.root / DATADIR / "jobs/joined/results").read_text() == "0\n1\n"
 
 
 def test_protocols_share_slots_fairly_and_quota_holds(env):

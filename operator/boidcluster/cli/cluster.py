@@ -109,12 +109,16 @@ def operator_group() -> None:
                    "mounted secret) instead of the current context's user.")
 @click.option("--user", "identity_user", default="operator", show_default=True,
               help="With --password-file: the operator's user name (`auth secure-cluster` registers it as an admin).")
+@click.option("--allow-host-reducers", is_flag=True, envvar="BOID_ALLOW_HOST_REDUCERS",
+              help="Run jobs' `reduce: command` reducers: researchers' code, on this machine, UNSANDBOXED, as "
+                   "this user (with an environment of its own). Off: such jobs fail before any unit runs, "
+                   "saying so. Implied by --runtime host (everything runs unsandboxed then).")
 @click.pass_obj
 @friendly
 def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, slot_count, runtime, mesos_master,
                  mesos_roles, mesos_contributors, mesos_insecure, dispatcher_account, dispatcher_identities,
                  workers, health_port, health_address, dashboard_port, slot_report, password_file,
-                 identity_user) -> None:
+                 identity_user, allow_host_reducers) -> None:
     """Reconcile until stopped (SIGTERM or Ctrl-C). Several replicas elect one leader."""
     if password_file and not Path(password_file).exists() and ctx.store.policy is None:
         password_file = None   # an open cluster: no identities
@@ -125,7 +129,7 @@ def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slo
                            marathon=marathon, backend=backend, slots=list(slots), slot_count=slot_count,
                            runtime=runtime, mesos_master=mesos_master, mesos_roles=list(mesos_roles) or ["*"],
                            dispatcher_account=dispatcher_account, workers=workers,
-                           dispatcher_identities=dispatcher_identities)
+                           dispatcher_identities=dispatcher_identities, allow_host_reducers=allow_host_reducers)
     if mesos_contributors:
         opts.mesos_contributors = list(mesos_contributors)
     if mesos_insecure:

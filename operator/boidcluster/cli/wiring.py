@@ -51,6 +51,7 @@ class OperatorOptions:
     mesos_contributors: list[str] | None = field(default_factory=lambda: _env_list("BOID_MESOS_CONTRIBUTORS"))
     mesos_insecure_attributes: bool = field(
         default_factory=lambda: os.environ.get("BOID_MESOS_INSECURE_ATTRIBUTES") == "true")
+    allow_host_reducers: bool = False   # run `reduce: command` reducers unsandboxed (implied by runtime host)
     protocol: str | None = None         # a protocol's dispatcher: its framework is torn down with the protocol
     dispatcher_identities: str | None = None  # operator: where it keeps each protocol's dispatcher password
 
@@ -119,7 +120,9 @@ def build_world(opts: OperatorOptions, store: Store) -> World:
            "BOID_MESOS_TASK_LIMITS": "true" if opts.mesos_task_limits else None,
            "BOID_MESOS_CONTRIBUTORS": ",".join(opts.mesos_contributors) if opts.mesos_contributors is not None else None,
            "BOID_MESOS_INSECURE_ATTRIBUTES": "true" if opts.mesos_insecure_attributes else None}
-    world = World(store=store, settings=Settings(dispatcher_env={k: v for k, v in env.items() if v}))
+    world = World(store=store, settings=Settings(
+        dispatcher_env={k: v for k, v in env.items() if v},
+        host_reducers=opts.allow_host_reducers or (opts.backend == "local" and opts.runtime == "host")))
     closers: list[Any] = []
     if opts.storage:
         world.storage = Storage(opts.storage)

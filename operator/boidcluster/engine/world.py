@@ -35,6 +35,9 @@ class Settings:
     # the chain key reaches the app as a Marathon secret/volume, see manifests/deploy/README.md)
     dispatcher_env: dict[str, str] = field(default_factory=dict)
     payout_enabled: bool = True
+    # `reduce: command` runs a researcher's reducer on this machine, unsandboxed, as this process's
+    # user (who may hold chain keys): only when the operator says it trusts them
+    host_reducers: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 

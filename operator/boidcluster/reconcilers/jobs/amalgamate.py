@@ -149,6 +149,13 @@ def manifest_json(manifest: dict[str, Any]) -> bytes:
     return f'{head[:-2]},\n  "units": [\n{body}\n  ]\n}}\n'.encode()
 
 
+def reducer_env(scratch: str, tmp: str, listing: str) -> dict[str, str]:
+    """The reducer's whole environment: nothing of the operator's (it may hold chain keys,
+    BOID_CHAIN_KEYS) but PATH."""
+    return {"PATH": os.environ.get("PATH", os.defpath), "HOME": scratch, "TMPDIR": tmp, "LANG": "C.UTF-8",
+            "BOID_OUTPUT_DIR": scratch, "BOID_UNIT_DIRS": listing}
+
+
 def command_line_size(strings: Iterable[str]) -> int:
     """What `strings` take of the kernel's ARG_MAX as arguments or environment: each string with
     its NUL and its pointer (execve(2), "Limits on size of arguments and environment")."""
@@ -159,7 +166,7 @@ def reducer_args_too_long(n_units: int, dirs: Iterable[str], env: dict[str, str]
     """Why the reducer could not be started with these unit directories as its arguments
     (execve's E2BIG), or None: they fit beside the environment within ARG_MAX, less xargs's
     2,048-byte headroom, and none is longer than MAX_ARG_STRLEN (32 pages)."""
-    env = dict(os.environ) if env is None else env
+    env = reducer_env(*["/" * 4096] * 3) if env is None else env   # its directories: at most PATH_MAX
     room = os.sysconf("SC_ARG_MAX") - command_line_size(f"{k}={v}" for k, v in env.items()) - 2048
     need = longest = 0
     for d in dirs:
@@ -183,7 +190,7 @@ def _run_reducer(storage: Storage, out: str, command: str | list[str] | None,
         listing = os.path.join(given, "unit-dirs")   # outside the scratch: not an output
         with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.writelines(d + "\n" for d in dirs)
-        env = {**os.environ, "BOID_OUTPUT_DIR": scratch, "BOID_UNIT_DIRS": listing}
+        env = reducer_env(scratch, given, listing)
         args = dirs if unit_dirs == "arguments" else []
         if args and (why := reducer_args_too_long(len(dirs), dirs, env)):
             raise OutputInvalid(why)

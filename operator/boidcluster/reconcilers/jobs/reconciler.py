@@ -471,8 +471,8 @@ class _Pass:
     def finish_or_launch(self, space: UnitSpace) -> None:
         r = self.recs
         start = r.start
-        if start is None and (why := self._reducer_cannot_start(space)):
-            self.end("Failed", "ReducerArgumentsTooLong", why)   # before any unit runs, not after all did
+        if start is None and (refused := self._reducer_refused(space)):
+            self.end("Failed", *refused)   # before any unit runs, not after all did
             return
         if self.spec.deadline is not None and start is not None \
                 and now_us() - start["at_us"] > self.spec.deadline * 1_000_000:
@@ -494,16 +494,26 @@ class _Pass:
             return
         self.launch(space)
 
-    def _reducer_cannot_start(self, space: UnitSpace) -> str | None:
-        """Why the reducer could not be given this job's unit directories as arguments (their
-        paths are known before any unit runs: attempt numbers counted as two digits)."""
+    def _reducer_refused(self, space: UnitSpace) -> tuple[str, str] | None:
+        """(reason, message) when this job's reducer will not run: this operator does not run
+        researchers' code outside the sandbox, or the unit directories cannot be its arguments
+        (their paths are known before any unit runs: attempt numbers counted as two digits)."""
         out = self.spec.output
-        if out.reduce != "command" or out.unit_dirs != "arguments":
+        if out.reduce != "command":
+            return None
+        if not self.world.settings.host_reducers:
+            return "ReducerNotAllowed", (
+                "reduce: command runs the job's reducer on the operator's machine, unsandboxed, as the operator's "
+                "user; this operator does not allow it (its operator starts it with --allow-host-reducers to "
+                "trust researchers' reducers). Use reduce: concat, jsonl or none, or reduce in a job of its own")
+        if out.unit_dirs != "arguments":
             return None
         prefix = self.storage.resolve(attempt_path(self.protocol, self.tag, "u", 0))[:-len("u.0")]
         if space.total * (len(prefix) + 12) > 2 * os.sysconf("SC_ARG_MAX"):   # certain without listing them
-            return reducer_args_too_long(space.total, itertools.repeat(prefix + "u.00", space.total))
-        return reducer_args_too_long(space.total, (f"{prefix}{space.unit(i).id}.00" for i in range(space.total)))
+            why = reducer_args_too_long(space.total, itertools.repeat(prefix + "u.00", space.total))
+        else:
+            why = reducer_args_too_long(space.total, (f"{prefix}{space.unit(i).id}.00" for i in range(space.total)))
+        return None if why is None else ("ReducerArgumentsTooLong", why)
 
     def _open_units(self, space: UnitSpace, limit: int) -> list[Unit]:
         out = []
@@ -632,6 +642,9 @@ class _Pass:
         """Publish the output. Every acceptance is read back from ZooKeeper once (retired units
         are not in memory), so this pass's own acceptances are committed first."""
         if not self.flush():
+            return
+        if self.spec.output.reduce == "command" and not self.world.settings.host_reducers:
+            self.end("Failed", *self._reducer_refused(space))   # started under an operator that allowed it
             return
         out = output_path(self.job, self.protocol)
         acc = accepted_units(self.store, self.uid)
