@@ -63,3 +63,23 @@ def test_the_manifest_reads_as_the_indented_dump():
     assert json.loads(text) == m and text.endswith(b"}\n") and text.count(b"\n") == 8 + 3 + 3
     for odd in ({**m, "units": []}, {**m, "zz": 1}, {"a": 1}):
         assert manifest_json(odd) == json.dumps(odd, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def test_the_manifest_is_written_as_its_units_come_not_held_whole():
+    """A 100,000-unit job's manifest was built whole in memory (~180 MB of objects and text):
+    write_manifest writes each unit before it asks for the next, and the bytes are the same."""
+    import io
+
+    from boidcluster.reconcilers.jobs.amalgamate import manifest_json, write_manifest
+
+    out = io.BytesIO()
+    unit = lambda i: {"id": f"u{i:06d}", "index": i, "hash": "h", "credited": []}   # noqa: E731
+
+    def units():
+        for i in range(5):
+            if i:   # asked for the next unit: the one before it is in the file already
+                assert f'"u{i - 1:06d}"'.encode() in out.getvalue()
+            yield unit(i)
+
+    write_manifest(out, {"job": "j", "uid": "x", "units": units()})
+    assert out.getvalue() == manifest_json({"job": "j", "uid": "x", "units": [unit(i) for i in range(5)]})

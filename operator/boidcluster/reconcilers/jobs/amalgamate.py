@@ -20,6 +20,7 @@ needs `file://` storage and is given 10 minutes).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -105,7 +106,8 @@ def result_hash(storage: Storage, directory: str) -> str:
 def publish(storage: Storage, out: str, reduce: str, command: str | list[str] | None,
             units: Sequence[tuple[str, str]], manifest: dict[str, Any], unit_dirs: str = "arguments") -> list[str]:
     """Amalgamate `units` ([(unit id, storage dir of its accepted output)], in unit order) into
-    `out`; returns the published paths (manifest last)."""
+    `out`; returns the published paths (manifest last). The manifest's "units" may be any
+    iterable: it is written as it is consumed."""
     storage.ensure_dir(out)
     published: list[str] = []
     if reduce == "concat":
@@ -134,19 +136,33 @@ def publish(storage: Storage, out: str, reduce: str, command: str | list[str] | 
     elif reduce == "command":
         published += _run_reducer(storage, out, command, units, unit_dirs)
     path = posixpath.join(out, "manifest.json")
-    storage.publish_atomic(path, manifest_json(manifest))
+    storage.publish_atomic(path, lambda f: write_manifest(f, manifest))
     return published + [path]
 
 
-def manifest_json(manifest: dict[str, Any]) -> bytes:
-    """The manifest, indented, one unit per line: the same as json.dumps(indent=2, sort_keys=True)
-    reads, but made by the C encoder (the indenting one is pure Python: seconds for 100,000 units)."""
-    units = manifest.get("units")
-    if not isinstance(units, list) or not units or max(manifest) != "units":
-        return json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+def write_manifest(f: BinaryIO, manifest: dict[str, Any]) -> None:
+    """The manifest, indented, one unit per line, written as its units are consumed (a
+    100,000-unit job's manifest is never whole in memory): what json.dumps(indent=2,
+    sort_keys=True) reads, made by the C encoder (the indenting one is pure Python: seconds for
+    100,000 units)."""
+    units = iter(manifest.get("units") or ())
+    first = next(units, None)
+    if first is None or max(manifest) != "units":
+        whole = {**manifest, "units": [] if first is None else [first, *units]} if "units" in manifest else manifest
+        f.write(json.dumps(whole, indent=2, sort_keys=True).encode() + b"\n")
+        return
     head = json.dumps({k: v for k, v in manifest.items() if k != "units"}, indent=2, sort_keys=True)
-    body = ",\n".join("    " + json.dumps(u, sort_keys=True) for u in units)
-    return f'{head[:-2]},\n  "units": [\n{body}\n  ]\n}}\n'.encode()
+    f.write(f'{head[:-2]},\n  "units": [\n    {json.dumps(first, sort_keys=True)}'.encode())
+    for u in units:
+        f.write(f',\n    {json.dumps(u, sort_keys=True)}'.encode())
+    f.write(b'\n  ]\n}\n')
+
+
+def manifest_json(manifest: dict[str, Any]) -> bytes:
+    """write_manifest's bytes (for tests and small manifests)."""
+    buf = io.BytesIO()
+    write_manifest(buf, manifest)
+    return buf.getvalue()
 
 
 def reducer_env(scratch: str, tmp: str, listing: str) -> dict[str, str]:

@@ -46,7 +46,7 @@ import os
 import posixpath
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 from boidcluster.adapters.backend import ImageUnavailable, TaskResources, TaskSpec, TaskUpdate
 from boidcluster.adapters.chain import ContributorNotRegistered
@@ -77,6 +77,7 @@ from .records import (
     accepted_units,
     full_record,
     now_us,
+    parse_record,
     unit_index,
 )
 from .units import Unit, UnitSpace, input_groups, storage_path
@@ -647,25 +648,27 @@ class _Pass:
             self.end("Failed", *self._reducer_refused(space))   # started under an operator that allowed it
             return
         out = output_path(self.job, self.protocol)
-        acc = accepted_units(self.store, self.uid)
-        units = list(space)
+        acc = accepted_units(self.store, self.uid)   # undecoded: each is parsed as its unit is written
+
+        def entries() -> Iterator[dict[str, Any]]:   # the manifest's units, one at a time (streamed)
+            for u in space:
+                a = parse_record(acc[u.id])
+                yield {"id": u.id, "index": u.index, "params": u.params, "inputs": list(u.inputs),
+                       "hash": a["hash"], "output": a["output"],
+                       "credited": [{"contributor": c["contributor"], "microseconds": c["us"]} for c in a["credited"]]}
+
         manifest = {
             "job": self.job.name, "uid": self.uid, "protocol": self.protocol.name,
             "reduce": self.spec.output.reduce, "output": out, "image": self.spec.image,
-            "image_digest": (self.recs.start or {}).get("image_digest"),
-            "units": [{"id": u.id, "index": u.index, "params": u.params, "inputs": list(u.inputs),
-                       "hash": acc[u.id]["hash"], "output": acc[u.id]["output"],
-                       "credited": [{"contributor": c["contributor"], "microseconds": c["us"]}
-                                    for c in acc[u.id]["credited"]]}
-                      for u in units],
+            "image_digest": (self.recs.start or {}).get("image_digest"), "units": entries(),
         }
         try:
             publish(self.storage, out, self.spec.output.reduce, self.spec.output.command,
-                    [(u.id, acc[u.id]["output"]) for u in units], manifest, self.spec.output.unit_dirs)
+                    [(u.id, parse_record(acc[u.id])["output"]) for u in space], manifest, self.spec.output.unit_dirs)
         except OutputInvalid as e:
             self.end("Failed", "OutputInvalid", str(e))
             return
-        self.end("Succeeded", "Complete", f"{len(units)} units accepted; output in {out}")
+        self.end("Succeeded", "Complete", f"{space.total} units accepted; output in {out}")
 
     # -- compaction ---------------------------------------------------------------------------
     def compact(self, space: UnitSpace) -> None:

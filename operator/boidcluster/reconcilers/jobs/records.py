@@ -54,7 +54,7 @@ def _load(cls: type[T], raw: bytes | None) -> T | None:
     """A record from its JSON (unknown keys ignored: records written by an older/newer operator)."""
     if raw is None:
         return None
-    data = _parse(raw or b"null")
+    data = parse_record(raw or b"null")
     if data is None:
         return None
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -74,7 +74,7 @@ def _dump(rec: Any) -> bytes:
         return json.dumps(plain, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
-def _parse(raw: bytes) -> Any:
+def parse_record(raw: bytes) -> Any:
     """A record's data: orjson, or json for what it refuses (a surrogate escape, as json.dumps
     wrote a non-UTF-8 string before records were written by orjson)."""
     try:
@@ -131,7 +131,7 @@ class Acceptance:
     def from_raw(cls, raw: bytes | None) -> "Acceptance | None":
         if raw is None:
             return None
-        d = _parse(raw)
+        d = parse_record(raw)
         return cls(hash=d["hash"], credited=tuple(Credit(**c) for c in d["credited"]),
                    rejected=tuple(Rejected(**r) for r in d["rejected"]), at_us=d["at_us"], output=d["output"])
 
@@ -168,7 +168,7 @@ class Summary:
     def from_raw(cls, raw: bytes | None) -> "Summary | None":
         if raw is None:
             return None
-        d = _parse(raw)
+        d = parse_record(raw)
         d["final"] = Final(**d["final"])
         d["slowest"] = [tuple(x) for x in d["slowest"]]
         return cls(**d)
@@ -456,6 +456,7 @@ def full_record(store: Store, uid: str, head: dict[str, Any]) -> bytes:
     return b"{" + b",".join(k + b":" + v for k, v in fields) + b"}"
 
 
-def accepted_units(store: Store, uid: str) -> dict[str, dict[str, Any]]:
-    """Every acceptance of the job, read from ZooKeeper (unit -> its record as JSON data)."""
-    return {u: _parse(raw) for u, raw in store.read_runs(f"{uid}/accepted")}
+def accepted_units(store: Store, uid: str) -> dict[str, bytes]:
+    """Every acceptance of the job, read from ZooKeeper: unit -> its record's JSON, not decoded
+    (decoded, a 100,000-unit job's were ~100 MB of objects at once; parse_record each when used)."""
+    return dict(store.read_runs(f"{uid}/accepted"))
