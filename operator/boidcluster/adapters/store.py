@@ -1246,17 +1246,20 @@ class Store:
         return self._get_many([self._run_path(p) for p in paths], f"read {', '.join(paths)}")
 
     def read_runs(self, path: str) -> list[tuple[str, bytes]]:
-        """Every child of runs/<path> with its data, sorted by name: RUN_BATCH records per
-        request (ZooKeeper's multiRead), READ_AHEAD requests in flight beyond the one being read
-        (the server reads the next while we parse), or pipelined reads where the server has no
-        multiRead."""
+        """Every child of runs/<path> with its data, sorted by name (iter_runs, all at once)."""
+        return list(self.iter_runs(path))
+
+    def iter_runs(self, path: str) -> Iterator[tuple[str, bytes]]:
+        """Every child of runs/<path> with its data, sorted by name, as they arrive: RUN_BATCH
+        records per request (ZooKeeper's multiRead), READ_AHEAD requests in flight beyond the one
+        being read (the server reads the next while we parse), or pipelined reads where the
+        server has no multiRead. A consumer that writes each out holds a window, not the job."""
         names = self.list_runs(path)
         base = self._run_path(path)
         what = f"read {path}"
         chunks = iter([names[i:i + RUN_BATCH] for i in range(0, len(names), RUN_BATCH)])
         sent = collections.deque((c, self._send_many([f"{base}/{n}" for n in c]))
                                  for c in itertools.islice(chunks, READ_AHEAD + 1))
-        out: list[tuple[str, bytes]] = []
         while sent:
             chunk, request = sent.popleft()
             nxt = next(chunks, None)
@@ -1264,8 +1267,7 @@ class Store:
                 sent.append((nxt, self._send_many([f"{base}/{n}" for n in nxt])))
             for n, data in zip(chunk, self._collect_many(request, what)):
                 if data is not None:   # None: deleted meanwhile (compaction)
-                    out.append((n, data))
-        return out
+                    yield n, data
 
     def _get_many(self, paths: list[str], what: str) -> list[bytes | None]:
         """The data of each path (None where there is no node), in one round trip when the

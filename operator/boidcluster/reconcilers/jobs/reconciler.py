@@ -75,10 +75,10 @@ from .records import (
     Summary,
     TaskResult,
     accepted_units,
-    full_record,
     now_us,
     parse_record,
     unit_index,
+    write_full_record,
 )
 from .units import Unit, UnitSpace, input_groups, storage_path
 
@@ -680,11 +680,10 @@ class _Pass:
                                  and not r.dispatch))):
             return
         path = record_path(self.job, self.protocol)
-        full = full_record(self.store, self.uid, {
-            "job": self.job.name, "uid": self.uid, "protocol": self.protocol.name,
-            "start": r.start, "final": asdict(r.final), "dispatch": r.dispatch, "inputs": r.inputs})
+        head = {"job": self.job.name, "uid": self.uid, "protocol": self.protocol.name,
+                "start": r.start, "final": asdict(r.final), "dispatch": r.dispatch, "inputs": r.inputs}
         self.storage.ensure_dir(posixpath.dirname(path))
-        self.storage.publish_atomic(path, full)
+        self.storage.publish_atomic(path, lambda f: write_full_record(f, self.store, self.uid, head))
         status = self.report(space).status
         summary = Summary(final=r.final, start_us=r.start["at_us"] if r.start else None, total=space.total,
                           image_digest=(r.start or {}).get("image_digest"),
