@@ -505,8 +505,8 @@ class _Pass:
         if not self.world.settings.host_reducers:
             return "ReducerNotAllowed", (
                 "reduce: command runs the job's reducer on the operator's machine, unsandboxed, as the operator's "
-                "user; this operator does not allow it (its operator starts it with --allow-host-reducers to "
-                "trust researchers' reducers). Use reduce: concat, jsonl or none, or reduce in a job of its own")
+                "user, and this operator was not started with --allow-host-reducers (how its operator says it "
+                "trusts researchers' reducers). Use reduce: concat, jsonl or none, or reduce in a job of its own")
         if out.unit_dirs != "arguments":
             return None
         prefix = self.storage.resolve(attempt_path(self.protocol, self.tag, "u", 0))[:-len("u.0")]
