@@ -118,3 +118,33 @@ def test_mesos_backend_without_trusted_contributors_is_refused(zk_hosts, tmp_pat
             build_world(opts, store)
     finally:
         store.close()
+
+
+def test_reducers_run_outside_the_sandbox_only_when_the_operator_says_so(zk_hosts, tmp_path, monkeypatch):
+    """`reduce: command` is researchers' code run unsandboxed on this machine: off by default with
+    sandboxed (podman) units, on with --allow-host-reducers / $BOID_ALLOW_HOST_REDUCERS, and implied
+    by --runtime host; `operator run` and `dispatcher run` read the flag alike."""
+    from click.testing import CliRunner
+
+    from boidcluster.cli import cluster
+    from boidcluster.cli.main import cli
+
+    store = Store(zk_hosts)
+    try:
+        for opts, allowed in ((OperatorOptions(zk=zk_hosts, backend="none"), False),
+                              (OperatorOptions(zk=zk_hosts, backend="none", allow_host_reducers=True), True),
+                              (OperatorOptions(zk=zk_hosts, backend="local", runtime="host", slot_count=1,
+                                               storage=f"file://{tmp_path}"), True)):
+            world = build_world(opts, store)
+            try:
+                assert world.settings.host_reducers is allowed, opts
+            finally:
+                close_world(world)
+    finally:
+        store.close()
+    seen = []
+    monkeypatch.setattr(cluster, "start_operator", lambda opts, *a, **k: seen.append(opts.allow_host_reducers) or 1 / 0)
+    monkeypatch.setenv("BOID_ALLOW_HOST_REDUCERS", "1")
+    for argv in (["operator", "run", "--backend", "none"], ["dispatcher", "run", "--protocol", "p", "--storage", "file:///tmp"]):
+        CliRunner().invoke(cli, ["--zk", zk_hosts, *argv])
+    assert seen == [True, True]

@@ -33,6 +33,11 @@ from .supervisor import DEMO_SLOTS, serve, supervisor_alive
 from .wiring import OperatorOptions, build_world, close_world, runtime_report, storage_root
 from .dashboard import start_dashboard
 
+HOST_REDUCERS_OPTION = click.option(
+    "--allow-host-reducers", is_flag=True, envvar="BOID_ALLOW_HOST_REDUCERS",
+    help="Run jobs' `reduce: command` reducers: researchers' code, on this machine, UNSANDBOXED, as this "
+         "user (with an environment of its own). Off: such jobs fail before any unit runs, saying so. "
+         "Implied by --runtime host (everything runs unsandboxed then).")
 RUNTIME_OPTION = click.option(
     "--runtime", type=click.Choice(["podman", "host"]), default="podman", show_default=True,
     help="Local backend: run each unit in a sandboxed podman container, or 'host' = DEVELOPMENT ONLY: "
@@ -109,10 +114,7 @@ def operator_group() -> None:
                    "mounted secret) instead of the current context's user.")
 @click.option("--user", "identity_user", default="operator", show_default=True,
               help="With --password-file: the operator's user name (`auth secure-cluster` registers it as an admin).")
-@click.option("--allow-host-reducers", is_flag=True, envvar="BOID_ALLOW_HOST_REDUCERS",
-              help="Run jobs' `reduce: command` reducers: researchers' code, on this machine, UNSANDBOXED, as "
-                   "this user (with an environment of its own). Off: such jobs fail before any unit runs, "
-                   "saying so. Implied by --runtime host (everything runs unsandboxed then).")
+@HOST_REDUCERS_OPTION
 @click.pass_obj
 @friendly
 def operator_run(ctx: Ctx, storage, chain_url, keys_file, marathon, backend, slots, slot_count, runtime, mesos_master,
@@ -198,10 +200,11 @@ def dispatcher_group() -> None:
 @click.option("--password-file", envvar="BOID_DISPATCHER_PASSWORD_FILE", type=click.Path(dir_okay=False),
               help="The password (mode 0600) of this protocol's dispatcher identity, dispatcher.<protocol>, "
                    "made by the operator (--dispatcher-identities); else the current context's user.")
+@HOST_REDUCERS_OPTION
 @click.pass_obj
 @friendly
 def dispatcher_run(ctx: Ctx, protocol, mesos_master, storage, chain_url, keys_file, dispatcher_account, backend,
-                   slots, runtime, health_port, health_address, password_file) -> None:
+                   slots, runtime, health_port, health_address, password_file, allow_host_reducers) -> None:
     """Dispatch one protocol's jobs (a Mesos framework in the protocol's role) until stopped.
 
     Replicas of one protocol's dispatcher elect a leader among themselves; different protocols'
@@ -209,7 +212,8 @@ def dispatcher_run(ctx: Ctx, protocol, mesos_master, storage, chain_url, keys_fi
     opts = OperatorOptions(zk=ctx.zk, storage=storage, chain_url=chain_url, keys_file=keys_file, backend=backend,
                            slots=list(slots), runtime=runtime, mesos_master=mesos_master, mesos_roles=[protocol],
                            mesos_state=f"/boid/v1/dispatchers/{protocol}/mesos",  # its own framework
-                           dispatcher_account=dispatcher_account, protocol=protocol)
+                           dispatcher_account=dispatcher_account, protocol=protocol,
+                           allow_host_reducers=allow_host_reducers)
     registry = load_reconcilers().subset([Job], select=lambda job: job.spec.protocol == protocol)
     if password_file and not Path(password_file).exists() and ctx.store.policy is None:
         password_file = None   # an open cluster: no identities (the app mounts an empty directory)
