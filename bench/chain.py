@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -137,6 +138,7 @@ async def bench(chain: LocalChain, units: int) -> None:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # killed: temporary directories and servers still cleaned up
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--units", type=int, default=10_000, help="units recorded by each version")
     args = parser.parse_args()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -302,6 +303,7 @@ def on_chain(units: int, state: Path) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # killed: temporary directories and servers still cleaned up
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, action="append", help="units of one job (repeatable; default 1000)")
     ap.add_argument("--jobs", type=int, default=0, help="instead: this many jobs at once, of --units units each")

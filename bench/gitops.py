@@ -12,6 +12,7 @@ plan (store reads + compare), apply/prune.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,7 @@ def one_sync(store: Store, repos: GitRepos, url: str, opts: Options) -> dict[str
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # killed: temporary directories and servers still cleaned up
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=1000, help="Protocols in the generated repository")
     ap.add_argument("--changed", type=int, default=10, help="Protocols changed by the second commit")

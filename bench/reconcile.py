@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,7 @@ def observe(hosts: str, n: int) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # killed: temporary directories and servers still cleaned up
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=8)
