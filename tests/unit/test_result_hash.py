@@ -51,10 +51,19 @@ def test_anything_but_plain_files_takes_the_storage_way(tmp_path, monkeypatch):
     assert amalgamate.LOG_FILES == {".stdout", ".stderr"}
 
 
+def manifest_json(manifest: dict) -> bytes:
+    """What write_manifest writes for `manifest`."""
+    import io
+
+    from boidcluster.reconcilers.jobs.amalgamate import write_manifest
+
+    buf = io.BytesIO()
+    write_manifest(buf, manifest)
+    return buf.getvalue()
+
+
 def test_the_manifest_reads_as_the_indented_dump():
     import json
-
-    from boidcluster.reconcilers.jobs.amalgamate import manifest_json
 
     m = {"job": "j", "uid": "x", "reduce": "none", "image_digest": None, "output": "o", "protocol": "p", "image": "i",
          "units": [{"id": f"u{i:06d}", "index": i, "params": {"b": [1, 2], "a": "é"}, "inputs": [], "hash": "h",
@@ -70,7 +79,7 @@ def test_the_manifest_is_written_as_its_units_come_not_held_whole():
     write_manifest writes each unit before it asks for the next, and the bytes are the same."""
     import io
 
-    from boidcluster.reconcilers.jobs.amalgamate import manifest_json, write_manifest
+    from boidcluster.reconcilers.jobs.amalgamate import write_manifest
 
     out = io.BytesIO()
     unit = lambda i: {"id": f"u{i:06d}", "index": i, "hash": "h", "credited": []}   # noqa: E731

@@ -20,7 +20,6 @@ needs `file://` storage and is given 10 minutes).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import posixpath
@@ -156,13 +155,6 @@ def write_manifest(f: BinaryIO, manifest: dict[str, Any]) -> None:
     for u in units:
         f.write(f',\n    {json.dumps(u, sort_keys=True)}'.encode())
     f.write(b'\n  ]\n}\n')
-
-
-def manifest_json(manifest: dict[str, Any]) -> bytes:
-    """write_manifest's bytes (for tests and small manifests)."""
-    buf = io.BytesIO()
-    write_manifest(buf, manifest)
-    return buf.getvalue()
 
 
 def reducer_env(scratch: str, tmp: str, listing: str) -> dict[str, str]:

@@ -502,11 +502,8 @@ class _Pass:
         out = self.spec.output
         if out.reduce != "command":
             return None
-        if not self.world.settings.host_reducers:
-            return "ReducerNotAllowed", (
-                "reduce: command runs the job's reducer on the operator's machine, unsandboxed, as the operator's "
-                "user, and this operator was not started with --allow-host-reducers (how its operator says it "
-                "trusts researchers' reducers). Use reduce: concat, jsonl or none, or reduce in a job of its own")
+        if (refused := self._reducer_not_allowed()) is not None:
+            return refused
         if out.unit_dirs != "arguments":
             return None
         prefix = self.storage.resolve(attempt_path(self.protocol, self.tag, "u", 0))[:-len("u.0")]
@@ -515,6 +512,14 @@ class _Pass:
         else:
             why = reducer_args_too_long(space.total, (f"{prefix}{space.unit(i).id}.00" for i in range(space.total)))
         return None if why is None else ("ReducerArgumentsTooLong", why)
+
+    def _reducer_not_allowed(self) -> tuple[str, str] | None:
+        if self.spec.output.reduce != "command" or self.world.settings.host_reducers:
+            return None
+        return "ReducerNotAllowed", (
+            "reduce: command runs the job's reducer on the operator's machine, unsandboxed, as the operator's "
+            "user, and this operator was not started with --allow-host-reducers (how its operator says it "
+            "trusts researchers' reducers). Use reduce: concat, jsonl or none, or reduce in a job of its own")
 
     def _open_units(self, space: UnitSpace, limit: int) -> list[Unit]:
         out = []
@@ -644,8 +649,8 @@ class _Pass:
         are not in memory), so this pass's own acceptances are committed first."""
         if not self.flush():
             return
-        if self.spec.output.reduce == "command" and not self.world.settings.host_reducers:
-            self.end("Failed", *self._reducer_refused(space))   # started under an operator that allowed it
+        if (refused := self._reducer_not_allowed()) is not None:   # started under an operator that allowed it
+            self.end("Failed", *refused)
             return
         out = output_path(self.job, self.protocol)
         acc = accepted_units(self.store, self.uid)   # undecoded: each is parsed as its unit is written
